@@ -1,0 +1,290 @@
+//! Records and names shared by the kernel programs (telemetry-ebpf) and the agent
+//! (telemetry-user). Everything here is `#[repr(C)]` plain data: the kernel writes it
+//! into the ring buffer, user space reads it back at exactly one checked decode point
+//! (`telemetry_user::kernel::decode`).
+#![no_std]
+
+// ---------------------------------------------------------------------------
+// Map and program names (the loader looks them up by these strings).
+// ---------------------------------------------------------------------------
+
+/// Ring buffer carrying every record below to user space.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// `FdKey -> FdState`: the (tgid, fd) pairs whose I/O is captured.
+pub const MAP_WATCHED_FDS: &str = "WATCHED_FDS";
+/// `tgid (u32) -> PidFlags bits (u32)`: processes the agent cares about.
+pub const MAP_WATCHED_PIDS: &str = "WATCHED_PIDS";
+/// `pid_tgid (u64) -> PendingIo`: syscall enter state until its exit.
+pub const MAP_PENDING_IO: &str = "PENDING_IO";
+/// Per-CPU `u64` counters, index = `probe * STAT_KINDS + stat`.
+pub const MAP_STATS: &str = "STATS";
+
+/// Global (set by the loader): payload bytes copied per syscall, at most `MAX_CAPTURE`.
+pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+/// Global (set by the loader from /sys/kernel/btf/vmlinux): offset of
+/// `task_struct.exit_code`, or `u32::MAX` when unknown.
+pub const GLOBAL_TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
+
+/// Upper bound of the payload copy; a power of two so offsets and lengths can be
+/// masked for the verifier.
+pub const MAX_CAPTURE: usize = 4096;
+/// The record's data area is twice the cap: offset and length are both masked below
+/// `MAX_CAPTURE`, which the verifier accepts as in bounds.
+pub const IO_DATA_AREA: usize = 2 * MAX_CAPTURE;
+/// Iovec entries walked per vectored call.
+pub const MAX_IOVECS: u32 = 16;
+pub const COMM_LEN: usize = 16;
+pub const FILENAME_LEN: usize = 128;
+
+pub const MAX_WATCHED_FDS: u32 = 16384;
+pub const MAX_WATCHED_PIDS: u32 = 4096;
+pub const MAX_PENDING_IO: u32 = 16384;
+
+// ---------------------------------------------------------------------------
+// Record kinds
+// ---------------------------------------------------------------------------
+
+pub const KIND_IO: u32 = 1;
+pub const KIND_FORK: u32 = 2;
+pub const KIND_EXEC: u32 = 3;
+pub const KIND_EXIT: u32 = 4;
+pub const KIND_FD_OPEN: u32 = 5;
+pub const KIND_FD_CLOSE: u32 = 6;
+
+/// Data flowing into the process (read family).
+pub const DIR_INGRESS: u8 = 0;
+/// Data flowing out of the process (write family).
+pub const DIR_EGRESS: u8 = 1;
+
+/// Which syscall produced an I/O or fd record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    Read = 0,
+    Write = 1,
+    Readv = 2,
+    Writev = 3,
+    Recvfrom = 4,
+    Sendto = 5,
+    Recvmsg = 6,
+    Sendmsg = 7,
+    Accept = 8,
+    Accept4 = 9,
+    Connect = 10,
+    Close = 11,
+}
+
+impl Syscall {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Syscall::Read,
+            1 => Syscall::Write,
+            2 => Syscall::Readv,
+            3 => Syscall::Writev,
+            4 => Syscall::Recvfrom,
+            5 => Syscall::Sendto,
+            6 => Syscall::Recvmsg,
+            7 => Syscall::Sendmsg,
+            8 => Syscall::Accept,
+            9 => Syscall::Accept4,
+            10 => Syscall::Connect,
+            11 => Syscall::Close,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Syscall::Read => "read",
+            Syscall::Write => "write",
+            Syscall::Readv => "readv",
+            Syscall::Writev => "writev",
+            Syscall::Recvfrom => "recvfrom",
+            Syscall::Sendto => "sendto",
+            Syscall::Recvmsg => "recvmsg",
+            Syscall::Sendmsg => "sendmsg",
+            Syscall::Accept => "accept",
+            Syscall::Accept4 => "accept4",
+            Syscall::Connect => "connect",
+            Syscall::Close => "close",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Process flags (WATCHED_PIDS values)
+// ---------------------------------------------------------------------------
+
+/// A Snakepit BEAM.
+pub const PID_BEAM: u32 = 1;
+/// A Snakepit Python worker.
+pub const PID_WORKER: u32 = 2;
+/// A descendant of a BEAM (erl_child_setup, a worker before its exec): forks and
+/// execs are reported so workers are found without polling.
+pub const PID_LINEAGE: u32 = 4;
+/// New sockets (accept/connect) of this process are watched from their first byte.
+pub const PID_WATCH_NEW_SOCKETS: u32 = 8;
+
+/// Kinds of watched fd (FdState.fd_kind).
+pub const FD_SOCKET: u32 = 1;
+pub const FD_PIPE: u32 = 2;
+
+// ---------------------------------------------------------------------------
+// Maps' keys and values
+// ---------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FdState {
+    /// Next sequence number per direction (index DIR_INGRESS / DIR_EGRESS), taken
+    /// with an atomic add at syscall exit: the stream order, whatever the CPU.
+    pub next_seq: [u64; 2],
+    pub fd_kind: u32,
+    pub _pad: u32,
+}
+
+/// Saved at syscall enter, consumed at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingIo {
+    pub ts_enter_ns: u64,
+    /// Plain buffer (read/write/recvfrom/sendto), or 0.
+    pub buf: u64,
+    /// iovec array (readv/writev) or msghdr (recvmsg/sendmsg), or 0.
+    pub iov: u64,
+    pub iovcnt: u32,
+    pub fd: i32,
+    pub syscall: u8,
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+// ---------------------------------------------------------------------------
+// Ring-buffer records. Every record starts with `kind: u32`.
+// ---------------------------------------------------------------------------
+
+/// One read/write-family syscall on a watched fd. Only `captured_len` bytes of `data`
+/// are sent (the record is copied out of a per-CPU scratch buffer with that length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct IoEventHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub direction: u8,
+    pub syscall: u8,
+    pub _pad: [u8; 2],
+    /// Payload bytes that follow this header.
+    pub captured_len: u32,
+    /// The syscall's return value: bytes moved, or -errno.
+    pub ret: i64,
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    /// Per (tgid, fd, direction) sequence number assigned in the kernel.
+    pub seq: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IoEvent {
+    pub header: IoEventHeader,
+    pub data: [u8; IO_DATA_AREA],
+}
+
+pub const IO_HEADER_LEN: usize = core::mem::size_of::<IoEventHeader>();
+
+/// fork / exec / exit of a process of interest (exec: every exec on the host whose
+/// comm or lineage may matter; it is rare enough).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// fork: the parent's tgid; exec/exit: the parent's tgid when known, else 0.
+    pub ppid: u32,
+    pub ts_ns: u64,
+    /// exit: raw wait status from task_struct.exit_code (`code << 8` or signal in the
+    /// low 7 bits, 0x80 = core dumped); `u32::MAX` when the offset is unknown.
+    pub exit_code: u32,
+    /// fork: the child's pid (== tgid of a new process).
+    pub child_pid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// exec: the executed file name (NUL-terminated, truncated).
+    pub filename: [u8; FILENAME_LEN],
+}
+
+/// accept/connect/close of a watched process's fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub ret: i64,
+    pub ts_ns: u64,
+    pub syscall: u8,
+    pub _pad: [u8; 7],
+}
+
+// ---------------------------------------------------------------------------
+// Counters (STATS map)
+// ---------------------------------------------------------------------------
+
+/// Probe ids for STATS (one row per probe group).
+pub const PROBE_READ: u32 = 0;
+pub const PROBE_WRITE: u32 = 1;
+pub const PROBE_READV: u32 = 2;
+pub const PROBE_WRITEV: u32 = 3;
+pub const PROBE_RECVFROM: u32 = 4;
+pub const PROBE_SENDTO: u32 = 5;
+pub const PROBE_RECVMSG: u32 = 6;
+pub const PROBE_SENDMSG: u32 = 7;
+pub const PROBE_ACCEPT: u32 = 8;
+pub const PROBE_CONNECT: u32 = 9;
+pub const PROBE_CLOSE: u32 = 10;
+pub const PROBE_FORK: u32 = 11;
+pub const PROBE_EXEC: u32 = 12;
+pub const PROBE_EXIT: u32 = 13;
+pub const PROBE_COUNT: u32 = 14;
+
+pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
+    "connect", "close", "fork", "exec", "exit",
+];
+
+/// Records sent.
+pub const STAT_EVENTS: u32 = 0;
+/// Ring-buffer output failed (full): the record is lost.
+pub const STAT_RINGBUF_DROPS: u32 = 1;
+/// A bpf_probe_read_user failed (payload not copied; header still sent).
+pub const STAT_READ_ERRORS: u32 = 2;
+/// Bytes moved beyond the copied prefix (accounted by length only).
+pub const STAT_TRUNCATED: u32 = 3;
+/// A map update failed (map full): pending state or a watched fd was not stored.
+pub const STAT_MAP_FULL: u32 = 4;
+pub const STAT_KINDS: u32 = 5;
+pub const STAT_NAMES: [&str; STAT_KINDS as usize] = [
+    "events",
+    "ringbuf_drops",
+    "read_errors",
+    "truncated_bytes",
+    "map_full",
+];
+pub const STATS_LEN: u32 = PROBE_COUNT * STAT_KINDS;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for FdKey {}
+    unsafe impl aya::Pod for FdState {}
+    unsafe impl aya::Pod for PendingIo {}
+}

@@ -1,0 +1,16 @@
+//! snakepit-agent: eBPF observability for Snakepit deployments.
+//!
+//! Data flows one way: `kernel` (probes, ring-buffer reader, the one checked decode
+//! point) -> `discovery` (which pid is a BEAM or a worker, which fd is which
+//! connection) -> `wire` (HTTP/2, HPACK, gRPC, Snakepit messages, port packets) ->
+//! `calls` (call reconstruction, pools, crashes) -> `events` (the design's schema on a
+//! typed bus) -> `sinks` (JSON lines, logger, ...).
+pub mod agent;
+pub mod calls;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod events;
+pub mod kernel;
+pub mod sinks;
+pub mod wire;
