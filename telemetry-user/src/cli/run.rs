@@ -1,0 +1,75 @@
+use crate::agent::{Agent, RunOptions};
+use crate::config::{Config, OutputFormat};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Event output format.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+    /// Write events to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Stop after SECS seconds (default: until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Payload bytes copied per syscall (1..=4096).
+    #[arg(long)]
+    pub capture_bytes: Option<u32>,
+    /// Extra command-line substring that marks a worker (repeatable).
+    #[arg(long = "worker-pattern")]
+    pub worker_patterns: Vec<String>,
+    /// Treat PID as a Snakepit worker (repeatable).
+    #[arg(long = "worker-pid")]
+    pub worker_pids: Vec<u32>,
+    /// Treat PID as a Snakepit BEAM (repeatable).
+    #[arg(long = "beam-pid")]
+    pub beam_pids: Vec<u32>,
+    /// Per-connection I/O summary interval in milliseconds.
+    #[arg(long)]
+    pub summary_interval_ms: Option<u64>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> anyhow::Result<(Config, Option<Duration>)> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(f) = self.format {
+            cfg.output.format = f;
+        }
+        if let Some(p) = self.output {
+            cfg.output.path = Some(p);
+        }
+        if let Some(b) = self.capture_bytes {
+            cfg.capture.bytes = b;
+        }
+        if let Some(ms) = self.summary_interval_ms {
+            cfg.output.summary_interval_ms = ms;
+        }
+        cfg.discovery.worker_cmdline_patterns.extend(self.worker_patterns);
+        cfg.discovery.worker_pids.extend(self.worker_pids);
+        cfg.discovery.beam_pids.extend(self.beam_pids);
+        cfg.validate()?;
+        Ok((cfg, self.duration.map(Duration::from_secs)))
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let (config, duration) = args.into_config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = Agent::start(config).await?;
+        agent.run(RunOptions { duration }).await
+    })?;
+    Ok(0)
+}

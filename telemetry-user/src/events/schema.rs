@@ -1,0 +1,26 @@
+//! Every event name the agent emits, in one place (docs/events.md lists them too).
+//! Agent-level topology events live under `["snakepit","agent",...]`; the design's own
+//! events (`call`, `pool`, `worker`, ...) keep the design's names.
+
+pub const AGENT_STARTED: &[&str] = &["snakepit", "agent", "started"];
+pub const AGENT_STOPPED: &[&str] = &["snakepit", "agent", "stopped"];
+/// Periodic and final: events read, ring-buffer drops and probe errors per probe.
+pub const AGENT_STATS: &[&str] = &["snakepit", "agent", "stats"];
+pub const BEAM_DISCOVERED: &[&str] = &["snakepit", "agent", "beam_discovered"];
+pub const WORKER_DISCOVERED: &[&str] = &["snakepit", "agent", "worker_discovered"];
+pub const WORKER_EXITED: &[&str] = &["snakepit", "agent", "worker_exited"];
+pub const CONNECTION_OPENED: &[&str] = &["snakepit", "agent", "connection_opened"];
+pub const CONNECTION_CLOSED: &[&str] = &["snakepit", "agent", "connection_closed"];
+/// Per-connection I/O summary (periodic, at close and at agent stop).
+pub const CONNECTION_IO: &[&str] = &["snakepit", "agent", "connection_io"];
+
+pub const CALL_START: &[&str] = &["snakepit", "call", "start"];
+pub const CALL_STOP: &[&str] = &["snakepit", "call", "stop"];
+pub const CALL_EXCEPTION: &[&str] = &["snakepit", "call", "exception"];
+pub const POOL_CHECKOUT: &[&str] = &["snakepit", "pool", "checkout"];
+pub const POOL_CHECKIN: &[&str] = &["snakepit", "pool", "checkin"];
+pub const POOL_SIZE: &[&str] = &["snakepit", "pool", "size"];
+pub const SERIALIZE_STOP: &[&str] = &["snakepit", "serialize", "stop"];
+pub const WORKER_CRASH: &[&str] = &["snakepit", "worker", "crash"];
+pub const CIRCUIT_BREAKER_OPEN: &[&str] = &["snakepit", "circuit_breaker", "open"];
+pub const HEALTH_ALERT: &[&str] = &["snakepit", "health", "alert"];

@@ -1,0 +1,41 @@
+//! JSON lines: one event per line, `{"event": [...], "time_unix_nano": N,
+//! "measurements": {...}, "metadata": {...}}`.
+use crate::events::{BusReceiver, Event};
+use std::io::Write;
+
+pub fn write_event(out: &mut dyn Write, event: &Event) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, event)?;
+    out.write_all(b"\n")
+}
+
+pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
+    while let Some(event) = rx.recv().await {
+        // Flushed per event so a reader tailing the file sees events as they happen.
+        if let Err(e) = write_event(&mut out, &event).and_then(|_| out.flush()) {
+            tracing::error!(error = %e, "writing JSON event failed; the JSON sink stops");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_has_the_documented_shape() {
+        let ev = Event::new(&["snakepit", "agent", "worker_exited"])
+            .at(7)
+            .measure("exit_code", 0)
+            .meta("signal", 9);
+        let mut buf = Vec::new();
+        write_event(&mut buf, &ev).expect("write");
+        let text = String::from_utf8(buf).expect("utf8");
+        assert!(text.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+        assert_eq!(v["event"], serde_json::json!(["snakepit", "agent", "worker_exited"]));
+        assert_eq!(v["time_unix_nano"], 7);
+        assert_eq!(v["measurements"]["exit_code"], 0);
+        assert_eq!(v["metadata"]["signal"], 9);
+    }
+}

@@ -1,0 +1,46 @@
+//! Human-readable lines for a terminal: time, dotted event name, measurements, metadata.
+use crate::events::{BusReceiver, Event};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::io::Write;
+
+pub fn format_event(event: &Event) -> String {
+    let secs = event.time_unix_nano / 1_000_000_000;
+    let millis = (event.time_unix_nano / 1_000_000) % 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mut line = format!("{h:02}:{m:02}:{s:02}.{millis:03} {}", event.dotted_name());
+    for (k, v) in event.measurements.iter().chain(event.metadata.iter()) {
+        let _ = match v {
+            Value::String(s) => write!(line, " {k}={s}"),
+            other => write!(line, " {k}={other}"),
+        };
+    }
+    line
+}
+
+pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
+    while let Some(event) = rx.recv().await {
+        let line = format_event(&event);
+        if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+            tracing::error!(error = %e, "writing text event failed; the text sink stops");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_line_names_the_event_and_its_fields() {
+        let ev = Event::new(&["snakepit", "agent", "worker_discovered"])
+            .at(3_723_004_000_000)
+            .meta("worker_id", "default_worker_1_x")
+            .meta("pid", 42);
+        assert_eq!(
+            format_event(&ev),
+            "01:02:03.004 snakepit.agent.worker_discovered pid=42 worker_id=default_worker_1_x"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The agent binary under test: started with JSON-lines output to a file, stopped with
+//! SIGINT (it then flushes its summaries), its events read back as JSON values.
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `SNAKEPIT_AGENT_BIN`, else the debug build in target/.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("SNAKEPIT_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target/debug/snakepit-agent"))
+}
+
+pub struct Agent {
+    child: Child,
+    pub output: PathBuf,
+}
+
+impl Agent {
+    /// Starts `snakepit-agent run --format json --output <dir>/events.jsonl ARGS` and waits
+    /// until it reports `["snakepit","agent","started"]`.
+    pub fn start(dir: &Path, extra_args: &[&str]) -> Result<Agent> {
+        crate::require::root_and_bpf();
+        let bin = agent_bin();
+        if !bin.exists() {
+            bail!("agent binary {} is missing: run `cargo build -p telemetry-user`", bin.display());
+        }
+        let output = dir.join("events.jsonl");
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new(&bin)
+            .args(["run", "--format", "json", "--output"])
+            .arg(&output)
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Agent { child, output };
+        agent.wait_for(Duration::from_secs(60), |e| is_event(e, &["snakepit", "agent", "started"]))?;
+        Ok(agent)
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_events(&self.output)
+    }
+
+    /// Polls the output until an event satisfies `pred`; returns it.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.events().into_iter().find(|e| pred(e)) {
+                return Ok(ev);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("agent exited ({status}) before the awaited event; see agent.log");
+            }
+            if Instant::now() > deadline {
+                bail!("awaited agent event not seen within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, then waits for a clean exit; returns every event written.
+    pub fn stop(mut self) -> Result<Vec<Value>> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("agent exited with {status}; see agent.log");
+                }
+                return Ok(self.events());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("agent did not stop within 20 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The last line may be half-written while the agent runs: skip what does not parse.
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+pub fn is_event(ev: &Value, name: &[&str]) -> bool {
+    ev["event"]
+        .as_array()
+        .is_some_and(|a| a.len() == name.len() && a.iter().zip(name).all(|(x, n)| x == n))
+}
+
+pub fn events_named<'a>(events: &'a [Value], name: &[&str]) -> Vec<&'a Value> {
+    events.iter().filter(|e| is_event(e, name)).collect()
+}

@@ -1,0 +1,261 @@
+//! The demo deployment (demo/README.md): starts the BEAM, speaks its control protocol
+//! (one Erlang term per line on stdin, one `{"reply":...}` JSON line per command on stdout).
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub grpc_workers: u32,
+    pub pipe_workers: u32,
+    pub instance_name: String,
+    pub heartbeat_ms: u32,
+    /// Continuous background load (calls/s) from boot; 0 = none.
+    pub autoload: u32,
+    /// Where the BEAM's stderr goes (None: inherit).
+    pub log: Option<PathBuf>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            grpc_workers: 2,
+            pipe_workers: 1,
+            instance_name: "demo".into(),
+            heartbeat_ms: 2000,
+            autoload: 0,
+            log: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerStatus {
+    pub pool: String,
+    pub worker_id: String,
+    pub os_pid: u32,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub transport: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub ready: bool,
+    pub beam_pid: u32,
+    pub beam_port: u16,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One BEAM socket's byte counts, from `inet:getstat/2` (the `stats` command).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnStat {
+    pub kind: String,
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    pub local: String,
+    pub peer: String,
+    pub send_oct: u64,
+    pub recv_oct: u64,
+    #[serde(default)]
+    pub closed: bool,
+}
+
+/// One line of the ground-truth file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GroundTruthCall {
+    pub seq: u64,
+    pub pool: String,
+    pub worker_id: String,
+    #[serde(default)]
+    pub worker_pid: Option<u32>,
+    pub transport: String,
+    pub method: String,
+    pub tool: String,
+    #[serde(default)]
+    pub library: Option<String>,
+    #[serde(default)]
+    pub function: Option<String>,
+    pub session_id: Option<String>,
+    pub correlation_id: String,
+    #[serde(default)]
+    pub stream_id: Option<u32>,
+    pub start_mono_ns: u64,
+    pub end_mono_ns: u64,
+    pub duration_ns: u64,
+    pub success: bool,
+    #[serde(default)]
+    pub error_type: Option<String>,
+}
+
+pub struct Demo {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    replies: Receiver<String>,
+}
+
+impl Demo {
+    pub fn start(opts: &DemoOptions) -> Result<Demo> {
+        crate::require::demo_built();
+        let root = crate::workspace_root();
+        let mut cmd = Command::new("erl");
+        cmd.current_dir(&root)
+            .args(["-noshell", "-pa", "demo/_build/ebin", "-run", "demo_app", "main", "-extra"])
+            .arg("--python")
+            .arg(root.join(".venv/bin/python"))
+            .args(["--grpc-workers", &opts.grpc_workers.to_string()])
+            .args(["--pipe-workers", &opts.pipe_workers.to_string()])
+            .args(["--instance-name", &opts.instance_name])
+            .args(["--heartbeat-ms", &opts.heartbeat_ms.to_string()])
+            .args(["--autoload", &opts.autoload.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(log) = &opts.log {
+            let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+            cmd.stderr(f);
+        }
+        let mut child = cmd.spawn().context("starting the demo BEAM (erl)")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no BEAM stdout"))?;
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("{\"reply\":") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Demo {
+            child,
+            stdin,
+            replies: rx,
+        })
+    }
+
+    pub fn beam_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one control term (without the final `.`) and waits for its reply.
+    pub fn command(&mut self, term: &str, timeout: Duration) -> Result<Value> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("demo stdin closed"))?;
+        writeln!(stdin, "{term}.").context("writing to the demo BEAM")?;
+        stdin.flush()?;
+        match self.replies.recv_timeout(timeout) {
+            Ok(line) => serde_json::from_str(&line).with_context(|| format!("bad reply: {line}")),
+            Err(RecvTimeoutError::Timeout) => bail!("demo BEAM gave no reply to `{term}` in {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => bail!("demo BEAM exited (while running `{term}`)"),
+        }
+    }
+
+    pub fn status(&mut self) -> Result<Status> {
+        let v = self.command("status", Duration::from_secs(10))?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Waits until every worker is up and connected.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<Status> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.status()?;
+            if st.ready {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("demo not ready after {timeout:?}: {st:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs a load (see demo/README.md) and returns its reply. `mix` is `[(tool, weight)]`.
+    pub fn load(&mut self, spec: &LoadSpec, ground_truth: &Path) -> Result<Value> {
+        let mix: Vec<String> = spec.mix.iter().map(|(k, w)| format!("'{k}' => {w}")).collect();
+        let pools: Vec<String> = spec.pools.iter().map(|p| format!("'{p}'")).collect();
+        let term = format!(
+            "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}, ground_truth => \"{}\", pools => [{}]}}}}",
+            spec.rate,
+            spec.duration_ms,
+            spec.concurrency,
+            mix.join(", "),
+            ground_truth.display(),
+            pools.join(", ")
+        );
+        let timeout = Duration::from_millis(spec.duration_ms) + Duration::from_secs(120);
+        self.command(&term, timeout)
+    }
+
+    pub fn quiesce(&mut self) -> Result<()> {
+        self.command("quiesce", Duration::from_secs(10)).map(|_| ())
+    }
+
+    pub fn stats(&mut self, path: &Path) -> Result<Vec<ConnStat>> {
+        self.command(&format!("{{stats, \"{}\"}}", path.display()), Duration::from_secs(10))?;
+        read_jsonl(path)
+    }
+
+    /// Stops the deployment: connections closed, workers told to exit, BEAM halts.
+    pub fn stop(mut self) -> Result<()> {
+        let reply = self.command("stop", Duration::from_secs(15));
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return reply.map(|_| ());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        reply.map(|_| ())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // Closing stdin is the BEAM's stop signal; kill if it lingers.
+        self.stdin = None;
+        for _ in 0..40 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub rate: u32,
+    pub duration_ms: u64,
+    pub concurrency: u32,
+    pub mix: Vec<(String, u32)>,
+    pub pools: Vec<String>,
+}
+
+impl LoadSpec {
+    pub fn new(rate: u32, duration_ms: u64, mix: &[(&str, u32)]) -> Self {
+        LoadSpec {
+            rate,
+            duration_ms,
+            concurrency: 4,
+            mix: mix.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
+            pools: vec!["default".into()],
+        }
+    }
+}
+
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}: {l}", path.display())))
+        .collect()
+}
