@@ -13,4 +13,5 @@ pub mod discovery;
 pub mod events;
 pub mod kernel;
 pub mod sinks;
+pub mod streams;
 pub mod wire;

@@ -1,0 +1,244 @@
+//! Stream assembly: per (process, fd, direction), syscall records put back in stream
+//! order by the kernel-assigned sequence number.
+//!
+//! The ring buffer is shared by all CPUs, so two reads of one socket made on two CPUs
+//! can arrive swapped. Records wait in a small reorder buffer until the missing
+//! sequence number arrives; if it does not within `max_wait_ns` (or too many records
+//! wait), the hole is declared lost (a ring-buffer drop), counted, and reported to the
+//! decoder as a gap so it can resynchronise.
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+/// One syscall's worth of stream bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub seq: u64,
+    /// Bytes the syscall moved (its return value, > 0).
+    pub len: usize,
+    /// The captured prefix of those bytes (`payload.len() <= len`).
+    pub payload: Bytes,
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    pub tid: u32,
+}
+
+/// What the assembler hands on, in stream order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ordered {
+    Chunk(Chunk),
+    /// Sequence numbers `from..to` never arrived: their bytes are unknown.
+    Gap { from: u64, to: u64 },
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamKey {
+    pub tgid: u32,
+    pub fd: i32,
+    /// telemetry_common::DIR_INGRESS / DIR_EGRESS
+    pub direction: u8,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// None until the first record: the agent may join a stream at any sequence number.
+    next_seq: Option<u64>,
+    waiting: BTreeMap<u64, Chunk>,
+    /// Arrival time (kernel clock) of the oldest waiting record.
+    oldest_wait_ns: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblyStats {
+    pub chunks_in_order: u64,
+    pub chunks_reordered: u64,
+    pub lost_records: u64,
+    /// Records older than what was already handed on (a duplicate or a late record
+    /// after its gap was declared lost).
+    pub late_records: u64,
+}
+
+pub struct Assembler {
+    streams: HashMap<StreamKey, StreamState>,
+    max_wait_ns: u64,
+    max_waiting: usize,
+    pub stats: AssemblyStats,
+}
+
+impl Assembler {
+    pub fn new(max_wait_ns: u64, max_waiting: usize) -> Self {
+        Assembler {
+            streams: HashMap::new(),
+            max_wait_ns,
+            max_waiting: max_waiting.max(1),
+            stats: AssemblyStats::default(),
+        }
+    }
+
+    /// Adds a record; returns what is now in order for this stream.
+    pub fn push(&mut self, key: StreamKey, chunk: Chunk) -> Vec<Ordered> {
+        let mut out = Vec::new();
+        let st = self.streams.entry(key).or_default();
+        let next = *st.next_seq.get_or_insert(chunk.seq);
+        if chunk.seq < next {
+            self.stats.late_records += 1;
+            return out;
+        }
+        if chunk.seq == next && st.waiting.is_empty() {
+            st.next_seq = Some(next + 1);
+            self.stats.chunks_in_order += 1;
+            out.push(Ordered::Chunk(chunk));
+            return out;
+        }
+        if st.waiting.is_empty() {
+            st.oldest_wait_ns = chunk.ts_exit_ns;
+        }
+        let now = chunk.ts_exit_ns;
+        st.waiting.insert(chunk.seq, chunk);
+        Self::drain(st, &mut out, &mut self.stats);
+        if !st.waiting.is_empty()
+            && (st.waiting.len() > self.max_waiting
+                || now.saturating_sub(st.oldest_wait_ns) > self.max_wait_ns)
+        {
+            Self::skip_hole(st, &mut out, &mut self.stats);
+        }
+        out
+    }
+
+    /// Called periodically with the current kernel-clock time: declares holes that have
+    /// waited too long lost, so a quiet stream does not hold records forever.
+    pub fn flush_expired(&mut self, now_ns: u64) -> Vec<(StreamKey, Ordered)> {
+        let mut out = Vec::new();
+        for (key, st) in self.streams.iter_mut() {
+            if !st.waiting.is_empty() && now_ns.saturating_sub(st.oldest_wait_ns) > self.max_wait_ns {
+                let mut items = Vec::new();
+                Self::skip_hole(st, &mut items, &mut self.stats);
+                out.extend(items.into_iter().map(|o| (*key, o)));
+            }
+        }
+        out
+    }
+
+    /// Forgets a stream (fd closed).
+    pub fn remove(&mut self, tgid: u32, fd: i32) -> Vec<(StreamKey, Ordered)> {
+        let mut out = Vec::new();
+        for direction in [telemetry_common::DIR_INGRESS, telemetry_common::DIR_EGRESS] {
+            let key = StreamKey { tgid, fd, direction };
+            if let Some(mut st) = self.streams.remove(&key) {
+                while !st.waiting.is_empty() {
+                    let mut items = Vec::new();
+                    Self::skip_hole(&mut st, &mut items, &mut self.stats);
+                    out.extend(items.into_iter().map(|o| (key, o)));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn remove_process(&mut self, tgid: u32) {
+        self.streams.retain(|k, _| k.tgid != tgid);
+    }
+
+    fn drain(st: &mut StreamState, out: &mut Vec<Ordered>, stats: &mut AssemblyStats) {
+        while let Some(next) = st.next_seq {
+            match st.waiting.remove(&next) {
+                Some(chunk) => {
+                    stats.chunks_reordered += 1;
+                    st.next_seq = Some(next + 1);
+                    out.push(Ordered::Chunk(chunk));
+                }
+                None => break,
+            }
+        }
+        if let Some((_, first)) = st.waiting.iter().next() {
+            st.oldest_wait_ns = first.ts_exit_ns;
+        }
+    }
+
+    fn skip_hole(st: &mut StreamState, out: &mut Vec<Ordered>, stats: &mut AssemblyStats) {
+        let Some(next) = st.next_seq else { return };
+        let Some(&first) = st.waiting.keys().next() else { return };
+        if first > next {
+            stats.lost_records += first - next;
+            out.push(Ordered::Gap { from: next, to: first });
+        }
+        st.next_seq = Some(first);
+        Self::drain(st, out, stats);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(seq: u64, t: u64) -> Chunk {
+        Chunk {
+            seq,
+            len: 1,
+            payload: Bytes::from(vec![seq as u8]),
+            ts_enter_ns: t,
+            ts_exit_ns: t,
+            tid: 1,
+        }
+    }
+    const K: StreamKey = StreamKey { tgid: 1, fd: 3, direction: 0 };
+
+    fn seqs(items: &[Ordered]) -> Vec<i64> {
+        items
+            .iter()
+            .map(|o| match o {
+                Ordered::Chunk(c) => c.seq as i64,
+                Ordered::Gap { from, .. } => -(*from as i64),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_at_any_sequence_and_passes_in_order_records() {
+        let mut a = Assembler::new(1_000, 64);
+        assert_eq!(seqs(&a.push(K, chunk(40, 1))), vec![40]);
+        assert_eq!(seqs(&a.push(K, chunk(41, 2))), vec![41]);
+        assert_eq!(a.stats.chunks_in_order, 2);
+    }
+
+    #[test]
+    fn swapped_records_are_put_back_in_order() {
+        let mut a = Assembler::new(1_000, 64);
+        a.push(K, chunk(0, 1));
+        assert!(a.push(K, chunk(2, 2)).is_empty());
+        assert_eq!(seqs(&a.push(K, chunk(1, 3))), vec![1, 2]);
+        assert_eq!(a.stats.lost_records, 0);
+    }
+
+    #[test]
+    fn a_hole_that_never_fills_becomes_a_counted_gap() {
+        let mut a = Assembler::new(1_000, 64);
+        a.push(K, chunk(0, 1));
+        assert!(a.push(K, chunk(3, 10)).is_empty());
+        let out = a.flush_expired(5_000);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, Ordered::Gap { from: 1, to: 3 });
+        assert_eq!(a.stats.lost_records, 2);
+        // The late record is counted and dropped, never handed on out of order.
+        assert!(a.push(K, chunk(1, 6_000)).is_empty());
+        assert_eq!(a.stats.late_records, 1);
+    }
+
+    #[test]
+    fn too_many_waiting_records_force_the_gap() {
+        let mut a = Assembler::new(u64::MAX, 2);
+        a.push(K, chunk(0, 1));
+        a.push(K, chunk(2, 2));
+        a.push(K, chunk(3, 3));
+        let out = a.push(K, chunk(4, 4));
+        assert_eq!(seqs(&out), vec![-1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn directions_and_fds_are_independent() {
+        let mut a = Assembler::new(1_000, 64);
+        let other = StreamKey { direction: 1, ..K };
+        a.push(K, chunk(5, 1));
+        assert_eq!(seqs(&a.push(other, chunk(0, 1))), vec![0]);
+        assert_eq!(seqs(&a.push(K, chunk(6, 1))), vec![6]);
+    }
+}
