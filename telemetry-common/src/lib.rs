@@ -24,6 +24,15 @@ pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 /// Global (set by the loader from /sys/kernel/btf/vmlinux): offset of
 /// `task_struct.exit_code`, or `u32::MAX` when unknown.
 pub const GLOBAL_TASK_EXIT_CODE_OFFSET: &str = "TASK_EXIT_CODE_OFFSET";
+/// Global: offset of `task_struct.pid` (`u32::MAX` when unknown). The fork probe is a
+/// raw tracepoint (it needs the child's task to tell a thread from a process).
+pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
+/// Global: offset of `task_struct.tgid` (`u32::MAX` when unknown).
+pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+/// Global: offset of `task_struct.real_parent` (`u32::MAX` when unknown); exec's ppid.
+pub const GLOBAL_TASK_REAL_PARENT_OFFSET: &str = "TASK_REAL_PARENT_OFFSET";
+/// Per-CPU one-entry array holding the `IoEvent` being built (too big for the stack).
+pub const MAP_IO_SCRATCH: &str = "IO_SCRATCH";
 
 /// Upper bound of the payload copy; a power of two so offsets and lengths can be
 /// masked for the verifier.
@@ -147,6 +156,10 @@ pub struct FdState {
     pub next_seq: [u64; 2],
     pub fd_kind: u32,
     pub _pad: u32,
+    /// Running totals per direction (bytes moved by successful calls, and calls),
+    /// exact even when ring records are dropped.
+    pub bytes: [u64; 2],
+    pub calls: [u64; 2],
 }
 
 /// Saved at syscall enter, consumed at exit.
@@ -233,6 +246,9 @@ pub struct FdEvent {
     pub ts_ns: u64,
     pub syscall: u8,
     pub _pad: [u8; 7],
+    /// close: the fd's final totals per direction (FdState.bytes / calls); 0 otherwise.
+    pub bytes: [u64; 2],
+    pub calls: [u64; 2],
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+//! Maps shared by all hooks, loader-set globals and small helpers around them.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use telemetry_common::{
+    FdKey, FdState, IoEvent, PendingIo, MAX_CAPTURE, MAX_PENDING_IO, MAX_WATCHED_FDS,
+    MAX_WATCHED_PIDS, STATS_LEN, STAT_KINDS,
+};
+
+/// Ring buffer to user space. The loader resizes it (KernelConfig.ring_buffer_bytes).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[map]
+pub static WATCHED_FDS: HashMap<FdKey, FdState> = HashMap::with_max_entries(MAX_WATCHED_FDS, 0);
+
+#[map]
+pub static WATCHED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PIDS, 0);
+
+#[map]
+pub static PENDING_IO: HashMap<u64, PendingIo> = HashMap::with_max_entries(MAX_PENDING_IO, 0);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// The IoEvent under construction; 8 KiB does not fit the 512-byte BPF stack.
+#[map]
+pub static IO_SCRATCH: PerCpuArray<IoEvent> = PerCpuArray::with_max_entries(1, 0);
+
+// Globals live in .rodata and are patched by the loader before the programs load.
+// They are read with read_volatile so the compiler cannot fold the defaults in.
+#[no_mangle]
+static CAPTURE_BYTES: u32 = MAX_CAPTURE as u32;
+#[no_mangle]
+static TASK_EXIT_CODE_OFFSET: u32 = u32::MAX;
+#[no_mangle]
+static TASK_PID_OFFSET: u32 = u32::MAX;
+#[no_mangle]
+static TASK_TGID_OFFSET: u32 = u32::MAX;
+#[no_mangle]
+static TASK_REAL_PARENT_OFFSET: u32 = u32::MAX;
+
+#[inline(always)]
+pub fn capture_bytes() -> u32 {
+    let v = unsafe { core::ptr::read_volatile(&CAPTURE_BYTES) };
+    if v > MAX_CAPTURE as u32 {
+        MAX_CAPTURE as u32
+    } else {
+        v
+    }
+}
+
+#[inline(always)]
+pub fn task_exit_code_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_EXIT_CODE_OFFSET) }
+}
+
+#[inline(always)]
+pub fn task_pid_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_PID_OFFSET) }
+}
+
+#[inline(always)]
+pub fn task_tgid_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_TGID_OFFSET) }
+}
+
+#[inline(always)]
+pub fn task_real_parent_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_REAL_PARENT_OFFSET) }
+}
+
+/// Adds `n` to the per-CPU counter `probe * STAT_KINDS + stat`. Per-CPU, so no atomics.
+#[inline(always)]
+pub fn stat_add(probe: u32, stat: u32, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(probe * STAT_KINDS + stat) {
+        unsafe { *p += n };
+    }
+}
+
+/// Reads a u64 field of a classic tracepoint record (direct ctx load, no helper).
+#[inline(always)]
+pub fn ctx_u64(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> u64 {
+    use aya_ebpf::EbpfContext;
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off) as *const u64) }
+}
+
+#[inline(always)]
+pub fn ctx_u32(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> u32 {
+    use aya_ebpf::EbpfContext;
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off) as *const u32) }
+}
+
+/// Errno returned by a map update when the key exists (BPF_NOEXIST) and when full.
+pub const EEXIST: i64 = 17;
+/// bpf_map_update_elem flags.
+pub const BPF_ANY: u64 = 0;
+pub const BPF_NOEXIST: u64 = 1;

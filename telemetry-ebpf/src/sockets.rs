@@ -1,0 +1,218 @@
+//! Socket bookkeeping for watched processes: new sockets (accept/connect) become
+//! watched in the kernel at once, so no byte is missed before user space reacts;
+//! close of a watched fd unwatches it and reports the final totals.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+    EbpfContext,
+};
+use telemetry_common::{
+    FdEvent, FdKey, FdState, PendingIo, Syscall, FD_SOCKET, KIND_FD_CLOSE, KIND_FD_OPEN,
+    PID_WATCH_NEW_SOCKETS, PROBE_ACCEPT, PROBE_CLOSE, PROBE_CONNECT, STAT_EVENTS, STAT_MAP_FULL,
+    STAT_RINGBUF_DROPS,
+};
+
+use crate::maps::{
+    ctx_u64, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO, WATCHED_FDS,
+    WATCHED_PIDS,
+};
+
+const ARG0: usize = 16;
+const RET: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_enter_connect(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_exit_connect(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    match try_exit_accept(&ctx, Syscall::Accept) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    match try_exit_accept(&ctx, Syscall::Accept4) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    match try_enter_close(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+/// True when `tgid` asked for its new sockets to be watched (one lookup).
+#[inline(always)]
+fn wants_new_sockets(tgid: u32) -> bool {
+    match unsafe { WATCHED_PIDS.get(&tgid) } {
+        Some(flags) => *flags & PID_WATCH_NEW_SOCKETS != 0,
+        None => false,
+    }
+}
+
+/// Starts watching (tgid, fd) with fresh counters. `flags` BPF_NOEXIST keeps an
+/// entry user space may already have made (and its sequence numbers).
+#[inline(always)]
+fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32) {
+    let state = FdState {
+        next_seq: [0; 2],
+        fd_kind: FD_SOCKET,
+        _pad: 0,
+        bytes: [0; 2],
+        calls: [0; 2],
+    };
+    if let Err(e) = WATCHED_FDS.insert(&FdKey { tgid, fd }, &state, flags) {
+        if -(e as i64) != EEXIST {
+            stat_add(probe, STAT_MAP_FULL, 1);
+            aya_log_ebpf::warn!(ctx, "WATCHED_FDS full: tgid {} fd {} not watched", tgid, fd);
+        }
+    }
+}
+
+#[inline(always)]
+fn emit_fd_event(
+    kind: u32,
+    pid_tgid: u64,
+    fd: i32,
+    ret: i64,
+    sys: Syscall,
+    state: Option<&FdState>,
+    probe: u32,
+) {
+    let (bytes, calls) = match state {
+        Some(s) => (s.bytes, s.calls),
+        None => ([0; 2], [0; 2]),
+    };
+    let ev = FdEvent {
+        kind,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        fd,
+        ret,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        syscall: sys as u8,
+        _pad: [0; 7],
+        bytes,
+        calls,
+    };
+    match EVENTS.output::<FdEvent>(&ev, 0) {
+        Ok(()) => stat_add(probe, STAT_EVENTS, 1),
+        Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
+    }
+}
+
+#[inline(always)]
+fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !wants_new_sockets(tgid) {
+        return Ok(());
+    }
+    // The fd is known at enter; a non-blocking connect returns -EINPROGRESS and its
+    // first bytes may follow before any exit handling in user space.
+    let fd = ctx_u64(ctx, ARG0) as u32;
+    watch_fd(ctx, tgid, fd, BPF_NOEXIST, PROBE_CONNECT);
+    let pending = PendingIo {
+        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
+        buf: 0,
+        iov: 0,
+        iovcnt: 0,
+        fd: fd as i32,
+        syscall: Syscall::Connect as u8,
+        direction: 0,
+        _pad: [0; 6],
+    };
+    if PENDING_IO.insert(&pid_tgid, &pending, BPF_ANY).is_err() {
+        stat_add(PROBE_CONNECT, STAT_MAP_FULL, 1);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_exit_connect(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pending = match unsafe { PENDING_IO.get(&pid_tgid) } {
+        Some(p) => *p,
+        None => return Ok(()),
+    };
+    let _ = PENDING_IO.remove(&pid_tgid);
+    if pending.syscall != Syscall::Connect as u8 {
+        return Ok(());
+    }
+    let ret = ctx_u64(ctx, RET) as i64;
+    emit_fd_event(
+        KIND_FD_OPEN,
+        pid_tgid,
+        pending.fd,
+        ret,
+        Syscall::Connect,
+        None,
+        PROBE_CONNECT,
+    );
+    Ok(())
+}
+
+#[inline(always)]
+fn try_exit_accept(ctx: &TracePointContext, sys: Syscall) -> Result<(), ()> {
+    let ret = ctx_u64(ctx, RET) as i64;
+    if ret < 0 {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !wants_new_sockets(tgid) {
+        return Ok(());
+    }
+    // A fresh fd number: any entry left for it (a close we missed) is stale, replace it.
+    watch_fd(ctx, tgid, ret as u32, BPF_ANY, PROBE_ACCEPT);
+    emit_fd_event(
+        KIND_FD_OPEN,
+        pid_tgid,
+        ret as i32,
+        ret,
+        sys,
+        None,
+        PROBE_ACCEPT,
+    );
+    Ok(())
+}
+
+#[inline(always)]
+fn try_enter_close(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = FdKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: ctx_u64(ctx, ARG0) as u32,
+    };
+    // The miss path: one lookup.
+    let state = match unsafe { WATCHED_FDS.get(&key) } {
+        Some(s) => *s,
+        None => return Ok(()),
+    };
+    let _ = WATCHED_FDS.remove(&key);
+    emit_fd_event(
+        KIND_FD_CLOSE,
+        pid_tgid,
+        key.fd as i32,
+        0,
+        Syscall::Close,
+        Some(&state),
+        PROBE_CLOSE,
+    );
+    Ok(())
+}
