@@ -13,6 +13,7 @@ encode(A) when is_atom(A) -> str(atom_to_binary(A, utf8));
 encode(I) when is_integer(I) -> integer_to_binary(I);
 encode(F) when is_float(F) -> float_to_binary(F, [short]);
 encode(B) when is_binary(B) -> str(B);
+encode({raw, Json}) -> Json;
 encode({string, L}) -> str(unicode:characters_to_binary(L));
 encode(M) when is_map(M) ->
     Pairs = [[str(key(K)), $:, encode(V)] || {K, V} <- lists:sort(maps:to_list(M))],

@@ -1,0 +1,224 @@
+%% Load generator: round-robin over workers and sessions, per-worker concurrency
+%% (in-flight HTTP/2 streams), optional rate limit, one ground-truth line per call.
+-module(demo_load).
+-export([run/1, default_mix/0]).
+
+default_mix() -> #{echo => 5, sleep => 2, cpu => 1, fail => 1, stream => 1, numpy => 1, snakebridge => 1}.
+
+pipe_tools() -> [echo, sleep, cpu, fail].
+
+%% Opts: the map of `{load, Map}`; duration_ms => infinity runs until a `stop` message.
+run(Opts) ->
+    Rate = maps:get(rate, Opts, 0),
+    Duration = maps:get(duration_ms, Opts, 5000),
+    Conc = max(1, maps:get(concurrency, Opts, 1)),
+    Mix = maps:get(mix, Opts, default_mix()),
+    Pools = [to_bin(P) || P <- maps:get(pools, Opts, [default, legacy])],
+    MixSeq = list_to_tuple(lists:append([lists:duplicate(W, K) || {K, W} <- lists:sort(maps:to_list(Mix)), W > 0])),
+    Fd = case maps:get(ground_truth, Opts, undefined) of
+             undefined -> undefined;
+             Path ->
+                 {ok, F} = file:open(Path, [append, raw, binary, {delayed_write, 262144, 200}]),
+                 F
+         end,
+    T0 = erlang:monotonic_time(microsecond),
+    End = case Duration of infinity -> infinity; _ -> T0 + Duration * 1000 end,
+    St = #{rate => Rate, conc => Conc, mix => MixSeq, pools => Pools, fd => Fd, t0 => T0,
+           end_t => End, seq => 0, rr => 0, inflight => #{}, calls => 0, ok => 0, error => 0,
+           opts => Opts, stopped => false},
+    case tuple_size(MixSeq) of
+        0 -> finish(St);
+        _ -> loop(St)
+    end.
+
+to_bin(A) when is_atom(A) -> atom_to_binary(A, utf8);
+to_bin(L) when is_list(L) -> list_to_binary(L);
+to_bin(B) when is_binary(B) -> B.
+
+now_us() -> erlang:monotonic_time(microsecond).
+
+loop(St = #{end_t := End, stopped := Stopped}) ->
+    case Stopped orelse (End =/= infinity andalso now_us() >= End) of
+        true -> drain(St);
+        false -> next(St)
+    end.
+
+next(St = #{seq := Seq, mix := Mix, rate := Rate, t0 := T0, conc := Conc}) ->
+    %% rate limit: call k is due at t0 + k/rate
+    Wait = case Rate > 0 of
+               true -> (T0 + (Seq * 1000000) div Rate - now_us()) div 1000;
+               false -> 0
+           end,
+    case Wait > 0 of
+        true -> loop(wait(St, min(Wait, 50)));
+        false ->
+            Tool = element(Seq rem tuple_size(Mix) + 1, Mix),
+            case candidates(Tool, St) of
+                [] -> loop(wait(St, 10));
+                Cands ->
+                    RR = maps:get(rr, St),
+                    W = lists:nth(RR rem length(Cands) + 1, Cands),
+                    Id = maps:get(worker_id, W),
+                    case maps:get(Id, maps:get(inflight, St), 0) >= Conc of
+                        true -> loop(wait(St, 100));
+                        false -> loop(dispatch(St#{rr => RR + 1}, W, Tool))
+                    end
+            end
+    end.
+
+candidates(Tool, #{pools := Pools}) ->
+    Ws = [W || {_, W = #{pool := P, ready := true}} <- ets:tab2list(demo_workers), lists:member(P, Pools)],
+    Ok = [W || W = #{transport := T} <- Ws, T =:= grpc orelse lists:member(Tool, pipe_tools())],
+    lists:sort(fun(A, B) -> maps:get(seq, A) =< maps:get(seq, B) end, Ok).
+
+wait(St, Ms) ->
+    receive
+        {done, Id, Line, Ok} -> done(St, Id, Line, Ok);
+        stop -> St#{stopped => true}
+    after Ms -> St
+    end.
+
+done(St = #{inflight := In, fd := Fd}, Id, Line, Ok) ->
+    case Fd of undefined -> ok; _ -> file:write(Fd, [Line, $\n]) end,
+    St1 = St#{inflight => In#{Id => maps:get(Id, In, 1) - 1}, calls => maps:get(calls, St) + 1},
+    case Ok of
+        true -> St1#{ok => maps:get(ok, St) + 1};
+        false -> St1#{error => maps:get(error, St) + 1}
+    end.
+
+drain(St = #{inflight := In}) ->
+    case lists:sum(maps:values(In)) of
+        0 -> finish(St);
+        _ ->
+            receive
+                {done, Id, Line, Ok} -> drain(done(St, Id, Line, Ok));
+                stop -> drain(St)
+            after 180000 -> finish(St)
+            end
+    end.
+
+finish(St = #{fd := Fd}) ->
+    case Fd of undefined -> ok; _ -> file:close(Fd) end,
+    {maps:get(calls, St), maps:get(ok, St), maps:get(error, St)}.
+
+dispatch(St = #{seq := Seq0, inflight := In, opts := Opts}, W = #{worker_id := Id}, Tool) ->
+    Seq = Seq0 + 1,
+    Session = iolist_to_binary(["sess_", integer_to_list(Seq0 rem 4 + 1)]),
+    Me = self(),
+    spawn(fun() ->
+                  {Line, Ok} = try call(Seq, W, Tool, Session, Opts)
+                               catch C:R:Stack ->
+                                       io:format(standard_error, "load call crashed: ~p:~p ~p~n", [C, R, Stack]),
+                                       {demo_json:encode(#{seq => Seq, success => false, error_type => <<"crash">>}), false}
+                               end,
+                  Me ! {done, Id, Line, Ok}
+          end),
+    St#{seq => Seq, inflight => In#{Id => maps:get(Id, In, 0) + 1}}.
+
+%% ---- one call ----
+j(V) -> demo_json:encode(V).
+
+grpc_params(echo, Seq, _O) -> {<<"echo">>, [{<<"value">>, j(iolist_to_binary(["hello-", integer_to_list(Seq)]))}], []};
+grpc_params(sleep, _, O) -> {<<"sleep">>, [{<<"ms">>, j(maps:get(sleep_ms, O, 20))}], []};
+grpc_params(cpu, _, O) -> {<<"cpu">>, [{<<"n">>, j(maps:get(cpu_n, O, 200000))}], []};
+grpc_params(fail, _, _) -> {<<"fail">>, [{<<"message">>, j(<<"boom">>)}], []};
+grpc_params(large, _, O) -> {<<"large">>, [{<<"bytes">>, j(maps:get(large_bytes, O, 1048576))}], []};
+grpc_params(upload, _, O) ->
+    {<<"upload">>, [], [{<<"blob">>, binary:copy(<<"u">>, maps:get(upload_bytes, O, 1048576))}]};
+grpc_params(stream, _, O) ->
+    {<<"stream">>, [{<<"count">>, j(maps:get(stream_count, O, 5))},
+                    {<<"chunk_bytes">>, j(maps:get(stream_chunk_bytes, O, 1024))}], []};
+grpc_params(numpy, _, O) -> {<<"numpy_mean">>, [{<<"n">>, j(maps:get(numpy_n, O, 10000))}], []};
+grpc_params(snakebridge, _, _) ->
+    {<<"snakebridge.call">>,
+     [{<<"library">>, j(<<"numpy">>)}, {<<"function">>, j(<<"mean">>)},
+      {<<"python_module">>, j(<<"numpy">>)}, {<<"call_type">>, j(<<"function">>)},
+      {<<"args">>, j([[1, 2, 3, 4]])}, {<<"kwargs">>, j(#{})}], []}.
+
+call(Seq, W = #{transport := grpc, conn := Conn}, Tool, Session, Opts) ->
+    Corr = iolist_to_binary(["c-", demo_worker:unique()]),
+    {Name, Params, BinParams} = grpc_params(Tool, Seq, Opts),
+    {Method, Extra} = case Tool of
+                          stream -> {<<"ExecuteStreamingTool">>, demo_pb:field(5, bool, true)};
+                          _ -> {<<"ExecuteTool">>, []}
+                      end,
+    Body = [demo_pb:execute_tool_request(Session, Name, Params, [{<<"correlation_id">>, Corr}], BinParams),
+            Extra],
+    {Lib, Fun} = case Tool of
+                     snakebridge -> {<<"numpy">>, <<"mean">>};
+                     _ -> {null, Name}
+                 end,
+    R = demo_h2_client:request(Conn, Method, Body, Corr, 120000),
+    Now = os:perf_counter(nanosecond),
+    {Timing, Success, ErrType, GStatus} =
+        case R of
+            {ok, M = #{grpc_status := 0, messages := Msgs}} ->
+                {S, E} = outcome(Method, Msgs),
+                {M, S, E, 0};
+            {ok, M = #{grpc_status := GS}} -> {M, false, demo_h2:status_name(GS), GS};
+            {error, Reason, M} -> {M, false, err_name(Reason), null};
+            {error, Reason} ->
+                {#{start_ns => Now, end_ns => Now, start_unix_ns => os:system_time(nanosecond),
+                   stream_id => null, req_bytes => 0, resp_bytes => 0}, false, err_name(Reason), null}
+        end,
+    line(Seq, W, <<"grpc">>, Method, Name, Lib, Fun, Session, Corr, Timing, Success, ErrType, GStatus);
+call(Seq, W = #{transport := pipe, pid := Pid}, Tool, Session, Opts) ->
+    Cmd = atom_to_binary(Tool, utf8),
+    {_, Params, _} = grpc_params(Tool, Seq, Opts),
+    Args = {obj, [{K, {raw, V}} || {K, V} <- Params]},
+    R = demo_worker:call_pipe(Pid, Cmd, Args, 120000),
+    Now = os:perf_counter(nanosecond),
+    Base = #{start_ns => Now, end_ns => Now, start_unix_ns => os:system_time(nanosecond),
+             req_bytes => 0, resp_bytes => 0},
+    {Timing, Success, ErrType} =
+        case R of
+            {ok, M = #{response := Resp}} ->
+                case maps:get(<<"success">>, Resp, false) of
+                    true -> {M, true, null};
+                    _ -> {M, false, error_type_of(maps:get(<<"error">>, Resp, null))}
+                end;
+            {error, Reason, M} -> {maps:merge(Base, M), false, err_name(Reason)}
+        end,
+    Corr = case Timing of #{id := Id} -> integer_to_binary(Id); _ -> null end,
+    line(Seq, W, <<"pipe">>, <<"pipe">>, Cmd, null, Cmd, Session, Corr, Timing#{stream_id => null},
+         Success, ErrType, null).
+
+err_name(exit) -> <<"exit">>;
+err_name(goaway) -> <<"goaway">>;
+err_name(timeout) -> <<"timeout">>;
+err_name({rst_stream, _}) -> <<"rst_stream">>;
+err_name(R) -> iolist_to_binary(io_lib:format("~p", [R])).
+
+error_type_of(#{<<"type">> := T}) when is_binary(T) -> T;
+error_type_of(_) -> <<"unknown">>.
+
+outcome(<<"ExecuteTool">>, [Msg | _]) ->
+    case demo_pb:decode_execute_tool_response(Msg) of
+        #{success := true} -> {true, null};
+        #{error_message := EM} ->
+            case demo_json:decode(EM) of
+                {ok, E} -> {false, error_type_of(E)};
+                _ -> {false, <<"unknown">>}
+            end
+    end;
+outcome(<<"ExecuteTool">>, []) -> {false, <<"empty_response">>};
+outcome(<<"ExecuteStreamingTool">>, Msgs) ->
+    case Msgs =/= [] andalso maps:get(is_final, demo_pb:decode_tool_chunk(lists:last(Msgs))) of
+        true -> {true, null};
+        false -> {false, <<"incomplete_stream">>}
+    end.
+
+line(Seq, #{pool := Pool, worker_id := Wid, os_pid := OsPid}, Transport, Method, Tool, Lib, Fun,
+     Session, Corr, T, Success, ErrType, GStatus) ->
+    Start = maps:get(start_ns, T),
+    End = maps:get(end_ns, T),
+    L = demo_json:encode({obj, [{seq, Seq}, {pool, Pool}, {worker_id, Wid}, {worker_pid, OsPid},
+                                {transport, Transport}, {method, Method}, {tool, Tool},
+                                {library, Lib}, {function, Fun}, {session_id, Session},
+                                {correlation_id, Corr}, {stream_id, maps:get(stream_id, T, null)},
+                                {start_mono_ns, Start}, {end_mono_ns, End}, {duration_ns, End - Start},
+                                {start_unix_ns, maps:get(start_unix_ns, T)},
+                                {success, Success}, {error_type, ErrType}, {grpc_status, GStatus},
+                                {request_bytes, maps:get(req_bytes, T, 0)},
+                                {response_bytes, maps:get(resp_bytes, T, 0)}]}),
+    {L, Success}.
