@@ -56,20 +56,29 @@ next(St = #{seq := Seq, mix := Mix, rate := Rate, t0 := T0, conc := Conc}) ->
             case candidates(Tool, St) of
                 [] -> loop(wait(St, 10));
                 Cands ->
+                    %% round-robin, skipping workers whose streams are all busy
                     RR = maps:get(rr, St),
-                    W = lists:nth(RR rem length(Cands) + 1, Cands),
-                    Id = maps:get(worker_id, W),
-                    case maps:get(Id, maps:get(inflight, St), 0) >= Conc of
-                        true -> loop(wait(St, 100));
-                        false -> loop(dispatch(St#{rr => RR + 1}, W, Tool))
+                    N = length(Cands),
+                    In = maps:get(inflight, St),
+                    Free = [{K, W} || K <- lists:seq(0, N - 1),
+                                      W <- [lists:nth((RR + K) rem N + 1, Cands)],
+                                      maps:get(maps:get(worker_id, W), In, 0) < Conc],
+                    case Free of
+                        [] -> loop(wait(St, 100));
+                        [{K, W} | _] -> loop(dispatch(St#{rr => RR + K + 1}, W, Tool))
                     end
             end
     end.
 
 candidates(Tool, #{pools := Pools}) ->
     Ws = [W || {_, W = #{pool := P, ready := true}} <- ets:tab2list(demo_workers), lists:member(P, Pools)],
-    Ok = [W || W = #{transport := T} <- Ws, T =:= grpc orelse lists:member(Tool, pipe_tools())],
+    Ok = [W || W = #{transport := T} <- Ws, T =:= grpc orelse lists:member(Tool, pipe_tools()),
+               alive(W)],
     lists:sort(fun(A, B) -> maps:get(seq, A) =< maps:get(seq, B) end, Ok).
+
+%% a worker whose connection just dropped is not a target any more
+alive(#{transport := grpc, conn := C}) -> is_process_alive(C);
+alive(#{pid := P}) -> is_process_alive(P).
 
 wait(St, Ms) ->
     receive
