@@ -97,7 +97,10 @@ partial(St, T) ->
       start_unix_ns => maps:get(start_unix, St), req_bytes => maps:get(req_bytes, St),
       resp_bytes => maps:get(resp_bytes, St)}.
 
-reply(#{from := none}, _) -> ok;
+reply(#{from := none}, {ok, #{grpc_status := 0}}) -> ok;
+reply(#{from := none}, R) ->
+    %% heartbeats and pings have nobody waiting: make their failures visible
+    io:format(standard_error, "background call failed: ~p~n", [R]);
 reply(#{from := From}, R) -> gen_server:reply(From, R).
 
 %% ---- sending ----
