@@ -1,1 +1,49 @@
-//! placeholder
+//! The kernel side of the agent: loading and attaching the eBPF probes
+//! (telemetry-ebpf), driving their maps, and reading their ring buffer.
+//!
+//! - `loader`: `Probes::load`, watch/unwatch of pids and fds, stats.
+//! - `reader`: the tokio task behind `Probes::events()`.
+//! - `decode`: THE one checked decode point for kernel records.
+//! - `btf`: task_struct offsets from /sys/kernel/btf/vmlinux (no CO-RE in Rust eBPF).
+//! - `preflight`: what `snakepit-agent check` reports.
+//!
+//! Timestamps in events are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns); use
+//! [`monotonic_to_unix_ns`] for wall-clock time.
+pub mod btf;
+pub mod decode;
+pub mod error;
+pub mod loader;
+pub mod preflight;
+mod reader;
+pub mod stats;
+
+pub use decode::{decode, DecodeError, Direction, ExitStatus, FdTotals, IoRecord, KernelEvent};
+pub use error::KernelError;
+pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
+pub use preflight::{preflight, Preflight};
+pub use stats::{KernelStats, ProbeStats, ProgRunStats};
+pub use telemetry_common::{
+    Syscall, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
+};
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC now, in the probes' time base.
+pub fn monotonic_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Converts a probe timestamp to nanoseconds since the Unix epoch (using the current
+/// offset between the clocks; good to the precision of NTP slews).
+pub fn monotonic_to_unix_ns(ts_ns: u64) -> u64 {
+    let offset = clock_ns(libc::CLOCK_REALTIME).saturating_sub(monotonic_now_ns());
+    ts_ns.saturating_add(offset)
+}

@@ -1,0 +1,448 @@
+//! THE one checked decode point for ring-buffer records (kernel -> user space).
+//!
+//! Records are `#[repr(C)]` structs from telemetry-common written in host byte order.
+//! Fields are read at their `offset_of!` positions from a byte slice with bounds
+//! checks, so no input (truncated, garbage) can panic or read out of bounds.
+use std::mem::{offset_of, size_of};
+
+use bytes::Bytes;
+use telemetry_common::{
+    FdEvent, IoEventHeader, ProcEvent, DIR_EGRESS, DIR_INGRESS, IO_HEADER_LEN, KIND_EXEC,
+    KIND_EXIT, KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MAX_CAPTURE,
+};
+pub use telemetry_common::Syscall;
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte header (kind {kind})")]
+    Short { kind: u32, len: usize, need: usize },
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("bad direction {0}")]
+    BadDirection(u8),
+    #[error("bad syscall id {0}")]
+    BadSyscall(u8),
+    #[error("captured_len {captured} exceeds {limit} (bytes present or MAX_CAPTURE)")]
+    BadLength { captured: usize, limit: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Into the process (read family).
+    Ingress,
+    /// Out of the process (write family).
+    Egress,
+}
+
+impl Direction {
+    pub fn index(self) -> usize {
+        match self {
+            Direction::Ingress => DIR_INGRESS as usize,
+            Direction::Egress => DIR_EGRESS as usize,
+        }
+    }
+}
+
+/// Running totals of a watched fd, kept in the kernel (exact even if records drop).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdTotals {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub calls_in: u64,
+    pub calls_out: u64,
+}
+
+impl FdTotals {
+    pub fn from_arrays(bytes: [u64; 2], calls: [u64; 2]) -> FdTotals {
+        FdTotals {
+            bytes_in: bytes[DIR_INGRESS as usize],
+            bytes_out: bytes[DIR_EGRESS as usize],
+            calls_in: calls[DIR_INGRESS as usize],
+            calls_out: calls[DIR_EGRESS as usize],
+        }
+    }
+}
+
+/// How a process ended, decoded from the raw wait status (task_struct.exit_code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(u8),
+    Signaled { signal: u8, core_dumped: bool },
+    Unknown,
+}
+
+impl ExitStatus {
+    pub fn from_raw(raw: u32) -> ExitStatus {
+        if raw == u32::MAX {
+            return ExitStatus::Unknown;
+        }
+        match raw & 0x7f {
+            0 => ExitStatus::Exited(((raw >> 8) & 0xff) as u8),
+            0x7f => ExitStatus::Unknown, // "stopped": not an exit
+            sig => ExitStatus::Signaled {
+                signal: sig as u8,
+                core_dumped: raw & 0x80 != 0,
+            },
+        }
+    }
+}
+
+/// One read/write-family syscall on a watched fd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub direction: Direction,
+    pub syscall: Syscall,
+    /// Bytes moved, or -errno; 0 is EOF on reads.
+    pub ret: i64,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns).
+    pub ts_enter_ns: u64,
+    pub ts_exit_ns: u64,
+    /// Per (tgid, fd, direction), contiguous unless records were dropped.
+    pub seq: u64,
+    /// The first min(ret, capture_bytes) bytes.
+    pub payload: Bytes,
+}
+
+/// Everything the probes report. Timestamps are CLOCK_MONOTONIC nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelEvent {
+    Io(IoRecord),
+    Fork {
+        parent_tgid: u32,
+        child_pid: u32,
+        ts_ns: u64,
+    },
+    Exec {
+        tgid: u32,
+        ppid: u32,
+        comm: String,
+        filename: String,
+        ts_ns: u64,
+    },
+    Exit {
+        tgid: u32,
+        ts_ns: u64,
+        status: ExitStatus,
+    },
+    FdOpen {
+        tgid: u32,
+        tid: u32,
+        fd: i32,
+        syscall: Syscall,
+        ret: i64,
+        ts_ns: u64,
+    },
+    FdClose {
+        tgid: u32,
+        fd: i32,
+        ts_ns: u64,
+        totals: FdTotals,
+    },
+}
+
+struct Rec<'a> {
+    b: &'a [u8],
+}
+
+impl Rec<'_> {
+    // Callers check the length first; the fallbacks only keep this panic-free.
+    fn u8(&self, off: usize) -> u8 {
+        self.b.get(off).copied().unwrap_or(0)
+    }
+    fn u32(&self, off: usize) -> u32 {
+        self.b
+            .get(off..off + 4)
+            .and_then(|s| s.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .unwrap_or(0)
+    }
+    fn u64(&self, off: usize) -> u64 {
+        self.b
+            .get(off..off + 8)
+            .and_then(|s| s.try_into().ok())
+            .map(u64::from_ne_bytes)
+            .unwrap_or(0)
+    }
+    fn i64(&self, off: usize) -> i64 {
+        self.u64(off) as i64
+    }
+    fn cstr(&self, off: usize, len: usize) -> String {
+        let s = self.b.get(off..off + len).unwrap_or(&[]);
+        let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
+        String::from_utf8_lossy(&s[..end]).into_owned()
+    }
+}
+
+fn need(kind: u32, b: &[u8], n: usize) -> Result<(), DecodeError> {
+    if b.len() < n {
+        return Err(DecodeError::Short {
+            kind,
+            len: b.len(),
+            need: n,
+        });
+    }
+    Ok(())
+}
+
+fn syscall(v: u8) -> Result<Syscall, DecodeError> {
+    Syscall::from_u8(v).ok_or(DecodeError::BadSyscall(v))
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    need(0, bytes, 4)?;
+    let r = Rec { b: bytes };
+    let kind = r.u32(0);
+    match kind {
+        KIND_IO => {
+            need(kind, bytes, IO_HEADER_LEN)?;
+            type H = IoEventHeader;
+            let direction = match r.u8(offset_of!(H, direction)) {
+                DIR_INGRESS => Direction::Ingress,
+                DIR_EGRESS => Direction::Egress,
+                d => return Err(DecodeError::BadDirection(d)),
+            };
+            let captured = r.u32(offset_of!(H, captured_len)) as usize;
+            let present = bytes.len() - IO_HEADER_LEN;
+            let limit = present.min(MAX_CAPTURE);
+            if captured > limit {
+                return Err(DecodeError::BadLength { captured, limit });
+            }
+            Ok(KernelEvent::Io(IoRecord {
+                tgid: r.u32(offset_of!(H, tgid)),
+                tid: r.u32(offset_of!(H, tid)),
+                fd: r.u32(offset_of!(H, fd)) as i32,
+                direction,
+                syscall: syscall(r.u8(offset_of!(H, syscall)))?,
+                ret: r.i64(offset_of!(H, ret)),
+                ts_enter_ns: r.u64(offset_of!(H, ts_enter_ns)),
+                ts_exit_ns: r.u64(offset_of!(H, ts_exit_ns)),
+                seq: r.u64(offset_of!(H, seq)),
+                payload: Bytes::copy_from_slice(
+                    &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured],
+                ),
+            }))
+        }
+        KIND_FORK | KIND_EXEC | KIND_EXIT => {
+            need(kind, bytes, size_of::<ProcEvent>())?;
+            type P = ProcEvent;
+            let tgid = r.u32(offset_of!(P, tgid));
+            let ts_ns = r.u64(offset_of!(P, ts_ns));
+            Ok(match kind {
+                KIND_FORK => KernelEvent::Fork {
+                    parent_tgid: r.u32(offset_of!(P, ppid)),
+                    child_pid: r.u32(offset_of!(P, child_pid)),
+                    ts_ns,
+                },
+                KIND_EXEC => KernelEvent::Exec {
+                    tgid,
+                    ppid: r.u32(offset_of!(P, ppid)),
+                    comm: r.cstr(offset_of!(P, comm), telemetry_common::COMM_LEN),
+                    filename: r.cstr(offset_of!(P, filename), telemetry_common::FILENAME_LEN),
+                    ts_ns,
+                },
+                _ => KernelEvent::Exit {
+                    tgid,
+                    ts_ns,
+                    status: ExitStatus::from_raw(r.u32(offset_of!(P, exit_code))),
+                },
+            })
+        }
+        KIND_FD_OPEN | KIND_FD_CLOSE => {
+            need(kind, bytes, size_of::<FdEvent>())?;
+            type F = FdEvent;
+            let tgid = r.u32(offset_of!(F, tgid));
+            let fd = r.u32(offset_of!(F, fd)) as i32;
+            let ts_ns = r.u64(offset_of!(F, ts_ns));
+            if kind == KIND_FD_OPEN {
+                Ok(KernelEvent::FdOpen {
+                    tgid,
+                    tid: r.u32(offset_of!(F, tid)),
+                    fd,
+                    syscall: syscall(r.u8(offset_of!(F, syscall)))?,
+                    ret: r.i64(offset_of!(F, ret)),
+                    ts_ns,
+                })
+            } else {
+                let b = offset_of!(F, bytes);
+                let c = offset_of!(F, calls);
+                Ok(KernelEvent::FdClose {
+                    tgid,
+                    fd,
+                    ts_ns,
+                    totals: FdTotals::from_arrays(
+                        [r.u64(b), r.u64(b + 8)],
+                        [r.u64(c), r.u64(c + 8)],
+                    ),
+                })
+            }
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put32(v: &mut [u8], off: usize, x: u32) {
+        v[off..off + 4].copy_from_slice(&x.to_ne_bytes());
+    }
+    fn put64(v: &mut [u8], off: usize, x: u64) {
+        v[off..off + 8].copy_from_slice(&x.to_ne_bytes());
+    }
+
+    fn io_record(payload: &[u8]) -> Vec<u8> {
+        type H = IoEventHeader;
+        let mut v = vec![0u8; IO_HEADER_LEN + payload.len()];
+        put32(&mut v, 0, KIND_IO);
+        put32(&mut v, offset_of!(H, tgid), 10);
+        put32(&mut v, offset_of!(H, tid), 11);
+        put32(&mut v, offset_of!(H, fd), 7);
+        v[offset_of!(H, direction)] = DIR_EGRESS;
+        v[offset_of!(H, syscall)] = Syscall::Writev as u8;
+        put32(&mut v, offset_of!(H, captured_len), payload.len() as u32);
+        put64(&mut v, offset_of!(H, ret), payload.len() as u64 + 5);
+        put64(&mut v, offset_of!(H, ts_enter_ns), 100);
+        put64(&mut v, offset_of!(H, ts_exit_ns), 200);
+        put64(&mut v, offset_of!(H, seq), 42);
+        v[IO_HEADER_LEN..].copy_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn io_roundtrip() {
+        let ev = decode(&io_record(b"hello")).unwrap();
+        let KernelEvent::Io(io) = ev else {
+            panic!("not io")
+        };
+        assert_eq!((io.tgid, io.tid, io.fd, io.seq, io.ret), (10, 11, 7, 42, 10));
+        assert_eq!(io.direction, Direction::Egress);
+        assert_eq!(io.syscall, Syscall::Writev);
+        assert_eq!(&io.payload[..], b"hello");
+    }
+
+    #[test]
+    fn io_length_checks() {
+        let mut v = io_record(b"hello");
+        put32(&mut v, offset_of!(IoEventHeader, captured_len), 6);
+        assert!(matches!(decode(&v), Err(DecodeError::BadLength { .. })));
+        let mut v = io_record(&[0u8; 10]);
+        put32(&mut v, offset_of!(IoEventHeader, captured_len), u32::MAX);
+        assert!(matches!(decode(&v), Err(DecodeError::BadLength { .. })));
+        let mut v = io_record(b"x");
+        v[offset_of!(IoEventHeader, direction)] = 9;
+        assert_eq!(decode(&v), Err(DecodeError::BadDirection(9)));
+        let mut v = io_record(b"x");
+        v[offset_of!(IoEventHeader, syscall)] = 200;
+        assert_eq!(decode(&v), Err(DecodeError::BadSyscall(200)));
+    }
+
+    #[test]
+    fn truncated_and_garbage_never_panic() {
+        let io = io_record(&[7u8; 64]);
+        for cut in 0..io.len() {
+            let _ = decode(&io[..cut]);
+        }
+        let mut proc_rec = vec![0u8; size_of::<ProcEvent>()];
+        let mut fd_rec = vec![0u8; size_of::<FdEvent>()];
+        for kind in [KIND_FORK, KIND_EXEC, KIND_EXIT] {
+            put32(&mut proc_rec, 0, kind);
+            assert!(decode(&proc_rec).is_ok());
+            for cut in 0..proc_rec.len() {
+                assert!(decode(&proc_rec[..cut]).is_err());
+            }
+        }
+        for kind in [KIND_FD_OPEN, KIND_FD_CLOSE] {
+            put32(&mut fd_rec, 0, kind);
+            fd_rec[offset_of!(FdEvent, syscall)] = Syscall::Accept4 as u8;
+            assert!(decode(&fd_rec).is_ok());
+            for cut in 0..fd_rec.len() {
+                assert!(decode(&fd_rec[..cut]).is_err());
+            }
+        }
+        // Pseudo-random garbage.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for len in 0..600 {
+            let v: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 8) as u8 // small values hit the valid kinds often
+                })
+                .collect();
+            let _ = decode(&v);
+        }
+        assert_eq!(decode(&[9, 0, 0, 0]), Err(DecodeError::UnknownKind(9)));
+    }
+
+    #[test]
+    fn proc_and_fd_events() {
+        type P = ProcEvent;
+        let mut v = vec![0u8; size_of::<P>()];
+        put32(&mut v, 0, KIND_EXEC);
+        put32(&mut v, offset_of!(P, tgid), 5);
+        put32(&mut v, offset_of!(P, ppid), 1);
+        v[offset_of!(P, comm)..offset_of!(P, comm) + 7].copy_from_slice(b"python3");
+        let f = offset_of!(P, filename);
+        v[f..f + 9].copy_from_slice(b"/usr/bin/");
+        let KernelEvent::Exec {
+            tgid,
+            ppid,
+            comm,
+            filename,
+            ..
+        } = decode(&v).unwrap()
+        else {
+            panic!("not exec")
+        };
+        assert_eq!((tgid, ppid, comm.as_str(), filename.as_str()), (5, 1, "python3", "/usr/bin/"));
+
+        type F = FdEvent;
+        let mut v = vec![0u8; size_of::<F>()];
+        put32(&mut v, 0, KIND_FD_CLOSE);
+        put32(&mut v, offset_of!(F, fd), 9);
+        put64(&mut v, offset_of!(F, bytes), 100);
+        put64(&mut v, offset_of!(F, bytes) + 8, 200);
+        put64(&mut v, offset_of!(F, calls), 3);
+        put64(&mut v, offset_of!(F, calls) + 8, 4);
+        let KernelEvent::FdClose { fd, totals, .. } = decode(&v).unwrap() else {
+            panic!("not close")
+        };
+        assert_eq!(fd, 9);
+        assert_eq!(
+            totals,
+            FdTotals {
+                bytes_in: 100,
+                bytes_out: 200,
+                calls_in: 3,
+                calls_out: 4
+            }
+        );
+    }
+
+    #[test]
+    fn exit_status() {
+        assert_eq!(ExitStatus::from_raw(3 << 8), ExitStatus::Exited(3));
+        assert_eq!(
+            ExitStatus::from_raw(9),
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        );
+        assert_eq!(
+            ExitStatus::from_raw(0x80 | 11),
+            ExitStatus::Signaled {
+                signal: 11,
+                core_dumped: true
+            }
+        );
+        assert_eq!(ExitStatus::from_raw(u32::MAX), ExitStatus::Unknown);
+    }
+}

@@ -1,0 +1,518 @@
+//! Loads snakepit-probes, sets its globals, attaches every program and owns the maps.
+use std::{
+    ffi::CString,
+    os::fd::OwnedFd,
+    path::Path,
+    sync::{atomic::Ordering, Arc},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use telemetry_common::{
+    FdKey, FdState, GLOBAL_CAPTURE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
+    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_EVENTS, MAP_STATS,
+    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
+};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::mpsc,
+};
+
+use super::{
+    btf::Btf,
+    decode::{FdTotals, KernelEvent},
+    error::KernelError,
+    reader,
+    stats::{KernelStats, ProgRunStats, ReaderCounters},
+};
+
+static PROBES_OBJ: &[u8] = aya::include_bytes_aligned!(env!("SNAKEPIT_PROBES_OBJ"));
+
+/// Load-time settings of the probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Payload bytes copied per syscall (clamped to MAX_CAPTURE = 4096).
+    pub capture_bytes: u32,
+    /// Ring buffer size; rounded up to a power of two (at least one page).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            capture_bytes: MAX_CAPTURE as u32,
+            ring_buffer_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug)]
+enum Hook {
+    /// Classic tracepoint (category, name).
+    Tp(&'static str, &'static str),
+    /// Raw tracepoint (name).
+    Raw(&'static str),
+}
+
+/// (program name in the object, hook). Syscall programs are named after their event.
+const PROGRAMS: &[(&str, Hook)] = &[
+    ("sys_enter_read", Hook::Tp("syscalls", "sys_enter_read")),
+    ("sys_exit_read", Hook::Tp("syscalls", "sys_exit_read")),
+    ("sys_enter_write", Hook::Tp("syscalls", "sys_enter_write")),
+    ("sys_exit_write", Hook::Tp("syscalls", "sys_exit_write")),
+    ("sys_enter_readv", Hook::Tp("syscalls", "sys_enter_readv")),
+    ("sys_exit_readv", Hook::Tp("syscalls", "sys_exit_readv")),
+    ("sys_enter_writev", Hook::Tp("syscalls", "sys_enter_writev")),
+    ("sys_exit_writev", Hook::Tp("syscalls", "sys_exit_writev")),
+    ("sys_enter_recvfrom", Hook::Tp("syscalls", "sys_enter_recvfrom")),
+    ("sys_exit_recvfrom", Hook::Tp("syscalls", "sys_exit_recvfrom")),
+    ("sys_enter_sendto", Hook::Tp("syscalls", "sys_enter_sendto")),
+    ("sys_exit_sendto", Hook::Tp("syscalls", "sys_exit_sendto")),
+    ("sys_enter_recvmsg", Hook::Tp("syscalls", "sys_enter_recvmsg")),
+    ("sys_exit_recvmsg", Hook::Tp("syscalls", "sys_exit_recvmsg")),
+    ("sys_enter_sendmsg", Hook::Tp("syscalls", "sys_enter_sendmsg")),
+    ("sys_exit_sendmsg", Hook::Tp("syscalls", "sys_exit_sendmsg")),
+    ("sys_enter_connect", Hook::Tp("syscalls", "sys_enter_connect")),
+    ("sys_exit_connect", Hook::Tp("syscalls", "sys_exit_connect")),
+    ("sys_exit_accept", Hook::Tp("syscalls", "sys_exit_accept")),
+    ("sys_exit_accept4", Hook::Tp("syscalls", "sys_exit_accept4")),
+    ("sys_enter_close", Hook::Tp("syscalls", "sys_enter_close")),
+    ("sched_process_fork", Hook::Raw("sched_process_fork")),
+    ("sched_process_exec", Hook::Tp("sched", "sched_process_exec")),
+    ("sched_process_exit", Hook::Tp("sched", "sched_process_exit")),
+];
+
+/// The tracepoints the probes need, as "category/name" (raw ones as "raw:name").
+pub fn required_tracepoints() -> Vec<String> {
+    PROGRAMS
+        .iter()
+        .map(|(_, hook)| match hook {
+            Hook::Tp(c, n) => format!("{c}/{n}"),
+            Hook::Raw(n) => format!("raw:{n}"),
+        })
+        .collect()
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BPFFS: &str = "/sys/fs/bpf";
+
+fn is_mounted(path: &str, fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                f.nth(1) == Some(path) && f.next() == Some(fstype)
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn mount(fstype: &'static str, path: &'static str) -> Result<(), KernelError> {
+    let err = |source| KernelError::Mount {
+        what: fstype,
+        path,
+        source,
+    };
+    let (src, dst) = match (CString::new(fstype), CString::new(path)) {
+        (Ok(s), Ok(d)) => (s, d),
+        _ => return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput))),
+    };
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // EBUSY: mounted meanwhile (by another agent or the test harness).
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err(e));
+        }
+    }
+    Ok(())
+}
+
+/// Mounts tracefs (needed to attach tracepoints) and bpffs if missing. Idempotent.
+pub fn ensure_mounts() -> Result<(), KernelError> {
+    if !Path::new(TRACEFS).join("events").is_dir() && !is_mounted(TRACEFS, "tracefs") {
+        mount("tracefs", TRACEFS)?;
+    }
+    if !is_mounted(BPFFS, "bpf") {
+        // Nothing is pinned today; a failure here must not stop the agent.
+        if let Err(e) = mount("bpf", BPFFS) {
+            log::warn!("{e}");
+        }
+    }
+    Ok(())
+}
+
+/// task_struct offsets from BTF; u32::MAX where unknown (the probes then degrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub exit_code: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub real_parent: u32,
+}
+
+impl TaskOffsets {
+    pub fn from_kernel() -> TaskOffsets {
+        let unknown = TaskOffsets {
+            exit_code: u32::MAX,
+            pid: u32::MAX,
+            tgid: u32::MAX,
+            real_parent: u32::MAX,
+        };
+        let btf = match Btf::from_sys() {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("kernel BTF unavailable ({e}): exit codes, forks and ppids degrade");
+                return unknown;
+            }
+        };
+        let get = |m: &str| match btf.member_offset("task_struct", m) {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("BTF: {e}");
+                u32::MAX
+            }
+        };
+        TaskOffsets {
+            exit_code: get("exit_code"),
+            pid: get("pid"),
+            tgid: get("tgid"),
+            real_parent: get("real_parent"),
+        }
+    }
+}
+
+fn ring_size(requested: u32) -> u32 {
+    let page = 4096u32;
+    requested.max(page).checked_next_power_of_two().unwrap_or(1 << 31)
+}
+
+/// The loaded and attached probes, and the maps user space drives.
+pub struct Probes {
+    ebpf: Ebpf,
+    watched_pids: HashMap<MapData, u32, u32>,
+    watched_fds: HashMap<MapData, FdKey, FdState>,
+    stats: PerCpuArray<MapData, u64>,
+    ring: Option<RingBuf<MapData>>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Keeps BPF_ENABLE_STATS on while the probes live (closing it turns it off).
+    _run_stats: Option<OwnedFd>,
+    attached: Vec<String>,
+    offsets: TaskOffsets,
+    counters: Arc<ReaderCounters>,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, KernelError> {
+    ebpf.take_map(name).ok_or(KernelError::MissingMap(name))
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+impl Probes {
+    /// Loads the probes, sets their globals and attaches all programs. The error
+    /// names the probe that failed.
+    pub fn load(cfg: &KernelConfig) -> Result<Probes, KernelError> {
+        ensure_mounts()?;
+        raise_memlock();
+        let offsets = TaskOffsets::from_kernel();
+        let capture = cfg.capture_bytes.min(MAX_CAPTURE as u32);
+        let ring_bytes = ring_size(cfg.ring_buffer_bytes);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_CAPTURE_BYTES, &capture, true)
+            .override_global(GLOBAL_TASK_EXIT_CODE_OFFSET, &offsets.exit_code, true)
+            .override_global(GLOBAL_TASK_PID_OFFSET, &offsets.pid, true)
+            .override_global(GLOBAL_TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
+            .map_max_entries(MAP_EVENTS, ring_bytes)
+            .load(PROBES_OBJ)
+            .map_err(KernelError::Load)?;
+
+        // The logger owns the AYA_LOGS map; dropping it would close the map.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("eBPF logs unavailable: {e}");
+                None
+            }
+        };
+
+        let mut attached = Vec::with_capacity(PROGRAMS.len());
+        for &(name, hook) in PROGRAMS {
+            let target = match hook {
+                Hook::Tp(c, n) => format!("tracepoint:{c}/{n}"),
+                Hook::Raw(n) => format!("raw_tracepoint:{n}"),
+            };
+            let probe_err = |source| KernelError::Probe {
+                name,
+                target: target.clone(),
+                source,
+            };
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingProgram(name))?;
+            match hook {
+                Hook::Tp(category, tp) => {
+                    let p: &mut TracePoint = prog.try_into().map_err(probe_err)?;
+                    p.load().map_err(probe_err)?;
+                    p.attach(category, tp).map_err(probe_err)?;
+                }
+                Hook::Raw(tp) => {
+                    let p: &mut RawTracePoint = prog.try_into().map_err(probe_err)?;
+                    p.load().map_err(probe_err)?;
+                    p.attach(tp).map_err(probe_err)?;
+                }
+            }
+            attached.push(target);
+        }
+
+        let watched_pids = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_PIDS)?)
+            .map_err(map_err(MAP_WATCHED_PIDS))?;
+        let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
+            .map_err(map_err(MAP_WATCHED_FDS))?;
+        let stats =
+            PerCpuArray::try_from(take_map(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let ring =
+            RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
+
+        let run_stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!("BPF run-time stats unavailable: {e}");
+                None
+            }
+        };
+
+        Ok(Probes {
+            ebpf,
+            watched_pids,
+            watched_fds,
+            stats,
+            ring: Some(ring),
+            logger,
+            _run_stats: run_stats,
+            attached,
+            offsets,
+            counters: Arc::default(),
+        })
+    }
+
+    /// Sets the WATCHED_PIDS flags (PID_*) of `tgid`, replacing earlier ones.
+    pub fn watch_pid(&mut self, tgid: u32, flags: u32) -> Result<(), KernelError> {
+        self.watched_pids
+            .insert(tgid, flags, 0)
+            .map_err(map_err(MAP_WATCHED_PIDS))
+    }
+
+    /// Current flags of `tgid`, if watched.
+    pub fn pid_flags(&self, tgid: u32) -> Option<u32> {
+        self.watched_pids.get(&tgid, 0).ok()
+    }
+
+    /// Stops watching `tgid` (no error if it was not watched).
+    pub fn unwatch_pid(&mut self, tgid: u32) -> Result<(), KernelError> {
+        ignore_missing(self.watched_pids.remove(&tgid)).map_err(map_err(MAP_WATCHED_PIDS))
+    }
+
+    /// Starts capturing (tgid, fd). An entry the kernel already made (accept/connect)
+    /// is kept, with its sequence numbers and totals.
+    pub fn watch_fd(&mut self, tgid: u32, fd: i32, fd_kind: u32) -> Result<(), KernelError> {
+        let state = FdState {
+            fd_kind,
+            ..FdState::default()
+        };
+        const BPF_NOEXIST: u64 = 1;
+        match self
+            .watched_fds
+            .insert(FdKey { tgid, fd: fd as u32 }, state, BPF_NOEXIST)
+        {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(map_err(MAP_WATCHED_FDS)),
+        }
+    }
+
+    /// Stops capturing (tgid, fd) (no error if it was not watched).
+    pub fn unwatch_fd(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
+        ignore_missing(self.watched_fds.remove(&FdKey { tgid, fd: fd as u32 }))
+            .map_err(map_err(MAP_WATCHED_FDS))
+    }
+
+    /// Drops every watched fd of `tgid` (after its Exit: the kernel sees no close()).
+    /// Returns how many were removed.
+    pub fn forget_tgid(&mut self, tgid: u32) -> usize {
+        let keys: Vec<FdKey> = self
+            .watched_fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        keys.iter()
+            .filter(|k| self.watched_fds.remove(k).is_ok())
+            .count()
+    }
+
+    /// The kernel's running totals of a watched fd.
+    pub fn fd_totals(&self, tgid: u32, fd: i32) -> Option<FdTotals> {
+        self.watched_fds
+            .get(&FdKey { tgid, fd: fd as u32 }, 0)
+            .ok()
+            .map(|s| FdTotals::from_arrays(s.bytes, s.calls))
+    }
+
+    /// Number of watched fds (for `check` and self-metrics).
+    pub fn watched_fd_count(&self) -> usize {
+        self.watched_fds.keys().filter(Result::is_ok).count()
+    }
+
+    /// Snapshot of the in-kernel counters.
+    pub fn stats(&self) -> KernelStats {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let mut out = KernelStats::empty(cpus);
+        for probe in 0..PROBE_COUNT {
+            for stat in 0..STAT_KINDS {
+                let Ok(values) = self.stats.get(&(probe * STAT_KINDS + stat), 0) else {
+                    continue;
+                };
+                let row = &mut out.probes[probe as usize];
+                if row.per_cpu.len() < values.len() {
+                    row.per_cpu.resize(values.len(), [0; STAT_KINDS as usize]);
+                }
+                for (cpu, v) in values.iter().enumerate() {
+                    row.per_cpu[cpu][stat as usize] = *v;
+                    row.total[stat as usize] += *v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Kernel-measured run time and count of every program.
+    pub fn prog_run_stats(&self) -> Vec<ProgRunStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|&(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgRunStats {
+                    name: name.to_string(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
+    /// What is attached, as "tracepoint:category/name" / "raw_tracepoint:name".
+    pub fn attached(&self) -> Vec<String> {
+        self.attached.clone()
+    }
+
+    pub fn task_offsets(&self) -> TaskOffsets {
+        self.offsets
+    }
+
+    /// Records read and decode failures of the ring-buffer reader.
+    pub fn reader_counters(&self) -> (u64, u64) {
+        (
+            self.counters.records.load(Ordering::Relaxed),
+            self.counters.decode_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The decoded event stream, fed by a tokio task reading the ring buffer (call
+    /// once, inside a tokio runtime). The task ends when the receiver is dropped.
+    pub fn events(&mut self) -> Result<mpsc::Receiver<KernelEvent>, KernelError> {
+        let ring = self.ring.take().ok_or(KernelError::EventsTaken)?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open while the AsyncFd
+        // owns the RingBuf.
+        let afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| KernelError::Reader(e.into()))?;
+        let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
+        tokio::spawn(reader::run(afd, tx, self.counters.clone()));
+        if let Some(logger) = self.logger.take() {
+            // SAFETY: as above, the logger owns its ring-buffer fd.
+            match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+                Ok(afd) => {
+                    tokio::spawn(reader::run_logger(afd));
+                }
+                Err(e) => log::warn!("eBPF log reader: {e}"),
+            }
+        }
+        Ok(rx)
+    }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        r => r,
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; harmless on newer ones.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "setrlimit(RLIMIT_MEMLOCK): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(ring_size(0), 4096);
+        assert_eq!(ring_size(32 << 20), 32 << 20);
+        assert_eq!(ring_size((32 << 20) + 1), 64 << 20);
+    }
+
+    #[test]
+    fn object_has_every_program() {
+        let obj = aya_obj_names();
+        for (name, _) in PROGRAMS {
+            assert!(obj.iter().any(|n| n == name), "{name} missing from object");
+        }
+    }
+
+    /// Symbol names in the embedded object (a cheap check that needs no privileges).
+    fn aya_obj_names() -> Vec<String> {
+        let hay = String::from_utf8_lossy(PROBES_OBJ);
+        PROGRAMS
+            .iter()
+            .filter(|(n, _)| hay.contains(n))
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+}
