@@ -487,6 +487,18 @@ pub fn parse_fd_link(link: &str) -> FdTarget {
     }
 }
 
+/// The `flags:` line of `/proc/PID/fdinfo/N` (octal open flags).
+pub fn parse_fdinfo_flags(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+}
+
+/// Whether open flags allow writing (O_WRONLY or O_RDWR).
+pub fn flags_writable(flags: u32) -> bool {
+    flags & 3 != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,6 +750,17 @@ OMP_NUM_THREADS=1\0";
         assert!(is_loopback(t[2].local));
         assert_eq!(t[3].local, "[fe80::5254:ff:fef1:a0b4]:22".parse().unwrap());
         assert!(!is_loopback(t[3].local));
+    }
+
+    #[test]
+    fn fdinfo_flags() {
+        let w = "pos:\t0\nflags:\t02000001\nmnt_id:\t16\nino:\t28744\n";
+        assert_eq!(parse_fdinfo_flags(w), Some(0o2000001));
+        assert!(flags_writable(0o2000001));
+        assert!(!flags_writable(0o4000));
+        assert!(flags_writable(0o2));
+        assert_eq!(parse_fdinfo_flags("pos: 0\n"), None);
+        assert_eq!(parse_fdinfo_flags("flags:\t9\n"), None);
     }
 
     #[test]

@@ -95,6 +95,17 @@ impl ProcSource {
         ))
     }
 
+    /// Open flags of an fd (`fdinfo`), e.g. to tell a pipe's write end.
+    pub fn fd_flags(&self, pid: u32, fd: u32) -> Result<u32, DiscoveryError> {
+        let raw = self.read(pid, &format!("fdinfo/{fd}"))?;
+        parse::parse_fdinfo_flags(&String::from_utf8_lossy(&raw)).ok_or_else(|| {
+            DiscoveryError::Parse {
+                what: "fdinfo",
+                detail: format!("no flags for {pid}/{fd}"),
+            }
+        })
+    }
+
     /// Sockets and pipes among the process's fds (other fds are left out). Fds that
     /// vanish while listing are skipped.
     pub fn fds(&self, pid: u32) -> Result<Vec<(u32, FdTarget)>, DiscoveryError> {

@@ -59,6 +59,7 @@ impl FakeProc {
         let p = self.path(pid);
         std::fs::create_dir_all(p.join("fd")).expect("mkdir");
         std::fs::create_dir_all(p.join("net")).expect("mkdir");
+        std::fs::create_dir_all(p.join("fdinfo")).expect("mkdir");
         let stat = format!(
             "{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
             1000 + pid
@@ -88,6 +89,11 @@ impl FakeProc {
     fn add_fd(&self, pid: u32, fd: u32, target: &str) {
         std::os::unix::fs::symlink(target, self.path(pid).join(format!("fd/{fd}")))
             .expect("symlink");
+    }
+
+    fn fdinfo(&self, pid: u32, fd: u32, flags: &str) {
+        let text = format!("pos:\t0\nflags:\t{flags}\nmnt_id:\t16\n");
+        std::fs::write(self.path(pid).join(format!("fdinfo/{fd}")), text).expect("write");
     }
 
     fn remove_fd(&self, pid: u32, fd: u32) {
@@ -235,11 +241,20 @@ fn full_tree() -> FakeProc {
         f.add_fd(BEAM, bfd, &format!("pipe:[{inode}]"));
     }
     f.add_fd(BEAM, 3, "/dev/null");
-    for (pid, i, o) in [(WA, 7000, 7001), (WB, 7002, 7003), (WP, 7004, 7005)] {
+    for (pid, i, o) in [(WA, 7000, 7001), (WB, 7002, 7003)] {
         f.add_fd(pid, 0, &format!("pipe:[{i}]"));
         f.add_fd(pid, 1, &format!("pipe:[{o}]"));
         f.add_fd(pid, 2, &format!("pipe:[{o}]"));
     }
+    // The pipe worker moved its frame output to a private fd (as the demo's does);
+    // fd 1 and 2 point at a log file.
+    f.add_fd(WP, 0, "pipe:[7004]");
+    f.add_fd(WP, 1, "/tmp/agent.log");
+    f.add_fd(WP, 2, "/tmp/agent.log");
+    f.add_fd(WP, 3, "pipe:[7005]");
+    f.fdinfo(WP, 3, "02000001");
+    // A pipe the BEAM does not hold is not a connection.
+    f.add_fd(WP, 4, "pipe:[7777]");
     f
 }
 
@@ -316,7 +331,7 @@ fn full_scan_builds_the_topology() {
         (18, 0, Transport::Pipe)
     );
     let po = &c[&(WP, "PipeStdout".to_string())];
-    assert_eq!((po.beam_fd, po.worker_fd), (19, 1));
+    assert_eq!((po.beam_fd, po.worker_fd), (19, 3));
     assert_eq!(
         c[&(WA, "PipeStdout".to_string())].transport,
         Transport::Grpc
@@ -325,7 +340,11 @@ fn full_scan_builds_the_topology() {
     // Lookups from both ends; fd 2 shares stdout's pipe.
     assert_eq!(d.conn_for_fd(BEAM, 11).map(|c| c.id), Some(ac.id));
     assert_eq!(d.conn_for_fd(WA, 6).map(|c| c.id), Some(ac.id));
-    assert_eq!(d.conn_for_fd(WP, 2).map(|c| c.id), Some(po.id));
+    assert_eq!(
+        d.conn_for_fd(WA, 2).map(|c| c.id),
+        Some(c[&(WA, "PipeStdout".to_string())].id)
+    );
+    assert!(d.conn_for_fd(WP, 2).is_none());
     assert!(d.conn_for_fd(BEAM, 20).is_none());
     assert!(d.conn_for_fd(BEAM, 10).is_none());
 
@@ -369,8 +388,8 @@ fn watch_plan_flags() {
     assert!(plan.fds.contains(&(WA, 2, FD_PIPE)));
     assert!(plan.fds.contains(&(BEAM, 14, FD_PIPE)));
     assert!(!plan.fds.iter().any(|(p, fd, _)| *p == BEAM && *fd == 20));
-    // 3 tcp conns x 2 ends + 6 pipe conns x 2 ends + 3 fd-2 aliases.
-    assert_eq!(plan.fds.len(), 21);
+    // 3 tcp conns x 2 ends + 6 pipe conns x 2 ends + 2 fd-2 aliases.
+    assert_eq!(plan.fds.len(), 20);
 }
 
 #[test]
@@ -633,4 +652,20 @@ fn real_proc_scan_finds_own_pid() {
     assert_eq!(d.process(me).map(|p| p.role), Some(ProcessRole::Worker));
     serde_json::to_string(&d.snapshot()).expect("serializes");
     d.tick();
+}
+
+/// Manual check against a running demo (`cargo test -p telemetry-user --lib
+/// live_host_snapshot -- --ignored --nocapture`): prints what discovery sees.
+#[test]
+#[ignore]
+fn live_host_snapshot() {
+    let mut d = Discovery::new(ProcSource::system(), Selectors::default());
+    for c in d.full_scan() {
+        println!("{}", serde_json::to_string(&c).unwrap_or_default());
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&d.snapshot()).unwrap_or_default()
+    );
+    println!("{:?}", d.watch_plan());
 }

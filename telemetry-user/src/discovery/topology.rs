@@ -26,7 +26,7 @@ use telemetry_common::{
 };
 
 use super::parse::{
-    canonical, classify, is_loopback, is_snakepit_grpc_worker, parse_worker_args, FdTarget,
+    self, canonical, classify, is_loopback, is_snakepit_grpc_worker, parse_worker_args, FdTarget,
     ProcStat, ProcessKind, Selectors, SnakepitEnv, TcpEntry, TcpState, WorkerArgs,
 };
 use super::source::ProcSource;
@@ -508,6 +508,10 @@ impl Discovery {
                 admit.push((*pid, anc));
             }
         }
+        // gRPC workers first: they carry the instance name BeamDiscovered reports.
+        admit.sort_by_key(|(pid, _)| {
+            !matches!(table.get(pid), Some((_, _, ProcessKind::GrpcWorker(_))))
+        });
         for (pid, anc) in admit {
             if let Some((stat, args, kind)) = table.get(&pid) {
                 self.admit(&mut ctx, pid, stat, args, kind.clone(), anc, &mut changes);
@@ -1048,6 +1052,11 @@ impl Discovery {
                 .map(|(p, _)| p)
                 .collect()
         };
+        if !table.by_tuple.contains_key(&(r, l)) {
+            // The peer's entry may be newer than the cached table.
+            ctx.tables.clear();
+            table = ctx.table(&self.src, tgid);
+        }
         let Some(&peer_inode) = table.by_tuple.get(&(r, l)) else {
             return Resolve::NotYet;
         };
@@ -1192,7 +1201,9 @@ impl Discovery {
         self.conns.insert(conn.id, conn);
     }
 
-    /// Matches the worker's fds 0-2 (pipes) with the BEAM fds holding the other end.
+    /// Matches the worker's pipe fds with the BEAM fds holding the other end. Fds
+    /// 0-2 are stdin/stdout/stderr; any other pipe fd the BEAM shares (a worker that
+    /// moved its output to a private fd) gets its direction from its open flags.
     fn pair_pipes(&mut self, ctx: &mut Ctx, wpid: u32, changes: &mut Vec<TopologyChange>) {
         let Some(ws) = self.workers.get(&wpid) else {
             return;
@@ -1211,7 +1222,7 @@ impl Discovery {
             let (wfd, FdTarget::Pipe(inode)) = (*wfd, t) else {
                 continue;
             };
-            if wfd > 2 || self.fd_index.contains_key(&(wpid, wfd)) {
+            if self.fd_index.contains_key(&(wpid, wfd)) {
                 continue;
             }
             // stdout and stderr may share one pipe: the second fd joins the first's conn.
@@ -1228,6 +1239,15 @@ impl Discovery {
             else {
                 continue;
             };
+            let role = match wfd {
+                0 => ConnRole::PipeStdin,
+                1 | 2 => ConnRole::PipeStdout,
+                _ => match self.src.fd_flags(wpid, wfd) {
+                    Ok(fl) if parse::flags_writable(fl) => ConnRole::PipeStdout,
+                    Ok(_) => ConnRole::PipeStdin,
+                    Err(_) => continue,
+                },
+            };
             let conn = ConnInfo {
                 id: self.next_id,
                 beam_pid: bpid,
@@ -1238,11 +1258,7 @@ impl Discovery {
                 pool: pool.clone(),
                 beam_addr: None,
                 worker_addr: None,
-                role: if wfd == 0 {
-                    ConnRole::PipeStdin
-                } else {
-                    ConnRole::PipeStdout
-                },
+                role,
                 transport,
                 inode: *inode,
             };
