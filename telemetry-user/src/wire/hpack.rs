@@ -58,7 +58,7 @@ pub struct HeaderField {
 }
 
 impl HeaderField {
-    fn known(name: &[u8], value: &[u8]) -> Self {
+    pub fn known(name: &[u8], value: &[u8]) -> Self {
         HeaderField {
             name: HeaderValue::Known(name.to_vec()),
             value: HeaderValue::Known(value.to_vec()),

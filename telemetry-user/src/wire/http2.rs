@@ -483,7 +483,7 @@ impl FrameDecoder {
                     *pad_remaining -= n;
                     pos += n;
                     if *pad_remaining == 0 {
-                        self.to_header();
+                        self.expect_header();
                     }
                 }
                 State::Buffered {
@@ -563,7 +563,7 @@ impl FrameDecoder {
                     *pad_remaining -= k;
                     n -= k;
                     if *pad_remaining == 0 {
-                        self.to_header();
+                        self.expect_header();
                     }
                 }
                 State::Buffered {
@@ -589,7 +589,7 @@ impl FrameDecoder {
         }
     }
 
-    fn to_header(&mut self) {
+    fn expect_header(&mut self) {
         self.state = State::Header {
             buf: [0; FRAME_HEADER_LEN],
             have: 0,
@@ -598,7 +598,7 @@ impl FrameDecoder {
 
     fn finish_if_skipped(&mut self) {
         if matches!(self.state, State::Skip { remaining: 0 }) {
-            self.to_header();
+            self.expect_header();
         }
     }
 
@@ -617,7 +617,7 @@ impl FrameDecoder {
                 return;
             }
         }
-        self.to_header();
+        self.expect_header();
     }
 
     fn start_frame(&mut self, hdr: FrameHeader, out: &mut Vec<Http2Event>) {
@@ -638,7 +638,7 @@ impl FrameDecoder {
                         stream_id: hdr.stream_id,
                         end_stream: hdr.has(FLAG_END_STREAM),
                     });
-                    self.to_header();
+                    self.expect_header();
                     return;
                 }
                 self.state = State::Data {

@@ -15,13 +15,13 @@ pub mod http2;
 pub mod port_packet;
 pub mod snakepit;
 
-// pub use grpc::{
-//    GrpcConfig, GrpcEvent, GrpcMessage, GrpcMetadata, MessageReassembler,
-// };
+pub use grpc::{
+    GrpcConfig, GrpcDirectionDecoder, GrpcEvent, GrpcMessage, GrpcMetadata, MessageReassembler,
+};
 pub use hpack::{DecodedBlock, HeaderField, HeaderValue, HpackDecoder};
 pub use http2::{FrameDecoder, Http2Config, Http2Event, Setting};
-//pub use port_packet::{PacketDecoder, PortMessage, PortPacket};
-//pub use snakepit::{identify_method, Direction, Method};
+pub use port_packet::{PacketDecoder, PortMessage, PortPacket};
+pub use snakepit::{identify_method, Direction, Method};
 
 /// Everything that can go wrong while decoding. The decoders count these in
 /// [`DecodeStats`] and carry on; none of them is fatal to the process.
