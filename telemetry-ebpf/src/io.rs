@@ -59,10 +59,38 @@ macro_rules! io_probes {
     };
 }
 
-io_probes!(sys_enter_read, sys_exit_read, Syscall::Read, DIR_INGRESS, PROBE_READ, Buf::Plain);
-io_probes!(sys_enter_write, sys_exit_write, Syscall::Write, DIR_EGRESS, PROBE_WRITE, Buf::Plain);
-io_probes!(sys_enter_readv, sys_exit_readv, Syscall::Readv, DIR_INGRESS, PROBE_READV, Buf::Vec);
-io_probes!(sys_enter_writev, sys_exit_writev, Syscall::Writev, DIR_EGRESS, PROBE_WRITEV, Buf::Vec);
+io_probes!(
+    sys_enter_read,
+    sys_exit_read,
+    Syscall::Read,
+    DIR_INGRESS,
+    PROBE_READ,
+    Buf::Plain
+);
+io_probes!(
+    sys_enter_write,
+    sys_exit_write,
+    Syscall::Write,
+    DIR_EGRESS,
+    PROBE_WRITE,
+    Buf::Plain
+);
+io_probes!(
+    sys_enter_readv,
+    sys_exit_readv,
+    Syscall::Readv,
+    DIR_INGRESS,
+    PROBE_READV,
+    Buf::Vec
+);
+io_probes!(
+    sys_enter_writev,
+    sys_exit_writev,
+    Syscall::Writev,
+    DIR_EGRESS,
+    PROBE_WRITEV,
+    Buf::Vec
+);
 io_probes!(
     sys_enter_recvfrom,
     sys_exit_recvfrom,
@@ -71,7 +99,14 @@ io_probes!(
     PROBE_RECVFROM,
     Buf::Plain
 );
-io_probes!(sys_enter_sendto, sys_exit_sendto, Syscall::Sendto, DIR_EGRESS, PROBE_SENDTO, Buf::Plain);
+io_probes!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    Syscall::Sendto,
+    DIR_EGRESS,
+    PROBE_SENDTO,
+    Buf::Plain
+);
 io_probes!(
     sys_enter_recvmsg,
     sys_exit_recvmsg,
@@ -104,7 +139,7 @@ fn try_enter(
         fd,
     };
     // The miss path: exactly one hash lookup.
-    if WATCHED_FDS.get_ptr(&key).is_none() {
+    if WATCHED_FDS.get_ptr(key).is_none() {
         return Ok(());
     }
     let arg = ctx_u64(ctx, ARG1);
@@ -135,7 +170,7 @@ fn try_enter(
             }
         }
     }
-    if PENDING_IO.insert(&pid_tgid, &pending, BPF_ANY).is_err() {
+    if PENDING_IO.insert(pid_tgid, pending, BPF_ANY).is_err() {
         stat_add(probe, STAT_MAP_FULL, 1);
     }
     Ok(())
@@ -145,11 +180,11 @@ fn try_enter(
 fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // The miss path: exactly one hash lookup.
-    let pending = match unsafe { PENDING_IO.get(&pid_tgid) } {
+    let pending = match unsafe { PENDING_IO.get(pid_tgid) } {
         Some(p) => *p,
         None => return Ok(()),
     };
-    let _ = PENDING_IO.remove(&pid_tgid);
+    let _ = PENDING_IO.remove(pid_tgid);
     if pending.syscall != sys as u8 {
         // Stale entry from a syscall whose exit we never saw.
         return Ok(());
@@ -161,7 +196,7 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
         fd: pending.fd as u32,
     };
     // Closed (by another thread) while the call was in flight: nothing to attribute.
-    let state = WATCHED_FDS.get_ptr_mut(&key).ok_or(())?;
+    let state = WATCHED_FDS.get_ptr_mut(key).ok_or(())?;
     let dir = (pending.direction & 1) as usize;
     // Atomic: several threads of the process may use the same fd on different CPUs.
     // (The bpf target has no AtomicU64::fetch_add; the intrinsic lowers to BPF_ATOMIC.)
@@ -222,9 +257,12 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     Ok(())
 }
 
+/// Atomic fetch-add. SeqCst on purpose: LLVM's BPF backend lowers a Relaxed
+/// atomicrmw add to the legacy non-fetching XADD even when the result is used (every
+/// seq came out as the addend); SeqCst emits BPF_ATOMIC|BPF_ADD|BPF_FETCH.
 #[inline(always)]
 unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) }
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }
 
 /// Copies `len` user bytes from `src` to `ev.data[off..]`. Callers keep
@@ -235,7 +273,10 @@ fn read_chunk(ev: &mut IoEvent, off: u32, src: u64, len: u32) -> bool {
     let (o, l) = if off == 0 {
         (0usize, len as usize & (IO_DATA_AREA - 1))
     } else {
-        (off as usize & (MAX_CAPTURE - 1), len as usize & (MAX_CAPTURE - 1))
+        (
+            off as usize & (MAX_CAPTURE - 1),
+            len as usize & (MAX_CAPTURE - 1),
+        )
     };
     let ret = unsafe {
         let dst = ev.data.as_mut_ptr().add(o);
@@ -269,7 +310,11 @@ fn copy_iovecs(ev: &mut IoEvent, iov: u64, cnt: u32, want: u32, probe: u32) -> u
             continue;
         }
         let room = want - copied;
-        let len = if v[1] < room as u64 { v[1] as u32 } else { room };
+        let len = if v[1] < room as u64 {
+            v[1] as u32
+        } else {
+            room
+        };
         if !read_chunk(ev, copied, v[0], len) {
             stat_add(probe, STAT_READ_ERRORS, 1);
             break;

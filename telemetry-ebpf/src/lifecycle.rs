@@ -99,7 +99,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
     // Miss path: one lookup.
-    if WATCHED_PIDS.get_ptr(&parent_tgid).is_none() {
+    if WATCHED_PIDS.get_ptr(parent_tgid).is_none() {
         return Ok(());
     }
     // TP_PROTO(struct task_struct *parent, struct task_struct *child)
@@ -117,7 +117,10 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
     }
     let child_pid = read_u32_at(child, task_pid_offset()).unwrap_or(child_tgid);
     // Lineage only: the child's own sockets are watched once user space decides.
-    if WATCHED_PIDS.insert(&child_tgid, &PID_LINEAGE, BPF_ANY).is_err() {
+    if WATCHED_PIDS
+        .insert(child_tgid, PID_LINEAGE, BPF_ANY)
+        .is_err()
+    {
         stat_add(PROBE_FORK, STAT_MAP_FULL, 1);
     }
     let mut ev = empty_event(KIND_FORK, pid_tgid);
@@ -159,7 +162,7 @@ fn try_exit(_ctx: &TracePointContext) -> Result<(), ()> {
     if pid_tgid as u32 != tgid {
         return Ok(());
     }
-    if WATCHED_PIDS.get_ptr(&tgid).is_none() {
+    if WATCHED_PIDS.get_ptr(tgid).is_none() {
         return Ok(());
     }
     let mut ev = empty_event(KIND_EXIT, pid_tgid);
@@ -170,6 +173,6 @@ fn try_exit(_ctx: &TracePointContext) -> Result<(), ()> {
         ev.comm = comm;
     }
     send(&ev, PROBE_EXIT);
-    let _ = WATCHED_PIDS.remove(&tgid);
+    let _ = WATCHED_PIDS.remove(tgid);
     Ok(())
 }

@@ -14,8 +14,7 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    ctx_u64, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO, WATCHED_FDS,
-    WATCHED_PIDS,
+    ctx_u64, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO, WATCHED_FDS, WATCHED_PIDS,
 };
 
 const ARG0: usize = 16;
@@ -59,7 +58,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 /// True when `tgid` asked for its new sockets to be watched (one lookup).
 #[inline(always)]
 fn wants_new_sockets(tgid: u32) -> bool {
-    match unsafe { WATCHED_PIDS.get(&tgid) } {
+    match unsafe { WATCHED_PIDS.get(tgid) } {
         Some(flags) => *flags & PID_WATCH_NEW_SOCKETS != 0,
         None => false,
     }
@@ -76,7 +75,7 @@ fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32)
         bytes: [0; 2],
         calls: [0; 2],
     };
-    if let Err(e) = WATCHED_FDS.insert(&FdKey { tgid, fd }, &state, flags) {
+    if let Err(e) = WATCHED_FDS.insert(FdKey { tgid, fd }, state, flags) {
         if -(e as i64) != EEXIST {
             stat_add(probe, STAT_MAP_FULL, 1);
             aya_log_ebpf::warn!(ctx, "WATCHED_FDS full: tgid {} fd {} not watched", tgid, fd);
@@ -137,7 +136,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
         direction: 0,
         _pad: [0; 6],
     };
-    if PENDING_IO.insert(&pid_tgid, &pending, BPF_ANY).is_err() {
+    if PENDING_IO.insert(pid_tgid, pending, BPF_ANY).is_err() {
         stat_add(PROBE_CONNECT, STAT_MAP_FULL, 1);
     }
     Ok(())
@@ -146,11 +145,11 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
 #[inline(always)]
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = match unsafe { PENDING_IO.get(&pid_tgid) } {
+    let pending = match unsafe { PENDING_IO.get(pid_tgid) } {
         Some(p) => *p,
         None => return Ok(()),
     };
-    let _ = PENDING_IO.remove(&pid_tgid);
+    let _ = PENDING_IO.remove(pid_tgid);
     if pending.syscall != Syscall::Connect as u8 {
         return Ok(());
     }
@@ -200,11 +199,11 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), ()> {
         fd: ctx_u64(ctx, ARG0) as u32,
     };
     // The miss path: one lookup.
-    let state = match unsafe { WATCHED_FDS.get(&key) } {
+    let state = match unsafe { WATCHED_FDS.get(key) } {
         Some(s) => *s,
         None => return Ok(()),
     };
-    let _ = WATCHED_FDS.remove(&key);
+    let _ = WATCHED_FDS.remove(key);
     emit_fd_event(
         KIND_FD_CLOSE,
         pid_tgid,

@@ -108,7 +108,11 @@ impl Btf {
         if hdr_len < HEADER_MIN {
             return Err(bad("header too short"));
         }
-        let field = |off| u32_at(data, off).map(|v| v as usize).ok_or(bad("short header"));
+        let field = |off| {
+            u32_at(data, off)
+                .map(|v| v as usize)
+                .ok_or(bad("short header"))
+        };
         let (type_off, type_len) = (field(8)?, field(12)?);
         let (str_off, str_len) = (field(16)?, field(20)?);
         let section = |off: usize, len: usize| {
@@ -131,8 +135,8 @@ impl Btf {
             let vlen = (info & 0xffff) as usize;
             let extra = match kind {
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
                 KIND_ARRAY => 12,
                 KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
                 KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
@@ -288,7 +292,13 @@ mod tests {
         blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         blob.push(1); // version
         blob.push(0); // flags
-        for w in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
         blob.extend_from_slice(&t);

@@ -6,11 +6,11 @@
 use std::mem::{offset_of, size_of};
 
 use bytes::Bytes;
+pub use telemetry_common::Syscall;
 use telemetry_common::{
     FdEvent, IoEventHeader, ProcEvent, DIR_EGRESS, DIR_INGRESS, IO_HEADER_LEN, KIND_EXEC,
     KIND_EXIT, KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MAX_CAPTURE,
 };
-pub use telemetry_common::Syscall;
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -27,7 +27,7 @@ pub enum DecodeError {
     BadLength { captured: usize, limit: usize },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     /// Into the process (read family).
     Ingress,
@@ -222,9 +222,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ts_enter_ns: r.u64(offset_of!(H, ts_enter_ns)),
                 ts_exit_ns: r.u64(offset_of!(H, ts_exit_ns)),
                 seq: r.u64(offset_of!(H, seq)),
-                payload: Bytes::copy_from_slice(
-                    &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured],
-                ),
+                payload: Bytes::copy_from_slice(&bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured]),
             }))
         }
         KIND_FORK | KIND_EXEC | KIND_EXIT => {
@@ -320,7 +318,10 @@ mod tests {
         let KernelEvent::Io(io) = ev else {
             panic!("not io")
         };
-        assert_eq!((io.tgid, io.tid, io.fd, io.seq, io.ret), (10, 11, 7, 42, 10));
+        assert_eq!(
+            (io.tgid, io.tid, io.fd, io.seq, io.ret),
+            (10, 11, 7, 42, 10)
+        );
         assert_eq!(io.direction, Direction::Egress);
         assert_eq!(io.syscall, Syscall::Writev);
         assert_eq!(&io.payload[..], b"hello");
@@ -401,7 +402,10 @@ mod tests {
         else {
             panic!("not exec")
         };
-        assert_eq!((tgid, ppid, comm.as_str(), filename.as_str()), (5, 1, "python3", "/usr/bin/"));
+        assert_eq!(
+            (tgid, ppid, comm.as_str(), filename.as_str()),
+            (5, 1, "python3", "/usr/bin/")
+        );
 
         type F = FdEvent;
         let mut v = vec![0u8; size_of::<F>()];

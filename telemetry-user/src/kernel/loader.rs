@@ -68,22 +68,43 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("sys_exit_readv", Hook::Tp("syscalls", "sys_exit_readv")),
     ("sys_enter_writev", Hook::Tp("syscalls", "sys_enter_writev")),
     ("sys_exit_writev", Hook::Tp("syscalls", "sys_exit_writev")),
-    ("sys_enter_recvfrom", Hook::Tp("syscalls", "sys_enter_recvfrom")),
-    ("sys_exit_recvfrom", Hook::Tp("syscalls", "sys_exit_recvfrom")),
+    (
+        "sys_enter_recvfrom",
+        Hook::Tp("syscalls", "sys_enter_recvfrom"),
+    ),
+    (
+        "sys_exit_recvfrom",
+        Hook::Tp("syscalls", "sys_exit_recvfrom"),
+    ),
     ("sys_enter_sendto", Hook::Tp("syscalls", "sys_enter_sendto")),
     ("sys_exit_sendto", Hook::Tp("syscalls", "sys_exit_sendto")),
-    ("sys_enter_recvmsg", Hook::Tp("syscalls", "sys_enter_recvmsg")),
+    (
+        "sys_enter_recvmsg",
+        Hook::Tp("syscalls", "sys_enter_recvmsg"),
+    ),
     ("sys_exit_recvmsg", Hook::Tp("syscalls", "sys_exit_recvmsg")),
-    ("sys_enter_sendmsg", Hook::Tp("syscalls", "sys_enter_sendmsg")),
+    (
+        "sys_enter_sendmsg",
+        Hook::Tp("syscalls", "sys_enter_sendmsg"),
+    ),
     ("sys_exit_sendmsg", Hook::Tp("syscalls", "sys_exit_sendmsg")),
-    ("sys_enter_connect", Hook::Tp("syscalls", "sys_enter_connect")),
+    (
+        "sys_enter_connect",
+        Hook::Tp("syscalls", "sys_enter_connect"),
+    ),
     ("sys_exit_connect", Hook::Tp("syscalls", "sys_exit_connect")),
     ("sys_exit_accept", Hook::Tp("syscalls", "sys_exit_accept")),
     ("sys_exit_accept4", Hook::Tp("syscalls", "sys_exit_accept4")),
     ("sys_enter_close", Hook::Tp("syscalls", "sys_enter_close")),
     ("sched_process_fork", Hook::Raw("sched_process_fork")),
-    ("sched_process_exec", Hook::Tp("sched", "sched_process_exec")),
-    ("sched_process_exit", Hook::Tp("sched", "sched_process_exit")),
+    (
+        "sched_process_exec",
+        Hook::Tp("sched", "sched_process_exec"),
+    ),
+    (
+        "sched_process_exit",
+        Hook::Tp("sched", "sched_process_exit"),
+    ),
 ];
 
 /// The tracepoints the probes need, as "category/name" (raw ones as "raw:name").
@@ -197,7 +218,10 @@ impl TaskOffsets {
 
 fn ring_size(requested: u32) -> u32 {
     let page = 4096u32;
-    requested.max(page).checked_next_power_of_two().unwrap_or(1 << 31)
+    requested
+        .max(page)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
 }
 
 /// The loaded and attached probes, and the maps user space drives.
@@ -337,10 +361,14 @@ impl Probes {
             ..FdState::default()
         };
         const BPF_NOEXIST: u64 = 1;
-        match self
-            .watched_fds
-            .insert(FdKey { tgid, fd: fd as u32 }, state, BPF_NOEXIST)
-        {
+        match self.watched_fds.insert(
+            FdKey {
+                tgid,
+                fd: fd as u32,
+            },
+            state,
+            BPF_NOEXIST,
+        ) {
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
             {
@@ -352,8 +380,11 @@ impl Probes {
 
     /// Stops capturing (tgid, fd) (no error if it was not watched).
     pub fn unwatch_fd(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
-        ignore_missing(self.watched_fds.remove(&FdKey { tgid, fd: fd as u32 }))
-            .map_err(map_err(MAP_WATCHED_FDS))
+        ignore_missing(self.watched_fds.remove(&FdKey {
+            tgid,
+            fd: fd as u32,
+        }))
+        .map_err(map_err(MAP_WATCHED_FDS))
     }
 
     /// Drops every watched fd of `tgid` (after its Exit: the kernel sees no close()).
@@ -373,7 +404,13 @@ impl Probes {
     /// The kernel's running totals of a watched fd.
     pub fn fd_totals(&self, tgid: u32, fd: i32) -> Option<FdTotals> {
         self.watched_fds
-            .get(&FdKey { tgid, fd: fd as u32 }, 0)
+            .get(
+                &FdKey {
+                    tgid,
+                    fd: fd as u32,
+                },
+                0,
+            )
             .ok()
             .map(|s| FdTotals::from_arrays(s.bytes, s.calls))
     }

@@ -26,7 +26,7 @@ impl Preflight {
     /// Human-readable blockers; empty when loading should work.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if !self.is_root && !(self.cap_bpf && self.cap_perfmon) && !self.cap_sys_admin {
+        if !(self.is_root || (self.cap_bpf && self.cap_perfmon) || self.cap_sys_admin) {
             out.push("not root and missing CAP_BPF+CAP_PERFMON".to_string());
         }
         if !self.btf_present {
@@ -81,7 +81,9 @@ pub fn preflight() -> Preflight {
                         .join("id")
                         .exists(),
                 ),
-                (None, Some(root)) => Some(Path::new(root).join("events").join(&tp).join("id").exists()),
+                (None, Some(root)) => {
+                    Some(Path::new(root).join("events").join(&tp).join("id").exists())
+                }
                 (_, None) => None,
             };
             (tp, present)
