@@ -25,7 +25,10 @@ impl Agent {
         crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
-            bail!("agent binary {} is missing: run `cargo build -p telemetry-user`", bin.display());
+            bail!(
+                "agent binary {} is missing: run `cargo build -p telemetry-user`",
+                bin.display()
+            );
         }
         let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
@@ -39,7 +42,9 @@ impl Agent {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut agent = Agent { child, output };
-        agent.wait_for(Duration::from_secs(60), |e| is_event(e, &["snakepit", "agent", "started"]))?;
+        agent.wait_for(Duration::from_secs(60), |e| {
+            is_event(e, &["snakepit", "agent", "started"])
+        })?;
         Ok(agent)
     }
 
@@ -97,7 +102,9 @@ impl Drop for Agent {
 pub fn read_events(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     // The last line may be half-written while the agent runs: skip what does not parse.
-    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 pub fn is_event(ev: &Value, name: &[&str]) -> bool {

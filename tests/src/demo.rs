@@ -105,7 +105,15 @@ impl Demo {
         let root = crate::workspace_root();
         let mut cmd = Command::new("erl");
         cmd.current_dir(&root)
-            .args(["-noshell", "-pa", "demo/_build/ebin", "-run", "demo_app", "main", "-extra"])
+            .args([
+                "-noshell",
+                "-pa",
+                "demo/_build/ebin",
+                "-run",
+                "demo_app",
+                "main",
+                "-extra",
+            ])
             .arg("--python")
             .arg(root.join(".venv/bin/python"))
             .args(["--grpc-workers", &opts.grpc_workers.to_string()])
@@ -116,11 +124,15 @@ impl Demo {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(log) = &opts.log {
-            let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+            let f = std::fs::File::create(log)
+                .with_context(|| format!("creating {}", log.display()))?;
             cmd.stderr(f);
         }
         let mut child = cmd.spawn().context("starting the demo BEAM (erl)")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no BEAM stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no BEAM stdout"))?;
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -144,13 +156,20 @@ impl Demo {
 
     /// Sends one control term (without the final `.`) and waits for its reply.
     pub fn command(&mut self, term: &str, timeout: Duration) -> Result<Value> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("demo stdin closed"))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("demo stdin closed"))?;
         writeln!(stdin, "{term}.").context("writing to the demo BEAM")?;
         stdin.flush()?;
         match self.replies.recv_timeout(timeout) {
             Ok(line) => serde_json::from_str(&line).with_context(|| format!("bad reply: {line}")),
-            Err(RecvTimeoutError::Timeout) => bail!("demo BEAM gave no reply to `{term}` in {timeout:?}"),
-            Err(RecvTimeoutError::Disconnected) => bail!("demo BEAM exited (while running `{term}`)"),
+            Err(RecvTimeoutError::Timeout) => {
+                bail!("demo BEAM gave no reply to `{term}` in {timeout:?}")
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!("demo BEAM exited (while running `{term}`)")
+            }
         }
     }
 
@@ -176,7 +195,11 @@ impl Demo {
 
     /// Runs a load (see demo/README.md) and returns its reply. `mix` is `[(tool, weight)]`.
     pub fn load(&mut self, spec: &LoadSpec, ground_truth: &Path) -> Result<Value> {
-        let mix: Vec<String> = spec.mix.iter().map(|(k, w)| format!("'{k}' => {w}")).collect();
+        let mix: Vec<String> = spec
+            .mix
+            .iter()
+            .map(|(k, w)| format!("'{k}' => {w}"))
+            .collect();
         let pools: Vec<String> = spec.pools.iter().map(|p| format!("'{p}'")).collect();
         let term = format!(
             "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}, ground_truth => \"{}\", pools => [{}]}}}}",
@@ -196,7 +219,10 @@ impl Demo {
     }
 
     pub fn stats(&mut self, path: &Path) -> Result<Vec<ConnStat>> {
-        self.command(&format!("{{stats, \"{}\"}}", path.display()), Duration::from_secs(10))?;
+        self.command(
+            &format!("{{stats, \"{}\"}}", path.display()),
+            Duration::from_secs(10),
+        )?;
         read_jsonl(path)
     }
 
@@ -253,9 +279,12 @@ impl LoadSpec {
 }
 
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("bad line in {}: {l}", path.display())))
+        .map(|l| {
+            serde_json::from_str(l).with_context(|| format!("bad line in {}: {l}", path.display()))
+        })
         .collect()
 }

@@ -22,7 +22,10 @@ pub fn root_and_bpf() {
 pub fn demo_built() {
     let root = crate::workspace_root();
     for (path, what) in [
-        ("demo/_build/ebin/demo_app.beam", "the demo BEAM is not compiled"),
+        (
+            "demo/_build/ebin/demo_app.beam",
+            "the demo BEAM is not compiled",
+        ),
         (".venv/bin/python", "the project venv is missing"),
     ] {
         assert!(

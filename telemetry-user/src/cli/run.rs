@@ -53,7 +53,9 @@ impl RunArgs {
         if let Some(ms) = self.summary_interval_ms {
             cfg.output.summary_interval_ms = ms;
         }
-        cfg.discovery.worker_cmdline_patterns.extend(self.worker_patterns);
+        cfg.discovery
+            .worker_cmdline_patterns
+            .extend(self.worker_patterns);
         cfg.discovery.worker_pids.extend(self.worker_pids);
         cfg.discovery.beam_pids.extend(self.beam_pids);
         cfg.validate()?;

@@ -629,14 +629,42 @@ impl Discovery {
             return changes;
         }
         let mut ctx = Ctx::default();
-        // A stale mapping means a close was missed and the number reused.
         if let Some(&id) = self.fd_index.get(&(tgid, fd)) {
+            // Already paired from the other end's event (accept and connect of one
+            // connection arrive in either order): nothing new.
+            if self.fd_still_matches(&mut ctx, id, tgid, fd) {
+                return changes;
+            }
+            // A stale mapping means a close was missed and the number reused.
             self.close_conn(id, Some(tgid), CloseReason::Rescan, &mut changes);
         }
         self.pending.remove(&(tgid, fd));
         self.resolve_and_track(&mut ctx, tgid, fd, &mut changes);
         self.retry_pending(&mut ctx, &mut changes, false);
         changes
+    }
+
+    /// Whether `(tgid, fd)` still is the socket end that connection `id` recorded
+    /// (same local address for this process's end).
+    fn fd_still_matches(&self, ctx: &mut Ctx, id: u64, tgid: u32, fd: u32) -> bool {
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        let want = if c.beam_pid == tgid && c.beam_fd == fd {
+            c.beam_addr
+        } else if c.worker_pid == tgid && c.worker_fd == fd {
+            c.worker_addr
+        } else {
+            return false;
+        };
+        let Ok(FdTarget::Socket(inode)) = self.src.fd_target(tgid, fd) else {
+            return false;
+        };
+        let table = ctx.table(&self.src, tgid);
+        table
+            .by_inode
+            .get(&inode)
+            .is_some_and(|e| Some(canonical(e.local)) == want.map(canonical))
     }
 
     pub fn on_fd_close(&mut self, tgid: u32, fd: u32) -> Vec<TopologyChange> {

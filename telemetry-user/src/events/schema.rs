@@ -24,3 +24,6 @@ pub const SERIALIZE_STOP: &[&str] = &["snakepit", "serialize", "stop"];
 pub const WORKER_CRASH: &[&str] = &["snakepit", "worker", "crash"];
 pub const CIRCUIT_BREAKER_OPEN: &[&str] = &["snakepit", "circuit_breaker", "open"];
 pub const HEALTH_ALERT: &[&str] = &["snakepit", "health", "alert"];
+pub const BEAM_EXITED: &[&str] = &["snakepit", "agent", "beam_exited"];
+/// A worker's gRPC LISTEN port became known after its discovery.
+pub const WORKER_LISTENING: &[&str] = &["snakepit", "agent", "worker_listening"];

@@ -1,0 +1,425 @@
+//! The running agent: kernel events -> discovery (which pid/fd is what) -> I/O
+//! accounting -> events on the bus -> sinks. One task owns all mutable state, so no
+//! locks sit on the per-event path.
+mod io_summary;
+pub mod topology_events;
+
+use crate::config::Config;
+use crate::discovery::{Discovery, ExitInfo, ProcSource, Selectors, TopologyChange};
+use crate::events::{schema, Bus, Event};
+use crate::kernel::{self, KernelConfig, KernelEvent, Probes};
+use crate::sinks;
+use anyhow::Context;
+use io_summary::IoAccounting;
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub struct RunOptions {
+    /// Stop after this long (None: until SIGINT/SIGTERM).
+    pub duration: Option<Duration>,
+}
+
+/// How often pending sockets and listen ports are retried.
+const DISCOVERY_TICK: Duration = Duration::from_millis(100);
+
+pub struct Agent {
+    config: Config,
+    probes: Probes,
+    kernel_rx: mpsc::Receiver<KernelEvent>,
+    discovery: Discovery,
+    bus: Bus,
+    sink: JoinHandle<()>,
+    io: IoAccounting,
+    /// What was last written to the kernel's watch maps.
+    watched_pids: HashMap<u32, u32>,
+    watched_fds: HashSet<(u32, u32)>,
+    /// Connections discovery reported closed whose other end is still open: their
+    /// final summary waits for that end's close (or a deadline), so it carries the
+    /// final totals of both ends.
+    closing: Vec<Closing>,
+    counters: Counters,
+}
+
+struct Closing {
+    conn: crate::discovery::ConnInfo,
+    deadline_mono_ns: u64,
+}
+
+/// How long a half-closed connection waits for its other end's close.
+const CLOSE_GRACE_NS: u64 = 2_000_000_000;
+
+#[derive(Default)]
+struct Counters {
+    kernel_events: u64,
+    watch_errors: u64,
+}
+
+impl Agent {
+    /// Loads and attaches the probes, scans /proc, starts the sink. Must run inside
+    /// a tokio runtime.
+    pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        kernel::ensure_mounts().context("mounting tracefs/bpffs")?;
+        let mut probes = Probes::load(&KernelConfig {
+            capture_bytes: config.capture.bytes,
+            ring_buffer_bytes: config.capture.ring_buffer_bytes,
+        })
+        .context("loading the eBPF probes (see `snakepit-agent check`)")?;
+        let kernel_rx = probes.events()?;
+
+        let bus = Bus::new(1 << 16);
+        let out: Box<dyn Write + Send> = match &config.output.path {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating output {}", path.display()))?,
+            )),
+            None => Box::new(std::io::stdout()),
+        };
+        let sink = tokio::spawn(sinks::run_stream_sink(
+            config.output.format,
+            bus.subscribe(),
+            out,
+        ));
+
+        let d = &config.discovery;
+        let selectors = Selectors {
+            worker_patterns: d.worker_cmdline_patterns.clone(),
+            beam_patterns: d.beam_cmdline_patterns.clone(),
+            worker_pids: d.worker_pids.clone(),
+            beam_pids: d.beam_pids.clone(),
+        };
+        let discovery = Discovery::new(ProcSource::new(d.proc_root.clone()), selectors);
+        let mut agent = Agent {
+            config,
+            probes,
+            kernel_rx,
+            discovery,
+            bus,
+            sink,
+            io: IoAccounting::default(),
+            watched_pids: HashMap::new(),
+            watched_fds: HashSet::new(),
+            closing: Vec::new(),
+            counters: Counters::default(),
+        };
+        let changes = agent.discovery.full_scan();
+        agent.apply(changes);
+        agent.bus.publish(
+            Event::new(schema::AGENT_STARTED)
+                .meta("version", env!("CARGO_PKG_VERSION"))
+                .meta("capture_bytes", agent.config.capture.bytes)
+                .meta("probes", agent.probes.attached()),
+        );
+        Ok(agent)
+    }
+
+    pub async fn run(mut self, opts: RunOptions) -> anyhow::Result<()> {
+        let mut discovery_tick = tokio::time::interval(DISCOVERY_TICK);
+        let mut rescan = tokio::time::interval(Duration::from_millis(
+            self.config.discovery.rescan_interval_ms.max(100),
+        ));
+        rescan.tick().await; // the first tick is immediate; start() already scanned
+        let mut summary = tokio::time::interval(Duration::from_millis(
+            self.config.output.summary_interval_ms.max(100),
+        ));
+        summary.tick().await;
+        let deadline = async {
+            match opts.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+
+        loop {
+            tokio::select! {
+                ev = self.kernel_rx.recv() => match ev {
+                    Some(ev) => self.on_kernel_event(ev),
+                    None => {
+                        tracing::error!("the ring-buffer reader stopped");
+                        break;
+                    }
+                },
+                _ = discovery_tick.tick() => {
+                    let changes = self.discovery.tick();
+                    self.apply(changes);
+                    self.finish_closing(kernel::monotonic_now_ns());
+                }
+                _ = rescan.tick() => {
+                    let changes = self.discovery.full_scan();
+                    self.apply(changes);
+                }
+                _ = summary.tick() => self.emit_summaries(false),
+                _ = &mut deadline => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        // Drain what the kernel already delivered, so the final summaries include it.
+        while let Ok(ev) = self.kernel_rx.try_recv() {
+            self.on_kernel_event(ev);
+        }
+        self.finish_closing(u64::MAX);
+        self.emit_summaries(true);
+        self.bus.publish(Event::new(schema::AGENT_STOPPED));
+        let Agent { bus, sink, .. } = self;
+        drop(bus);
+        let _ = sink.await;
+        Ok(())
+    }
+
+    fn on_kernel_event(&mut self, ev: KernelEvent) {
+        self.counters.kernel_events += 1;
+        match ev {
+            KernelEvent::Io(rec) => {
+                if rec.fd >= 0 {
+                    self.io
+                        .record(rec.tgid, rec.fd as u32, rec.direction.index(), rec.ret);
+                }
+            }
+            KernelEvent::Exec { tgid, .. } => {
+                let changes = self.discovery.on_exec(tgid);
+                self.apply(changes);
+            }
+            KernelEvent::Fork { .. } => {
+                // The kernel already put the child in the lineage; its exec is what
+                // tells whether it is a worker.
+            }
+            KernelEvent::Exit { tgid, status, .. } => {
+                // A dying process's fds close without close(2): take their final
+                // kernel totals before the entries go.
+                let ends: Vec<u32> = self
+                    .discovery
+                    .connections()
+                    .flat_map(|c| [(c.beam_pid, c.beam_fd), (c.worker_pid, c.worker_fd)])
+                    .filter(|(p, _)| *p == tgid)
+                    .map(|(_, fd)| fd)
+                    .collect();
+                for fd in ends {
+                    if let Some(t) = self.probes.fd_totals(tgid, fd as i32) {
+                        self.io.closed(tgid, fd, t);
+                    }
+                }
+                let exit = exit_info(status);
+                let changes = self.discovery.on_exit(tgid, exit);
+                self.apply(changes);
+                self.probes.forget_tgid(tgid);
+                self.watched_pids.remove(&tgid);
+                self.watched_fds.retain(|k| k.0 != tgid);
+                let keep: HashSet<u32> = self
+                    .closing
+                    .iter()
+                    .flat_map(|c| {
+                        [
+                            (c.conn.beam_pid, c.conn.beam_fd),
+                            (c.conn.worker_pid, c.conn.worker_fd),
+                        ]
+                    })
+                    .filter(|(p, _)| *p == tgid)
+                    .map(|(_, fd)| fd)
+                    .collect();
+                self.io.forget_process(tgid, &keep);
+            }
+            KernelEvent::FdOpen { tgid, fd, ret, .. } => {
+                // A failed accept gives no fd; a connect in progress is still a socket.
+                let fd = if ret >= 0 && fd < 0 { ret as i32 } else { fd };
+                if fd >= 0 {
+                    let changes = self.discovery.on_fd_open(tgid, fd as u32);
+                    self.apply(changes);
+                }
+            }
+            KernelEvent::FdClose {
+                tgid, fd, totals, ..
+            } => {
+                if fd >= 0 {
+                    self.io.closed(tgid, fd as u32, totals);
+                    self.watched_fds.remove(&(tgid, fd as u32));
+                    let changes = self.discovery.on_fd_close(tgid, fd as u32);
+                    self.apply(changes);
+                    self.finish_closing(kernel::monotonic_now_ns());
+                }
+            }
+        }
+    }
+
+    /// Publishes topology changes and brings the kernel's watch maps in line.
+    fn apply(&mut self, changes: Vec<TopologyChange>) {
+        for change in &changes {
+            self.bus.publish(topology_events::to_event(change));
+            if let TopologyChange::ConnectionClosed { conn, .. } = change {
+                self.closing.push(Closing {
+                    conn: conn.clone(),
+                    deadline_mono_ns: kernel::monotonic_now_ns() + CLOSE_GRACE_NS,
+                });
+            }
+        }
+        self.finish_closing(kernel::monotonic_now_ns());
+        self.sync_watch_maps();
+    }
+
+    /// Emits the final summary of closed connections whose two ends both closed (or
+    /// whose grace period ran out).
+    fn finish_closing(&mut self, now_mono_ns: u64) {
+        if self.closing.is_empty() {
+            return;
+        }
+        let (done, waiting): (Vec<Closing>, Vec<Closing>) = std::mem::take(&mut self.closing)
+            .into_iter()
+            .partition(|c| {
+                let ends_closed = self.io.is_closed(c.conn.beam_pid, c.conn.beam_fd)
+                    && self.io.is_closed(c.conn.worker_pid, c.conn.worker_fd);
+                ends_closed || now_mono_ns >= c.deadline_mono_ns
+            });
+        self.closing = waiting;
+        for c in done {
+            let probes = &self.probes;
+            let ev = self
+                .io
+                .summary(&c.conn, |p, f| probes.fd_totals(p, f as i32), true);
+            self.bus.publish(ev);
+            self.io.forget(&c.conn);
+        }
+    }
+
+    fn sync_watch_maps(&mut self) {
+        let plan = self.discovery.watch_plan();
+        let mut want_pids = HashMap::with_capacity(plan.pids.len());
+        for (tgid, flags) in plan.pids {
+            want_pids.insert(tgid, flags);
+            if self.watched_pids.get(&tgid) != Some(&flags) {
+                if let Err(e) = self.probes.watch_pid(tgid, flags) {
+                    self.counters.watch_errors += 1;
+                    tracing::warn!(tgid, error = %e, "cannot watch process");
+                    continue;
+                }
+                self.watched_pids.insert(tgid, flags);
+            }
+        }
+        let stale: Vec<u32> = self
+            .watched_pids
+            .keys()
+            .filter(|p| !want_pids.contains_key(p))
+            .copied()
+            .collect();
+        for tgid in stale {
+            let _ = self.probes.unwatch_pid(tgid);
+            self.watched_pids.remove(&tgid);
+        }
+        let mut want_fds = HashSet::with_capacity(plan.fds.len());
+        // Ends of half-closed connections stay watched until they close.
+        for c in &self.closing {
+            want_fds.insert((c.conn.beam_pid, c.conn.beam_fd));
+            want_fds.insert((c.conn.worker_pid, c.conn.worker_fd));
+        }
+        for (tgid, fd, kind) in plan.fds {
+            want_fds.insert((tgid, fd));
+            if !self.watched_fds.contains(&(tgid, fd)) {
+                match self.probes.watch_fd(tgid, fd as i32, kind) {
+                    Ok(()) => {
+                        self.watched_fds.insert((tgid, fd));
+                    }
+                    Err(e) => {
+                        self.counters.watch_errors += 1;
+                        tracing::warn!(tgid, fd, error = %e, "cannot watch fd");
+                    }
+                }
+            }
+        }
+        // Only fds this loop added are removed here: the kernel itself adds the new
+        // sockets of watched processes, and discovery decides about them later.
+        let stale: Vec<(u32, u32)> = self.watched_fds.difference(&want_fds).copied().collect();
+        for (tgid, fd) in stale {
+            let _ = self.probes.unwatch_fd(tgid, fd as i32);
+            self.watched_fds.remove(&(tgid, fd));
+        }
+    }
+
+    fn emit_summaries(&mut self, final_summary: bool) {
+        let probes = &self.probes;
+        let conns: Vec<_> = self.discovery.connections().cloned().collect();
+        for conn in &conns {
+            let ev = self
+                .io
+                .summary(conn, |p, f| probes.fd_totals(p, f as i32), final_summary);
+            self.bus.publish(ev);
+        }
+        self.bus.publish(self.stats_event());
+    }
+
+    /// Losses and errors, never silent: ring-buffer drops and probe errors per probe
+    /// and per CPU, reader decode errors, bus lag.
+    fn stats_event(&self) -> Event {
+        use telemetry_common::{
+            PROBE_NAMES, STAT_MAP_FULL, STAT_NAMES, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+            STAT_TRUNCATED,
+        };
+        let ks = self.probes.stats();
+        let (records, decode_errors) = self.probes.reader_counters();
+        let mut per_probe = serde_json::Map::new();
+        for p in &ks.probes {
+            let mut row = serde_json::Map::new();
+            for (i, name) in STAT_NAMES.iter().enumerate() {
+                if p.total[i] != 0 {
+                    row.insert((*name).into(), p.total[i].into());
+                }
+            }
+            let drops_per_cpu: Vec<u64> = p
+                .per_cpu
+                .iter()
+                .map(|c| c[STAT_RINGBUF_DROPS as usize])
+                .collect();
+            if drops_per_cpu.iter().any(|&d| d != 0) {
+                row.insert("ringbuf_drops_per_cpu".into(), drops_per_cpu.into());
+            }
+            if !row.is_empty() {
+                per_probe.insert(p.probe.into(), row.into());
+            }
+        }
+        debug_assert_eq!(ks.probes.len(), PROBE_NAMES.len());
+        let mut run = serde_json::Map::new();
+        for r in self.probes.prog_run_stats() {
+            if let Some(avg) = r.avg_ns() {
+                run.insert(
+                    r.name.clone(),
+                    serde_json::json!({"run_count": r.run_count, "avg_ns": avg}),
+                );
+            }
+        }
+        Event::new(schema::AGENT_STATS)
+            .measure("kernel_events", self.counters.kernel_events)
+            .measure("ring_records", records)
+            .measure("ring_decode_errors", decode_errors)
+            .measure("ringbuf_drops", ks.total(STAT_RINGBUF_DROPS))
+            .measure("probe_read_errors", ks.total(STAT_READ_ERRORS))
+            .measure("map_full", ks.total(STAT_MAP_FULL))
+            .measure("truncated_bytes", ks.total(STAT_TRUNCATED))
+            .measure("watch_errors", self.counters.watch_errors)
+            .measure("bus_lagged", self.bus.lagged())
+            .measure("watched_fds", self.probes.watched_fd_count() as u64)
+            .meta("probes", per_probe)
+            .meta("program_run_time", run)
+    }
+}
+
+fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
+    match status {
+        kernel::ExitStatus::Exited(code) => ExitInfo {
+            code: Some(i32::from(code)),
+            signal: None,
+            core_dumped: false,
+        },
+        kernel::ExitStatus::Signaled {
+            signal,
+            core_dumped,
+        } => ExitInfo {
+            code: None,
+            signal: Some(i32::from(signal)),
+            core_dumped,
+        },
+        kernel::ExitStatus::Unknown => ExitInfo::default(),
+    }
+}
