@@ -28,7 +28,8 @@ impl DemoArgs {
         while let Some(arg) = it.next() {
             let mut value = |name: &str| -> Result<u64> {
                 let v = it.next().with_context(|| format!("{name} needs a value"))?;
-                v.parse().with_context(|| format!("{name}: not a number: {v}"))
+                v.parse()
+                    .with_context(|| format!("{name}: not a number: {v}"))
             };
             match arg.as_str() {
                 "--duration" => out.duration_secs = Some(value("--duration")?),
@@ -43,11 +44,12 @@ impl DemoArgs {
 }
 
 pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
-    crate::run_cmd(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "-p", "telemetry-user"]),
-    )?;
+    crate::run_cmd(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "telemetry-user",
+    ]))?;
     let agent = root.join("target/release/snakepit-agent");
 
     let demo = if snakepit_deployment_running() {
@@ -66,7 +68,11 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
             ..DemoOptions::default()
         })?;
         let st = demo.wait_ready(Duration::from_secs(60))?;
-        eprintln!("demo: ready: BEAM pid {}, {} workers", st.beam_pid, st.workers.len());
+        eprintln!(
+            "demo: ready: BEAM pid {}, {} workers",
+            st.beam_pid,
+            st.workers.len()
+        );
         Some(demo)
     };
 

@@ -94,9 +94,10 @@ fn python_venv(root: &Path) -> Result<()> {
         eprintln!("setup: creating {}", venv.display());
         run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    let imports_ok = cmd_ok(
-        Command::new(&python).args(["-c", "import grpc, grpc_tools, google.protobuf, orjson, numpy"]),
-    );
+    let imports_ok = cmd_ok(Command::new(&python).args([
+        "-c",
+        "import grpc, grpc_tools, google.protobuf, orjson, numpy",
+    ]));
     if !imports_ok {
         eprintln!("setup: pip install {}", PYPI_PACKAGES.join(" "));
         run_cmd(

@@ -7,11 +7,23 @@ use std::process::Command;
 
 pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     // The end-to-end tests run the agent binary: build it first.
-    run_cmd(Command::new("cargo").current_dir(root).args(["build", "-p", "telemetry-user"]))?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "-p", "telemetry-user"]),
+    )?;
     run_cmd(
         Command::new(root.join(".venv/bin/python"))
             .current_dir(root)
-            .args(["-m", "unittest", "discover", "-s", "demo/python", "-p", "test_*.py"]),
+            .args([
+                "-m",
+                "unittest",
+                "discover",
+                "-s",
+                "demo/python",
+                "-p",
+                "test_*.py",
+            ]),
     )?;
     run_cmd(Command::new("erl").current_dir(root).args([
         "-noshell",

@@ -33,7 +33,10 @@ mod tests {
         let text = String::from_utf8(buf).expect("utf8");
         assert!(text.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
-        assert_eq!(v["event"], serde_json::json!(["snakepit", "agent", "worker_exited"]));
+        assert_eq!(
+            v["event"],
+            serde_json::json!(["snakepit", "agent", "worker_exited"])
+        );
         assert_eq!(v["time_unix_nano"], 7);
         assert_eq!(v["measurements"]["exit_code"], 0);
         assert_eq!(v["metadata"]["signal"], 9);

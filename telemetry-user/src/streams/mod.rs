@@ -27,7 +27,10 @@ pub struct Chunk {
 pub enum Ordered {
     Chunk(Chunk),
     /// Sequence numbers `from..to` never arrived: their bytes are unknown.
-    Gap { from: u64, to: u64 },
+    Gap {
+        from: u64,
+        to: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,7 +112,8 @@ impl Assembler {
     pub fn flush_expired(&mut self, now_ns: u64) -> Vec<(StreamKey, Ordered)> {
         let mut out = Vec::new();
         for (key, st) in self.streams.iter_mut() {
-            if !st.waiting.is_empty() && now_ns.saturating_sub(st.oldest_wait_ns) > self.max_wait_ns {
+            if !st.waiting.is_empty() && now_ns.saturating_sub(st.oldest_wait_ns) > self.max_wait_ns
+            {
                 let mut items = Vec::new();
                 Self::skip_hole(st, &mut items, &mut self.stats);
                 out.extend(items.into_iter().map(|o| (*key, o)));
@@ -122,7 +126,11 @@ impl Assembler {
     pub fn remove(&mut self, tgid: u32, fd: i32) -> Vec<(StreamKey, Ordered)> {
         let mut out = Vec::new();
         for direction in [telemetry_common::DIR_INGRESS, telemetry_common::DIR_EGRESS] {
-            let key = StreamKey { tgid, fd, direction };
+            let key = StreamKey {
+                tgid,
+                fd,
+                direction,
+            };
             if let Some(mut st) = self.streams.remove(&key) {
                 while !st.waiting.is_empty() {
                     let mut items = Vec::new();
@@ -156,10 +164,15 @@ impl Assembler {
 
     fn skip_hole(st: &mut StreamState, out: &mut Vec<Ordered>, stats: &mut AssemblyStats) {
         let Some(next) = st.next_seq else { return };
-        let Some(&first) = st.waiting.keys().next() else { return };
+        let Some(&first) = st.waiting.keys().next() else {
+            return;
+        };
         if first > next {
             stats.lost_records += first - next;
-            out.push(Ordered::Gap { from: next, to: first });
+            out.push(Ordered::Gap {
+                from: next,
+                to: first,
+            });
         }
         st.next_seq = Some(first);
         Self::drain(st, out, stats);
@@ -180,7 +193,11 @@ mod tests {
             tid: 1,
         }
     }
-    const K: StreamKey = StreamKey { tgid: 1, fd: 3, direction: 0 };
+    const K: StreamKey = StreamKey {
+        tgid: 1,
+        fd: 3,
+        direction: 0,
+    };
 
     fn seqs(items: &[Ordered]) -> Vec<i64> {
         items
