@@ -134,5 +134,8 @@ pub enum Lifecycle {
         oom_killed: bool,
         ts_ns: u64,
     },
-    ConnectionClosed { conn_id: u64, ts_ns: u64 },
+    ConnectionClosed {
+        conn_id: u64,
+        ts_ns: u64,
+    },
 }

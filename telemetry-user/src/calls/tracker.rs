@@ -1,0 +1,1380 @@
+//! The call tracker: matches requests to responses per connection and stream (or
+//! pipe request id), takes the four kernel-visible moments of each call from the
+//! side and flow that sees them, and publishes the design's call, pool, worker,
+//! circuit-breaker and health events.
+//!
+//! Moments (client = the RPC's caller, the BEAM except on callback connections):
+//! t0 client starts sending the request (enter of the syscall carrying its HEADERS),
+//! t1 server has read all of it (exit of the syscall carrying its END_STREAM),
+//! t2 server starts sending the response (enter, response HEADERS),
+//! t3 client has read all of it (exit, trailers' END_STREAM).
+use super::config::TrackerConfig;
+use super::input::{CallRole, ConnContext, Flow, Lifecycle, Observation, Observed, Side};
+use super::pools::Pools;
+use crate::events::{schema, Bus, Event};
+use crate::wire::grpc::GrpcMessage;
+use crate::wire::snakepit::{self as sp, Direction, Method};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Prefix of re-emitted Python-side events (`["snakepit","python",...]`).
+pub const PYTHON_PREFIX: &[&str] = &["snakepit", "python"];
+/// `operation` of `{packet,4}` pipe calls.
+pub const PIPE_OPERATION: &str = "pipe";
+/// `operation` when neither `:path` nor the request message tells the method.
+pub const UNKNOWN_OPERATION: &str = "unknown";
+/// `error_type` of calls ended by RST_STREAM, and of calls cut by a worker's death.
+pub const ERROR_RESET: &str = "reset";
+pub const ERROR_EXIT: &str = "exit";
+
+/// Completed-call ids remembered per connection, so a late observation of a call
+/// (e.g. the other side's copy of a reset) does not start a phantom call.
+const RECENT_PER_CONN: usize = 256;
+
+/// Counters: never thinned by sampling.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerStats {
+    pub observations: u64,
+    /// Calls whose method was decided (user and internal).
+    pub calls_started: u64,
+    /// Calls ended by a stop or an exception (user and internal).
+    pub calls_completed: u64,
+    pub calls_ok: u64,
+    /// Stops with `result: error` (tool failed, gRPC status OK).
+    pub calls_error: u64,
+    /// Calls ended as exceptions (non-zero grpc-status, reset, exit).
+    pub exceptions: u64,
+    /// Internal RPCs (Heartbeat, Ping, session callbacks, telemetry stream).
+    pub internal_calls: u64,
+    /// Calls whose method neither `:path` nor the message told.
+    pub unknown_methods: u64,
+    /// Completed from the worker side alone (BEAM side not seen or lost).
+    pub worker_only_completions: u64,
+    /// In-flight calls dropped to keep memory bounded.
+    pub evicted: u64,
+    /// In-flight calls dropped after `stale_call_s` without an observation.
+    pub stale: u64,
+    /// Response-flow observations of calls never seen starting (joined mid-call).
+    pub unmatched_responses: u64,
+    /// Observations of calls already completed.
+    pub late_observations: u64,
+    /// Per-call events not published because of `sample_rate`.
+    pub sampled_out: u64,
+    pub python_events: u64,
+    pub worker_crashes: u64,
+    pub circuit_breaker_opens: u64,
+    pub health_alerts: u64,
+    /// Calls in flight now.
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CallId {
+    Stream(u32),
+    Pipe(i64),
+    /// A pipe request without an id: matched in order.
+    PipeSeq(u64),
+}
+
+type Key = (u64, CallId);
+
+/// How an observation may relate to an unknown call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    /// Only an existing call (response flow, resets).
+    Never,
+    /// Start one unless the id was recently completed.
+    IfNew,
+    /// Always a new call when none is in flight (the client sends a new request).
+    Fresh,
+}
+
+struct ConnState {
+    seen_client: bool,
+    /// The client side lost frame sync: its ends will not come.
+    client_lost: bool,
+    in_flight: BTreeMap<u64, CallId>,
+    recent: VecDeque<CallId>,
+    recent_set: HashSet<CallId>,
+    pipe_seq: u64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        ConnState {
+            seen_client: false,
+            client_lost: false,
+            in_flight: BTreeMap::new(),
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+            pipe_seq: 0,
+        }
+    }
+
+    fn remember(&mut self, id: CallId) {
+        if self.recent_set.insert(id) {
+            self.recent.push_back(id);
+        }
+        while self.recent.len() > RECENT_PER_CONN {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_set.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: CallId) {
+        if self.recent_set.remove(&id) {
+            self.recent.retain(|x| *x != id);
+        }
+    }
+}
+
+struct Call {
+    seq: u64,
+    conn: Arc<ConnContext>,
+    id: CallId,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
+    method: Option<String>,
+    /// Request message parsed, request ended or response seen: start can carry
+    /// library/function.
+    info_ready: bool,
+    request_parsed: bool,
+    response_parsed: bool,
+    t0: Option<u64>,
+    t1: Option<u64>,
+    t2: Option<u64>,
+    t3: Option<u64>,
+    /// The server side finished sending the response (its END_STREAM's exit).
+    server_done: Option<u64>,
+    /// Server-side request observation seen (pipe FIFO matching).
+    server_req_seen: bool,
+    req_bytes: [u64; 2],
+    resp_bytes: [u64; 2],
+    resp_msgs: [u64; 2],
+    python_emitted: u64,
+    tool_name: Option<String>,
+    session_id: Option<String>,
+    correlation_id: Option<String>,
+    library: Option<String>,
+    function: Option<String>,
+    success: Option<bool>,
+    error_type: Option<String>,
+    error_message: Option<String>,
+    grpc_status: Option<u32>,
+    grpc_message: Option<String>,
+    reset: Option<u32>,
+    worker_tid: Option<u32>,
+    started: bool,
+    internal: bool,
+    sampled: bool,
+    checked_out: bool,
+    busy_counted: bool,
+}
+
+impl Call {
+    fn new(seq: u64, conn: Arc<ConnContext>, id: CallId, ts: u64) -> Self {
+        Call {
+            seq,
+            conn,
+            id,
+            first_seen_ns: ts,
+            last_seen_ns: ts,
+            method: None,
+            info_ready: false,
+            request_parsed: false,
+            response_parsed: false,
+            t0: None,
+            t1: None,
+            t2: None,
+            t3: None,
+            server_done: None,
+            server_req_seen: false,
+            req_bytes: [0; 2],
+            resp_bytes: [0; 2],
+            resp_msgs: [0; 2],
+            python_emitted: 0,
+            tool_name: None,
+            session_id: None,
+            correlation_id: None,
+            library: None,
+            function: None,
+            success: None,
+            error_type: None,
+            error_message: None,
+            grpc_status: None,
+            grpc_message: None,
+            reset: None,
+            worker_tid: None,
+            started: false,
+            internal: false,
+            sampled: true,
+            checked_out: false,
+            busy_counted: false,
+        }
+    }
+
+    fn method_str(&self) -> &str {
+        self.method.as_deref().unwrap_or(UNKNOWN_OPERATION)
+    }
+
+    fn is_streaming(&self) -> bool {
+        self.method.as_deref() == Some(Method::ExecuteStreamingTool.as_str())
+    }
+
+    /// Start of the call as best known: t0, else the worker's receipt, else first sight.
+    fn start_ns(&self) -> u64 {
+        self.t0.or(self.t1).unwrap_or(self.first_seen_ns)
+    }
+}
+
+fn side_idx(s: Side) -> usize {
+    match s {
+        Side::Beam => 0,
+        Side::Worker => 1,
+    }
+}
+
+fn client_side(role: CallRole) -> Side {
+    match role {
+        CallRole::WorkerCallsBeam => Side::Worker,
+        CallRole::BeamCallsWorker | CallRole::Pipe => Side::Beam,
+    }
+}
+
+/// The calls the schema counts as user calls; everything else is internal.
+pub fn is_user_operation(op: &str) -> bool {
+    matches!(
+        op,
+        "ExecuteTool" | "ExecuteStreamingTool" | "ExecuteElixirTool" | PIPE_OPERATION
+    )
+}
+
+fn carries_tool_request(op: &str) -> bool {
+    matches!(
+        op,
+        "ExecuteTool" | "ExecuteStreamingTool" | "ExecuteElixirTool"
+    )
+}
+
+/// gRPC status code names (grpc/doc/statuscodes.md).
+pub fn grpc_status_name(code: u32) -> String {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES
+        .get(code as usize)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("STATUS_{code}"))
+}
+
+/// How a call ended, for the event.
+enum Outcome {
+    Ok,
+    /// Completed, the tool reported failure.
+    Error,
+    /// `[:snakepit, :call, :exception]`.
+    Exception {
+        kind: &'static str,
+        error_type: String,
+        reason: String,
+    },
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+pub struct CallTracker {
+    cfg: TrackerConfig,
+    bus: Bus,
+    conns: HashMap<u64, ConnState>,
+    calls: HashMap<Key, Call>,
+    /// Every in-flight call by creation order, for eviction of the oldest.
+    order: BTreeMap<u64, Key>,
+    next_seq: u64,
+    pools: Pools,
+    stats: TrackerStats,
+}
+
+impl CallTracker {
+    pub fn new(cfg: TrackerConfig, bus: Bus) -> Self {
+        let pools = Pools::new(&cfg);
+        CallTracker {
+            cfg,
+            bus,
+            conns: HashMap::new(),
+            calls: HashMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+            pools,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &TrackerConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        let mut s = self.stats.clone();
+        s.in_flight = self.calls.len() as u64;
+        s
+    }
+
+    fn publish(&self, ev: Event) {
+        self.bus.publish(ev);
+    }
+
+    fn unix(&self, mono_ns: u64) -> u64 {
+        self.cfg.clock.to_unix(mono_ns)
+    }
+
+    // -----------------------------------------------------------------------
+    // Observations
+
+    pub fn observe(&mut self, obs: Observation) {
+        self.stats.observations += 1;
+        let conn = obs.conn.clone();
+        let conn_id = conn.conn_id;
+        let is_client = obs.side == client_side(conn.role);
+        let now = obs.ts_exit_ns.max(obs.ts_enter_ns);
+        self.note_worker(&conn, now);
+        {
+            let cs = self.conns.entry(conn_id).or_insert_with(ConnState::new);
+            if is_client {
+                cs.seen_client = true;
+            }
+        }
+        let si = side_idx(obs.side);
+        match &obs.what {
+            Observed::Headers {
+                flow,
+                stream_id,
+                metadata,
+                ..
+            } => {
+                let create = header_create(*flow, is_client);
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                call.last_seen_ns = now;
+                match flow {
+                    Flow::Request => {
+                        request_headers_seen(call, is_client, &obs);
+                        if call.method.is_none() {
+                            if let Some(path) = &metadata.path {
+                                call.method = Some(match Method::from_path(path) {
+                                    Some(m) => m.as_str().to_string(),
+                                    None => metadata.method.clone().unwrap_or_else(|| path.clone()),
+                                });
+                            }
+                        }
+                    }
+                    Flow::Response => {
+                        response_headers_seen(call, is_client, &obs);
+                        if let Some(s) = metadata.grpc_status {
+                            call.grpc_status = Some(s);
+                            if metadata.grpc_message.is_some() {
+                                call.grpc_message = metadata.grpc_message.clone();
+                            }
+                        }
+                    }
+                }
+                if call.correlation_id.is_none() {
+                    call.correlation_id = metadata.correlation_id.clone();
+                }
+                self.progress(key);
+            }
+            Observed::HeadersLost {
+                flow, stream_id, ..
+            } => {
+                let create = header_create(*flow, is_client);
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                call.last_seen_ns = now;
+                match flow {
+                    Flow::Request => request_headers_seen(call, is_client, &obs),
+                    Flow::Response => response_headers_seen(call, is_client, &obs),
+                }
+                self.progress(key);
+            }
+            Observed::Message {
+                flow,
+                stream_id,
+                message,
+            } => {
+                let create = match flow {
+                    Flow::Request => Create::IfNew,
+                    Flow::Response => Create::Never,
+                };
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
+                    return;
+                };
+                match flow {
+                    Flow::Request => self.request_message(key, si, message, now),
+                    Flow::Response => self.response_message(key, si, is_client, message, &obs),
+                }
+                self.progress(key);
+            }
+            Observed::EndStream { flow, stream_id } => {
+                let create = match flow {
+                    Flow::Request => Create::IfNew,
+                    Flow::Response => Create::Never,
+                };
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
+                    return;
+                };
+                match flow {
+                    Flow::Request => {
+                        if let Some(call) = self.calls.get_mut(&key) {
+                            call.last_seen_ns = now;
+                            call.info_ready = true;
+                            if !is_client {
+                                call.t1.get_or_insert(obs.ts_exit_ns);
+                                call.worker_tid = Some(obs.tid);
+                            }
+                            if call.method.is_none() {
+                                call.method = Some(UNKNOWN_OPERATION.to_string());
+                            }
+                        }
+                        self.progress(key);
+                    }
+                    Flow::Response => self.response_end(key, is_client, &obs),
+                }
+            }
+            Observed::Reset {
+                stream_id, code, ..
+            } => {
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), Create::Never, now)
+                else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                // RST_STREAM(NO_ERROR) after a full response only cancels the
+                // unfinished request half: the call itself succeeded.
+                if !(*code == 0 && (call.server_done.is_some() || call.t3.is_some())) {
+                    call.reset = Some(*code);
+                }
+                let end = call.t3.or(call.server_done).unwrap_or(obs.ts_exit_ns);
+                self.complete(key, end, None);
+            }
+            Observed::SyncLost { .. } => {
+                if is_client {
+                    if let Some(cs) = self.conns.get_mut(&conn_id) {
+                        cs.client_lost = true;
+                    }
+                    // Calls already finished on the server side will get no client end.
+                    let done: Vec<(Key, u64)> = self
+                        .calls
+                        .iter()
+                        .filter(|(k, _)| k.0 == conn_id)
+                        .filter_map(|(k, c)| c.server_done.map(|t| (*k, t)))
+                        .collect();
+                    for (k, t) in done {
+                        self.stats.worker_only_completions += 1;
+                        self.complete(k, t, None);
+                    }
+                }
+            }
+            Observed::PipeRequest {
+                id,
+                command,
+                args,
+                len,
+            } => {
+                let Some(key) = self.pipe_request_key(&conn, *id, is_client, now) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                call.last_seen_ns = now;
+                call.info_ready = true;
+                call.request_parsed = true;
+                call.method = Some(PIPE_OPERATION.to_string());
+                call.req_bytes[si] = call.req_bytes[si].max(*len as u64);
+                if is_client {
+                    call.t0.get_or_insert(obs.ts_enter_ns);
+                } else {
+                    call.server_req_seen = true;
+                    call.t1.get_or_insert(obs.ts_exit_ns);
+                    call.worker_tid = Some(obs.tid);
+                }
+                if call.tool_name.is_none() {
+                    call.tool_name = command.clone();
+                    call.function = command.clone();
+                    call.library = call.conn.adapter.clone();
+                }
+                if call.session_id.is_none() {
+                    call.session_id = args
+                        .as_ref()
+                        .and_then(|a| a.get("session_id"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                }
+                if call.correlation_id.is_none() {
+                    call.correlation_id = id.map(|i| i.to_string());
+                }
+                self.progress(key);
+            }
+            Observed::PipeResponse {
+                id,
+                success,
+                error_type,
+                error_message,
+                len,
+            } => {
+                let Some(key) = self.pipe_response_key(&conn, *id, is_client, now) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                call.last_seen_ns = now;
+                call.resp_bytes[si] = call.resp_bytes[si].max(*len as u64);
+                if success.is_some() {
+                    call.success = *success;
+                }
+                if error_type.is_some() {
+                    call.error_type = error_type.clone();
+                }
+                if error_message.is_some() {
+                    call.error_message = error_message.clone();
+                }
+                if is_client {
+                    call.t3 = Some(obs.ts_exit_ns);
+                    self.progress(key);
+                    self.complete(key, obs.ts_exit_ns, None);
+                } else {
+                    call.t2.get_or_insert(obs.ts_enter_ns);
+                    call.server_done = Some(obs.ts_exit_ns);
+                    self.progress(key);
+                    self.maybe_worker_only(key, obs.ts_exit_ns);
+                }
+            }
+        }
+    }
+
+    fn request_message(&mut self, key: Key, si: usize, message: &GrpcMessage, now: u64) {
+        let role = key_role(&self.calls, &key);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_seen_ns = now;
+        call.req_bytes[si] += message.len as u64 + 5;
+        // Both sides see the same message: parse the first copy only.
+        if call.request_parsed || message.compressed {
+            call.info_ready = true;
+            return;
+        }
+        let data_known = !message.data.is_empty() || message.len == 0;
+        if !data_known {
+            return;
+        }
+        call.request_parsed = true;
+        call.info_ready = true;
+        if call.method.is_none() {
+            let guess = sp::identify_method(Direction::Request, &message.data).map(|m| {
+                // Same shapes both ways: the connection's direction tells them apart.
+                if role == Some(CallRole::WorkerCallsBeam) && m == Method::ExecuteTool {
+                    Method::ExecuteElixirTool
+                } else {
+                    m
+                }
+            });
+            call.method = Some(
+                guess
+                    .map(|m| m.as_str().to_string())
+                    .unwrap_or_else(|| UNKNOWN_OPERATION.to_string()),
+            );
+        }
+        if carries_tool_request(call.method_str()) {
+            if let Ok(p) = sp::decode_execute_tool_request(&message.data) {
+                let req = p.msg;
+                if !req.session_id.is_empty() {
+                    call.session_id = Some(req.session_id.clone());
+                }
+                if !req.tool_name.is_empty() {
+                    call.tool_name = Some(req.tool_name.clone());
+                }
+                if call.correlation_id.is_none() {
+                    call.correlation_id = req.metadata.get("correlation_id").cloned();
+                }
+                match sp::snakebridge_call(&req) {
+                    Some(sb) => {
+                        call.library = sb.library;
+                        call.function = sb.function;
+                    }
+                    None => {
+                        call.library = call.conn.adapter.clone();
+                        call.function = call.tool_name.clone();
+                    }
+                }
+            }
+        } else if call.method_str() == Method::Heartbeat.as_str() {
+            if let Ok(p) = sp::decode_prefix::<sp::HeartbeatRequest>(&message.data) {
+                if !p.msg.session_id.is_empty() {
+                    call.session_id = Some(p.msg.session_id);
+                }
+            }
+        }
+    }
+
+    fn response_message(
+        &mut self,
+        key: Key,
+        si: usize,
+        is_client: bool,
+        message: &GrpcMessage,
+        obs: &Observation,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_seen_ns = obs.ts_exit_ns;
+        call.info_ready = true;
+        call.resp_bytes[si] += message.len as u64 + 5;
+        call.resp_msgs[si] += 1;
+        if !is_client {
+            // Response HEADERS lost: the first message's send is the next best t2.
+            call.t2.get_or_insert(obs.ts_enter_ns);
+        }
+        if call.method.is_none() {
+            call.method = Some(UNKNOWN_OPERATION.to_string());
+        }
+        let method = call.method_str().to_string();
+        if method == Method::StreamTelemetry.as_str() {
+            // Each side sees each event once: publish the n-th event on its first sight.
+            if call.resp_msgs[si] > call.python_emitted {
+                call.python_emitted = call.resp_msgs[si];
+                let conn = call.conn.clone();
+                self.python_event(&conn, message, obs.ts_exit_ns);
+            }
+            return;
+        }
+        if call.response_parsed || message.compressed || !carries_tool_request(&method) {
+            return;
+        }
+        if method == Method::ExecuteStreamingTool.as_str() {
+            return;
+        }
+        if message.data.is_empty() && message.len > 0 {
+            return;
+        }
+        if let Ok(p) = sp::decode_execute_tool_response(&message.data) {
+            call.response_parsed = true;
+            // proto3 omits false: a captured body without field 1 means failure.
+            call.success = Some(p.msg.success);
+            if !p.msg.success && !p.msg.error_message.is_empty() {
+                let err = sp::parse_tool_error(&p.msg.error_message);
+                call.error_type = err.error_type;
+                call.error_message = err.message.or(Some(p.msg.error_message.clone()));
+            }
+            if call.correlation_id.is_none() {
+                call.correlation_id = p.msg.metadata.get("correlation_id").cloned();
+            }
+        }
+    }
+
+    fn response_end(&mut self, key: Key, is_client: bool, obs: &Observation) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.last_seen_ns = obs.ts_exit_ns;
+        call.info_ready = true;
+        if call.method.is_none() {
+            call.method = Some(UNKNOWN_OPERATION.to_string());
+        }
+        if is_client {
+            call.t3 = Some(obs.ts_exit_ns);
+            self.progress(key);
+            self.complete(key, obs.ts_exit_ns, None);
+        } else {
+            call.server_done = Some(obs.ts_exit_ns);
+            self.progress(key);
+            self.maybe_worker_only(key, obs.ts_exit_ns);
+        }
+    }
+
+    /// Completes a call the server side finished when the client side cannot end it.
+    fn maybe_worker_only(&mut self, key: Key, end: u64) {
+        let Some(cs) = self.conns.get(&key.0) else {
+            return;
+        };
+        if !cs.seen_client || cs.client_lost {
+            self.stats.worker_only_completions += 1;
+            self.complete(key, end, None);
+        }
+    }
+
+    fn python_event(&mut self, conn: &ConnContext, message: &GrpcMessage, ts: u64) {
+        let Ok(p) = sp::decode_prefix::<sp::TelemetryEvent>(&message.data) else {
+            return;
+        };
+        let te = p.msg;
+        let mut name: Vec<&str> = PYTHON_PREFIX.to_vec();
+        let parts: Vec<&str> = te.event_parts.iter().map(String::as_str).collect();
+        let rest = match parts.first() {
+            Some(&"python") => &parts[1..],
+            _ => &parts[..],
+        };
+        name.extend(rest);
+        if rest.is_empty() {
+            name.push("event");
+        }
+        let time = if te.timestamp_ns > 0 {
+            te.timestamp_ns as u64
+        } else {
+            self.unix(ts)
+        };
+        let mut ev = Event::new(&name).at(time);
+        for (k, v) in &te.measurements {
+            use sp::telemetry_value::Value as TV;
+            ev = match &v.value {
+                Some(TV::IntValue(i)) => ev.measure(k, *i),
+                Some(TV::FloatValue(f)) => ev.measure(k, *f),
+                Some(TV::StringValue(s)) => ev.meta(k, s.clone()),
+                None => ev,
+            };
+        }
+        for (k, v) in &te.metadata {
+            ev = ev.meta(k, v.clone());
+        }
+        ev = ev
+            .meta("pool", conn.pool.clone())
+            .meta("worker_id", conn.worker_id.clone())
+            .meta("worker_pid", conn.worker_pid)
+            .meta_opt(
+                "correlation_id",
+                (!te.correlation_id.is_empty()).then_some(te.correlation_id),
+            );
+        self.stats.python_events += 1;
+        self.publish(ev);
+    }
+
+    // -----------------------------------------------------------------------
+    // Call table
+
+    fn lookup(
+        &mut self,
+        conn: &Arc<ConnContext>,
+        id: CallId,
+        create: Create,
+        now: u64,
+    ) -> Option<Key> {
+        let key = (conn.conn_id, id);
+        if self.calls.contains_key(&key) {
+            return Some(key);
+        }
+        let cs = self
+            .conns
+            .entry(conn.conn_id)
+            .or_insert_with(ConnState::new);
+        match create {
+            Create::Never => {
+                if cs.recent_set.contains(&id) {
+                    self.stats.late_observations += 1;
+                } else {
+                    self.stats.unmatched_responses += 1;
+                }
+                return None;
+            }
+            Create::IfNew if cs.recent_set.contains(&id) => {
+                self.stats.late_observations += 1;
+                return None;
+            }
+            Create::IfNew => {}
+            Create::Fresh => cs.forget(id),
+        }
+        self.create(conn, id, now);
+        Some(key)
+    }
+
+    fn create(&mut self, conn: &Arc<ConnContext>, id: CallId, now: u64) {
+        let conn_id = conn.conn_id;
+        let per_conn = self
+            .conns
+            .get(&conn_id)
+            .map(|c| c.in_flight.len())
+            .unwrap_or(0);
+        if per_conn >= self.cfg.max_in_flight_per_conn.max(1) {
+            let oldest = self
+                .conns
+                .get(&conn_id)
+                .and_then(|c| c.in_flight.values().next().copied());
+            if let Some(old) = oldest {
+                self.drop_call((conn_id, old), false);
+            }
+        }
+        if self.calls.len() >= self.cfg.max_in_flight.max(1) {
+            if let Some(old) = self.order.values().next().copied() {
+                self.drop_call(old, false);
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key = (conn_id, id);
+        self.calls
+            .insert(key, Call::new(seq, conn.clone(), id, now));
+        self.order.insert(seq, key);
+        self.conns
+            .entry(conn_id)
+            .or_insert_with(ConnState::new)
+            .in_flight
+            .insert(seq, id);
+    }
+
+    /// Removes a call from every index; returns it.
+    fn take(&mut self, key: Key) -> Option<Call> {
+        let call = self.calls.remove(&key)?;
+        self.order.remove(&call.seq);
+        if let Some(cs) = self.conns.get_mut(&key.0) {
+            cs.in_flight.remove(&call.seq);
+            cs.remember(key.1);
+        }
+        if call.busy_counted {
+            let now = call.last_seen_ns;
+            let events = self.pools.call_ended(&call.conn, now);
+            for ev in events {
+                self.publish(ev);
+            }
+        }
+        Some(call)
+    }
+
+    /// Drops a call without an event (memory bound or stale).
+    fn drop_call(&mut self, key: Key, stale: bool) {
+        if self.take(key).is_some() {
+            if stale {
+                self.stats.stale += 1;
+            } else {
+                self.stats.evicted += 1;
+            }
+        }
+    }
+
+    fn pipe_request_key(
+        &mut self,
+        conn: &Arc<ConnContext>,
+        id: Option<i64>,
+        is_client: bool,
+        now: u64,
+    ) -> Option<Key> {
+        match id {
+            Some(i) => {
+                let create = if is_client {
+                    Create::Fresh
+                } else {
+                    Create::IfNew
+                };
+                self.lookup(conn, CallId::Pipe(i), create, now)
+            }
+            None => {
+                if !is_client {
+                    // The worker reads requests in the order the BEAM wrote them.
+                    if let Some(k) = self.first_pipe_seq(conn.conn_id, |c| !c.server_req_seen) {
+                        return Some(k);
+                    }
+                }
+                let cs = self
+                    .conns
+                    .entry(conn.conn_id)
+                    .or_insert_with(ConnState::new);
+                cs.pipe_seq += 1;
+                let id = CallId::PipeSeq(cs.pipe_seq);
+                self.lookup(conn, id, Create::Fresh, now)
+            }
+        }
+    }
+
+    fn pipe_response_key(
+        &mut self,
+        conn: &Arc<ConnContext>,
+        id: Option<i64>,
+        is_client: bool,
+        now: u64,
+    ) -> Option<Key> {
+        match id {
+            Some(i) => self.lookup(conn, CallId::Pipe(i), Create::Never, now),
+            None => {
+                let found = if is_client {
+                    self.first_pipe_seq(conn.conn_id, |c| c.t3.is_none())
+                } else {
+                    self.first_pipe_seq(conn.conn_id, |c| c.server_done.is_none())
+                };
+                if found.is_none() {
+                    self.stats.unmatched_responses += 1;
+                }
+                found
+            }
+        }
+    }
+
+    fn first_pipe_seq(&self, conn_id: u64, pred: impl Fn(&Call) -> bool) -> Option<Key> {
+        let cs = self.conns.get(&conn_id)?;
+        cs.in_flight
+            .values()
+            .filter(|id| matches!(id, CallId::PipeSeq(_)))
+            .map(|id| (conn_id, *id))
+            .find(|k| self.calls.get(k).is_some_and(&pred))
+    }
+
+    // -----------------------------------------------------------------------
+    // Progress and completion
+
+    /// Publishes start and checkout once what they carry is known.
+    fn progress(&mut self, key: Key) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        if !call.started && call.method.is_some() && call.info_ready {
+            self.start(key);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        // Checkout once the worker has the request (so it carries queue_time); calls
+        // whose worker side is never seen check out at completion.
+        if call.started && !call.internal && !call.checked_out && call.t1.is_some() {
+            call.checked_out = true;
+            if call.sampled {
+                let ev = checkout_event(call, &self.cfg);
+                self.publish(ev);
+            }
+        }
+    }
+
+    fn start(&mut self, key: Key) {
+        let rate = self.cfg.sample_rate;
+        let include_internal = self.cfg.include_internal;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.started = true;
+        if call.method.is_none() {
+            call.method = Some(UNKNOWN_OPERATION.to_string());
+        }
+        let op = call.method_str().to_string();
+        call.internal = !is_user_operation(&op);
+        call.sampled = if rate >= 1.0 {
+            true
+        } else if rate <= 0.0 {
+            false
+        } else {
+            (splitmix64(call.seq) as f64 / u64::MAX as f64) < rate
+        };
+        self.stats.calls_started += 1;
+        if op == UNKNOWN_OPERATION {
+            self.stats.unknown_methods += 1;
+        }
+        if call.internal {
+            self.stats.internal_calls += 1;
+        } else {
+            call.busy_counted = true;
+        }
+        let publish = call.sampled && (!call.internal || include_internal);
+        if !call.sampled {
+            self.stats.sampled_out += 1;
+        }
+        let ev = publish.then(|| {
+            let t = self.cfg.clock.to_unix(call.start_ns());
+            call_meta(Event::new(schema::CALL_START), call)
+                .at(t)
+                .measure("system_time", t)
+                .measure("monotonic_time", call.start_ns())
+        });
+        let busy = call.busy_counted;
+        let conn = call.conn.clone();
+        let now = call.last_seen_ns;
+        if let Some(ev) = ev {
+            self.publish(ev);
+        }
+        if busy {
+            for ev in self.pools.call_started(&conn, now) {
+                self.publish(ev);
+            }
+        }
+    }
+
+    /// Ends a call: `exit` set when the worker or connection died under it.
+    fn complete(&mut self, key: Key, end_ns: u64, exit: Option<String>) {
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.info_ready = true;
+        }
+        if self.calls.get(&key).is_some_and(|c| !c.started) {
+            self.start(key);
+        }
+        // Pool checkout before the checkin, even if the server side never showed.
+        if let Some(call) = self.calls.get_mut(&key) {
+            if !call.internal && !call.checked_out {
+                call.checked_out = true;
+                if call.sampled {
+                    let ev = checkout_event(call, &self.cfg);
+                    self.publish(ev);
+                }
+            }
+        }
+        let Some(call) = self.take(key) else {
+            return;
+        };
+        let outcome = outcome(&call, exit);
+        let duration = duration(&call, end_ns);
+        self.stats.calls_completed += 1;
+        match &outcome {
+            Outcome::Ok => self.stats.calls_ok += 1,
+            Outcome::Error => self.stats.calls_error += 1,
+            Outcome::Exception { .. } => self.stats.exceptions += 1,
+        }
+        let publish_internal = !call.internal || self.cfg.include_internal;
+        let t_end = self.unix(end_ns);
+        if !call.internal && call.sampled {
+            let ev = call_meta(Event::new(schema::POOL_CHECKIN), &call)
+                .at(t_end)
+                .measure("busy_time", duration);
+            self.publish(ev);
+        }
+        let mut ev = match &outcome {
+            Outcome::Ok | Outcome::Error => {
+                let ok = matches!(outcome, Outcome::Ok);
+                call_meta(Event::new(schema::CALL_STOP), &call)
+                    .meta("result", if ok { "ok" } else { "error" })
+                    .meta_opt(
+                        "error_type",
+                        if ok { None } else { call.error_type.clone() },
+                    )
+                    .meta_opt(
+                        "error_message",
+                        if ok { None } else { call.error_message.clone() },
+                    )
+            }
+            Outcome::Exception {
+                kind,
+                error_type,
+                reason,
+            } => call_meta(Event::new(schema::CALL_EXCEPTION), &call)
+                .meta("result", "error")
+                .meta("kind", *kind)
+                .meta("error_type", error_type.clone())
+                .meta("reason", reason.clone()),
+        };
+        ev = ev
+            .at(t_end)
+            .measure("duration", duration)
+            .measure("request_bytes", call.req_bytes[0].max(call.req_bytes[1]))
+            .measure("response_bytes", call.resp_bytes[0].max(call.resp_bytes[1]));
+        if let (Some(t0), Some(t1)) = (call.t0, call.t1) {
+            ev = ev.measure("queue_time", t1.saturating_sub(t0));
+        }
+        if let (Some(t1), Some(t2)) = (call.t1, call.t2) {
+            ev = ev.measure("python_time", t2.saturating_sub(t1));
+        }
+        if call.is_streaming() {
+            ev = ev.measure("chunks", call.resp_msgs[0].max(call.resp_msgs[1]));
+        }
+        if let Some(s) = call.grpc_status {
+            ev = ev.meta("grpc_status", s);
+        }
+        // Exceptions are never thinned: they are what an operator looks for.
+        let is_exception = matches!(outcome, Outcome::Exception { .. });
+        if publish_internal && (call.sampled || is_exception) {
+            self.publish(ev);
+        }
+        if !call.internal {
+            let failed = !matches!(outcome, Outcome::Ok);
+            let error_type = match &outcome {
+                Outcome::Exception { error_type, .. } => Some(error_type.clone()),
+                _ => call.error_type.clone(),
+            };
+            if let Some(ev) = self
+                .pools
+                .call_result(&call.conn, failed, error_type, t_end)
+            {
+                self.stats.circuit_breaker_opens += 1;
+                self.publish(ev);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Lifecycle and time
+
+    pub fn lifecycle(&mut self, ev: Lifecycle) {
+        match ev {
+            Lifecycle::WorkerUp {
+                pool,
+                worker_id,
+                worker_pid,
+                beam_pid,
+                ts_ns,
+            } => {
+                for ev in self
+                    .pools
+                    .worker_up(&pool, &worker_id, worker_pid, beam_pid, ts_ns)
+                {
+                    self.publish(ev);
+                }
+            }
+            Lifecycle::WorkerExited {
+                pool,
+                worker_id,
+                worker_pid,
+                exit_code,
+                signal,
+                oom_killed,
+                ts_ns,
+            } => {
+                let reason = match (signal, exit_code) {
+                    (Some(s), _) if oom_killed => format!("worker OOM-killed (signal {s})"),
+                    (Some(s), _) => format!("worker killed by signal {s}"),
+                    (None, Some(c)) => format!("worker exited with code {c}"),
+                    (None, None) => "worker exited".to_string(),
+                };
+                let victims: Vec<Key> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| {
+                        (worker_pid != 0 && c.conn.worker_pid == worker_pid)
+                            || (c.conn.pool == pool && c.conn.worker_id == worker_id)
+                    })
+                    .map(|(k, c)| (c.seq, *k))
+                    .collect::<BTreeMap<u64, Key>>()
+                    .into_values()
+                    .collect();
+                let in_flight = victims.len();
+                for k in victims {
+                    self.complete(k, ts_ns, Some(reason.clone()));
+                }
+                let crashed = oom_killed || signal.is_some() || exit_code.is_some_and(|c| c != 0);
+                let t = self.unix(ts_ns);
+                if crashed {
+                    self.stats.worker_crashes += 1;
+                    let kind = if oom_killed {
+                        "oom"
+                    } else if signal.is_some() {
+                        "signal"
+                    } else {
+                        "exit_code"
+                    };
+                    let ev = Event::new(schema::WORKER_CRASH)
+                        .at(t)
+                        .measure("in_flight_calls", in_flight as u64)
+                        .meta("pool", pool.clone())
+                        .meta("worker_id", worker_id.clone())
+                        .meta("worker_pid", worker_pid)
+                        .meta("type", kind)
+                        .meta_opt("exit_code", exit_code)
+                        .meta_opt("signal", signal)
+                        .meta("oom_killed", oom_killed)
+                        .meta("reason", reason);
+                    self.publish(ev);
+                }
+                let (events, alert) = self
+                    .pools
+                    .worker_exited(&pool, &worker_id, crashed, ts_ns, t);
+                if alert {
+                    self.stats.health_alerts += 1;
+                }
+                for ev in events {
+                    self.publish(ev);
+                }
+            }
+            Lifecycle::ConnectionClosed { conn_id, ts_ns } => {
+                let keys: Vec<Key> = self
+                    .calls
+                    .iter()
+                    .filter(|(k, _)| k.0 == conn_id)
+                    .map(|(k, c)| (c.seq, *k))
+                    .collect::<BTreeMap<u64, Key>>()
+                    .into_values()
+                    .collect();
+                for k in keys {
+                    match self.calls.get(&k).and_then(|c| c.server_done) {
+                        Some(done) => {
+                            self.stats.worker_only_completions += 1;
+                            self.complete(k, done, None);
+                        }
+                        None => self.complete(k, ts_ns, Some("connection closed".to_string())),
+                    }
+                }
+                self.conns.remove(&conn_id);
+            }
+        }
+    }
+
+    /// Time passes: grace periods, stale calls, pool size events.
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        let grace = self.cfg.worker_only_grace_ms.saturating_mul(1_000_000);
+        let stale = self.cfg.stale_call_s.saturating_mul(1_000_000_000);
+        let mut finish = BTreeMap::new();
+        let mut drop = BTreeMap::new();
+        for (k, c) in &self.calls {
+            if let Some(done) = c.server_done {
+                if c.t3.is_none() && now_mono_ns.saturating_sub(done) >= grace {
+                    finish.insert(c.seq, (*k, done));
+                    continue;
+                }
+            }
+            if now_mono_ns.saturating_sub(c.last_seen_ns) >= stale {
+                drop.insert(c.seq, *k);
+            }
+        }
+        for (k, done) in finish.into_values() {
+            self.stats.worker_only_completions += 1;
+            self.complete(k, done, None);
+        }
+        for k in drop.into_values() {
+            self.drop_call(k, true);
+        }
+        for ev in self.pools.tick(now_mono_ns) {
+            self.publish(ev);
+        }
+    }
+
+    fn note_worker(&mut self, conn: &ConnContext, now: u64) {
+        for ev in self.pools.note_conn(conn, now) {
+            self.publish(ev);
+        }
+    }
+}
+
+fn header_create(flow: Flow, is_client: bool) -> Create {
+    match (flow, is_client) {
+        (Flow::Request, true) => Create::Fresh,
+        (Flow::Request, false) => Create::IfNew,
+        (Flow::Response, _) => Create::Never,
+    }
+}
+
+fn key_role(calls: &HashMap<Key, Call>, key: &Key) -> Option<CallRole> {
+    calls.get(key).map(|c| c.conn.role)
+}
+
+fn request_headers_seen(call: &mut Call, is_client: bool, obs: &Observation) {
+    if is_client {
+        call.t0.get_or_insert(obs.ts_enter_ns);
+    } else if call.worker_tid.is_none() {
+        call.worker_tid = Some(obs.tid);
+    }
+}
+
+fn response_headers_seen(call: &mut Call, is_client: bool, obs: &Observation) {
+    call.info_ready = true;
+    if !is_client {
+        call.t2.get_or_insert(obs.ts_enter_ns);
+    }
+    if call.method.is_none() {
+        call.method = Some(UNKNOWN_OPERATION.to_string());
+    }
+}
+
+fn outcome(call: &Call, exit: Option<String>) -> Outcome {
+    if let Some(reason) = exit {
+        return Outcome::Exception {
+            kind: "exit",
+            error_type: ERROR_EXIT.to_string(),
+            reason,
+        };
+    }
+    if let Some(s) = call.grpc_status.filter(|s| *s != 0) {
+        let name = grpc_status_name(s);
+        // Streaming tools put the tool's error JSON in grpc-message.
+        let reason = call.grpc_message.clone().unwrap_or_else(|| name.clone());
+        return Outcome::Exception {
+            kind: "error",
+            error_type: name,
+            reason,
+        };
+    }
+    if let Some(code) = call.reset {
+        return Outcome::Exception {
+            kind: "error",
+            error_type: ERROR_RESET.to_string(),
+            reason: format!("RST_STREAM error code {code}"),
+        };
+    }
+    if call.success == Some(false) {
+        return Outcome::Error;
+    }
+    Outcome::Ok
+}
+
+/// t3-t0 when the BEAM side saw both ends, else t2-t1 from the worker side, else
+/// from the best known start to `end`.
+fn duration(call: &Call, end: u64) -> u64 {
+    match (call.t0, call.t1, call.t2, call.t3) {
+        (Some(t0), _, _, Some(t3)) => t3.saturating_sub(t0),
+        (None, Some(t1), Some(t2), None) if call.server_done.is_some() => t2.saturating_sub(t1),
+        _ => end.saturating_sub(call.start_ns()),
+    }
+}
+
+fn call_meta(ev: Event, call: &Call) -> Event {
+    let conn = &call.conn;
+    let mut ev = ev
+        .meta("operation", call.method_str().to_string())
+        .meta_opt("library", call.library.clone())
+        .meta_opt("function", call.function.clone())
+        .meta_opt("tool", call.tool_name.clone())
+        .meta_opt("session_id", call.session_id.clone())
+        .meta_opt("correlation_id", call.correlation_id.clone())
+        .meta("pool", conn.pool.clone())
+        .meta("worker_id", conn.worker_id.clone())
+        .meta("beam_pid", conn.beam_pid)
+        .meta("worker_pid", conn.worker_pid)
+        .meta_opt("worker_tid", call.worker_tid)
+        .meta("conn_id", conn.conn_id);
+    ev = match call.id {
+        CallId::Stream(s) => ev.meta("transport", "grpc").meta("stream_id", s),
+        CallId::Pipe(i) => ev.meta("transport", "pipe").meta("request_id", i),
+        CallId::PipeSeq(_) => ev.meta("transport", "pipe"),
+    };
+    if call.internal {
+        ev = ev.meta("internal", true);
+    }
+    ev
+}
+
+fn checkout_event(call: &Call, cfg: &TrackerConfig) -> Event {
+    let at = call.t1.unwrap_or(call.start_ns());
+    let mut ev = Event::new(schema::POOL_CHECKOUT)
+        .at(cfg.clock.to_unix(at))
+        .meta("pool", call.conn.pool.clone())
+        .meta("worker_id", call.conn.worker_id.clone())
+        .meta("worker_pid", call.conn.worker_pid)
+        .meta_opt("correlation_id", call.correlation_id.clone());
+    if let (Some(t0), Some(t1)) = (call.t0, call.t1) {
+        ev = ev.measure("queue_time", t1.saturating_sub(t0));
+    }
+    ev
+}
