@@ -1,6 +1,7 @@
 //! Sinks subscribe to the bus and write events somewhere. Adding one touches no other
 //! stage.
 pub mod jsonl;
+pub mod logger;
 pub mod text;
 
 use crate::config::OutputFormat;

@@ -1,0 +1,283 @@
+//! The design's Logger handler, on `tracing`: slow calls as warnings naming
+//! `library.function` and the time split, call exceptions, worker crashes and health
+//! alerts as errors, circuit breakers opening as warnings, everything else at debug.
+//! Per-call events arrive already thinned by the tracker's `sample_rate`.
+use crate::events::{schema, BusReceiver, Event};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt::Write as _;
+use tracing::Level;
+
+/// Log target, so `RUST_LOG=snakepit::events=debug` selects these lines.
+pub const TARGET: &str = "snakepit::events";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// Calls that took longer than this are warnings.
+    pub slow_call_ms: u64,
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        LoggerConfig { slow_call_ms: 1000 }
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+fn num(e: &Event, k: &str) -> Option<u64> {
+    e.measurements.get(k).and_then(Value::as_u64)
+}
+
+fn text<'a>(e: &'a Event, k: &str) -> Option<&'a str> {
+    e.metadata.get(k).and_then(Value::as_str)
+}
+
+fn field(e: &Event, k: &str) -> String {
+    match e.metadata.get(k).or_else(|| e.measurements.get(k)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "?".to_string(),
+    }
+}
+
+/// `library.function`, else the operation.
+fn call_name(e: &Event) -> String {
+    match (text(e, "library"), text(e, "function")) {
+        (Some(l), Some(f)) => format!("{l}.{f}"),
+        (None, Some(f)) => f.to_string(),
+        _ => text(e, "operation").unwrap_or("unknown").to_string(),
+    }
+}
+
+/// Where the time went: queue (BEAM send to worker receipt), python (worker
+/// receipt to response start), the rest (response transfer and BEAM reads).
+fn time_split(e: &Event) -> String {
+    let mut s = String::new();
+    let q = num(e, "queue_time");
+    let p = num(e, "python_time");
+    if let Some(q) = q {
+        let _ = write!(s, "queue {:.1} ms, ", ms(q));
+    }
+    if let Some(p) = p {
+        let _ = write!(s, "python {:.1} ms, ", ms(p));
+    }
+    for k in ["serialize_time", "deserialize_time"] {
+        if let Some(v) = num(e, k) {
+            let _ = write!(s, "{} {:.1} ms, ", k.trim_end_matches("_time"), ms(v));
+        }
+    }
+    if let (Some(d), Some(q), Some(p)) = (num(e, "duration"), q, p) {
+        let _ = write!(
+            s,
+            "other {:.1} ms, ",
+            ms(d.saturating_sub(q.saturating_add(p)))
+        );
+    }
+    s.trim_end_matches(", ").to_string()
+}
+
+fn generic(e: &Event) -> String {
+    let mut line = e.dotted_name();
+    for (k, v) in e.measurements.iter().chain(e.metadata.iter()) {
+        let _ = match v {
+            Value::String(s) => write!(line, " {k}={s}"),
+            other => write!(line, " {k}={other}"),
+        };
+    }
+    line
+}
+
+/// The level and line for one event.
+pub fn render(e: &Event, cfg: &LoggerConfig) -> (Level, String) {
+    if e.is(schema::CALL_STOP) {
+        let d = num(e, "duration").unwrap_or(0);
+        let split = time_split(e);
+        let split = if split.is_empty() {
+            String::new()
+        } else {
+            format!(" ({split})")
+        };
+        let result = text(e, "result").unwrap_or("ok");
+        let err = text(e, "error_type")
+            .map(|t| format!(" error_type={t}"))
+            .unwrap_or_default();
+        let whom = format!(
+            "pool={} worker={} correlation_id={}",
+            field(e, "pool"),
+            field(e, "worker_id"),
+            field(e, "correlation_id")
+        );
+        if d > cfg.slow_call_ms.saturating_mul(1_000_000) {
+            return (
+                Level::WARN,
+                format!(
+                    "slow Python call: {} took {:.1} ms{split}, result={result}{err} {whom}",
+                    call_name(e),
+                    ms(d)
+                ),
+            );
+        }
+        return (
+            Level::DEBUG,
+            format!(
+                "Python call: {} {:.1} ms{split}, result={result}{err} {whom}",
+                call_name(e),
+                ms(d)
+            ),
+        );
+    }
+    if e.is(schema::CALL_EXCEPTION) {
+        return (
+            Level::ERROR,
+            format!(
+                "Python call failed: {} ({}) kind={} error_type={} after {:.1} ms: {} pool={} worker={} correlation_id={}",
+                call_name(e),
+                field(e, "operation"),
+                field(e, "kind"),
+                field(e, "error_type"),
+                ms(num(e, "duration").unwrap_or(0)),
+                field(e, "reason"),
+                field(e, "pool"),
+                field(e, "worker_id"),
+                field(e, "correlation_id"),
+            ),
+        );
+    }
+    if e.is(schema::WORKER_CRASH) {
+        return (
+            Level::ERROR,
+            format!(
+                "Python worker crashed: {} pool={} pid={} type={} exit_code={} signal={} oom_killed={} in_flight_calls={}",
+                field(e, "worker_id"),
+                field(e, "pool"),
+                field(e, "worker_pid"),
+                field(e, "type"),
+                field(e, "exit_code"),
+                field(e, "signal"),
+                field(e, "oom_killed"),
+                field(e, "in_flight_calls"),
+            ),
+        );
+    }
+    if e.is(schema::CIRCUIT_BREAKER_OPEN) {
+        return (
+            Level::WARN,
+            format!(
+                "Circuit breaker opened for worker {} (pool {}) after {} consecutive failures, last error_type={}",
+                field(e, "worker_id"),
+                field(e, "pool"),
+                field(e, "failure_count"),
+                field(e, "error_type"),
+            ),
+        );
+    }
+    if e.is(schema::HEALTH_ALERT) {
+        return (
+            Level::ERROR,
+            format!(
+                "Health alert: {} in pool {} - {} crashes within {} s",
+                field(e, "alert_type"),
+                field(e, "pool"),
+                field(e, "crash_count"),
+                field(e, "window_s"),
+            ),
+        );
+    }
+    (Level::DEBUG, generic(e))
+}
+
+fn log(level: Level, line: &str) {
+    // tracing's macros need the level at compile time.
+    match level {
+        Level::ERROR => tracing::error!(target: TARGET, "{line}"),
+        Level::WARN => tracing::warn!(target: TARGET, "{line}"),
+        Level::INFO => tracing::info!(target: TARGET, "{line}"),
+        Level::DEBUG => tracing::debug!(target: TARGET, "{line}"),
+        _ => tracing::trace!(target: TARGET, "{line}"),
+    }
+}
+
+/// Logs every event until the bus closes.
+pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
+    while let Some(event) = rx.recv().await {
+        let (level, line) = render(&event, &cfg);
+        log(level, &line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop(duration_ms: u64) -> Event {
+        Event::new(schema::CALL_STOP)
+            .measure("duration", duration_ms * 1_000_000)
+            .measure("queue_time", 2_000_000)
+            .measure("python_time", duration_ms * 1_000_000 - 3_000_000)
+            .meta("library", "numpy")
+            .meta("function", "mean")
+            .meta("operation", "ExecuteTool")
+            .meta("result", "ok")
+    }
+
+    #[test]
+    fn slow_calls_warn_with_library_function_and_time_split() {
+        let cfg = LoggerConfig::default();
+        let (level, line) = render(&stop(1500), &cfg);
+        assert_eq!(level, Level::WARN);
+        assert!(line.contains("numpy.mean took 1500.0 ms"), "{line}");
+        assert!(line.contains("queue 2.0 ms"), "{line}");
+        assert!(line.contains("python 1497.0 ms"), "{line}");
+        assert!(line.contains("other 1.0 ms"), "{line}");
+        let (level, _) = render(&stop(20), &cfg);
+        assert_eq!(level, Level::DEBUG);
+        let (level, _) = render(&stop(20), &LoggerConfig { slow_call_ms: 10 });
+        assert_eq!(level, Level::WARN);
+    }
+
+    #[test]
+    fn exceptions_and_crashes_are_errors_the_rest_debug() {
+        let cfg = LoggerConfig::default();
+        let ex = Event::new(schema::CALL_EXCEPTION)
+            .measure("duration", 5_000_000)
+            .meta("operation", "ExecuteTool")
+            .meta("function", "sleep")
+            .meta("kind", "exit")
+            .meta("error_type", "exit")
+            .meta("reason", "worker killed by signal 9");
+        let (level, line) = render(&ex, &cfg);
+        assert_eq!(level, Level::ERROR);
+        assert!(line.contains("sleep (ExecuteTool) kind=exit"), "{line}");
+        let crash = Event::new(schema::WORKER_CRASH)
+            .meta("worker_id", "w1")
+            .meta("signal", 9);
+        let (level, line) = render(&crash, &cfg);
+        assert_eq!(level, Level::ERROR);
+        assert!(line.contains("signal=9"), "{line}");
+        let (level, _) = render(&Event::new(schema::HEALTH_ALERT), &cfg);
+        assert_eq!(level, Level::ERROR);
+        let (level, _) = render(&Event::new(schema::CIRCUIT_BREAKER_OPEN), &cfg);
+        assert_eq!(level, Level::WARN);
+        let (level, line) = render(
+            &Event::new(schema::POOL_SIZE)
+                .measure("size", 2)
+                .meta("pool", "p"),
+            &cfg,
+        );
+        assert_eq!(level, Level::DEBUG);
+        assert_eq!(line, "snakepit.pool.size size=2 pool=p");
+    }
+
+    #[tokio::test]
+    async fn run_drains_the_bus() {
+        let bus = crate::events::Bus::new(16);
+        let rx = bus.subscribe();
+        bus.publish(stop(10));
+        drop(bus);
+        run(rx, LoggerConfig::default()).await;
+    }
+}
