@@ -978,3 +978,39 @@ fn grpc_status_names() {
     assert_eq!(grpc_status_name(14), "UNAVAILABLE");
     assert_eq!(grpc_status_name(99), "STATUS_99");
 }
+
+#[test]
+fn client_sync_loss_completes_in_flight_calls_from_the_worker_side_only() {
+    let c = grpc_conn(23);
+    let req = tool_request("echo", &[]);
+    let resp = tool_response(true, "");
+    let (ev, stats) = run(cfg(), |t| {
+        request_half(t, &c, 1, Some(PATH_EXEC), &req, M);
+        t.observe(ob(
+            &c,
+            Side::Beam,
+            0,
+            0,
+            Observed::SyncLost {
+                flow: Flow::Response,
+            },
+        ));
+        response_half(
+            t,
+            &c,
+            1,
+            std::slice::from_ref(&resp),
+            0,
+            None,
+            Moments { beam: false, ..M },
+        );
+        assert_eq!(t.stats().in_flight, 0);
+        // After the decoder resynchronises, new calls end on the BEAM side again.
+        unary(t, &c, 3, &req, &resp, M);
+    });
+    let stops = named(&ev, schema::CALL_STOP);
+    assert_eq!(stops.len(), 2);
+    assert_eq!(num(stops[0], "duration"), Some(3_800));
+    assert_eq!(num(stops[1], "duration"), Some(4_300));
+    assert_eq!(stats.worker_only_completions, 1);
+}

@@ -93,8 +93,6 @@ enum Create {
 
 struct ConnState {
     seen_client: bool,
-    /// The client side lost frame sync: its ends will not come.
-    client_lost: bool,
     in_flight: BTreeMap<u64, CallId>,
     recent: VecDeque<CallId>,
     recent_set: HashSet<CallId>,
@@ -105,7 +103,6 @@ impl ConnState {
     fn new() -> Self {
         ConnState {
             seen_client: false,
-            client_lost: false,
             in_flight: BTreeMap::new(),
             recent: VecDeque::new(),
             recent_set: HashSet::new(),
@@ -151,6 +148,9 @@ struct Call {
     server_done: Option<u64>,
     /// Server-side request observation seen (pipe FIFO matching).
     server_req_seen: bool,
+    /// The client side lost frame sync while this call was in flight: its end
+    /// will not be seen from there.
+    client_lost: bool,
     req_bytes: [u64; 2],
     resp_bytes: [u64; 2],
     resp_msgs: [u64; 2],
@@ -192,6 +192,7 @@ impl Call {
             t3: None,
             server_done: None,
             server_req_seen: false,
+            client_lost: false,
             req_bytes: [0; 2],
             resp_bytes: [0; 2],
             resp_msgs: [0; 2],
@@ -491,16 +492,18 @@ impl CallTracker {
             }
             Observed::SyncLost { .. } => {
                 if is_client {
-                    if let Some(cs) = self.conns.get_mut(&conn_id) {
-                        cs.client_lost = true;
+                    // Calls in flight now get no client end; those the server side
+                    // already finished complete at once. Later calls are unaffected:
+                    // the decoder resynchronises on frame boundaries.
+                    let mut done = Vec::new();
+                    for (k, c) in self.calls.iter_mut().filter(|(k, _)| k.0 == conn_id) {
+                        c.client_lost = true;
+                        if let Some(t) = c.server_done {
+                            done.push((c.seq, *k, t));
+                        }
                     }
-                    // Calls already finished on the server side will get no client end.
-                    let done: Vec<(Key, u64)> = self
-                        .calls
-                        .iter()
-                        .filter(|(k, _)| k.0 == conn_id)
-                        .filter_map(|(k, c)| c.server_done.map(|t| (*k, t)))
-                        .collect();
+                    done.sort_unstable_by_key(|d| d.0);
+                    let done: Vec<(Key, u64)> = done.into_iter().map(|(_, k, t)| (k, t)).collect();
                     for (k, t) in done {
                         self.stats.worker_only_completions += 1;
                         self.complete(k, t, None);
@@ -729,10 +732,9 @@ impl CallTracker {
 
     /// Completes a call the server side finished when the client side cannot end it.
     fn maybe_worker_only(&mut self, key: Key, end: u64) {
-        let Some(cs) = self.conns.get(&key.0) else {
-            return;
-        };
-        if !cs.seen_client || cs.client_lost {
+        let seen_client = self.conns.get(&key.0).is_some_and(|c| c.seen_client);
+        let lost = self.calls.get(&key).is_some_and(|c| c.client_lost);
+        if !seen_client || lost {
             self.stats.worker_only_completions += 1;
             self.complete(key, end, None);
         }
@@ -1329,12 +1331,12 @@ fn outcome(call: &Call, exit: Option<String>) -> Outcome {
     Outcome::Ok
 }
 
-/// t3-t0 when the BEAM side saw both ends, else t2-t1 from the worker side, else
+/// t3-t0 when the BEAM side saw both ends, else t2-t1 once the worker side finished, else
 /// from the best known start to `end`.
 fn duration(call: &Call, end: u64) -> u64 {
     match (call.t0, call.t1, call.t2, call.t3) {
         (Some(t0), _, _, Some(t3)) => t3.saturating_sub(t0),
-        (None, Some(t1), Some(t2), None) if call.server_done.is_some() => t2.saturating_sub(t1),
+        (_, Some(t1), Some(t2), None) if call.server_done.is_some() => t2.saturating_sub(t1),
         _ => end.saturating_sub(call.start_ns()),
     }
 }
