@@ -131,15 +131,16 @@ impl Pools {
 
     /// A connection's worker is live unless we saw it exit.
     pub(super) fn note_conn(&mut self, conn: &ConnContext, now: u64) -> Vec<Event> {
-        let k = (conn.pool.clone(), conn.worker_id.clone());
-        if self.exited_set.contains(&k) {
-            return Vec::new();
-        }
+        // Hot path (every observation): a known worker allocates nothing.
         if self
             .pools
             .get(&conn.pool)
             .is_some_and(|p| p.workers.contains_key(&conn.worker_id))
         {
+            return Vec::new();
+        }
+        let k = (conn.pool.clone(), conn.worker_id.clone());
+        if self.exited_set.contains(&k) {
             return Vec::new();
         }
         self.add_worker(&conn.pool, &conn.worker_id, conn.worker_pid, now)
