@@ -112,11 +112,8 @@ command({load, Map}, St) when is_map(Map) ->
     reply([{reply, load}, {calls, Calls}, {ok, Ok}, {error, Err}]),
     St;
 command({stats, Path}, St) ->
-    Conns = lists:sort(fun(A, B) -> maps:get(opened_mono_ns, A) =< maps:get(opened_mono_ns, B) end,
-                       [M || {_, M} <- ets:tab2list(demo_conns)]),
-    Lines = [stats_line(C) || C <- Conns],
-    ok = file:write_file(Path, [[L, $\n] || L <- Lines]),
-    reply([{reply, stats}, {connections, length(Lines)}]),
+    N = write_stats(Path),
+    reply([{reply, stats}, {connections, N}]),
     St;
 command(quiesce, St) ->
     demo_worker:set_flag(quiesced, true),
@@ -134,9 +131,17 @@ command({kill_worker, Id0}, St) ->
     end,
     St;
 command(stop, St) -> shutdown(St, true);
+command({stop, Path}, St) -> shutdown(St, {stats, Path});
 command(Other, St) ->
     reply([{reply, error}, {message, iolist_to_binary(io_lib:format("unknown command ~p", [Other]))}]),
     St.
+
+write_stats(Path) ->
+    Conns = lists:sort(fun(A, B) -> maps:get(opened_mono_ns, A) =< maps:get(opened_mono_ns, B) end,
+                       [M || {_, M} <- ets:tab2list(demo_conns)]),
+    Lines = [stats_line(C) || C <- Conns],
+    ok = file:write_file(Path, [[L, $\n] || L <- Lines]),
+    length(Lines).
 
 stats_line(C = #{kind := Kind, closed := Closed}) ->
     {Send, Recv} = case Closed of
@@ -166,6 +171,9 @@ shutdown(St, Reply) ->
     demo_grpc_server:stop(),
     case Reply of
         true -> reply([{reply, stop}]);
+        %% Every connection is closed now: its final counts are the ones taken
+        %% just before gen_tcp:close/1.
+        {stats, Path} -> reply([{reply, stop}, {connections, write_stats(Path)}]);
         false -> ok
     end,
     timer:sleep(100),

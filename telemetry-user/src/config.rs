@@ -24,6 +24,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub discovery: DiscoveryConfig,
     pub output: OutputConfig,
+    /// Call reconstruction: thresholds, sampling, limits.
+    pub calls: crate::calls::TrackerConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod events;
 pub mod kernel;
+pub mod pipeline;
 pub mod sinks;
 pub mod streams;
 pub mod wire;

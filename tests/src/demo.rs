@@ -227,18 +227,29 @@ impl Demo {
     }
 
     /// Stops the deployment: connections closed, workers told to exit, BEAM halts.
-    pub fn stop(mut self) -> Result<()> {
-        let reply = self.command("stop", Duration::from_secs(15));
+    pub fn stop(self) -> Result<()> {
+        self.stop_with("stop").map(|_| ())
+    }
+
+    /// Stops the deployment and returns every connection's final counts, taken by the
+    /// BEAM just before it closed each socket (a consistent cut for exact comparisons).
+    pub fn stop_with_stats(self, path: &Path) -> Result<Vec<ConnStat>> {
+        self.stop_with(&format!("{{stop, \"{}\"}}", path.display()))?;
+        read_jsonl(path)
+    }
+
+    fn stop_with(mut self, term: &str) -> Result<Value> {
+        let reply = self.command(term, Duration::from_secs(20));
         self.stdin = None;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return reply.map(|_| ());
+                return reply;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
-        reply.map(|_| ())
+        reply
     }
 }
 

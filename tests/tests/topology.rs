@@ -71,10 +71,11 @@ fn assert_all_workers_discovered(agent: &mut Agent, status: &Status) {
                 .unwrap_or_else(|e| panic!("port {port} of {} not reported: {e}", w.worker_id));
         }
     }
-    let beam = agent
-        .wait_for(Duration::from_secs(5), |e| is_event(e, BEAM_DISCOVERED))
-        .expect("beam_discovered");
-    assert_eq!(u64_meta(&beam, "beam_pid"), Some(status.beam_pid as u64));
+    agent
+        .wait_for(Duration::from_secs(5), |e| {
+            is_event(e, BEAM_DISCOVERED) && u64_meta(e, "beam_pid") == Some(status.beam_pid as u64)
+        })
+        .expect("beam_discovered for the demo's BEAM");
 }
 
 /// Every BEAM socket the demo reports must be a connection the agent paired:
@@ -200,17 +201,6 @@ fn agent_sees_a_deployment_started_after_it_with_exact_byte_totals_and_crashes()
         })
         .expect("pipe worker's stdin pipe paired");
 
-    // BEAM -> worker connections are still now: the periodic summaries that follow
-    // must equal getstat exactly.
-    std::thread::sleep(Duration::from_millis(1_200));
-    let events = agent.events();
-    for s in stats
-        .iter()
-        .filter(|s| s.kind == "grpc_client" && !s.closed)
-    {
-        assert_bytes_exact(&events, ids[&(s.local.clone(), s.peer.clone())], s, false);
-    }
-
     // SIGKILL a gRPC worker: worker_exited with signal 9 within 1 s, and the
     // replacement discovered within 1 s of its start.
     let victim = status
@@ -300,8 +290,31 @@ fn agent_sees_a_deployment_started_after_it_with_exact_byte_totals_and_crashes()
         }
     }
 
-    demo.stop().expect("demo stop");
+    // Stop: the BEAM closes every connection, noting its final counts just before
+    // each close. Every connection opened while the agent ran must match exactly,
+    // in both directions.
+    let final_stats = demo
+        .stop_with_stats(&dir.join("stats-final.jsonl"))
+        .expect("demo stop");
+    std::thread::sleep(Duration::from_millis(2_500));
     let events = agent.stop().expect("agent stop");
+    let mut compared = 0;
+    for s in final_stats.iter().filter(|s| s.closed) {
+        let id = events_named(&events, CONNECTION_OPENED)
+            .into_iter()
+            .find(|e| {
+                str_field(e, "beam_addr") == Some(s.local.as_str())
+                    && str_field(e, "worker_addr") == Some(s.peer.as_str())
+            })
+            .and_then(|e| u64_meta(e, "conn_id"))
+            .unwrap_or_else(|| panic!("connection {} -> {} never paired", s.local, s.peer));
+        assert_bytes_exact(&events, id, s, true);
+        compared += 1;
+    }
+    assert!(
+        compared >= 6,
+        "expected client and callback connections of 3 workers, compared {compared}"
+    );
     let stats_ev = events_named(&events, STATS)
         .into_iter()
         .last()

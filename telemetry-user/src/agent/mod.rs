@@ -4,10 +4,13 @@
 mod io_summary;
 pub mod topology_events;
 
+use crate::calls::input::{Lifecycle, Observation};
+use crate::calls::CallTracker;
 use crate::config::Config;
 use crate::discovery::{Discovery, ExitInfo, ProcSource, Selectors, TopologyChange};
 use crate::events::{schema, Bus, Event};
 use crate::kernel::{self, KernelConfig, KernelEvent, Probes};
+use crate::pipeline::Pipeline;
 use crate::sinks;
 use anyhow::Context;
 use io_summary::IoAccounting;
@@ -40,6 +43,12 @@ pub struct Agent {
     /// final summary waits for that end's close (or a deadline), so it carries the
     /// final totals of both ends.
     closing: Vec<Closing>,
+    /// Records -> ordered streams -> wire decoders -> observations.
+    pipeline: Pipeline,
+    tracker: CallTracker,
+    observations: Vec<Observation>,
+    /// The first /proc scan is done: what is found from now on started while we watch.
+    initial_scan_done: bool,
     counters: Counters,
 }
 
@@ -91,6 +100,8 @@ impl Agent {
             beam_pids: d.beam_pids.clone(),
         };
         let discovery = Discovery::new(ProcSource::new(d.proc_root.clone()), selectors);
+        let tracker_config = config.calls.clone();
+        let tracker_bus = bus.clone();
         let mut agent = Agent {
             config,
             probes,
@@ -102,10 +113,15 @@ impl Agent {
             watched_pids: HashMap::new(),
             watched_fds: HashSet::new(),
             closing: Vec::new(),
+            pipeline: Pipeline::default(),
+            tracker: CallTracker::new(tracker_config, tracker_bus),
+            observations: Vec::new(),
+            initial_scan_done: false,
             counters: Counters::default(),
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
+        agent.initial_scan_done = true;
         agent.bus.publish(
             Event::new(schema::AGENT_STARTED)
                 .meta("version", env!("CARGO_PKG_VERSION"))
@@ -147,7 +163,11 @@ impl Agent {
                 _ = discovery_tick.tick() => {
                     let changes = self.discovery.tick();
                     self.apply(changes);
-                    self.finish_closing(kernel::monotonic_now_ns());
+                    let now = kernel::monotonic_now_ns();
+                    self.finish_closing(now);
+                    self.pipeline.tick(now, &self.discovery, &mut self.observations);
+                    self.feed_tracker();
+                    self.tracker.tick(now);
                 }
                 _ = rescan.tick() => {
                     let changes = self.discovery.full_scan();
@@ -166,7 +186,11 @@ impl Agent {
         self.finish_closing(u64::MAX);
         self.emit_summaries(true);
         self.bus.publish(Event::new(schema::AGENT_STOPPED));
-        let Agent { bus, sink, .. } = self;
+        // The sink ends when every sender of the bus is gone (the tracker holds one).
+        let Agent {
+            sink, bus, tracker, ..
+        } = self;
+        drop(tracker);
         drop(bus);
         let _ = sink.await;
         Ok(())
@@ -179,6 +203,9 @@ impl Agent {
                 if rec.fd >= 0 {
                     self.io
                         .record(rec.tgid, rec.fd as u32, rec.direction.index(), rec.ret);
+                    self.pipeline
+                        .on_io(rec, &self.discovery, &mut self.observations);
+                    self.feed_tracker();
                 }
             }
             KernelEvent::Exec { tgid, .. } => {
@@ -207,6 +234,7 @@ impl Agent {
                 let exit = exit_info(status);
                 let changes = self.discovery.on_exit(tgid, exit);
                 self.apply(changes);
+                self.pipeline.process_exited(tgid);
                 self.probes.forget_tgid(tgid);
                 self.watched_pids.remove(&tgid);
                 self.watched_fds.retain(|k| k.0 != tgid);
@@ -228,6 +256,7 @@ impl Agent {
                 // A failed accept gives no fd; a connect in progress is still a socket.
                 let fd = if ret >= 0 && fd < 0 { ret as i32 } else { fd };
                 if fd >= 0 {
+                    self.pipeline.fd_opened(tgid, fd);
                     let changes = self.discovery.on_fd_open(tgid, fd as u32);
                     self.apply(changes);
                 }
@@ -240,6 +269,7 @@ impl Agent {
                     self.watched_fds.remove(&(tgid, fd as u32));
                     let changes = self.discovery.on_fd_close(tgid, fd as u32);
                     self.apply(changes);
+                    self.pipeline.fd_closed(tgid, fd);
                     self.finish_closing(kernel::monotonic_now_ns());
                 }
             }
@@ -248,17 +278,72 @@ impl Agent {
 
     /// Publishes topology changes and brings the kernel's watch maps in line.
     fn apply(&mut self, changes: Vec<TopologyChange>) {
+        let now = kernel::monotonic_now_ns();
         for change in &changes {
             self.bus.publish(topology_events::to_event(change));
-            if let TopologyChange::ConnectionClosed { conn, .. } = change {
-                self.closing.push(Closing {
-                    conn: conn.clone(),
-                    deadline_mono_ns: kernel::monotonic_now_ns() + CLOSE_GRACE_NS,
-                });
+            match change {
+                TopologyChange::ConnectionClosed { conn, .. } => {
+                    self.closing.push(Closing {
+                        conn: conn.clone(),
+                        deadline_mono_ns: now + CLOSE_GRACE_NS,
+                    });
+                    self.tracker.lifecycle(Lifecycle::ConnectionClosed {
+                        conn_id: conn.id,
+                        ts_ns: now,
+                    });
+                }
+                TopologyChange::ConnectionOpened { conn } => {
+                    if self.initial_scan_done && conn.transport == crate::discovery::Transport::Pipe
+                    {
+                        self.pipeline
+                            .pipe_is_live(conn.beam_pid, conn.beam_fd as i32);
+                        self.pipeline
+                            .pipe_is_live(conn.worker_pid, conn.worker_fd as i32);
+                    }
+                    self.pipeline
+                        .connection_opened(conn, &self.discovery, &mut self.observations);
+                }
+                TopologyChange::WorkerDiscovered(w) => {
+                    self.tracker.lifecycle(Lifecycle::WorkerUp {
+                        pool: w.pool.clone(),
+                        worker_id: w.worker_id.clone(),
+                        worker_pid: w.pid,
+                        beam_pid: w.beam_pid,
+                        ts_ns: now,
+                    })
+                }
+                TopologyChange::WorkerExited {
+                    pool,
+                    worker_id,
+                    pid,
+                    exit_code,
+                    signal,
+                    ..
+                } => {
+                    // Observations decoded before the exit belong before it.
+                    self.feed_tracker();
+                    self.tracker.lifecycle(Lifecycle::WorkerExited {
+                        pool: pool.clone(),
+                        worker_id: worker_id.clone(),
+                        worker_pid: *pid,
+                        exit_code: *exit_code,
+                        signal: *signal,
+                        oom_killed: false,
+                        ts_ns: now,
+                    });
+                }
+                _ => {}
             }
         }
+        self.feed_tracker();
         self.finish_closing(kernel::monotonic_now_ns());
         self.sync_watch_maps();
+    }
+
+    fn feed_tracker(&mut self) {
+        for obs in self.observations.drain(..) {
+            self.tracker.observe(obs);
+        }
     }
 
     /// Emits the final summary of closed connections whose two ends both closed (or
@@ -389,7 +474,26 @@ impl Agent {
                 );
             }
         }
+        let wire = self.pipeline.wire_stats();
+        let mut wire_errors = serde_json::Map::new();
+        for (kind, n) in wire.error_counts() {
+            wire_errors.insert(kind.as_str().into(), n.into());
+        }
+        let asm = self.pipeline.assembly_stats();
+        let ps = self.pipeline.stats;
+        let ts = self.tracker.stats();
         Event::new(schema::AGENT_STATS)
+            .measure("decode_errors", wire.total_errors())
+            .measure("decode_gap_bytes", wire.gap_bytes)
+            .measure("decode_resyncs", wire.resyncs)
+            .measure("unknown_header_refs", wire.unknown_header_refs)
+            .measure("records_lost", asm.lost_records)
+            .measure("records_late", asm.late_records)
+            .measure("records_reordered", asm.chunks_reordered)
+            .measure("pending_dropped", ps.pending_dropped)
+            .measure("decoder_restarts", ps.decoder_restarts)
+            .meta("decode_errors_by_kind", wire_errors)
+            .meta("calls", serde_json::to_value(&ts).unwrap_or_default())
             .measure("kernel_events", self.counters.kernel_events)
             .measure("ring_records", records)
             .measure("ring_decode_errors", decode_errors)
