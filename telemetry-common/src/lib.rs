@@ -37,11 +37,68 @@ pub const MAP_IO_SCRATCH: &str = "IO_SCRATCH";
 /// Upper bound of the payload copy; a power of two so offsets and lengths can be
 /// masked for the verifier.
 pub const MAX_CAPTURE: usize = 4096;
-/// The record's data area is twice the cap: offset and length are both masked below
-/// `MAX_CAPTURE`, which the verifier accepts as in bounds.
-pub const IO_DATA_AREA: usize = 2 * MAX_CAPTURE;
+/// The record's data area: the captured prefix, then the frame marks. Larger than
+/// what is ever sent (IO_MAX_PAYLOAD) because offsets and lengths are masked for the
+/// verifier, and masks only bound them to powers of two. Per-CPU map values are
+/// limited to 32 KiB.
+pub const IO_DATA_AREA: usize = 6 * MAX_CAPTURE;
+/// Most bytes a record ever carries after its header.
+pub const IO_MAX_PAYLOAD: usize = MAX_CAPTURE + MAX_MARKS as usize * MARK_SLOT_LEN;
+const _: () = assert!(2 * MAX_CAPTURE + 128 * MARK_SLOT_LEN + 2 * MARK_BYTES <= IO_DATA_AREA);
+const _: () = assert!(IO_MAX_PAYLOAD < 4 * MAX_CAPTURE);
+const _: () = assert!(core::mem::size_of::<IoEvent>() <= 32768);
+const _: () = assert!(MAX_MARKS < 128);
 /// Iovec entries walked per vectored call.
 pub const MAX_IOVECS: u32 = 16;
+
+// ---------------------------------------------------------------------------
+// Frame cursor: the kernel follows the framing of watched streams (HTTP/2 frames on
+// sockets, {packet,4} messages on pipes) so that frame headers beyond the captured
+// prefix still reach user space, as "marks".
+// ---------------------------------------------------------------------------
+
+/// FdState.cursor value: framing unknown, nothing tracked.
+pub const CURSOR_UNKNOWN: u32 = u32::MAX;
+/// HTTP/2 frame header: 24-bit length, type, flags, R + 31-bit stream id.
+pub const HTTP2_HDR_LEN: u32 = 9;
+/// The client connection preface ("PRI * HTTP/2.0...") that precedes the first frame.
+pub const HTTP2_PREFACE_LEN: u32 = 24;
+/// Highest frame type accepted (CONTINUATION); anything above means lost sync.
+pub const HTTP2_MAX_FRAME_TYPE: u8 = 0x9;
+/// {packet,4}: a 4-byte big-endian length before each message.
+pub const PACKET4_HDR_LEN: u32 = 4;
+/// Largest {packet,4} length accepted; anything above means lost sync.
+pub const PACKET4_MAX_LEN: u32 = 1 << 30;
+/// Largest header of any framing (the partial-header store holds one less).
+pub const MAX_HDR_LEN: usize = 9;
+/// Marks per record at most (a 1 MiB gRPC message is ~64 DATA frames).
+pub const MAX_MARKS: u32 = 80;
+/// Bytes copied per mark, starting at the frame header.
+pub const MARK_BYTES: usize = 64;
+/// Frame-walk steps per syscall (one header or up to 8 iovecs each).
+pub const MAX_WALK_STEPS: u32 = 1024;
+
+/// One mark in a record: the stream bytes `[offset, offset + len)` of this syscall
+/// (offset 0 = its first byte), starting at a frame header that the captured prefix
+/// does not fully hold. Only the first `len` bytes of `bytes` are meaningful.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FrameMarkSlot {
+    pub offset: u32,
+    pub len: u16,
+    pub _pad: u16,
+    pub bytes: [u8; MARK_BYTES],
+}
+pub const MARK_SLOT_LEN: usize = core::mem::size_of::<FrameMarkSlot>();
+
+/// IoEventHeader.frame_status: the cursor was unknown when the syscall began.
+pub const FRAMING_UNKNOWN: u8 = 0;
+/// The cursor was known and followed through the whole syscall: every frame header
+/// in it is in the prefix or in a mark.
+pub const FRAMING_TRACKED: u8 = 1;
+/// The cursor was known at the start but lost in this syscall (bad header, too many
+/// marks, unreadable buffer); marks before the loss are still valid.
+pub const FRAMING_LOST: u8 = 2;
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 128;
 
@@ -160,6 +217,31 @@ pub struct FdState {
     /// exact even when ring records are dropped.
     pub bytes: [u64; 2],
     pub calls: [u64; 2],
+    /// Per direction: bytes from the next stream byte to the next frame header, or
+    /// CURSOR_UNKNOWN. Meaningless while `partial_len` is non-zero.
+    pub cursor: [u32; 2],
+    /// Per direction: the first bytes of a frame header split at the end of the last
+    /// syscall (at most MAX_HDR_LEN - 1), completed by the next one.
+    pub partial: [[u8; 8]; 2],
+    pub partial_len: [u8; 2],
+    pub _pad2: [u8; 6],
+}
+
+impl FdState {
+    /// A fresh entry with the given cursors (index DIR_INGRESS / DIR_EGRESS).
+    pub const fn new(fd_kind: u32, cursor: [u32; 2]) -> FdState {
+        FdState {
+            next_seq: [0; 2],
+            fd_kind,
+            _pad: 0,
+            bytes: [0; 2],
+            calls: [0; 2],
+            cursor,
+            partial: [[0; 8]; 2],
+            partial_len: [0; 2],
+            _pad2: [0; 6],
+        }
+    }
 }
 
 /// Saved at syscall enter, consumed at exit.
@@ -193,8 +275,9 @@ pub struct IoEventHeader {
     pub fd: i32,
     pub direction: u8,
     pub syscall: u8,
-    pub _pad: [u8; 2],
-    /// Payload bytes that follow this header.
+    /// FrameMarkSlots that follow the captured prefix (at most MAX_MARKS).
+    pub marks: u16,
+    /// Payload bytes that follow this header (then `marks` FrameMarkSlots, unaligned).
     pub captured_len: u32,
     /// The syscall's return value: bytes moved, or -errno.
     pub ret: i64,
@@ -202,6 +285,14 @@ pub struct IoEventHeader {
     pub ts_exit_ns: u64,
     /// Per (tgid, fd, direction) sequence number assigned in the kernel.
     pub seq: u64,
+    /// Frame cursor when the syscall began: offset of the first frame header in this
+    /// syscall's bytes, or CURSOR_UNKNOWN. With `partial_in` > 0 a header began in the
+    /// previous syscall: its last MAX(hdr) - partial_in bytes start this one.
+    pub cursor_in: u32,
+    pub partial_in: u8,
+    /// FRAMING_* (how the cursor fared in this syscall).
+    pub frame_status: u8,
+    pub _pad: [u8; 2],
 }
 
 #[repr(C)]
@@ -287,13 +378,16 @@ pub const STAT_READ_ERRORS: u32 = 2;
 pub const STAT_TRUNCATED: u32 = 3;
 /// A map update failed (map full): pending state or a watched fd was not stored.
 pub const STAT_MAP_FULL: u32 = 4;
-pub const STAT_KINDS: u32 = 5;
+/// A frame cursor was lost (bad header, more frames than marks, unreadable buffer).
+pub const STAT_CURSOR_LOST: u32 = 5;
+pub const STAT_KINDS: u32 = 6;
 pub const STAT_NAMES: [&str; STAT_KINDS as usize] = [
     "events",
     "ringbuf_drops",
     "read_errors",
     "truncated_bytes",
     "map_full",
+    "cursor_lost",
 ];
 pub const STATS_LEN: u32 = PROBE_COUNT * STAT_KINDS;
 

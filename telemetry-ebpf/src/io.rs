@@ -14,14 +14,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use telemetry_common::{
-    FdKey, IoEvent, PendingIo, Syscall, DIR_EGRESS, DIR_INGRESS, IO_DATA_AREA, IO_HEADER_LEN,
-    KIND_IO, MAX_CAPTURE, MAX_IOVECS, PROBE_READ, PROBE_READV, PROBE_RECVFROM, PROBE_RECVMSG,
-    PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV, STAT_EVENTS, STAT_MAP_FULL,
-    STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
+    FdKey, FdState, IoEvent, PendingIo, Syscall, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS, FD_PIPE,
+    FRAMING_LOST, FRAMING_TRACKED, FRAMING_UNKNOWN, HTTP2_HDR_LEN, HTTP2_MAX_FRAME_TYPE,
+    IO_DATA_AREA, IO_HEADER_LEN, KIND_IO, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_HDR_LEN,
+    MAX_IOVECS, MAX_MARKS, MAX_WALK_STEPS, PACKET4_HDR_LEN, PACKET4_MAX_LEN, PROBE_READ,
+    PROBE_READV, PROBE_RECVFROM, PROBE_RECVMSG, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE,
+    PROBE_WRITEV, STAT_CURSOR_LOST, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS,
+    STAT_RINGBUF_DROPS, STAT_TRUNCATED,
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, stat_add, BPF_ANY, EVENTS, IO_SCRATCH, PENDING_IO, WATCHED_FDS,
+    capture_bytes, ctx_u64, stat_add, BPF_ANY, EVENTS, IO_SCRATCH, PENDING_IO, WALK_SCRATCH,
+    WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -216,6 +220,10 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     ev.header.fd = pending.fd;
     ev.header.direction = pending.direction;
     ev.header.syscall = pending.syscall;
+    ev.header.marks = 0;
+    ev.header.cursor_in = CURSOR_UNKNOWN;
+    ev.header.partial_in = 0;
+    ev.header.frame_status = FRAMING_UNKNOWN;
     ev.header._pad = [0; 2];
     ev.header.ret = ret;
     ev.header.ts_enter_ns = pending.ts_enter_ns;
@@ -247,8 +255,14 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     }
     ev.header.captured_len = captured;
 
-    // Send only the header and the used part of the data area.
-    let len = IO_HEADER_LEN + (captured as usize & (IO_DATA_AREA - 1));
+    let mut marks: u32 = 0;
+    if ret > 0 {
+        marks = follow_frames(state, dir, ev, &pending, ret as u64, captured, probe);
+    }
+
+    // Send only the header, the used part of the prefix and the marks.
+    let used = captured as usize + (marks as usize & 127) * MARK_SLOT_LEN;
+    let len = IO_HEADER_LEN + (used & (4 * MAX_CAPTURE - 1));
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const IoEvent as *const u8, len) };
     match EVENTS.output::<[u8]>(bytes, 0) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
@@ -271,7 +285,7 @@ unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
 #[inline(always)]
 fn read_chunk(ev: &mut IoEvent, off: u32, src: u64, len: u32) -> bool {
     let (o, l) = if off == 0 {
-        (0usize, len as usize & (IO_DATA_AREA - 1))
+        (0usize, len as usize & PREFIX_MASK)
     } else {
         (
             off as usize & (MAX_CAPTURE - 1),
@@ -322,4 +336,357 @@ fn copy_iovecs(ev: &mut IoEvent, iov: u64, cnt: u32, want: u32, probe: u32) -> u
         copied += len;
     }
     copied
+}
+
+// ---------------------------------------------------------------------------
+// Frame cursor
+// ---------------------------------------------------------------------------
+
+const WALK_RUNNING: u32 = 0;
+const WALK_DONE: u32 = 1;
+const WALK_LOST: u32 = 2;
+/// bpf_loop callback results.
+const LOOP_CONTINUE: i64 = 0;
+const LOOP_STOP: i64 = 1;
+/// iovecs fetched per walk step while seeking the next header.
+const SEEK_IOVECS: u32 = 8;
+/// Pieces (iovec fetches or copies) per mark: a header may straddle iovecs.
+const GATHER_STEPS: u32 = 8;
+/// Data-area masks: prefix offsets stay below 2 * MAX_CAPTURE, mark slots below 128.
+const PREFIX_MASK: usize = 2 * MAX_CAPTURE - 1;
+const SLOT_MASK: usize = 127;
+/// Mark bytes start after the slot's offset (u32) and len (u16) + pad.
+const SLOT_BYTES_OFF: usize = 8;
+
+/// The frame walk of the syscall being handled (WALK_SCRATCH): the bpf_loop callback
+/// reaches its state through this map only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Walk {
+    /// Bytes the syscall moved.
+    ret: u64,
+    /// Where the next header bytes start (offset in this syscall's bytes).
+    pos: u64,
+    /// The current iovec: offset of its first byte, its length and address.
+    vbase: u64,
+    vlen: u64,
+    vaddr: u64,
+    /// iovec array, 0 for a plain buffer (then the only "iovec").
+    iov: u64,
+    /// The last mark's range [mstart, mend): later headers inside it need no mark.
+    mstart: u64,
+    mend: u64,
+    /// Data-area offset of the last mark's bytes.
+    mdata: u64,
+    vi: u32,
+    vcnt: u32,
+    captured: u32,
+    marks: u32,
+    probe: u32,
+    /// Header length of the framing (9 or 4) and the fd kind.
+    hdr: u32,
+    fd_kind: u32,
+    /// Header bytes already in `hbuf` (a header begun in the last syscall).
+    hgot: u32,
+    state: u32,
+    _pad: u32,
+    hbuf: [u8; 16],
+}
+
+/// Follows the fd's frame cursor through this syscall's `ret` bytes: writes marks
+/// after the prefix for headers the prefix does not hold, updates the cursor, sets
+/// the header's framing fields. Returns the number of marks written.
+#[inline(always)]
+fn follow_frames(
+    state: *mut FdState,
+    dir: usize,
+    ev: &mut IoEvent,
+    pending: &PendingIo,
+    ret: u64,
+    captured: u32,
+    probe: u32,
+) -> u32 {
+    let st = unsafe { &mut *state };
+    let dir = dir & 1;
+    let cursor = st.cursor[dir];
+    if cursor == CURSOR_UNKNOWN {
+        return 0;
+    }
+    let partial = st.partial_len[dir] as u32;
+    ev.header.cursor_in = cursor;
+    ev.header.partial_in = partial as u8;
+    ev.header.frame_status = FRAMING_TRACKED;
+    // The common case for large frames: no header in this syscall at all.
+    if partial == 0 && (cursor as u64) >= ret {
+        st.cursor[dir] = cursor - ret as u32;
+        return 0;
+    }
+    let hdr = if st.fd_kind == FD_PIPE {
+        PACKET4_HDR_LEN
+    } else {
+        HTTP2_HDR_LEN
+    };
+    let w = match WALK_SCRATCH.get_ptr_mut(0) {
+        Some(w) => unsafe { &mut *w },
+        None => return 0,
+    };
+    w.ret = ret;
+    w.pos = if partial > 0 { 0 } else { cursor as u64 };
+    w.vbase = 0;
+    w.mstart = 0;
+    w.mend = 0;
+    w.mdata = 0;
+    if pending.buf != 0 {
+        w.iov = 0;
+        w.vaddr = pending.buf;
+        w.vlen = ret;
+        w.vi = 0;
+        w.vcnt = 1;
+    } else {
+        // No current iovec yet: the first seek fetches iovec 0.
+        w.iov = pending.iov;
+        w.vaddr = 0;
+        w.vlen = 0;
+        w.vi = u32::MAX;
+        w.vcnt = pending.iovcnt;
+    }
+    w.captured = captured;
+    w.marks = 0;
+    w.probe = probe;
+    w.hdr = hdr;
+    w.fd_kind = st.fd_kind;
+    w.hgot = if partial < hdr { partial } else { 0 };
+    w.state = WALK_RUNNING;
+    w.hbuf[..8].copy_from_slice(&st.partial[dir]);
+
+    unsafe {
+        generated::bpf_loop(
+            MAX_WALK_STEPS,
+            walk_step as *const () as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+
+    let mut lost = w.state != WALK_DONE;
+    if !lost {
+        if w.hgot > 0 {
+            st.partial[dir].copy_from_slice(&w.hbuf[..8]);
+            st.partial_len[dir] = w.hgot as u8;
+            st.cursor[dir] = 0;
+        } else {
+            let next = w.pos - ret;
+            if next < CURSOR_UNKNOWN as u64 {
+                st.partial_len[dir] = 0;
+                st.cursor[dir] = next as u32;
+            } else {
+                lost = true;
+            }
+        }
+    }
+    if lost {
+        if w.state != WALK_LOST {
+            // Ran out of steps (the callback counts its own losses).
+            stat_add(probe, STAT_CURSOR_LOST, 1);
+        }
+        st.cursor[dir] = CURSOR_UNKNOWN;
+        st.partial_len[dir] = 0;
+        ev.header.frame_status = FRAMING_LOST;
+    }
+    let marks = if w.marks > MAX_MARKS {
+        MAX_MARKS
+    } else {
+        w.marks
+    };
+    ev.header.marks = marks as u16;
+    marks
+}
+
+/// bpf_loop callback: one step of the walk (seek up to SEEK_IOVECS iovecs, or handle
+/// one header). Returns LOOP_STOP when the walk is done or lost.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
+        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
+        _ => return LOOP_STOP,
+    };
+    if w.state != WALK_RUNNING {
+        return LOOP_STOP;
+    }
+    if w.pos >= w.ret {
+        w.state = WALK_DONE;
+        return LOOP_STOP;
+    }
+    // Seek the iovec holding pos.
+    for _ in 0..SEEK_IOVECS {
+        if w.vbase + w.vlen > w.pos {
+            break;
+        }
+        if !next_iovec(w) {
+            return lose(w);
+        }
+    }
+    if w.vbase + w.vlen <= w.pos {
+        return LOOP_CONTINUE;
+    }
+
+    let avail = w.ret - w.pos;
+    let need = (w.hdr - w.hgot) as u64;
+    // Header bytes present in this syscall (fewer than `need` when split at its end).
+    let k = if need < avail { need } else { avail };
+    let src = if w.pos + k <= w.captured as u64 {
+        w.pos
+    } else if w.pos >= w.mstart && w.pos + k <= w.mend {
+        w.mdata + (w.pos - w.mstart)
+    } else {
+        if w.marks >= MAX_MARKS {
+            return lose(w);
+        }
+        let n = if avail < MARK_BYTES as u64 {
+            avail as u32
+        } else {
+            MARK_BYTES as u32
+        };
+        let slot =
+            (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
+        let got = gather(w, ev, slot, n);
+        if (got as u64) < k {
+            return lose(w);
+        }
+        unsafe {
+            let p = ev.data.as_mut_ptr().add(slot);
+            core::ptr::write_unaligned(p as *mut u32, w.pos as u32);
+            core::ptr::write_unaligned(p.add(4) as *mut u32, got);
+        }
+        w.marks += 1;
+        w.mstart = w.pos;
+        w.mend = w.pos + got as u64;
+        w.mdata = (slot + SLOT_BYTES_OFF) as u64;
+        w.mdata
+    };
+    // One bound check for the verifier, then unchecked byte reads.
+    if src > (IO_DATA_AREA - 2 * MAX_HDR_LEN) as u64 {
+        return lose(w);
+    }
+    let src = src as usize;
+    for j in 0..MAX_HDR_LEN {
+        if j as u64 >= k {
+            break;
+        }
+        let b = unsafe { *ev.data.as_ptr().add(src + j) };
+        w.hbuf[(w.hgot as usize + j) & 15] = b;
+    }
+    if k < need {
+        // Split at the end: the rest comes with the next syscall.
+        w.hgot += k as u32;
+        w.pos = w.ret;
+        w.state = WALK_DONE;
+        return LOOP_STOP;
+    }
+    let len = match frame_len(w) {
+        Some(l) => l,
+        None => return lose(w),
+    };
+    w.pos += need + len as u64;
+    w.hgot = 0;
+    LOOP_CONTINUE
+}
+
+#[inline(always)]
+fn lose(w: &mut Walk) -> i64 {
+    w.state = WALK_LOST;
+    stat_add(w.probe, STAT_CURSOR_LOST, 1);
+    LOOP_STOP
+}
+
+/// Makes the next iovec current. False when there is none or it cannot be read.
+#[inline(always)]
+fn next_iovec(w: &mut Walk) -> bool {
+    let vi = w.vi.wrapping_add(1);
+    if w.iov == 0 || vi >= w.vcnt {
+        return false;
+    }
+    // struct iovec { void *iov_base; size_t iov_len; }
+    match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
+        Ok(v) => {
+            w.vbase += w.vlen;
+            w.vaddr = v[0];
+            w.vlen = v[1];
+            w.vi = vi;
+            true
+        }
+        Err(_) => {
+            stat_add(w.probe, STAT_READ_ERRORS, 1);
+            false
+        }
+    }
+}
+
+/// Copies up to `n` (<= MARK_BYTES) stream bytes from `w.pos` into the bytes of the
+/// mark slot at `slot`, walking iovecs from the current one without moving it (later
+/// headers may lie inside these bytes). Returns the bytes copied.
+#[inline(always)]
+fn gather(w: &Walk, ev: &mut IoEvent, slot: usize, n: u32) -> u32 {
+    let (mut base, mut len, mut addr, mut vi) = (w.vbase, w.vlen, w.vaddr, w.vi);
+    let mut got: u32 = 0;
+    for _ in 0..GATHER_STEPS {
+        if got >= n {
+            break;
+        }
+        let at = w.pos + got as u64;
+        if at >= base + len {
+            vi = vi.wrapping_add(1);
+            if w.iov == 0 || vi >= w.vcnt {
+                break;
+            }
+            match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
+                Ok(v) => {
+                    base += len;
+                    addr = v[0];
+                    len = v[1];
+                }
+                Err(_) => break,
+            }
+            continue;
+        }
+        let room = base + len - at;
+        let want = (n - got) as u64;
+        let piece = if want < room { want } else { room } as u32;
+        let dst = (slot & (PREFIX_MASK + SLOT_MASK * MARK_SLOT_LEN))
+            + SLOT_BYTES_OFF
+            + (got as usize & (MARK_BYTES - 1));
+        let rc = unsafe {
+            generated::bpf_probe_read_user(
+                ev.data.as_mut_ptr().add(dst) as *mut c_void,
+                piece & (2 * MARK_BYTES as u32 - 1),
+                (addr + (at - base)) as *const c_void,
+            )
+        };
+        if rc != 0 {
+            stat_add(w.probe, STAT_READ_ERRORS, 1);
+            break;
+        }
+        got += piece;
+    }
+    got
+}
+
+/// The frame's payload length from a complete header in `w.hbuf`, or None when the
+/// header cannot be one (lost sync).
+#[inline(always)]
+fn frame_len(w: &Walk) -> Option<u32> {
+    let h = &w.hbuf;
+    if w.fd_kind == FD_PIPE {
+        let l = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+        if l > PACKET4_MAX_LEN {
+            return None;
+        }
+        Some(l)
+    } else {
+        // Known frame types only, and the reserved bit of the stream id clear.
+        if h[3] > HTTP2_MAX_FRAME_TYPE || h[5] & 0x80 != 0 {
+            return None;
+        }
+        Some((h[0] as u32) << 16 | (h[1] as u32) << 8 | h[2] as u32)
+    }
 }

@@ -24,9 +24,14 @@ pub static PENDING_IO: HashMap<u64, PendingIo> = HashMap::with_max_entries(MAX_P
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
-/// The IoEvent under construction; 8 KiB does not fit the 512-byte BPF stack.
+/// The IoEvent under construction; it does not fit the 512-byte BPF stack.
 #[map]
 pub static IO_SCRATCH: PerCpuArray<IoEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the frame walk of the syscall being handled (shared with the bpf_loop
+/// callback, which can only reach it through a map).
+#[map]
+pub static WALK_SCRATCH: PerCpuArray<crate::io::Walk> = PerCpuArray::with_max_entries(1, 0);
 
 // Globals live in .rodata and are patched by the loader before the programs load.
 // They are read with read_volatile so the compiler cannot fold the defaults in.

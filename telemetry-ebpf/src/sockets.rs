@@ -8,9 +8,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use telemetry_common::{
-    FdEvent, FdKey, FdState, PendingIo, Syscall, FD_SOCKET, KIND_FD_CLOSE, KIND_FD_OPEN,
-    PID_WATCH_NEW_SOCKETS, PROBE_ACCEPT, PROBE_CLOSE, PROBE_CONNECT, STAT_EVENTS, STAT_MAP_FULL,
-    STAT_RINGBUF_DROPS,
+    FdEvent, FdKey, FdState, PendingIo, Syscall, DIR_EGRESS, DIR_INGRESS, FD_SOCKET,
+    HTTP2_PREFACE_LEN, KIND_FD_CLOSE, KIND_FD_OPEN, PID_WATCH_NEW_SOCKETS, PROBE_ACCEPT,
+    PROBE_CLOSE, PROBE_CONNECT, STAT_EVENTS, STAT_MAP_FULL, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
@@ -64,17 +64,12 @@ fn wants_new_sockets(tgid: u32) -> bool {
     }
 }
 
-/// Starts watching (tgid, fd) with fresh counters. `flags` BPF_NOEXIST keeps an
-/// entry user space may already have made (and its sequence numbers).
+/// Starts watching (tgid, fd) with fresh counters and the given frame cursors
+/// (index DIR_INGRESS / DIR_EGRESS). `flags` BPF_NOEXIST keeps an entry user space
+/// may already have made (and its sequence numbers).
 #[inline(always)]
-fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32) {
-    let state = FdState {
-        next_seq: [0; 2],
-        fd_kind: FD_SOCKET,
-        _pad: 0,
-        bytes: [0; 2],
-        calls: [0; 2],
-    };
+fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32, cursor: [u32; 2]) {
+    let state = FdState::new(FD_SOCKET, cursor);
     if let Err(e) = WATCHED_FDS.insert(FdKey { tgid, fd }, state, flags) {
         if -(e as i64) != EEXIST {
             stat_add(probe, STAT_MAP_FULL, 1);
@@ -125,7 +120,10 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
     // The fd is known at enter; a non-blocking connect returns -EINPROGRESS and its
     // first bytes may follow before any exit handling in user space.
     let fd = ctx_u64(ctx, ARG0) as u32;
-    watch_fd(ctx, tgid, fd, BPF_NOEXIST, PROBE_CONNECT);
+    // HTTP/2 client: our first bytes are the 24-byte preface, the peer starts with a frame.
+    let mut cursor = [0u32; 2];
+    cursor[DIR_EGRESS as usize] = HTTP2_PREFACE_LEN;
+    watch_fd(ctx, tgid, fd, BPF_NOEXIST, PROBE_CONNECT, cursor);
     let pending = PendingIo {
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
         buf: 0,
@@ -178,7 +176,10 @@ fn try_exit_accept(ctx: &TracePointContext, sys: Syscall) -> Result<(), ()> {
         return Ok(());
     }
     // A fresh fd number: any entry left for it (a close we missed) is stale, replace it.
-    watch_fd(ctx, tgid, ret as u32, BPF_ANY, PROBE_ACCEPT);
+    // HTTP/2 server: the peer's first bytes are the preface.
+    let mut cursor = [0u32; 2];
+    cursor[DIR_INGRESS as usize] = HTTP2_PREFACE_LEN;
+    watch_fd(ctx, tgid, ret as u32, BPF_ANY, PROBE_ACCEPT, cursor);
     emit_fd_event(
         KIND_FD_OPEN,
         pid_tgid,

@@ -288,8 +288,8 @@ async fn capture_lifecycle_and_stats_body() {
     // SAFETY: valid array of two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let me = std::process::id();
-    probes.watch_fd(me, fds[0], FD_PIPE).unwrap();
-    probes.watch_fd(me, fds[1], FD_PIPE).unwrap();
+    probes.watch_fd(me, fds[0], FD_PIPE, None).unwrap();
+    probes.watch_fd(me, fds[1], FD_PIPE, None).unwrap();
     let msg = b"pipe-bytes";
     let mut buf = [0u8; 64];
     // SAFETY: valid buffers and fds.

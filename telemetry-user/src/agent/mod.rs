@@ -403,7 +403,7 @@ impl Agent {
         for (tgid, fd, kind) in plan.fds {
             want_fds.insert((tgid, fd));
             if !self.watched_fds.contains(&(tgid, fd)) {
-                match self.probes.watch_fd(tgid, fd as i32, kind) {
+                match self.probes.watch_fd(tgid, fd as i32, kind, None) {
                     Ok(()) => {
                         self.watched_fds.insert((tgid, fd));
                     }

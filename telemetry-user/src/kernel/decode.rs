@@ -8,8 +8,10 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 pub use telemetry_common::Syscall;
 use telemetry_common::{
-    FdEvent, IoEventHeader, ProcEvent, DIR_EGRESS, DIR_INGRESS, IO_HEADER_LEN, KIND_EXEC,
-    KIND_EXIT, KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MAX_CAPTURE,
+    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS,
+    FRAMING_LOST, FRAMING_TRACKED, FRAMING_UNKNOWN, IO_HEADER_LEN, KIND_EXEC, KIND_EXIT,
+    KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE,
+    MAX_MARKS,
 };
 use thiserror::Error;
 
@@ -25,6 +27,21 @@ pub enum DecodeError {
     BadSyscall(u8),
     #[error("captured_len {captured} exceeds {limit} (bytes present or MAX_CAPTURE)")]
     BadLength { captured: usize, limit: usize },
+    #[error("{marks} frame marks do not fit the record ({present} bytes after the prefix, at most {max} marks)")]
+    BadMarkCount {
+        marks: usize,
+        present: usize,
+        max: usize,
+    },
+    #[error("frame mark {index} (offset {offset}, {len} bytes) is out of order or beyond the syscall's {ret} bytes")]
+    BadMark {
+        index: usize,
+        offset: u32,
+        len: usize,
+        ret: i64,
+    },
+    #[error("bad frame status {0}")]
+    BadFrameStatus(u8),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +105,30 @@ impl ExitStatus {
     }
 }
 
+/// Bytes of a syscall beyond its captured prefix, starting at a frame header (HTTP/2
+/// on sockets, {packet,4} on pipes) that the prefix does not fully hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameMark {
+    /// Offset in the syscall's bytes (0 = the first byte of `payload`).
+    pub offset: u32,
+    /// At most MARK_BYTES (64): the header and the first payload bytes, fewer where the
+    /// syscall's data ends earlier.
+    pub bytes: Bytes,
+}
+
+/// How the kernel frame cursor fared in a syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// No cursor for this fd and direction: `marks` is empty and says nothing.
+    Unknown,
+    /// Followed through the whole syscall: every frame header in it lies in `payload`
+    /// or in a mark (a header split at the end continues in the next syscall).
+    Tracked,
+    /// Known at the start, lost in this syscall (bad header, too many frames,
+    /// unreadable buffer); the marks before the loss are valid. Unknown from here on.
+    Lost,
+}
+
 /// One read/write-family syscall on a watched fd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoRecord {
@@ -105,6 +146,16 @@ pub struct IoRecord {
     pub seq: u64,
     /// The first min(ret, capture_bytes) bytes.
     pub payload: Bytes,
+    /// Frame headers beyond `payload`, sorted by offset (empty unless `frame_status`
+    /// is Tracked or Lost).
+    pub marks: Vec<FrameMark>,
+    pub frame_status: FrameStatus,
+    /// The kernel cursor when the syscall began: offset of the first frame header in
+    /// it; None when unknown. With `partial_in` > 0 a header began in the previous
+    /// syscall (which held its first `partial_in` bytes) and ends at the start of
+    /// this one; the next header then follows that frame.
+    pub cursor_in: Option<u32>,
+    pub partial_in: u8,
 }
 
 /// Everything the probes report. Timestamps are CLOCK_MONOTONIC nanoseconds.
@@ -153,6 +204,13 @@ impl Rec<'_> {
     fn u8(&self, off: usize) -> u8 {
         self.b.get(off).copied().unwrap_or(0)
     }
+    fn u16(&self, off: usize) -> u16 {
+        self.b
+            .get(off..off + 2)
+            .and_then(|s| s.try_into().ok())
+            .map(u16::from_ne_bytes)
+            .unwrap_or(0)
+    }
     fn u32(&self, off: usize) -> u32 {
         self.b
             .get(off..off + 4)
@@ -175,6 +233,49 @@ impl Rec<'_> {
         let end = s.iter().position(|&c| c == 0).unwrap_or(s.len());
         String::from_utf8_lossy(&s[..end]).into_owned()
     }
+}
+
+/// The mark slots after the prefix in `data`: in bounds, strictly increasing offsets,
+/// inside the syscall's `ret` bytes.
+fn decode_marks(
+    data: &Bytes,
+    captured: usize,
+    n: usize,
+    ret: i64,
+) -> Result<Vec<FrameMark>, DecodeError> {
+    type S = FrameMarkSlot;
+    let mut marks = Vec::with_capacity(n);
+    let mut next_min: u64 = 0;
+    for index in 0..n {
+        let at = captured + index * MARK_SLOT_LEN;
+        let r = Rec {
+            b: data.get(at..at + MARK_SLOT_LEN).unwrap_or(&[]),
+        };
+        let offset = r.u32(offset_of!(S, offset));
+        let len = r.u16(offset_of!(S, len)) as usize;
+        let end = offset as u64 + len as u64;
+        if r.b.is_empty()
+            || len == 0
+            || len > MARK_BYTES
+            || (offset as u64) < next_min
+            || ret < 0
+            || end > ret as u64
+        {
+            return Err(DecodeError::BadMark {
+                index,
+                offset,
+                len,
+                ret,
+            });
+        }
+        next_min = offset as u64 + 1;
+        let b = at + offset_of!(S, bytes);
+        marks.push(FrameMark {
+            offset,
+            bytes: data.slice(b..b + len),
+        });
+    }
+    Ok(marks)
 }
 
 fn need(kind: u32, b: &[u8], n: usize) -> Result<(), DecodeError> {
@@ -212,17 +313,43 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             if captured > limit {
                 return Err(DecodeError::BadLength { captured, limit });
             }
+            let ret = r.i64(offset_of!(H, ret));
+            let n_marks = r.u16(offset_of!(H, marks)) as usize;
+            if n_marks > MAX_MARKS as usize || captured + n_marks * MARK_SLOT_LEN > present {
+                return Err(DecodeError::BadMarkCount {
+                    marks: n_marks,
+                    present: present - captured,
+                    max: MAX_MARKS as usize,
+                });
+            }
+            let frame_status = match r.u8(offset_of!(H, frame_status)) {
+                FRAMING_UNKNOWN => FrameStatus::Unknown,
+                FRAMING_TRACKED => FrameStatus::Tracked,
+                FRAMING_LOST => FrameStatus::Lost,
+                s => return Err(DecodeError::BadFrameStatus(s)),
+            };
+            let cursor_in = Some(r.u32(offset_of!(H, cursor_in))).filter(|&c| c != CURSOR_UNKNOWN);
+            let partial_in = r.u8(offset_of!(H, partial_in));
+            // One allocation for the prefix and every mark.
+            let data = Bytes::copy_from_slice(
+                &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN],
+            );
+            let marks = decode_marks(&data, captured, n_marks, ret)?;
             Ok(KernelEvent::Io(IoRecord {
                 tgid: r.u32(offset_of!(H, tgid)),
                 tid: r.u32(offset_of!(H, tid)),
                 fd: r.u32(offset_of!(H, fd)) as i32,
                 direction,
                 syscall: syscall(r.u8(offset_of!(H, syscall)))?,
-                ret: r.i64(offset_of!(H, ret)),
+                ret,
                 ts_enter_ns: r.u64(offset_of!(H, ts_enter_ns)),
                 ts_exit_ns: r.u64(offset_of!(H, ts_exit_ns)),
                 seq: r.u64(offset_of!(H, seq)),
-                payload: Bytes::copy_from_slice(&bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured]),
+                payload: data.slice(..captured),
+                marks,
+                frame_status,
+                cursor_in,
+                partial_in,
             }))
         }
         KIND_FORK | KIND_EXEC | KIND_EXIT => {

@@ -12,9 +12,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use telemetry_common::{
-    FdKey, FdState, GLOBAL_CAPTURE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
-    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_EVENTS, MAP_STATS,
-    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
+    FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET,
+    GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_EVENTS,
+    MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -354,12 +354,19 @@ impl Probes {
     }
 
     /// Starts capturing (tgid, fd). An entry the kernel already made (accept/connect)
-    /// is kept, with its sequence numbers and totals.
-    pub fn watch_fd(&mut self, tgid: u32, fd: i32, fd_kind: u32) -> Result<(), KernelError> {
-        let state = FdState {
-            fd_kind,
-            ..FdState::default()
-        };
+    /// is kept, with its sequence numbers, totals and frame cursors.
+    ///
+    /// `cursors` (index DIR_INGRESS / DIR_EGRESS): bytes until the next frame header
+    /// in each direction, when known (e.g. `Some([0, 0])` for a pipe that has carried
+    /// nothing yet); `None` leaves the kernel frame cursor off for this fd.
+    pub fn watch_fd(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        fd_kind: u32,
+        cursors: Option<[u32; 2]>,
+    ) -> Result<(), KernelError> {
+        let state = FdState::new(fd_kind, cursors.unwrap_or([CURSOR_UNKNOWN; 2]));
         const BPF_NOEXIST: u64 = 1;
         match self.watched_fds.insert(
             FdKey {
@@ -376,6 +383,25 @@ impl Probes {
             }
             r => r.map_err(map_err(MAP_WATCHED_FDS)),
         }
+    }
+
+    /// The kernel's frame cursors of a watched fd (index DIR_INGRESS / DIR_EGRESS):
+    /// `Some(bytes to the next header)`, or None where unknown or mid-header.
+    pub fn fd_cursors(&self, tgid: u32, fd: i32) -> Option<[Option<u32>; 2]> {
+        let s = self
+            .watched_fds
+            .get(
+                &FdKey {
+                    tgid,
+                    fd: fd as u32,
+                },
+                0,
+            )
+            .ok()?;
+        let one = |d: usize| {
+            (s.cursor[d] != CURSOR_UNKNOWN && s.partial_len[d] == 0).then_some(s.cursor[d])
+        };
+        Some([one(0), one(1)])
     }
 
     /// Stops capturing (tgid, fd) (no error if it was not watched).

@@ -17,13 +17,17 @@ pub mod preflight;
 mod reader;
 pub mod stats;
 
-pub use decode::{decode, DecodeError, Direction, ExitStatus, FdTotals, IoRecord, KernelEvent};
+pub use decode::{
+    decode, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus, IoRecord,
+    KernelEvent,
+};
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
 pub use preflight::{preflight, Preflight};
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};
 pub use telemetry_common::{
-    Syscall, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
+    Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE, PID_WATCH_NEW_SOCKETS,
+    PID_WORKER,
 };
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
