@@ -33,6 +33,9 @@ close(Conn) ->
     try gen_server:call(Conn, close, 5000) catch exit:_ -> ok end.
 
 init({Port, WorkerId, Owner}) ->
+    %% The ground truth's clocks are read here: run ahead of the load processes so
+    %% the BEAM's own measurement carries as little scheduling delay as it can.
+    process_flag(priority, high),
     case gen_tcp:connect({127, 0, 0, 1}, Port,
                          [binary, {active, false}, {nodelay, true}, {packet, raw},
                           {exit_on_close, false}], 5000) of

@@ -195,7 +195,7 @@ call(Seq, W = #{transport := pipe, pid := Pid}, Tool, Session, Opts) ->
 err_name(exit) -> <<"exit">>;
 err_name(goaway) -> <<"goaway">>;
 err_name(timeout) -> <<"timeout">>;
-err_name({rst_stream, _}) -> <<"rst_stream">>;
+err_name({rst_stream, _}) -> <<"reset">>;
 err_name(R) -> iolist_to_binary(io_lib:format("~p", [R])).
 
 error_type_of(#{<<"type">> := T}) when is_binary(T) -> T;

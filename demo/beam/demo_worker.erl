@@ -171,6 +171,7 @@ call_pipe(Pid, Command, Args, Timeout) ->
     end.
 
 pipe_init(Cfg = #{python := Py, repo := Repo}, Pool, Id, Seq) ->
+    process_flag(priority, high),
     Port = open_port({spawn_executable, Py},
                      [{args, [filename:join([Repo, "demo", "python", "port_worker.py"]), "--pool", binary_to_list(Pool)]},
                       {env, [{"SNAKEPIT_WORKER_ID", binary_to_list(Id)}, {"PYTHONUNBUFFERED", "1"}]},

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `SNAKEPIT_AGENT_BIN`, else the debug build in target/.
+/// `SNAKEPIT_AGENT_BIN`, else the release build in target/ (`cargo xtask test` builds
+/// it: a debug agent competes for CPU with the deployment it measures).
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("SNAKEPIT_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target/debug/snakepit-agent"))
+        .unwrap_or_else(|| crate::workspace_root().join("target/release/snakepit-agent"))
 }
 
 pub struct Agent {
@@ -26,7 +27,7 @@ impl Agent {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
-                "agent binary {} is missing: run `cargo build -p telemetry-user`",
+                "agent binary {} is missing: run `cargo build --release -p telemetry-user`",
                 bin.display()
             );
         }

@@ -201,8 +201,9 @@ impl Demo {
             .map(|(k, w)| format!("'{k}' => {w}"))
             .collect();
         let pools: Vec<String> = spec.pools.iter().map(|p| format!("'{p}'")).collect();
+        let extra: String = spec.extra.iter().map(|e| format!(", {e}")).collect();
         let term = format!(
-            "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}, ground_truth => \"{}\", pools => [{}]}}}}",
+            "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}, ground_truth => \"{}\", pools => [{}]{extra}}}}}",
             spec.rate,
             spec.duration_ms,
             spec.concurrency,
@@ -275,6 +276,8 @@ pub struct LoadSpec {
     pub concurrency: u32,
     pub mix: Vec<(String, u32)>,
     pub pools: Vec<String>,
+    /// Optional load keys as Erlang map entries, e.g. `sleep_ms => 1500`.
+    pub extra: Vec<String>,
 }
 
 impl LoadSpec {
@@ -285,6 +288,7 @@ impl LoadSpec {
             concurrency: 4,
             mix: mix.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
             pools: vec!["default".into()],
+            extra: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(root)
-            .args(["build", "-p", "telemetry-user"]),
+            .args(["build", "--release", "-p", "telemetry-user"]),
     )?;
     run_cmd(
         Command::new(root.join(".venv/bin/python"))
