@@ -2,7 +2,9 @@
 //! stage.
 pub mod jsonl;
 pub mod logger;
+pub mod prometheus;
 pub mod text;
+pub mod web;
 
 use crate::config::OutputFormat;
 use crate::events::BusReceiver;

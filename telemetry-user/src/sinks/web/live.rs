@@ -1,0 +1,372 @@
+//! The live page's state: pool stats, GPU memory history and recent calls and errors,
+//! all in bounded ring buffers so memory stays flat whatever the load.
+use crate::events::{schema, Event};
+use crate::sinks::prometheus::{measure_f64, meta_str};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Ring-buffer sizes (from `[http]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveSizes {
+    pub recent_calls: usize,
+    pub recent_errors: usize,
+    pub gpu_samples: usize,
+}
+
+/// Pools, GPU series: names come from the wire or /proc, so their count is bounded too.
+const MAX_KEYS: usize = 256;
+const MAX_TEXT: usize = 300;
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct PoolRow {
+    size: i64,
+    idle: i64,
+    busy: i64,
+    /// Calls started and not yet ended.
+    in_flight: i64,
+    workers: BTreeSet<String>,
+    calls: u64,
+    errors: u64,
+    crashes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct GpuSeries {
+    device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_id: Option<String>,
+    /// `[time_ms, allocated_mb, reserved_mb, free_mb, total_mb]` (NaN-free: missing is 0).
+    samples: VecDeque<[f64; 5]>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct CallRow {
+    time_ms: u64,
+    library: String,
+    function: String,
+    duration_ms: f64,
+    result: String,
+    pool: String,
+    worker_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ErrorRow {
+    time_ms: u64,
+    library: String,
+    function: String,
+    error_type: String,
+    message: String,
+    pool: String,
+    worker_id: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct AgentRow {
+    version: String,
+    kernel_events: u64,
+    ringbuf_drops: u64,
+    decode_errors: u64,
+    bus_lagged: u64,
+    events_seen: u64,
+}
+
+#[derive(Debug)]
+pub struct Live {
+    sizes: LiveSizes,
+    pools: BTreeMap<String, PoolRow>,
+    gpu: BTreeMap<String, GpuSeries>,
+    calls: VecDeque<CallRow>,
+    errors: VecDeque<ErrorRow>,
+    total_calls: u64,
+    total_errors: u64,
+    agent: AgentRow,
+    /// Bumped on every change: the SSE broadcaster sends only when it moved.
+    version: u64,
+}
+
+impl Live {
+    pub fn new(sizes: LiveSizes) -> Self {
+        Live {
+            sizes: LiveSizes {
+                recent_calls: sizes.recent_calls.max(1),
+                recent_errors: sizes.recent_errors.max(1),
+                gpu_samples: sizes.gpu_samples.max(2),
+            },
+            pools: BTreeMap::new(),
+            gpu: BTreeMap::new(),
+            calls: VecDeque::new(),
+            errors: VecDeque::new(),
+            total_calls: 0,
+            total_errors: 0,
+            agent: AgentRow::default(),
+            version: 0,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn observe(&mut self, ev: &Event) {
+        self.agent.events_seen += 1;
+        if ev.is(schema::CALL_START) {
+            if !internal(ev) {
+                if let Some(p) = self.pool(ev) {
+                    p.in_flight += 1;
+                }
+            }
+        } else if ev.is(schema::CALL_STOP) || ev.is(schema::CALL_EXCEPTION) {
+            if internal(ev) {
+                return;
+            }
+            self.call_end(ev);
+        } else if ev.is(schema::POOL_SIZE) {
+            if let Some(p) = self.pool(ev) {
+                p.size = measure_f64(ev, "size").unwrap_or(0.0) as i64;
+                p.idle = measure_f64(ev, "idle").unwrap_or(0.0) as i64;
+                p.busy = measure_f64(ev, "busy").unwrap_or(0.0) as i64;
+            }
+        } else if ev.is(schema::WORKER_DISCOVERED) {
+            if let (Some(w), Some(p)) = (meta_str(ev, "worker_id"), self.pool(ev)) {
+                if p.workers.len() < MAX_KEYS {
+                    p.workers.insert(w);
+                }
+            }
+        } else if ev.is(schema::WORKER_EXITED) {
+            if let (Some(w), Some(p)) = (meta_str(ev, "worker_id"), self.pool(ev)) {
+                p.workers.remove(&w);
+            }
+        } else if ev.is(schema::WORKER_CRASH) {
+            if let Some(p) = self.pool(ev) {
+                p.crashes += 1;
+            }
+            let kind = meta_str(ev, "type").unwrap_or_else(|| "unknown".into());
+            let row = ErrorRow {
+                time_ms: ev.time_unix_nano / 1_000_000,
+                library: String::new(),
+                function: String::new(),
+                error_type: format!("worker_crash:{kind}"),
+                message: text(meta_str(ev, "reason")),
+                pool: text(meta_str(ev, "pool")),
+                worker_id: text(meta_str(ev, "worker_id")),
+            };
+            push(&mut self.errors, row, self.sizes.recent_errors);
+        } else if ev.is(schema::AGENT_STARTED) {
+            self.agent.version = text(meta_str(ev, "version"));
+        } else if ev.is(schema::AGENT_STATS) {
+            let m = |k: &str| measure_f64(ev, k).unwrap_or(0.0) as u64;
+            self.agent.kernel_events = m("kernel_events");
+            self.agent.ringbuf_drops = m("ringbuf_drops");
+            self.agent.decode_errors = m("decode_errors") + m("ring_decode_errors");
+            self.agent.bus_lagged = m("bus_lagged");
+        } else if ev.name.len() >= 3 && ev.name.ends_with(&["memory".into(), "gpu".into()]) {
+            self.gpu_sample(ev);
+        } else {
+            return;
+        }
+        self.version += 1;
+    }
+
+    fn pool(&mut self, ev: &Event) -> Option<&mut PoolRow> {
+        let name = meta_str(ev, "pool")?;
+        if !self.pools.contains_key(&name) && self.pools.len() >= MAX_KEYS {
+            return None;
+        }
+        Some(self.pools.entry(text(Some(name))).or_default())
+    }
+
+    fn call_end(&mut self, ev: &Event) {
+        let ok = ev.is(schema::CALL_STOP) && meta_str(ev, "result").as_deref() == Some("ok");
+        self.total_calls += 1;
+        if !ok {
+            self.total_errors += 1;
+        }
+        if let Some(p) = self.pool(ev) {
+            p.in_flight = (p.in_flight - 1).max(0);
+            p.calls += 1;
+            if !ok {
+                p.errors += 1;
+            }
+        }
+        let time_ms = ev.time_unix_nano / 1_000_000;
+        let library = text(meta_str(ev, "library"));
+        let function = text(meta_str(ev, "function").or_else(|| meta_str(ev, "tool")));
+        let pool = text(meta_str(ev, "pool"));
+        let worker_id = text(meta_str(ev, "worker_id"));
+        let row = CallRow {
+            time_ms,
+            library: library.clone(),
+            function: function.clone(),
+            duration_ms: measure_f64(ev, "duration").unwrap_or(0.0) / 1e6,
+            result: if ok { "ok" } else { "error" }.into(),
+            pool: pool.clone(),
+            worker_id: worker_id.clone(),
+        };
+        push(&mut self.calls, row, self.sizes.recent_calls);
+        if !ok {
+            let row = ErrorRow {
+                time_ms,
+                library,
+                function,
+                error_type: text(meta_str(ev, "error_type")),
+                message: text(meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason"))),
+                pool,
+                worker_id,
+            };
+            push(&mut self.errors, row, self.sizes.recent_errors);
+        }
+    }
+
+    fn gpu_sample(&mut self, ev: &Event) {
+        let device = text(meta_str(ev, "device").or(Some("gpu".into())));
+        let worker_id = meta_str(ev, "worker_id").map(|w| text(Some(w)));
+        let key = match &worker_id {
+            Some(w) => format!("{device}/{w}"),
+            None => device.clone(),
+        };
+        if !self.gpu.contains_key(&key) && self.gpu.len() >= MAX_KEYS {
+            return;
+        }
+        let series = self.gpu.entry(key).or_insert_with(|| GpuSeries {
+            device,
+            pool: meta_str(ev, "pool").map(|p| text(Some(p))),
+            worker_id,
+            samples: VecDeque::new(),
+        });
+        let m = |k: &str| measure_f64(ev, k).unwrap_or(0.0);
+        let sample = [
+            (ev.time_unix_nano / 1_000_000) as f64,
+            m("allocated_mb"),
+            m("reserved_mb"),
+            m("free_mb"),
+            m("total_mb"),
+        ];
+        push(&mut series.samples, sample, self.sizes.gpu_samples);
+    }
+
+    /// The page's whole state as one JSON value (newest rows first).
+    pub fn snapshot(&self) -> Value {
+        serde_json::json!({
+            "version": self.version,
+            "now_ms": crate::events::now_unix_nano() / 1_000_000,
+            "pools": self.pools,
+            "gpu": self.gpu.values().collect::<Vec<_>>(),
+            "recent_calls": self.calls.iter().rev().collect::<Vec<_>>(),
+            "recent_errors": self.errors.iter().rev().collect::<Vec<_>>(),
+            "totals": {"calls": self.total_calls, "errors": self.total_errors},
+            "agent": self.agent,
+            "sizes": {
+                "recent_calls": self.sizes.recent_calls,
+                "recent_errors": self.sizes.recent_errors,
+                "gpu_samples": self.sizes.gpu_samples,
+            },
+        })
+    }
+}
+
+fn internal(ev: &Event) -> bool {
+    ev.metadata.get("internal").and_then(Value::as_bool) == Some(true)
+}
+
+fn push<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
+    while ring.len() >= cap {
+        ring.pop_front();
+    }
+    ring.push_back(item);
+}
+
+/// Wire text for display: bounded length (the page escapes it when rendering).
+fn text(s: Option<String>) -> String {
+    let s = s.unwrap_or_default();
+    if s.len() <= MAX_TEXT {
+        return s;
+    }
+    let mut end = MAX_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes() -> LiveSizes {
+        LiveSizes {
+            recent_calls: 3,
+            recent_errors: 2,
+            gpu_samples: 4,
+        }
+    }
+
+    #[test]
+    fn ring_buffers_stay_bounded_and_newest_first() {
+        let mut live = Live::new(sizes());
+        for i in 0..10u64 {
+            live.observe(&Event::new(schema::CALL_START).meta("pool", "default"));
+            let ok = i % 2 == 0;
+            live.observe(
+                &Event::new(schema::CALL_STOP)
+                    .at(i * 1_000_000)
+                    .measure("duration", 2_000_000)
+                    .meta("pool", "default")
+                    .meta("function", format!("f{i}"))
+                    .meta("result", if ok { "ok" } else { "error" })
+                    .meta_opt("error_type", (!ok).then_some("ValueError"))
+                    .meta_opt("error_message", (!ok).then_some("boom")),
+            );
+        }
+        for i in 0..10u64 {
+            live.observe(
+                &Event::new(&["snakepit", "memory", "gpu"])
+                    .at(i)
+                    .measure("allocated_mb", i)
+                    .meta("device", "cuda:0"),
+            );
+        }
+        let s = live.snapshot();
+        let calls = s["recent_calls"].as_array().expect("calls");
+        assert_eq!(calls.len(), 3);
+        assert_eq!(calls[0]["function"], "f9");
+        assert_eq!(calls[0]["duration_ms"], 2.0);
+        let errors = s["recent_errors"].as_array().expect("errors");
+        assert_eq!(errors.len(), 2);
+        assert_eq!(errors[0]["error_type"], "ValueError");
+        assert_eq!(errors[0]["message"], "boom");
+        assert_eq!(s["totals"]["calls"], 10);
+        assert_eq!(s["totals"]["errors"], 5);
+        assert_eq!(s["pools"]["default"]["in_flight"], 0);
+        let gpu = s["gpu"].as_array().expect("gpu");
+        assert_eq!(gpu.len(), 1);
+        assert_eq!(gpu[0]["samples"].as_array().map(Vec::len), Some(4));
+        assert_eq!(gpu[0]["samples"][3][1], 9.0);
+    }
+
+    #[test]
+    fn pool_rows_follow_size_events_and_workers() {
+        let mut live = Live::new(sizes());
+        let v0 = live.version();
+        live.observe(
+            &Event::new(schema::POOL_SIZE)
+                .measure("size", 2)
+                .measure("idle", 2)
+                .measure("busy", 0)
+                .meta("pool", "default"),
+        );
+        live.observe(
+            &Event::new(schema::WORKER_DISCOVERED)
+                .meta("pool", "default")
+                .meta("worker_id", "w1"),
+        );
+        assert!(live.version() > v0);
+        let s = live.snapshot();
+        assert_eq!(s["pools"]["default"]["size"], 2);
+        assert_eq!(s["pools"]["default"]["workers"][0], "w1");
+        assert_eq!(s["gpu"].as_array().map(Vec::len), Some(0));
+    }
+}
