@@ -49,6 +49,22 @@ impl Agent {
         Ok(agent)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time the agent process has used so far.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let after = &stat[stat.rfind(')')? + 2..];
+        let mut f = after.split_whitespace();
+        let utime: u64 = f.nth(11)?.parse().ok()?;
+        let stime: u64 = f.next()?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(std::time::Duration::from_millis((utime + stime) * 1000 / hz))
+    }
+
     pub fn events(&self) -> Vec<Value> {
         read_events(&self.output)
     }

@@ -2,6 +2,7 @@
 //!
 //! Every task that needs the toolchain, packages or mounts runs `setup` first; setup is
 //! idempotent and cheap when everything is already there.
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -29,6 +30,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The demo at saturation, agent detached vs attached (interleaved): calls/s ratio,
+    /// agent CPU per 1,000 calls, eBPF run time per program, losses.
+    Bench {
+        /// Detached/attached round pairs.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds of load per round and mode.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// gRPC workers in the demo pool.
+        #[arg(long, default_value_t = 4)]
+        workers: u32,
+    },
     /// Run every test: Rust unit and end-to-end tests, the demo's own self-tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -45,6 +59,21 @@ fn main() -> Result<()> {
         Task::Demo { args } => {
             setup::run(&root)?;
             demo::run(&root, demo::DemoArgs::parse(&args)?)
+        }
+        Task::Bench {
+            rounds,
+            seconds,
+            workers,
+        } => {
+            setup::run(&root)?;
+            bench::run(
+                &root,
+                bench::BenchArgs {
+                    rounds,
+                    seconds,
+                    workers,
+                },
+            )
         }
         Task::Test { args } => {
             setup::run(&root)?;

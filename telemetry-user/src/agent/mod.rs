@@ -35,6 +35,7 @@ pub struct Agent {
     discovery: Discovery,
     bus: Bus,
     sink: JoinHandle<()>,
+    logger: JoinHandle<()>,
     io: IoAccounting,
     /// What was last written to the kernel's watch maps.
     watched_pids: HashMap<u32, u32>,
@@ -86,12 +87,35 @@ impl Agent {
             )),
             None => Box::new(std::io::stdout()),
         };
-        let sink = tokio::spawn(sinks::run_stream_sink(
-            config.output.format,
-            bus.subscribe(),
-            out,
-        ));
+        let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
+        // OTLP export: awaited with the stream sink, so it flushes before the agent exits.
+        let otlp = tokio::spawn(sinks::otlp::run(config.otlp.clone(), bus.subscribe()));
+        let sink = tokio::spawn(async move {
+            stream_sink.await;
+            let _ = otlp.await;
+        });
 
+        // The design's Logger handler: slow calls as warnings, exceptions and crashes
+        // as errors, the rest at debug (target `snakepit::events`).
+        let logger = tokio::spawn(sinks::logger::run(
+            bus.subscribe(),
+            sinks::logger::LoggerConfig {
+                slow_call_ms: config.calls.slow_call_ms,
+            },
+        ));
+        // /metrics and the live page. Bound here so a taken port fails the start; the
+        // server task ends with the runtime.
+        if config.http.enabled {
+            let server = sinks::web::Server::bind(config.http.clone())
+                .await
+                .context("starting the HTTP endpoint (/metrics, live page)")?;
+            let rx = bus.subscribe();
+            tokio::spawn(async move {
+                if let Err(e) = server.run(rx, std::future::pending()).await {
+                    tracing::error!(error = %e, "the HTTP endpoint stopped");
+                }
+            });
+        }
         let d = &config.discovery;
         let selectors = Selectors {
             worker_patterns: d.worker_cmdline_patterns.clone(),
@@ -109,6 +133,7 @@ impl Agent {
             discovery,
             bus,
             sink,
+            logger,
             io: IoAccounting::default(),
             watched_pids: HashMap::new(),
             watched_fds: HashSet::new(),
@@ -188,11 +213,16 @@ impl Agent {
         self.bus.publish(Event::new(schema::AGENT_STOPPED));
         // The sink ends when every sender of the bus is gone (the tracker holds one).
         let Agent {
-            sink, bus, tracker, ..
+            sink,
+            logger,
+            bus,
+            tracker,
+            ..
         } = self;
         drop(tracker);
         drop(bus);
         let _ = sink.await;
+        let _ = logger.await;
         Ok(())
     }
 

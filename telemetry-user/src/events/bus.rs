@@ -44,6 +44,21 @@ pub struct BusReceiver {
 }
 
 impl BusReceiver {
+    /// An event already waiting, without blocking (None: nothing waiting right now,
+    /// or closed). Lets a sink batch its writes.
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(ev) => return Some(ev),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(lost = n, "a sink fell behind the event bus; events lost for it");
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Next event, or None once the bus is closed and drained.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         loop {

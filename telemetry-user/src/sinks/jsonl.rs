@@ -8,10 +8,21 @@ pub fn write_event(out: &mut dyn Write, event: &Event) -> std::io::Result<()> {
     out.write_all(b"\n")
 }
 
+/// Events written between two flushes at most.
+const BATCH: usize = 512;
+
 pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
-    while let Some(event) = rx.recv().await {
-        // Flushed per event so a reader tailing the file sees events as they happen.
-        if let Err(e) = write_event(&mut out, &event).and_then(|_| out.flush()) {
+    while let Some(first) = rx.recv().await {
+        // Whatever is already waiting goes out with it; then one flush, so a reader
+        // tailing the file sees events as they happen without a write per event.
+        let mut result = write_event(&mut out, &first);
+        let mut n = 1;
+        while result.is_ok() && n < BATCH {
+            let Some(event) = rx.try_recv() else { break };
+            result = write_event(&mut out, &event);
+            n += 1;
+        }
+        if let Err(e) = result.and_then(|_| out.flush()) {
             tracing::error!(error = %e, "writing JSON event failed; the JSON sink stops");
             return;
         }

@@ -203,7 +203,21 @@ fn log(level: Level, line: &str) {
 
 /// Logs every event until the bus closes.
 pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
+    let debug = tracing::enabled!(target: TARGET, Level::DEBUG);
     while let Some(event) = rx.recv().await {
+        // Only these can log above debug: skip rendering the rest when debug is off.
+        let may_warn = [
+            schema::CALL_STOP,
+            schema::CALL_EXCEPTION,
+            schema::WORKER_CRASH,
+            schema::CIRCUIT_BREAKER_OPEN,
+            schema::HEALTH_ALERT,
+        ]
+        .iter()
+        .any(|n| event.is(n));
+        if !debug && !may_warn {
+            continue;
+        }
         let (level, line) = render(&event, &cfg);
         log(level, &line);
     }

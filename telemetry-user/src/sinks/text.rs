@@ -19,9 +19,13 @@ pub fn format_event(event: &Event) -> String {
 }
 
 pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
-    while let Some(event) = rx.recv().await {
-        let line = format_event(&event);
-        if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+    while let Some(first) = rx.recv().await {
+        let mut result = writeln!(out, "{}", format_event(&first));
+        while result.is_ok() {
+            let Some(event) = rx.try_recv() else { break };
+            result = writeln!(out, "{}", format_event(&event));
+        }
+        if let Err(e) = result.and_then(|_| out.flush()) {
             tracing::error!(error = %e, "writing text event failed; the text sink stops");
             return;
         }
