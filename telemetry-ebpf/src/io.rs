@@ -549,7 +549,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         };
         let slot =
             (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
-        let got = gather(w, ev, slot, n);
+        let got = gather(w, ev, n);
         if (got as u64) < k {
             return lose(w);
         }
@@ -622,11 +622,11 @@ fn next_iovec(w: &mut Walk) -> bool {
     }
 }
 
-/// Copies up to `n` (<= MARK_BYTES) stream bytes from `w.pos` into the bytes of the
-/// mark slot at `slot`, walking iovecs from the current one without moving it (later
+/// Copies up to `n` (<= MARK_BYTES) stream bytes from `w.pos` into the bytes of mark
+/// slot number `w.marks`, walking iovecs from the current one without moving it (later
 /// headers may lie inside these bytes). Returns the bytes copied.
 #[inline(always)]
-fn gather(w: &Walk, ev: &mut IoEvent, slot: usize, n: u32) -> u32 {
+fn gather(w: &Walk, ev: &mut IoEvent, n: u32) -> u32 {
     let (mut base, mut len, mut addr, mut vi) = (w.vbase, w.vlen, w.vaddr, w.vi);
     let mut got: u32 = 0;
     for _ in 0..GATHER_STEPS {
@@ -652,7 +652,10 @@ fn gather(w: &Walk, ev: &mut IoEvent, slot: usize, n: u32) -> u32 {
         let room = base + len - at;
         let want = (n - got) as u64;
         let piece = if want < room { want } else { room } as u32;
-        let dst = (slot & (PREFIX_MASK + SLOT_MASK * MARK_SLOT_LEN))
+        // Masked parts give the verifier its bound (an AND with a non power of two
+        // minus one would not clamp, it would clear bits).
+        let dst = (w.captured as usize & PREFIX_MASK)
+            + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN
             + SLOT_BYTES_OFF
             + (got as usize & (MARK_BYTES - 1));
         let rc = unsafe {

@@ -10,12 +10,12 @@ use std::{
 };
 
 use snakepit_agent::kernel::{
-    preflight, Direction, ExitStatus, KernelConfig, KernelEvent, Probes, Syscall, FD_PIPE,
-    PID_WATCH_NEW_SOCKETS, PID_WORKER,
+    preflight, Direction, ExitStatus, FrameStatus, IoRecord, KernelConfig, KernelEvent, Probes,
+    Syscall, FD_PIPE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
 };
 use telemetry_common::{
     PROBE_READ, PROBE_RECVFROM, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV,
-    STAT_EVENTS, STAT_TRUNCATED,
+    STAT_CURSOR_LOST, STAT_EVENTS, STAT_TRUNCATED,
 };
 use tokio::sync::mpsc::Receiver;
 
@@ -394,4 +394,687 @@ fn miss_path_cost() {
             s.avg_ns().unwrap_or(0.0)
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Frame cursor
+// ---------------------------------------------------------------------------
+
+/// xorshift64: deterministic test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Preface + `n` HTTP/2 frames of random sizes and types 0/1/4/8. Returns the stream
+/// and the offset of every frame header.
+fn http2_stream(rng: &mut Rng, n: usize, max_len: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut s = PREFACE.to_vec();
+    let mut heads = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = rng.range(1, max_len);
+        let ty = [0u8, 1, 4, 8][rng.range(0, 3)];
+        let sid = (rng.next() as u32) & 0x7fff_ffff;
+        heads.push(s.len());
+        s.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+        s.push(ty);
+        s.push(rng.next() as u8);
+        s.extend_from_slice(&sid.to_be_bytes());
+        s.extend(rng.bytes(len));
+    }
+    (s, heads)
+}
+
+/// One syscall of the child's plan: "write" (one part), "writev" or "sendmsg".
+#[derive(serde::Serialize)]
+struct Op {
+    op: &'static str,
+    iov: Vec<usize>,
+}
+
+/// The plan: preface + frames 0..50 in one sendmsg ending inside header 50; frames to
+/// 80 in writes cut at awkward points (a header in three pieces, cuts at a header's
+/// first byte, mid-payload); frames to 130 in one writev and the rest in one sendmsg,
+/// their iovecs cut gRPC-style (9-byte header iovecs), inside headers, and empty.
+fn http2_plan(h: &[usize], total: usize) -> Vec<Op> {
+    let at = |i: usize| if i < h.len() { h[i] } else { total };
+    let vec_cuts = |from: usize, to: usize, frames: std::ops::Range<usize>| {
+        let mut cuts = vec![from];
+        for j in frames {
+            match j % 4 {
+                0 => cuts.extend([h[j], h[j] + 9]),
+                1 => cuts.push(h[j] + 1 + j % 8),
+                2 => cuts.extend([h[j] + 4, h[j] + 4]), // an empty iovec inside a header
+                _ => {}
+            }
+        }
+        cuts.push(to);
+        cuts.retain(|&c| c >= from && c <= to);
+        cuts.sort_unstable();
+        cuts.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    };
+    let mut ops = Vec::new();
+    let e1 = at(50) + 5;
+    ops.push(Op {
+        op: "sendmsg",
+        iov: vec_cuts(0, e1, 1..50),
+    });
+    let mut cuts = vec![e1];
+    for i in 51..80 {
+        match i % 4 {
+            0 => cuts.extend([h[i] + 2, h[i] + 5]),
+            1 => cuts.push(h[i]),
+            2 => cuts.push(h[i] + 9 + (h[i + 1] - h[i] - 9) / 2),
+            _ => {}
+        }
+    }
+    let e2 = at(80) + 7;
+    cuts.push(e2);
+    for w in cuts.windows(2) {
+        if w[1] > w[0] {
+            ops.push(Op {
+                op: "write",
+                iov: vec![w[1] - w[0]],
+            });
+        }
+    }
+    let e3 = at(130) + 1;
+    ops.push(Op {
+        op: "writev",
+        iov: vec_cuts(e2, e3, 81..130),
+    });
+    ops.push(Op {
+        op: "sendmsg",
+        iov: vec_cuts(e3, total, 131..h.len()),
+    });
+    ops
+}
+
+/// Runs `plan` in a watched python child (new sockets watched by the kernel, so the
+/// cursors start at the preface): it writes `data` on the connecting end and reads it
+/// on the accepted end with recv/recvmsg_into of varied sizes.
+const CHILD_PLAN: &str = r#"
+import json, os, socket, sys, threading
+plan = json.load(open(sys.argv[1])); data = open(sys.argv[2], "rb").read()
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.readline()
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+c = socket.socket(); c.connect(srv.getsockname())
+s, _ = srv.accept()
+got = []
+def reader():
+    n = 0; i = 0
+    sizes = [1000, 7, 65536, 3, 16393, 9, 40000, 1, 5000]
+    while n < len(data):
+        sz = sizes[i % len(sizes)]; i += 1
+        if i % 5 == 0:
+            bufs = [bytearray(sz), bytearray(13), bytearray(20000)]
+            k = s.recvmsg_into(bufs)[0]
+            b = b"".join(bytes(x) for x in bufs)[:k]
+        else:
+            b = s.recv(sz)
+        if not b:
+            break
+        got.append(b); n += len(b)
+t = threading.Thread(target=reader); t.start()
+pos = 0
+for op in plan:
+    parts = []
+    for l in op["iov"]:
+        parts.append(data[pos:pos + l]); pos += l
+    total = sum(op["iov"])
+    if op["op"] == "write":
+        n = os.write(c.fileno(), parts[0])
+    elif op["op"] == "writev":
+        n = os.writev(c.fileno(), parts)
+    else:
+        n = c.sendmsg(parts)
+    assert n == total, (op["op"], n, total)
+t.join()
+assert b"".join(got) == data, "stream mismatch"
+sys.stdout.write("%d %d\n" % (c.fileno(), s.fileno())); sys.stdout.flush()
+c.close(); s.close()
+"#;
+
+/// The records of one (tgid, fd, direction), in seq order.
+fn io_stream(evs: &[KernelEvent], tgid: u32, fd: i32, dir: Direction) -> Vec<IoRecord> {
+    let mut v: Vec<IoRecord> = evs
+        .iter()
+        .filter_map(|e| match e {
+            KernelEvent::Io(io) if io.tgid == tgid && io.fd == fd && io.direction == dir => {
+                Some(io.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    v.sort_by_key(|r| r.seq);
+    v
+}
+
+/// Checks that every frame header of `stream` (at `heads`, `hdr` bytes each) is
+/// visible in the records' prefixes and marks, that every mark holds the right bytes at
+/// a header (or continues one at offset 0), that the kernel cursor at each syscall
+/// start is right and never lost. Returns (records, marks).
+fn check_frames(
+    what: &str,
+    recs: &[IoRecord],
+    stream: &[u8],
+    heads: &[usize],
+    hdr: usize,
+) -> (usize, usize) {
+    let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..recs.len() as u64).collect::<Vec<_>>(),
+        "{what}: seq gaps (records dropped?)"
+    );
+    if std::env::var_os("FRAME_DEBUG").is_some() {
+        for r in recs {
+            println!(
+                "{what} seq {} {} ret {} cap {} status {:?} cursor_in {:?} partial {} marks {:?}",
+                r.seq,
+                r.syscall.name(),
+                r.ret,
+                r.payload.len(),
+                r.frame_status,
+                r.cursor_in,
+                r.partial_in,
+                r.marks
+                    .iter()
+                    .map(|m| (m.offset, m.bytes.len()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+    let mut known = vec![false; stream.len()];
+    let mut base = 0usize;
+    let mut n_marks = 0;
+    for r in recs.iter().filter(|r| r.ret > 0) {
+        let n = r.ret as usize;
+        assert_eq!(
+            r.frame_status,
+            FrameStatus::Tracked,
+            "{what}: seq {} at {base}: cursor lost",
+            r.seq
+        );
+        // The cursor the kernel had at the syscall start.
+        let next = heads.partition_point(|&h| h < base);
+        if r.partial_in > 0 {
+            let start = base - r.partial_in as usize;
+            assert!(
+                heads.binary_search(&start).is_ok() && base < start + hdr,
+                "{what}: seq {} partial {} at {base}",
+                r.seq,
+                r.partial_in
+            );
+        } else if next < heads.len() {
+            assert_eq!(
+                r.cursor_in,
+                Some((heads[next] - base) as u32),
+                "{what}: seq {} cursor",
+                r.seq
+            );
+        }
+        let p = r.payload.len();
+        if r.payload[..] != stream[base..base + p] {
+            let d = (0..p).find(|&i| r.payload[i] != stream[base + i]);
+            panic!(
+                "{what}: seq {} prefix at {base}: first difference at {d:?} of {p}: {:?} vs {:?}",
+                r.seq,
+                &r.payload[d.unwrap_or(0)..][..8.min(p)],
+                &stream[base + d.unwrap_or(0)..][..8]
+            );
+        }
+        known[base..base + p].iter_mut().for_each(|k| *k = true);
+        let mut last = None;
+        for m in &r.marks {
+            assert!(last < Some(m.offset), "{what}: marks out of order");
+            last = Some(m.offset);
+            let off = base + m.offset as usize;
+            let len = m.bytes.len();
+            assert!(off + len <= base + n, "{what}: mark beyond the syscall");
+            assert_eq!(
+                &m.bytes[..],
+                &stream[off..off + len],
+                "{what}: mark at {off}"
+            );
+            let at_head = heads.binary_search(&off).is_ok();
+            let continues = m.offset == 0 && r.partial_in > 0;
+            assert!(
+                at_head || continues,
+                "{what}: mark at {off} is not at a header"
+            );
+            assert!(
+                len == telemetry_common::MARK_BYTES || off + len == base + n,
+                "{what}: short mark at {off}"
+            );
+            known[off..off + len].iter_mut().for_each(|k| *k = true);
+            n_marks += 1;
+        }
+        base += n;
+    }
+    assert_eq!(base, stream.len(), "{what}: byte count");
+    for (i, &h) in heads.iter().enumerate() {
+        assert!(
+            known[h..h + hdr].iter().all(|&k| k),
+            "{what}: header {i} at {h} not visible to user space"
+        );
+    }
+    (recs.iter().filter(|r| r.ret > 0).count(), n_marks)
+}
+
+fn lost_count(probes: &Probes) -> u64 {
+    probes.stats().total(STAT_CURSOR_LOST)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+#[test]
+fn frame_cursor_http2_socket() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let (stream, heads) = http2_stream(&mut rng, 200, 20000);
+        let plan = http2_plan(&heads, stream.len());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan_path = dir.path().join("plan.json");
+        let data_path = dir.path().join("data.bin");
+        std::fs::write(&plan_path, serde_json::to_vec(&plan).expect("json")).expect("plan");
+        std::fs::write(&data_path, &stream).expect("data");
+
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(CHILD_PLAN)
+            .arg(&plan_path)
+            .arg(&data_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed by this test");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("child ready");
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id();
+        probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).expect("fds");
+        let fds: Vec<i32> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert_eq!(fds.len(), 2, "child output {line:?}");
+        assert!(child.wait().unwrap().success(), "child failed");
+        let evs = collect(&mut rx, Duration::from_secs(20), |evs| {
+            exit_of(evs, pid).is_some()
+        })
+        .await;
+
+        let out_recs = io_stream(&evs, pid, fds[0], Direction::Egress);
+        let in_recs = io_stream(&evs, pid, fds[1], Direction::Ingress);
+        let sys: Vec<&str> = out_recs.iter().map(|r| r.syscall.name()).collect();
+        println!(
+            "http2: {} bytes, {} frames, {} egress syscalls {sys:?}",
+            stream.len(),
+            heads.len(),
+            out_recs.len()
+        );
+        let (r, m) = check_frames("egress", &out_recs, &stream, &heads, 9);
+        println!("egress: {r} records, {m} marks");
+        assert!(m >= 100, "expected most headers in marks, got {m}");
+        let (r, m) = check_frames("ingress", &in_recs, &stream, &heads, 9);
+        println!("ingress: {r} records, {m} marks");
+        assert_eq!(
+            lost_count(&probes),
+            0,
+            "cursor lost: {:?}",
+            probes.stats().nonzero()
+        );
+        assert_eq!(probes.reader_counters().1, 0, "decode errors");
+    });
+}
+
+/// Writes `data` to a watched pipe of this process with the given write sizes while a
+/// thread reads it in varied sizes; returns the pipe's fds.
+fn pipe_roundtrip(probes: &mut Probes, data: &[u8], writes: &[Vec<usize>]) -> [i32; 2] {
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array of two ints.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let me = std::process::id();
+    probes.watch_fd(me, fds[0], FD_PIPE, Some([0, 0])).unwrap();
+    probes.watch_fd(me, fds[1], FD_PIPE, Some([0, 0])).unwrap();
+    let total = data.len();
+    let rfd = fds[0];
+    let reader = std::thread::spawn(move || {
+        let sizes = [5000usize, 3, 70000, 1, 4, 65536, 9];
+        let mut buf = vec![0u8; 70000];
+        let mut got = Vec::with_capacity(total);
+        let mut i = 0;
+        while got.len() < total {
+            let sz = sizes[i % sizes.len()];
+            i += 1;
+            // SAFETY: buf is at least sz long.
+            let n = unsafe { libc::read(rfd, buf.as_mut_ptr().cast(), sz) };
+            assert!(n > 0, "pipe read {n}");
+            got.extend_from_slice(&buf[..n as usize]);
+        }
+        got
+    });
+    let mut pos = 0;
+    for parts in writes {
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|&l| {
+                let v = libc::iovec {
+                    iov_base: data[pos..].as_ptr() as *mut _,
+                    iov_len: l,
+                };
+                pos += l;
+                v
+            })
+            .collect();
+        let want: usize = parts.iter().sum();
+        // SAFETY: the iovecs point into `data`, which outlives the call.
+        let n = unsafe {
+            if iov.len() == 1 {
+                libc::write(fds[1], iov[0].iov_base, iov[0].iov_len)
+            } else {
+                libc::writev(fds[1], iov.as_ptr(), iov.len() as i32)
+            }
+        };
+        assert_eq!(n, want as isize, "pipe write");
+    }
+    assert_eq!(pos, total);
+    assert_eq!(reader.join().expect("reader"), data, "pipe bytes");
+    fds
+}
+
+#[test]
+fn frame_cursor_packet4_pipe() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut rng = Rng(0x9ac4_0000_0000_0777);
+        let mut data = Vec::new();
+        let mut heads = Vec::new();
+        let mut push = |data: &mut Vec<u8>, heads: &mut Vec<usize>, len: usize| {
+            heads.push(data.len());
+            data.extend_from_slice(&(len as u32).to_be_bytes());
+            data.extend(rng.bytes(len));
+            len + 4
+        };
+        let mut writes: Vec<Vec<usize>> = Vec::new();
+        // Port-style writev([header, payload]) of big and small messages.
+        for i in 0..30 {
+            let len = if i % 3 == 0 {
+                150_000 + i * 1000
+            } else {
+                i * 37
+            };
+            push(&mut data, &mut heads, len);
+            writes.push(vec![4, len]);
+        }
+        // Many small messages in one write: headers beyond the prefix, several per mark.
+        let mut batch = 0;
+        for i in 0..120 {
+            batch += push(&mut data, &mut heads, (i * 13) % 90);
+        }
+        writes.push(vec![batch]);
+        // A header split across three writes, the last with the payload.
+        let n = push(&mut data, &mut heads, 9000);
+        writes.extend([vec![1], vec![2], vec![n - 3]]);
+        for i in 0..20 {
+            let n = push(&mut data, &mut heads, 5000 + i * 3000);
+            writes.push(vec![n]);
+        }
+        let fds = pipe_roundtrip(&mut probes, &data, &writes);
+        let me = std::process::id();
+        let cursors = probes.fd_cursors(me, fds[1]).expect("watched");
+        let evs = collect(&mut rx, Duration::from_secs(10), |evs| {
+            let n = |d| {
+                evs.iter()
+                    .filter(
+                        |e| matches!(e, KernelEvent::Io(io) if io.tgid == me && io.direction == d),
+                    )
+                    .filter_map(|e| match e {
+                        KernelEvent::Io(io) => Some(io.ret.max(0) as usize),
+                        _ => None,
+                    })
+                    .sum::<usize>()
+            };
+            n(Direction::Egress) == data.len() && n(Direction::Ingress) == data.len()
+        })
+        .await;
+        let w = io_stream(&evs, me, fds[1], Direction::Egress);
+        let r = io_stream(&evs, me, fds[0], Direction::Ingress);
+        let (nr, nm) = check_frames("pipe egress", &w, &data, &heads, 4);
+        println!(
+            "pipe egress: {nr} records, {nm} marks, {} messages",
+            heads.len()
+        );
+        let (nr, nm) = check_frames("pipe ingress", &r, &data, &heads, 4);
+        println!("pipe ingress: {nr} records, {nm} marks");
+        assert_eq!(
+            cursors[Direction::Egress.index()],
+            Some(0),
+            "cursor after the last message"
+        );
+        assert_eq!(lost_count(&probes), 0, "{:?}", probes.stats().nonzero());
+        for fd in fds {
+            probes.unwatch_fd(me, fd).unwrap();
+            // SAFETY: our fd.
+            unsafe { libc::close(fd) };
+        }
+    });
+}
+
+/// Garbage where frames are expected: the cursor is lost (counted), records say so,
+/// nothing breaks, later records are plain.
+#[test]
+fn frame_cursor_garbage() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut rng = Rng(0x0bad_f00d_0000_0001);
+        // Socket: a preface then random bytes (frame type 0xee: no HTTP/2 frame).
+        let mut stream = PREFACE.to_vec();
+        stream.extend(rng.bytes(30_000));
+        stream[24 + 3] = 0xee;
+        let plan = vec![
+            Op {
+                op: "sendmsg",
+                iov: vec![10_000, 7, 5_000],
+            },
+            Op {
+                op: "write",
+                iov: vec![stream.len() - 15_007],
+            },
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plan_path = dir.path().join("plan.json");
+        let data_path = dir.path().join("data.bin");
+        std::fs::write(&plan_path, serde_json::to_vec(&plan).expect("json")).expect("plan");
+        std::fs::write(&data_path, &stream).expect("data");
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(CHILD_PLAN)
+            .arg(&plan_path)
+            .arg(&data_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        let pid = child.id();
+        probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        line.clear();
+        out.read_line(&mut line).expect("fds");
+        let fds: Vec<i32> = line
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert!(child.wait().unwrap().success(), "child failed");
+        let evs = collect(&mut rx, Duration::from_secs(10), |evs| {
+            exit_of(evs, pid).is_some()
+        })
+        .await;
+        assert_eq!(fds.len(), 2, "{line:?}");
+        let w = io_stream(&evs, pid, fds[0], Direction::Egress);
+        let st: Vec<FrameStatus> = w.iter().map(|r| r.frame_status).collect();
+        assert_eq!(st, vec![FrameStatus::Lost, FrameStatus::Unknown], "{w:?}");
+        assert!(w.iter().all(|r| r.marks.is_empty()));
+        let r = io_stream(&evs, pid, fds[1], Direction::Ingress);
+        assert_eq!(
+            r.iter()
+                .filter(|r| r.frame_status == FrameStatus::Lost)
+                .count(),
+            1
+        );
+        let stats = probes.stats();
+        assert!(stats.get(PROBE_SENDMSG, STAT_CURSOR_LOST) >= 1);
+        assert!(stats.total(STAT_CURSOR_LOST) >= 2);
+
+        // Pipe: a {packet,4} length above 1 GiB.
+        let mut data = vec![0xff, 0xff, 0xff, 0xff];
+        data.extend(rng.bytes(10_000));
+        let before = lost_count(&probes);
+        let fds = pipe_roundtrip(&mut probes, &data, &[vec![4, 5000], vec![5000]]);
+        let me = std::process::id();
+        assert_eq!(probes.fd_cursors(me, fds[1]), Some([Some(0), None]));
+        assert_eq!(lost_count(&probes), before + 2, "write and read side");
+        println!("garbage: {:?}", probes.stats().nonzero());
+        for fd in fds {
+            probes.unwatch_fd(me, fd).unwrap();
+            // SAFETY: our fd.
+            unsafe { libc::close(fd) };
+        }
+        assert_eq!(probes.reader_counters().1, 0, "decode errors");
+    });
+}
+
+/// The child for the cost test: 1 MiB sendmsgs of 64 gRPC-style DATA frames (header and
+/// payload in separate iovecs), first on a socket whose cursor is followed (marks),
+/// then on one whose cursor was lost on purpose (no marks).
+const CHILD_COST: &str = r#"
+import socket, sys, threading
+N = int(sys.argv[1])
+sys.stdout.write("ready\n"); sys.stdout.flush()
+sys.stdin.readline()
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(2)
+def conn():
+    c = socket.socket(); c.connect(srv.getsockname()); s, _ = srv.accept()
+    def drain():
+        while s.recv(1 << 20):
+            pass
+    t = threading.Thread(target=drain); t.start()
+    return c, s, t
+payload = bytes(16384)
+hdr = (16384).to_bytes(3, "big") + bytes([0, 0]) + (1).to_bytes(4, "big")
+iov = [hdr, payload] * 64
+def phase(c, name):
+    for _ in range(N):
+        assert c.sendmsg(iov) == 64 * (16384 + 9)
+    sys.stdout.write(name + "\n"); sys.stdout.flush()
+    sys.stdin.readline()
+c1, s1, t1 = conn()
+c1.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+phase(c1, "marks")
+c2, s2, t2 = conn()
+c2.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 9)
+phase(c2, "plain")
+for c in (c1, c2):
+    c.close()
+for t in (t1, t2):
+    t.join()
+"#;
+
+#[test]
+fn frame_cursor_cost() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        const N: usize = 50;
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut child = Command::new("python3")
+            .args(["-c", CHILD_COST, &N.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("ready");
+        let pid = child.id();
+        probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
+        let sendmsg_run = |p: &Probes| {
+            p.prog_run_stats()
+                .into_iter()
+                .find(|s| s.name == "sys_exit_sendmsg")
+                .map(|s| (s.run_time_ns, s.run_count))
+                .unwrap_or((0, 0))
+        };
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let (t0, c0) = sendmsg_run(&probes);
+            child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+            line.clear();
+            out.read_line(&mut line).expect("phase");
+            let (t1, c1) = sendmsg_run(&probes);
+            results.push((line.trim().to_string(), t1 - t0, c1 - c0));
+        }
+        child.stdin.as_mut().unwrap().write_all(b"end\n").unwrap();
+        assert!(child.wait().unwrap().success(), "child failed");
+        let evs = collect(&mut rx, Duration::from_secs(10), |evs| {
+            exit_of(evs, pid).is_some()
+        })
+        .await;
+        let sends: Vec<&IoRecord> = evs
+            .iter()
+            .filter_map(|e| match e {
+                KernelEvent::Io(io) if io.tgid == pid && io.syscall == Syscall::Sendmsg => Some(io),
+                _ => None,
+            })
+            .collect();
+        let with = sends.iter().filter(|r| r.marks.len() == 63).count();
+        let without = sends
+            .iter()
+            .filter(|r| r.frame_status == FrameStatus::Unknown)
+            .count();
+        assert_eq!((with, without), (N, N), "records with 63 marks / untracked");
+        for (name, ns, runs) in results {
+            println!(
+                "1 MiB sendmsg (64 frames, 128 iovecs), {name}: {runs} sys_exit_sendmsg runs, \
+                 {:.0} ns/run in-kernel (the prefix copy included)",
+                ns as f64 / runs.max(1) as f64
+            );
+        }
+    });
 }
