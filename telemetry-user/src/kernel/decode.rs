@@ -454,6 +454,94 @@ mod tests {
         assert_eq!(&io.payload[..], b"hello");
     }
 
+    /// An io record with `marks` (offset, bytes) slots after the prefix.
+    fn io_with_marks(payload: &[u8], ret: i64, marks: &[(u32, &[u8])]) -> Vec<u8> {
+        type H = IoEventHeader;
+        let mut v = io_record(payload);
+        put64(&mut v, offset_of!(H, ret), ret as u64);
+        v[offset_of!(H, marks)..offset_of!(H, marks) + 2]
+            .copy_from_slice(&(marks.len() as u16).to_ne_bytes());
+        v[offset_of!(H, frame_status)] = FRAMING_TRACKED;
+        put32(&mut v, offset_of!(H, cursor_in), 3);
+        for (off, bytes) in marks {
+            let mut slot = vec![0u8; MARK_SLOT_LEN];
+            put32(&mut slot, offset_of!(FrameMarkSlot, offset), *off);
+            let l = offset_of!(FrameMarkSlot, len);
+            slot[l..l + 2].copy_from_slice(&(bytes.len() as u16).to_ne_bytes());
+            let b = offset_of!(FrameMarkSlot, bytes);
+            slot[b..b + bytes.len()].copy_from_slice(bytes);
+            v.extend(slot);
+        }
+        v
+    }
+
+    #[test]
+    fn io_marks_roundtrip() {
+        let v = io_with_marks(b"prefix", 100_000, &[(5000, &[1; 64]), (90_000, b"abc")]);
+        let KernelEvent::Io(io) = decode(&v).unwrap() else {
+            panic!("not io")
+        };
+        assert_eq!(&io.payload[..], b"prefix");
+        assert_eq!(io.frame_status, FrameStatus::Tracked);
+        assert_eq!((io.cursor_in, io.partial_in), (Some(3), 0));
+        assert_eq!(io.marks.len(), 2);
+        assert_eq!(
+            (io.marks[0].offset, &io.marks[0].bytes[..]),
+            (5000, &[1u8; 64][..])
+        );
+        assert_eq!(
+            (io.marks[1].offset, &io.marks[1].bytes[..]),
+            (90_000, &b"abc"[..])
+        );
+        // No marks, cursor unknown: the plain record of an untracked fd.
+        let KernelEvent::Io(io) = decode(&io_record(b"x")).unwrap() else {
+            panic!("not io")
+        };
+        assert_eq!(io.frame_status, FrameStatus::Unknown);
+        assert!(io.marks.is_empty());
+    }
+
+    #[test]
+    fn io_mark_checks() {
+        type H = IoEventHeader;
+        let ok: &[u8] = &[7; 9];
+        // Out of order, beyond ret, empty, too long.
+        for (marks, ret) in [
+            (vec![(500u32, ok), (400, ok)], 1000i64),
+            (vec![(500, ok), (500, ok)], 1000),
+            (vec![(995, ok)], 1000),
+            (vec![(10, ok)], -11),
+            (vec![(10, &[][..])], 1000),
+        ] {
+            let v = io_with_marks(b"pre", ret, &marks);
+            assert!(
+                matches!(decode(&v), Err(DecodeError::BadMark { .. })),
+                "{marks:?} {ret}"
+            );
+        }
+        let mut v = io_with_marks(b"pre", 1000, &[(10, ok)]);
+        let l = IO_HEADER_LEN + 3 + offset_of!(FrameMarkSlot, len);
+        v[l..l + 2].copy_from_slice(&(MARK_BYTES as u16 + 1).to_ne_bytes());
+        assert!(matches!(decode(&v), Err(DecodeError::BadMark { .. })));
+        // More marks than the record holds, or than MAX_MARKS.
+        let mut v = io_with_marks(b"pre", 1000, &[(10, ok)]);
+        v[offset_of!(H, marks)..offset_of!(H, marks) + 2].copy_from_slice(&2u16.to_ne_bytes());
+        assert!(matches!(decode(&v), Err(DecodeError::BadMarkCount { .. })));
+        let many: Vec<(u32, &[u8])> = (0..=MAX_MARKS).map(|i| (i * 10, ok)).collect();
+        let v = io_with_marks(b"pre", 100_000, &many);
+        assert!(matches!(decode(&v), Err(DecodeError::BadMarkCount { .. })));
+        let v = io_with_marks(b"pre", 100_000, &many[..MAX_MARKS as usize]);
+        assert!(decode(&v).is_ok());
+        let mut v = io_with_marks(b"pre", 1000, &[]);
+        v[offset_of!(H, frame_status)] = 7;
+        assert_eq!(decode(&v), Err(DecodeError::BadFrameStatus(7)));
+        // Cut anywhere: an error, never a panic.
+        let v = io_with_marks(b"prefix", 100_000, &[(5000, &[1; 64]), (90_000, b"abc")]);
+        for cut in 0..v.len() {
+            assert!(decode(&v[..cut]).is_err());
+        }
+    }
+
     #[test]
     fn io_length_checks() {
         let mut v = io_record(b"hello");
