@@ -325,10 +325,7 @@ impl Agent {
                 TopologyChange::ConnectionOpened { conn } => {
                     if self.initial_scan_done && conn.transport == crate::discovery::Transport::Pipe
                     {
-                        self.pipeline
-                            .pipe_is_live(conn.beam_pid, conn.beam_fd as i32);
-                        self.pipeline
-                            .pipe_is_live(conn.worker_pid, conn.worker_fd as i32);
+                        self.pipeline.pipe_is_live(conn);
                     }
                     self.pipeline
                         .connection_opened(conn, &self.discovery, &mut self.observations);

@@ -55,8 +55,11 @@ pub struct Pipeline {
     pending: HashMap<StreamKey, VecDeque<Ordered>>,
     /// Fds the kernel reported from accept/connect: seen from their first byte.
     opened_live: HashSet<(u32, i32)>,
-    /// Pipes of workers discovered at exec time: seen from their first byte.
+    /// Pipe ends of connections discovered live: seen from their first byte.
     live_pipes: HashSet<(u32, i32)>,
+    /// Workers whose every pipe fd is live (a worker's stdout pipe may be reached
+    /// through several fds: 1, 2 and a dup such as 3).
+    live_pipe_workers: HashSet<u32>,
     grpc_config: GrpcConfig,
     /// Counters of decoders that were dropped, so totals survive them.
     retired_wire_stats: DecodeStats,
@@ -77,6 +80,7 @@ impl Pipeline {
             pending: HashMap::new(),
             opened_live: HashSet::new(),
             live_pipes: HashSet::new(),
+            live_pipe_workers: HashSet::new(),
             grpc_config,
             retired_wire_stats: DecodeStats::default(),
             stats: PipelineStats::default(),
@@ -88,9 +92,11 @@ impl Pipeline {
         self.opened_live.insert((tgid, fd));
     }
 
-    /// A pipe whose both ends are watched since before its first byte.
-    pub fn pipe_is_live(&mut self, tgid: u32, fd: i32) {
-        self.live_pipes.insert((tgid, fd));
+    /// A pipe connection discovered while its worker started: both ends are watched
+    /// since before its first byte.
+    pub fn pipe_is_live(&mut self, conn: &ConnInfo) {
+        self.live_pipes.insert((conn.beam_pid, conn.beam_fd as i32));
+        self.live_pipe_workers.insert(conn.worker_pid);
     }
 
     /// One read/write record of a watched fd.
@@ -185,6 +191,7 @@ impl Pipeline {
         self.pending.retain(|k, _| k.tgid != tgid);
         self.opened_live.retain(|k| k.0 != tgid);
         self.live_pipes.retain(|k| k.0 != tgid);
+        self.live_pipe_workers.remove(&tgid);
     }
 
     /// Wire decoder counters, summed over live and retired decoders.
@@ -481,7 +488,9 @@ impl Pipeline {
                 )))
             }
             (ConnRole::PipeStdin | ConnRole::PipeStdout, Transport::Pipe) => {
-                let at_boundary = from_start && self.live_pipes.contains(&(key.tgid, key.fd));
+                let at_boundary = from_start
+                    && (self.live_pipes.contains(&(key.tgid, key.fd))
+                        || self.live_pipe_workers.contains(&key.tgid));
                 Decoder::Packet(Box::new(PacketDecoder::new(at_boundary)))
             }
             (ConnRole::PipeStdin | ConnRole::PipeStdout, _) => Decoder::Ignore,
