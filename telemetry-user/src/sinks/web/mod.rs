@@ -205,7 +205,7 @@ impl Server {
                         conns.spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 let shared = shared.clone();
-                                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                                async move { Ok::<_, Infallible>(route(&shared, req).await) }
                             });
                             let io = hyper_util::rt::TokioIo::new(stream);
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -245,8 +245,10 @@ type Body = BoxBody<Bytes, Infallible>;
 
 const PAGE: &str = include_str!("page.html");
 const INITIAL_MARK: &str = "/*INITIAL_STATE*/null";
+const MAX_HOLD_MS: u64 = 30_000;
+const HOLD_SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>"#;
 
-fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -269,6 +271,20 @@ fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             full(StatusCode::OK, "application/json", json.to_string())
         }
         "/events" => sse(shared),
+        // `/?hold=MS` makes the page fetch this, which keeps its load event back MS
+        // milliseconds: headless browsers dump the DOM at load, and a test wants the
+        // page to have received live updates by then.
+        "/hold" => {
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                .min(MAX_HOLD_MS);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(StatusCode::OK, "image/svg+xml", HOLD_SVG.to_string())
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
