@@ -26,6 +26,10 @@ pub struct Config {
     pub output: OutputConfig,
     /// Call reconstruction: thresholds, sampling, limits.
     pub calls: crate::calls::TrackerConfig,
+    /// `/metrics` (Prometheus) and the live page.
+    pub http: crate::sinks::web::HttpConfig,
+    /// OpenTelemetry (OTLP) export of call spans and metrics.
+    pub otlp: crate::sinks::otlp::OtlpConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +133,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate().map_err(ConfigError::Invalid)?;
         let max = telemetry_common::MAX_CAPTURE as u32;
         if self.capture.bytes == 0 || self.capture.bytes > max {
             return Err(ConfigError::Invalid(format!(

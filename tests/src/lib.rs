@@ -3,6 +3,7 @@
 //! its stdin/stdout control protocol, and the agent binary with its JSON-lines output.
 pub mod agent;
 pub mod demo;
+pub mod otlp_receiver;
 pub mod require;
 
 use std::path::PathBuf;

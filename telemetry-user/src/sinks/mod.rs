@@ -2,6 +2,7 @@
 //! stage.
 pub mod jsonl;
 pub mod logger;
+pub mod otlp;
 pub mod prometheus;
 pub mod text;
 pub mod web;

@@ -1,0 +1,185 @@
+//! The call and pool metrics (the design's metrics handler) as OpenTelemetry instruments.
+//!
+//! Names follow the design: `snakepit.call.total` {library, function, result, pool},
+//! `snakepit.call.duration` / `.queue_time` / `.python_time` histograms in ms,
+//! `snakepit.call.exceptions` {library, error_type} (failed calls with an error type,
+//! and `call.exception` events), `snakepit.worker.crashes` {type, pool},
+//! `snakepit.pool.size` / `.busy` / `.idle` gauges {pool}. Absent metadata gives an
+//! absent attribute, never an empty one.
+use crate::events::{schema, Event};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::KeyValue;
+use serde_json::Value;
+
+/// The design's buckets (ms), with finer ones below 10 ms: most calls are short.
+const DURATION_BUCKETS_MS: &[f64] = &[
+    0.5, 1.0, 2.5, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+pub struct Instruments {
+    calls: Counter<u64>,
+    duration: Histogram<f64>,
+    queue_time: Histogram<f64>,
+    python_time: Histogram<f64>,
+    exceptions: Counter<u64>,
+    crashes: Counter<u64>,
+    circuit_breaker_opens: Counter<u64>,
+    health_alerts: Counter<u64>,
+    pool_size: Gauge<u64>,
+    pool_busy: Gauge<u64>,
+    pool_idle: Gauge<u64>,
+}
+
+impl Instruments {
+    pub fn new(meter: &Meter) -> Self {
+        let hist = |name: &'static str, what: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("ms")
+                .with_description(what)
+                .with_boundaries(DURATION_BUCKETS_MS.to_vec())
+                .build()
+        };
+        Instruments {
+            calls: meter
+                .u64_counter("snakepit.call.total")
+                .with_unit("{call}")
+                .with_description("Completed Python calls")
+                .build(),
+            duration: hist("snakepit.call.duration", "Call duration as the BEAM saw it"),
+            queue_time: hist(
+                "snakepit.call.queue_time",
+                "From the BEAM's send to the worker's read",
+            ),
+            python_time: hist(
+                "snakepit.call.python_time",
+                "From the worker's read to its reply",
+            ),
+            exceptions: meter
+                .u64_counter("snakepit.call.exceptions")
+                .with_unit("{exception}")
+                .with_description("Failed calls with an error type")
+                .build(),
+            crashes: meter
+                .u64_counter("snakepit.worker.crashes")
+                .with_unit("{crash}")
+                .with_description("Worker crashes")
+                .build(),
+            circuit_breaker_opens: meter
+                .u64_counter("snakepit.circuit_breaker.opens")
+                .with_unit("{open}")
+                .build(),
+            health_alerts: meter
+                .u64_counter("snakepit.health.alerts")
+                .with_unit("{alert}")
+                .build(),
+            pool_size: meter
+                .u64_gauge("snakepit.pool.size")
+                .with_unit("{worker}")
+                .build(),
+            pool_busy: meter
+                .u64_gauge("snakepit.pool.busy")
+                .with_unit("{worker}")
+                .build(),
+            pool_idle: meter
+                .u64_gauge("snakepit.pool.idle")
+                .with_unit("{worker}")
+                .build(),
+        }
+    }
+
+    /// Records what the event contributes to the metrics (nothing for most events).
+    pub fn record(&self, ev: &Event) {
+        let is_exception = ev.is(schema::CALL_EXCEPTION);
+        if ev.is(schema::CALL_STOP) || is_exception {
+            self.record_call(ev, is_exception);
+        } else if ev.is(schema::POOL_SIZE) {
+            let pool = attrs(ev, &[("pool", "pool")]);
+            let m = |k: &str| ev.measurements.get(k).and_then(Value::as_u64);
+            if let Some(v) = m("size") {
+                self.pool_size.record(v, &pool);
+            }
+            if let Some(v) = m("busy") {
+                self.pool_busy.record(v, &pool);
+            }
+            if let Some(v) = m("idle") {
+                self.pool_idle.record(v, &pool);
+            }
+        } else if ev.is(schema::WORKER_CRASH) {
+            self.crashes
+                .add(1, &attrs(ev, &[("type", "type"), ("pool", "pool")]));
+        } else if ev.is(schema::CIRCUIT_BREAKER_OPEN) {
+            self.circuit_breaker_opens
+                .add(1, &attrs(ev, &[("pool", "pool")]));
+        } else if ev.is(schema::HEALTH_ALERT) {
+            self.health_alerts.add(
+                1,
+                &attrs(ev, &[("pool", "pool"), ("alert_type", "alert_type")]),
+            );
+        }
+    }
+
+    fn record_call(&self, ev: &Event, is_exception: bool) {
+        let result = if is_exception {
+            "error"
+        } else {
+            ev.metadata
+                .get("result")
+                .and_then(Value::as_str)
+                .unwrap_or("ok")
+        };
+        let mut call_attrs = attrs(
+            ev,
+            &[
+                ("library", "library"),
+                ("function", "function"),
+                ("pool", "pool"),
+            ],
+        );
+        call_attrs.push(KeyValue::new("result", result.to_string()));
+        self.calls.add(1, &call_attrs);
+
+        let ms = |k: &str| {
+            ev.measurements
+                .get(k)
+                .and_then(Value::as_u64)
+                .map(|ns| ns as f64 / 1e6)
+        };
+        let lib_fn = attrs(ev, &[("library", "library"), ("function", "function")]);
+        if let Some(v) = ms("duration") {
+            self.duration.record(v, &lib_fn);
+        }
+        if let Some(v) = ms("queue_time") {
+            self.queue_time
+                .record(v, &attrs(ev, &[("library", "library")]));
+        }
+        if let Some(v) = ms("python_time") {
+            self.python_time.record(v, &lib_fn);
+        }
+        let error_type = ev
+            .metadata
+            .get("error_type")
+            .and_then(Value::as_str)
+            .filter(|_| result == "error");
+        if is_exception || error_type.is_some() {
+            let mut a = attrs(ev, &[("library", "library")]);
+            a.push(KeyValue::new(
+                "error_type",
+                error_type.unwrap_or("unknown").to_string(),
+            ));
+            self.exceptions.add(1, &a);
+        }
+    }
+}
+
+/// `(attribute, metadata key)` pairs for the string metadata present on the event.
+fn attrs(ev: &Event, keys: &[(&'static str, &str)]) -> Vec<KeyValue> {
+    keys.iter()
+        .filter_map(|(name, key)| {
+            ev.metadata
+                .get(*key)
+                .and_then(Value::as_str)
+                .map(|v| KeyValue::new(*name, v.to_string()))
+        })
+        .collect()
+}

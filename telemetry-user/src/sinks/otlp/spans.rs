@@ -1,0 +1,574 @@
+//! Spans from call events (pure: no exporter, no I/O), so they can be unit-tested.
+//!
+//! One call gives up to four spans, all in one trace:
+//! - a CLIENT span on the BEAM side, t0..t3: it ends at the event's time and starts
+//!   `duration` before (the root);
+//! - a SERVER span on the worker side, t1..t2 (child of the client span), when the
+//!   worker side was seen (`python_time` present: gRPC calls);
+//! - `snakepit.queue`, t0..t1, INTERNAL, child of the CLIENT span: the wait lies on the
+//!   BEAM side of the worker's read, so it cannot nest in the server span;
+//! - `snakepit.python`, t1..t2, INTERNAL, child of the SERVER span: the Python execution.
+//!
+//! Without `queue_time` (the BEAM side was not seen) the server span is the root, and a
+//! call without `python_time` (pipe workers) has no server span.
+//!
+//! Ids are derived, not random, so the same event always gives the same spans: the
+//! trace id is a 128-bit hash of the correlation id (a gRPC call's correlation id is
+//! unique per request; calls sharing one land in one trace). Pipe request ids are only
+//! unique per worker, so pipe calls hash (beam pid, worker pid, request id); a call with
+//! no correlation id hashes its connection, stream and end time. Span ids hash the trace
+//! key, the role and the call's position (connection, stream, end time).
+use crate::events::{schema, Event};
+use opentelemetry::trace::{
+    Event as SpanEvent, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The gRPC service both sides of a Snakepit connection serve.
+pub const GRPC_SERVICE: &str = "snakepit.bridge.BridgeService";
+/// `rpc.service` for calls over the pipe (stdin/stdout JSON) transport.
+pub const PIPE_SERVICE: &str = "snakepit.pipe";
+
+/// What the sink knows about a call's surroundings beyond the event itself.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The worker's address and port (`server.address`, `server.port`).
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
+    /// The Snakepit instance the call's BEAM belongs to.
+    pub instance_name: Option<String>,
+}
+
+/// Spans for a `call.stop` / `call.exception` event; None for any other event.
+pub fn call_spans(
+    ev: &Event,
+    ctx: &CallContext,
+    scope: &InstrumentationScope,
+) -> Option<Vec<SpanData>> {
+    let is_exception = ev.is(schema::CALL_EXCEPTION);
+    if !(ev.is(schema::CALL_STOP) || is_exception) {
+        return None;
+    }
+    let m = |k: &str| ev.measurements.get(k).and_then(Value::as_u64);
+    let end = ev.time_unix_nano;
+    let duration = m("duration").unwrap_or(0);
+    let queue = m("queue_time");
+    let python = m("python_time");
+
+    // Timeline: t0..t3 is the BEAM's view; t1..t2 the worker's.
+    let (t0, t1, t2) = match (queue, python) {
+        (Some(q), p) => {
+            let t0 = end.saturating_sub(duration);
+            let t1 = t0.saturating_add(q);
+            (Some(t0), Some(t1), p.map(|p| t1.saturating_add(p)))
+        }
+        (None, Some(p)) => (None, Some(end.saturating_sub(p)), Some(end)),
+        (None, None) => (Some(end.saturating_sub(duration)), None, None),
+    };
+
+    let key = trace_key(ev);
+    let trace_id = TraceId::from_bytes(hash128(key.as_bytes()));
+    let position = format!(
+        "{}|{}|{}|{}",
+        key,
+        meta_u64(ev, "conn_id").unwrap_or(0),
+        meta_u64(ev, "stream_id")
+            .or_else(|| meta_u64(ev, "request_id"))
+            .unwrap_or(0),
+        end
+    );
+    let span_id = |role: &str| SpanId::from_bytes(hash64(format!("{position}|{role}").as_bytes()));
+
+    let failed = is_exception || meta_str(ev, "result") == Some("error");
+    let status = if failed {
+        Status::error(error_description(ev))
+    } else {
+        Status::Unset
+    };
+    let rpc = rpc_attributes(ev, ctx);
+    let base = SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            SpanId::INVALID,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: span_name(ev).into(),
+        start_time: SystemTime::UNIX_EPOCH,
+        end_time: SystemTime::UNIX_EPOCH,
+        attributes: Vec::new(),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    };
+    let make = |role: &str, kind: SpanKind, parent: SpanId, from: u64, to: u64| {
+        let mut s = base.clone();
+        s.span_context = SpanContext::new(
+            trace_id,
+            span_id(role),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        s.parent_span_id = parent;
+        s.span_kind = kind;
+        s.start_time = to_time(from);
+        s.end_time = to_time(to.max(from));
+        s
+    };
+
+    let mut spans = Vec::with_capacity(4);
+    let client_id = t0.map(|_| span_id("client"));
+    if let Some(t0) = t0 {
+        let mut client = make("client", SpanKind::Client, SpanId::INVALID, t0, end);
+        client.attributes = rpc.clone();
+        push_byte_counts(ev, &mut client.attributes);
+        client.status = status.clone();
+        spans.push(client);
+        if let Some(t1) = t1 {
+            let mut q = make("queue", SpanKind::Internal, span_id("client"), t0, t1);
+            q.name = "snakepit.queue".into();
+            q.attributes = snakepit_attributes(ev);
+            spans.push(q);
+        }
+    }
+    if let (Some(t1), Some(t2)) = (t1, t2) {
+        let parent = client_id.unwrap_or(SpanId::INVALID);
+        let mut server = make("server", SpanKind::Server, parent, t1, t2);
+        server.attributes = rpc;
+        if let Some(tid) = meta_u64(ev, "worker_tid") {
+            server
+                .attributes
+                .push(KeyValue::new("thread.id", tid as i64));
+        }
+        server.status = status.clone();
+        let mut py = make("python", SpanKind::Internal, span_id("server"), t1, t2);
+        py.name = "snakepit.python".into();
+        py.attributes = snakepit_attributes(ev);
+        spans.push(server);
+        spans.push(py);
+    }
+    // The exception event goes on the span where the failure happened: the worker's
+    // when it was seen, else the client's.
+    if failed {
+        let at = to_time(t2.unwrap_or(end));
+        if let Some(target) = spans
+            .iter_mut()
+            .rev()
+            .find(|s| matches!(s.span_kind, SpanKind::Server | SpanKind::Client))
+        {
+            target
+                .events
+                .events
+                .push(SpanEvent::new("exception", at, exception_attributes(ev), 0));
+        }
+    }
+    Some(spans)
+}
+
+/// `{rpc.service}/{rpc.method}`, the RPC conventions' span name.
+fn span_name(ev: &Event) -> String {
+    let (service, method) = service_and_method(ev);
+    format!("{service}/{method}")
+}
+
+fn service_and_method(ev: &Event) -> (&'static str, String) {
+    if meta_str(ev, "transport") == Some("pipe") {
+        let tool = meta_str(ev, "tool")
+            .or_else(|| meta_str(ev, "function"))
+            .unwrap_or("call");
+        (PIPE_SERVICE, tool.to_string())
+    } else {
+        (
+            GRPC_SERVICE,
+            meta_str(ev, "operation").unwrap_or("unknown").to_string(),
+        )
+    }
+}
+
+fn rpc_attributes(ev: &Event, ctx: &CallContext) -> Vec<KeyValue> {
+    let (service, method) = service_and_method(ev);
+    let system = if service == PIPE_SERVICE {
+        "snakepit_pipe"
+    } else {
+        "grpc"
+    };
+    let mut a = vec![
+        KeyValue::new("rpc.system", system),
+        KeyValue::new("rpc.service", service),
+        KeyValue::new("rpc.method", method),
+    ];
+    if let Some(addr) = &ctx.server_address {
+        a.push(KeyValue::new("server.address", addr.clone()));
+    }
+    if let Some(port) = ctx.server_port {
+        a.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    if let Some(code) = meta_u64(ev, "grpc_status") {
+        a.push(KeyValue::new("rpc.grpc.status_code", code as i64));
+    }
+    if let Some(name) = &ctx.instance_name {
+        a.push(KeyValue::new("snakepit.instance_name", name.clone()));
+    }
+    a.extend(snakepit_attributes(ev));
+    a
+}
+
+/// `snakepit.*` attributes from the event's metadata.
+fn snakepit_attributes(ev: &Event) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(12);
+    for k in [
+        "tool",
+        "library",
+        "function",
+        "pool",
+        "worker_id",
+        "session_id",
+        "correlation_id",
+        "transport",
+        "result",
+        "error_type",
+    ] {
+        if let Some(v) = meta_str(ev, k) {
+            a.push(KeyValue::new(format!("snakepit.{k}"), v.to_string()));
+        }
+    }
+    for k in [
+        "beam_pid",
+        "worker_pid",
+        "conn_id",
+        "stream_id",
+        "request_id",
+    ] {
+        if let Some(v) = meta_u64(ev, k) {
+            a.push(KeyValue::new(format!("snakepit.{k}"), v as i64));
+        }
+    }
+    a
+}
+
+fn push_byte_counts(ev: &Event, a: &mut Vec<KeyValue>) {
+    for k in ["request_bytes", "response_bytes", "chunks"] {
+        if let Some(v) = ev.measurements.get(k).and_then(Value::as_u64) {
+            a.push(KeyValue::new(format!("snakepit.{k}"), v as i64));
+        }
+    }
+}
+
+fn exception_attributes(ev: &Event) -> Vec<KeyValue> {
+    let mut a = Vec::with_capacity(3);
+    let ty = meta_str(ev, "error_type")
+        .or_else(|| meta_str(ev, "kind"))
+        .unwrap_or("error");
+    a.push(KeyValue::new("exception.type", ty.to_string()));
+    if let Some(msg) = meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason")) {
+        a.push(KeyValue::new("exception.message", msg.to_string()));
+    }
+    a
+}
+
+fn error_description(ev: &Event) -> String {
+    let ty = meta_str(ev, "error_type").or_else(|| meta_str(ev, "kind"));
+    let msg = meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason"));
+    match (ty, msg) {
+        (Some(t), Some(m)) => format!("{t}: {m}"),
+        (Some(t), None) => t.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => "error".to_string(),
+    }
+}
+
+/// The string whose hash is the call's trace id (see the module comment).
+pub fn trace_key(ev: &Event) -> String {
+    let corr = meta_str(ev, "correlation_id");
+    let pipe = meta_str(ev, "transport") == Some("pipe");
+    match (corr, pipe) {
+        (Some(c), false) => format!("corr:{c}"),
+        (Some(c), true) => format!(
+            "pipe:{}:{}:{c}",
+            meta_u64(ev, "beam_pid").unwrap_or(0),
+            meta_u64(ev, "worker_pid").unwrap_or(0)
+        ),
+        (None, _) => format!(
+            "call:{}:{}:{}:{}",
+            meta_u64(ev, "beam_pid").unwrap_or(0),
+            meta_u64(ev, "conn_id").unwrap_or(0),
+            meta_u64(ev, "stream_id")
+                .or_else(|| meta_u64(ev, "request_id"))
+                .unwrap_or(0),
+            ev.time_unix_nano
+        ),
+    }
+}
+
+/// The trace id of a gRPC call with this correlation id.
+pub fn trace_id_for_correlation_id(correlation_id: &str) -> [u8; 16] {
+    hash128(format!("corr:{correlation_id}").as_bytes())
+}
+
+fn meta_str<'a>(ev: &'a Event, k: &str) -> Option<&'a str> {
+    ev.metadata.get(k).and_then(Value::as_str)
+}
+
+fn meta_u64(ev: &Event, k: &str) -> Option<u64> {
+    ev.metadata.get(k).and_then(Value::as_u64)
+}
+
+fn to_time(unix_nano: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(unix_nano)
+}
+
+/// FNV-1a with a seed, then a splitmix64 finalizer: stable across builds and platforms
+/// (std's hashers promise neither).
+fn hash_seeded(bytes: &[u8], seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn hash64(bytes: &[u8]) -> [u8; 8] {
+    // An all-zero id is invalid in OTLP.
+    let h = hash_seeded(bytes, 0x5eed_0001).max(1);
+    h.to_be_bytes()
+}
+
+fn hash128(bytes: &[u8]) -> [u8; 16] {
+    let hi = hash_seeded(bytes, 0x5eed_0002);
+    let lo = hash_seeded(bytes, 0x5eed_0003).max(1);
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&hi.to_be_bytes());
+    out[8..].copy_from_slice(&lo.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> InstrumentationScope {
+        InstrumentationScope::builder("test").build()
+    }
+
+    fn grpc_stop() -> Event {
+        Event::new(schema::CALL_STOP)
+            .at(10_000_000)
+            .measure("duration", 4_000_000u64)
+            .measure("queue_time", 500_000u64)
+            .measure("python_time", 2_000_000u64)
+            .measure("request_bytes", 116u64)
+            .meta("operation", "ExecuteTool")
+            .meta("tool", "echo")
+            .meta("function", "echo")
+            .meta("library", "demo_adapter.DemoAdapter")
+            .meta("pool", "default")
+            .meta("worker_id", "default_worker_1")
+            .meta("session_id", "sess_1")
+            .meta("correlation_id", "c-1")
+            .meta("beam_pid", 100u64)
+            .meta("worker_pid", 200u64)
+            .meta("worker_tid", 201u64)
+            .meta("conn_id", 7u64)
+            .meta("stream_id", 5u64)
+            .meta("transport", "grpc")
+            .meta("grpc_status", 0u64)
+            .meta("result", "ok")
+    }
+
+    fn attr<'a>(s: &'a SpanData, k: &str) -> Option<&'a opentelemetry::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| &kv.value)
+    }
+
+    fn nanos(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
+    fn by_kind(spans: &[SpanData], kind: SpanKind) -> Vec<&SpanData> {
+        spans.iter().filter(|s| s.span_kind == kind).collect()
+    }
+
+    #[test]
+    fn a_grpc_call_gives_client_server_queue_and_python_spans_in_one_trace() {
+        let ctx = CallContext {
+            server_address: Some("127.0.0.1".into()),
+            server_port: Some(4000),
+            instance_name: Some("demo".into()),
+        };
+        let spans = call_spans(&grpc_stop(), &ctx, &scope()).expect("call spans");
+        assert_eq!(spans.len(), 4);
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        let server = by_kind(&spans, SpanKind::Server)[0];
+        let queue = spans
+            .iter()
+            .find(|s| s.name == "snakepit.queue")
+            .expect("queue");
+        let python = spans
+            .iter()
+            .find(|s| s.name == "snakepit.python")
+            .expect("python");
+
+        let tid = TraceId::from_bytes(trace_id_for_correlation_id("c-1"));
+        assert!(spans.iter().all(|s| s.span_context.trace_id() == tid));
+        assert_eq!(client.parent_span_id, SpanId::INVALID);
+        assert_eq!(server.parent_span_id, client.span_context.span_id());
+        assert_eq!(queue.parent_span_id, client.span_context.span_id());
+        assert_eq!(python.parent_span_id, server.span_context.span_id());
+
+        // t0 = 6 ms, t1 = 6.5 ms, t2 = 8.5 ms, t3 = 10 ms.
+        assert_eq!(
+            (nanos(client.start_time), nanos(client.end_time)),
+            (6_000_000, 10_000_000)
+        );
+        assert_eq!(
+            (nanos(server.start_time), nanos(server.end_time)),
+            (6_500_000, 8_500_000)
+        );
+        assert_eq!(
+            (nanos(queue.start_time), nanos(queue.end_time)),
+            (6_000_000, 6_500_000)
+        );
+        assert_eq!(nanos(python.end_time), 8_500_000);
+
+        assert_eq!(server.name, "snakepit.bridge.BridgeService/ExecuteTool");
+        for s in [client, server] {
+            assert_eq!(
+                attr(s, "rpc.system").map(|v| v.as_str()),
+                Some("grpc".into())
+            );
+            assert_eq!(
+                attr(s, "rpc.method").map(|v| v.as_str()),
+                Some("ExecuteTool".into())
+            );
+            assert_eq!(
+                attr(s, "rpc.grpc.status_code"),
+                Some(&opentelemetry::Value::I64(0))
+            );
+            assert_eq!(
+                attr(s, "server.port"),
+                Some(&opentelemetry::Value::I64(4000))
+            );
+            assert_eq!(
+                attr(s, "snakepit.correlation_id").map(|v| v.as_str()),
+                Some("c-1".into())
+            );
+            assert_eq!(
+                attr(s, "snakepit.worker_pid"),
+                Some(&opentelemetry::Value::I64(200))
+            );
+            assert_eq!(s.status, Status::Unset);
+        }
+        assert_eq!(
+            attr(server, "thread.id"),
+            Some(&opentelemetry::Value::I64(201))
+        );
+        // Same event, same ids.
+        let again = call_spans(&grpc_stop(), &ctx, &scope()).expect("spans");
+        assert_eq!(again, spans);
+    }
+
+    #[test]
+    fn a_failed_call_has_error_status_and_an_exception_event_on_the_server_span() {
+        let ev = grpc_stop()
+            .meta("result", "error")
+            .meta("error_type", "ValueError")
+            .meta("error_message", "boom");
+        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        let server = by_kind(&spans, SpanKind::Server)[0];
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(server.status, Status::error("ValueError: boom"));
+        assert_eq!(client.status, Status::error("ValueError: boom"));
+        assert_eq!(server.events.events.len(), 1);
+        let e = &server.events.events[0];
+        assert_eq!(e.name, "exception");
+        assert!(e
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "exception.type" && kv.value.as_str() == "ValueError"));
+        assert!(client.events.events.is_empty());
+    }
+
+    #[test]
+    fn a_call_exception_event_is_an_error() {
+        let mut ev = grpc_stop()
+            .meta("kind", "exit")
+            .meta("reason", "worker died");
+        ev.name = schema::CALL_EXCEPTION
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ev.measurements.remove("python_time");
+        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        // No worker-side end: client + queue only; the exception sits on the client.
+        assert_eq!(spans.len(), 2);
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(client.status, Status::error("exit: worker died"));
+        assert_eq!(client.events.events.len(), 1);
+    }
+
+    #[test]
+    fn a_pipe_call_has_no_server_span_and_a_per_worker_trace() {
+        let ev = Event::new(schema::CALL_STOP)
+            .at(5_000_000)
+            .measure("duration", 1_000_000u64)
+            .measure("queue_time", 100_000u64)
+            .meta("transport", "pipe")
+            .meta("operation", "pipe")
+            .meta("tool", "echo")
+            .meta("correlation_id", "1")
+            .meta("request_id", 1u64)
+            .meta("beam_pid", 100u64)
+            .meta("worker_pid", 300u64)
+            .meta("result", "ok");
+        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        assert_eq!(spans.len(), 2);
+        assert!(by_kind(&spans, SpanKind::Server).is_empty());
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(client.name, "snakepit.pipe/echo");
+        assert_ne!(
+            client.span_context.trace_id(),
+            TraceId::from_bytes(trace_id_for_correlation_id("1"))
+        );
+    }
+
+    #[test]
+    fn a_worker_only_call_has_a_root_server_span() {
+        let mut ev = grpc_stop();
+        ev.measurements.remove("queue_time");
+        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        assert_eq!(spans.len(), 2);
+        let server = by_kind(&spans, SpanKind::Server)[0];
+        assert_eq!(server.parent_span_id, SpanId::INVALID);
+        assert_eq!(nanos(server.end_time), 10_000_000);
+        assert_eq!(nanos(server.start_time), 8_000_000);
+    }
+
+    #[test]
+    fn other_events_give_no_spans() {
+        let ev = Event::new(schema::POOL_SIZE);
+        assert!(call_spans(&ev, &CallContext::default(), &scope()).is_none());
+    }
+
+    #[test]
+    fn ids_are_never_zero_and_differ_by_input() {
+        assert_ne!(hash64(b"a"), hash64(b"b"));
+        assert_ne!(hash128(b"a"), [0u8; 16]);
+    }
+}
