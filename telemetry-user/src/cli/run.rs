@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// Per-connection I/O summary interval in milliseconds.
     #[arg(long)]
     pub summary_interval_ms: Option<u64>,
+    /// Serve /metrics and the live page on ADDR (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl RunArgs {
@@ -52,6 +55,10 @@ impl RunArgs {
         }
         if let Some(ms) = self.summary_interval_ms {
             cfg.output.summary_interval_ms = ms;
+        }
+        if let Some(addr) = self.http_listen {
+            cfg.http.enabled = true;
+            cfg.http.listen = addr;
         }
         cfg.discovery
             .worker_cmdline_patterns
