@@ -15,6 +15,8 @@ use super::{
 pub const CHANNEL_CAPACITY: usize = 65536;
 /// Records taken per wakeup before they are forwarded.
 const BATCH: usize = 1024;
+/// Pause after draining the ring (adds at most this much latency to events).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub(crate) async fn run(
     mut afd: AsyncFd<RingBuf<MapData>>,
@@ -55,6 +57,12 @@ pub(crate) async fn run(
             if tx.send(ev).await.is_err() {
                 return; // consumer gone
             }
+        }
+        if drained {
+            // The kernel wakes epoll for every record: under load that is a thread
+            // switch per syscall observed. Pausing briefly once the ring is empty lets
+            // records gather, so one wakeup drains many (the ring is sized for it).
+            tokio::time::sleep(COALESCE).await;
         }
     }
 }
