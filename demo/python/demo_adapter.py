@@ -61,6 +61,10 @@ class DemoAdapter:
                 ],
             ),
             Tool("exit", self.exit, "Kills the worker with os._exit(code)", [("code", "integer", False)]),
+            # GPU tools (gpu_tools.py; torch or cupy, only for `cargo xtask gpu-check`).
+            Tool("gpu_alloc", self.gpu_tool, "Allocates and holds `mb` MiB of GPU memory", [("mb", "integer", False)]),
+            Tool("gpu_free", self.gpu_tool, "Frees what gpu_alloc holds", []),
+            Tool("gpu_info", self.gpu_tool, "GPU backend and MiB held", []),
         ):
             self.tools[tool.name] = tool
 
@@ -158,6 +162,11 @@ class DemoAdapter:
         if not callable(func):
             raise TypeError("%s.%s is not callable" % (module_name, function))
         return to_jsonable(func(*args, **kwargs))
+
+    def gpu_tool(self, params, _binary, ctx):
+        import gpu_tools  # imported on first use: torch/cupy are not demo dependencies
+
+        return getattr(gpu_tools, ctx["tool_name"])(params)
 
     def exit(self, params, _binary, _ctx):
         code = int(params.get("code", 1))
