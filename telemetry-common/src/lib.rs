@@ -287,7 +287,8 @@ pub struct IoEventHeader {
     pub seq: u64,
     /// Frame cursor when the syscall began: offset of the first frame header in this
     /// syscall's bytes, or CURSOR_UNKNOWN. With `partial_in` > 0 a header began in the
-    /// previous syscall: its last MAX(hdr) - partial_in bytes start this one.
+    /// previous syscall: its remaining (header length - partial_in) bytes start this
+    /// one. Set for ret > 0 only.
     pub cursor_in: u32,
     pub partial_in: u8,
     /// FRAMING_* (how the cursor fared in this syscall).

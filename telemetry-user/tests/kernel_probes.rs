@@ -698,40 +698,7 @@ fn frame_cursor_http2_socket() {
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let (stream, heads) = http2_stream(&mut rng, 200, 20000);
         let plan = http2_plan(&heads, stream.len());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let plan_path = dir.path().join("plan.json");
-        let data_path = dir.path().join("data.bin");
-        std::fs::write(&plan_path, serde_json::to_vec(&plan).expect("json")).expect("plan");
-        std::fs::write(&data_path, &stream).expect("data");
-
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(CHILD_PLAN)
-            .arg(&plan_path)
-            .arg(&data_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed by this test");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("child ready");
-        assert_eq!(line.trim(), "ready");
-        let pid = child.id();
-        probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
-        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-        line.clear();
-        out.read_line(&mut line).expect("fds");
-        let fds: Vec<i32> = line
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        assert_eq!(fds.len(), 2, "child output {line:?}");
-        assert!(child.wait().unwrap().success(), "child failed");
-        let evs = collect(&mut rx, Duration::from_secs(20), |evs| {
-            exit_of(evs, pid).is_some()
-        })
-        .await;
+        let (pid, evs, fds) = run_plan(&mut probes, &mut rx, &stream, &plan).await;
 
         let out_recs = io_stream(&evs, pid, fds[0], Direction::Egress);
         let in_recs = io_stream(&evs, pid, fds[1], Direction::Ingress);
@@ -915,38 +882,7 @@ fn frame_cursor_garbage() {
                 iov: vec![stream.len() - 15_007],
             },
         ];
-        let dir = tempfile::tempdir().expect("tempdir");
-        let plan_path = dir.path().join("plan.json");
-        let data_path = dir.path().join("data.bin");
-        std::fs::write(&plan_path, serde_json::to_vec(&plan).expect("json")).expect("plan");
-        std::fs::write(&data_path, &stream).expect("data");
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(CHILD_PLAN)
-            .arg(&plan_path)
-            .arg(&data_path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("ready");
-        let pid = child.id();
-        probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
-        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-        line.clear();
-        out.read_line(&mut line).expect("fds");
-        let fds: Vec<i32> = line
-            .split_whitespace()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        assert!(child.wait().unwrap().success(), "child failed");
-        let evs = collect(&mut rx, Duration::from_secs(10), |evs| {
-            exit_of(evs, pid).is_some()
-        })
-        .await;
-        assert_eq!(fds.len(), 2, "{line:?}");
+        let (pid, evs, fds) = run_plan(&mut probes, &mut rx, &stream, &plan).await;
         let w = io_stream(&evs, pid, fds[0], Direction::Egress);
         let st: Vec<FrameStatus> = w.iter().map(|r| r.frame_status).collect();
         assert_eq!(st, vec![FrameStatus::Lost, FrameStatus::Unknown], "{w:?}");
@@ -1076,5 +1012,84 @@ fn frame_cursor_cost() {
                 ns as f64 / runs.max(1) as f64
             );
         }
+    });
+}
+
+/// Runs CHILD_PLAN for `stream` / `plan` in a watched child; returns its pid, the
+/// events and (connecting fd, accepted fd).
+async fn run_plan(
+    probes: &mut Probes,
+    rx: &mut Receiver<KernelEvent>,
+    stream: &[u8],
+    plan: &[Op],
+) -> (u32, Vec<KernelEvent>, [i32; 2]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan_path = dir.path().join("plan.json");
+    let data_path = dir.path().join("data.bin");
+    std::fs::write(&plan_path, serde_json::to_vec(plan).expect("json")).expect("plan");
+    std::fs::write(&data_path, stream).expect("data");
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(CHILD_PLAN)
+        .arg(&plan_path)
+        .arg(&data_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready");
+    let pid = child.id();
+    probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).expect("fds");
+    let fds: Vec<i32> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert!(child.wait().unwrap().success(), "child failed");
+    let evs = collect(rx, Duration::from_secs(10), |evs| {
+        exit_of(evs, pid).is_some()
+    })
+    .await;
+    assert_eq!(fds.len(), 2, "{line:?}");
+    (pid, evs, [fds[0], fds[1]])
+}
+
+/// More headers beyond the prefix than MAX_MARKS in one syscall: the record carries
+/// MAX_MARKS valid marks, says Lost, the loss is counted and later records are plain.
+#[test]
+fn frame_cursor_too_many_frames() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut rng = Rng(0x7007_0000_0000_0003);
+        let (stream, heads) = http2_stream(&mut rng, 120, 1000);
+        let first = stream.len() - 500;
+        let plan = vec![
+            Op {
+                op: "sendmsg",
+                iov: vec![first],
+            },
+            Op {
+                op: "write",
+                iov: vec![500],
+            },
+        ];
+        let (pid, evs, fds) = run_plan(&mut probes, &mut rx, &stream, &plan).await;
+        let w = io_stream(&evs, pid, fds[0], Direction::Egress);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].frame_status, FrameStatus::Lost);
+        assert_eq!(w[0].marks.len(), telemetry_common::MAX_MARKS as usize);
+        for m in &w[0].marks {
+            let off = m.offset as usize;
+            assert!(heads.binary_search(&off).is_ok(), "mark at {off}");
+            assert_eq!(&m.bytes[..], &stream[off..off + m.bytes.len()]);
+        }
+        assert_eq!(w[1].frame_status, FrameStatus::Unknown);
+        assert!(probes.stats().get(PROBE_SENDMSG, STAT_CURSOR_LOST) >= 1);
     });
 }
