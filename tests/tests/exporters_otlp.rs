@@ -74,7 +74,7 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
     let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
     demo.stop().expect("demo stop");
     std::thread::sleep(Duration::from_millis(1_000));
-    agent.stop().expect("agent stop");
+    let events = agent.stop().expect("agent stop");
 
     let spans = receiver.spans();
     let grpc: Vec<&GroundTruthCall> = truth.iter().filter(|g| g.transport == "grpc").collect();
@@ -278,12 +278,27 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
         .map(|v| v.1)
         .sum();
     assert_eq!(python as usize, grpc.len(), "python_time histogram count");
-    let sizes = last("snakepit.pool.size");
+    // The pools empty at the demo's stop: compare the largest size while it ran with
+    // the agent's own pool.size events.
+    let default_size = points
+        .iter()
+        .filter(|p| p.metric == "snakepit.pool.size" && p.kind == "gauge")
+        .filter(|p| p.attributes.get("pool").and_then(Value::as_str) == Some("default"))
+        .map(|p| p.value)
+        .fold(0.0, f64::max);
+    let event_size = events
+        .iter()
+        .filter(|e| snakepit_testkit::agent::is_event(e, &["snakepit", "pool", "size"]))
+        .filter(|e| e["metadata"]["pool"] == "default")
+        .filter_map(|e| e["measurements"]["size"].as_f64())
+        .fold(0.0, f64::max);
     assert!(
-        sizes
-            .iter()
-            .any(|(k, v)| k.contains("\"pool\":\"default\"") && v.0 >= 1.0),
-        "pool size gauge: {sizes:?}"
+        default_size >= 2.0,
+        "snakepit.pool.size for the default pool: {default_size}"
+    );
+    assert_eq!(
+        default_size, event_size,
+        "gauge vs the agent's pool.size events"
     );
     assert!(points
         .iter()
@@ -311,7 +326,7 @@ fn agent_pid(output: &Path) -> u32 {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.iter().any(|a| a.contains("snakepit-agent")) && args.contains(&want) {
+        if args.iter().any(|a| a == "--output") && args.contains(&want) {
             return pid;
         }
     }
