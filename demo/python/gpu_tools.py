@@ -77,10 +77,11 @@ def gpu_alloc(params):
             _held.append(buf)
         mod.cuda.synchronize()
     else:
-        mod.zeros(1)
+        # cudaFree(0) creates the context; alloc + memset need no kernel compiler (NVRTC).
+        mod.cuda.runtime.free(0)
         if nbytes:
-            buf = mod.empty(nbytes, dtype=mod.uint8)
-            buf.fill(1)
+            buf = mod.cuda.alloc(nbytes)
+            buf.memset(1, nbytes)
             _held.append(buf)
         mod.cuda.Device().synchronize()
     _state["held_mb"] += mb

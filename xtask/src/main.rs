@@ -4,6 +4,7 @@
 //! idempotent and cheap when everything is already there.
 mod bench;
 mod demo;
+mod gpu_check;
 mod setup;
 mod test;
 
@@ -43,6 +44,10 @@ enum Task {
         #[arg(long, default_value_t = 4)]
         workers: u32,
     },
+    /// On a machine with an NVIDIA GPU: a demo worker allocates known amounts of GPU
+    /// memory (CuPy or PyTorch, installed when missing); compares the agent's per-worker
+    /// figures with them and prints the differences.
+    GpuCheck,
     /// Run every test: Rust unit and end-to-end tests, the demo's own self-tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -74,6 +79,11 @@ fn main() -> Result<()> {
                     workers,
                 },
             )
+        }
+        Task::GpuCheck => {
+            gpu_check::require_gpu()?;
+            setup::run(&root)?;
+            gpu_check::run(&root)
         }
         Task::Test { args } => {
             setup::run(&root)?;
