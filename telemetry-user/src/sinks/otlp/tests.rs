@@ -168,3 +168,26 @@ async fn without_an_instance_name_the_first_call_exports_as_snakepit() {
     assert_eq!(named.service_name.as_deref(), Some("svc"));
     named.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_builds_inside_the_runtime_and_counts_failures() {
+    let cfg = OtlpConfig {
+        protocol: OtlpProtocol::HttpProtobuf,
+        export_interval_ms: 100,
+        ..closed_port_config()
+    };
+    let bus = Bus::new(64);
+    let counters = Arc::new(OtlpCounters::default());
+    let sink = tokio::spawn(run_with(cfg, bus.subscribe(), counters.clone()));
+    bus.publish(call_stop(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(bus);
+    tokio::time::timeout(Duration::from_secs(20), sink)
+        .await
+        .expect("sink stops in time")
+        .expect("sink task");
+    let s = counters.snapshot();
+    assert_eq!(s.exported_spans, 0, "{s:?}");
+    assert_eq!(s.failed_spans, 4, "{s:?}");
+    assert!(s.export_failures >= 1, "{s:?}");
+}
