@@ -17,11 +17,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
-    crate::run_cmd(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "-p", "telemetry-user"]),
-    )?;
+    crate::run_cmd(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "telemetry-user",
+    ]))?;
     let dir = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -35,7 +36,10 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     let mut spec = LoadSpec::new(0, args.seconds * 1000, &[("echo", 1)]);
     spec.concurrency = 4;
     // Warm-up: connections, sessions, Python imports.
-    demo.load(&LoadSpec::new(0, 1000, &[("echo", 1)]), &dir.join("warmup.jsonl"))?;
+    demo.load(
+        &LoadSpec::new(0, 1000, &[("echo", 1)]),
+        &dir.join("warmup.jsonl"),
+    )?;
 
     let (mut off_calls, mut on_calls) = (0u64, 0u64);
     let mut agent_cpu = Duration::ZERO;
@@ -51,7 +55,9 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
         agent_cpu += agent.cpu_time().unwrap_or_default().saturating_sub(cpu0);
         on_calls += m;
         let events = agent.stop()?;
-        last_stats = events_named(&events, &["snakepit", "agent", "stats"]).last().map(|e| (*e).clone());
+        last_stats = events_named(&events, &["snakepit", "agent", "stats"])
+            .last()
+            .map(|e| (*e).clone());
         eprintln!("bench: round {round}: detached {n} calls, attached {m} calls");
     }
     demo.stop()?;
@@ -61,7 +67,10 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     let on_rate = on_calls as f64 / secs;
     println!("calls/s detached        {off_rate:.1}");
     println!("calls/s attached        {on_rate:.1}");
-    println!("ratio attached/detached {:.3}", on_rate / off_rate.max(1e-9));
+    println!(
+        "ratio attached/detached {:.3}",
+        on_rate / off_rate.max(1e-9)
+    );
     println!(
         "agent CPU per 1000 calls {:.1} ms",
         agent_cpu.as_secs_f64() * 1000.0 / (on_calls.max(1) as f64 / 1000.0)
@@ -88,5 +97,7 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
 }
 
 fn calls(reply: serde_json::Value) -> Result<u64> {
-    reply["calls"].as_u64().context("load reply without a call count")
+    reply["calls"]
+        .as_u64()
+        .context("load reply without a call count")
 }

@@ -7,11 +7,12 @@ use std::process::Command;
 
 pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     // The end-to-end tests run the agent binary: build it first.
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "-p", "telemetry-user"]),
-    )?;
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "telemetry-user",
+    ]))?;
     run_cmd(
         Command::new(root.join(".venv/bin/python"))
             .current_dir(root)

@@ -115,6 +115,7 @@ impl Pipeline {
             // hold a sequence number: they pass through the assembler as empty.
             len: rec.ret.max(0) as usize,
             payload: rec.payload,
+            marks: rec.marks.into_iter().map(|m| (m.offset, m.bytes)).collect(),
             ts_enter_ns: rec.ts_enter_ns,
             ts_exit_ns: rec.ts_exit_ns,
             tid: rec.tid,
@@ -308,7 +309,11 @@ impl Pipeline {
         match &mut d.decoder {
             Decoder::Ignore => {}
             Decoder::Grpc(dec) => {
-                for ev in dec.feed(&chunk.payload, chunk.len) {
+                let mut events = Vec::new();
+                for (bytes, span) in chunk.pieces() {
+                    events.extend(dec.feed(bytes, span));
+                }
+                for ev in events {
                     let what = match ev {
                         GrpcEvent::Headers {
                             stream_id,
@@ -361,7 +366,11 @@ impl Pipeline {
                 }
             }
             Decoder::Packet(dec) => {
-                for packet in dec.feed(&chunk.payload, chunk.len) {
+                let mut packets = Vec::new();
+                for (bytes, span) in chunk.pieces() {
+                    packets.extend(dec.feed(bytes, span));
+                }
+                for packet in packets {
                     let len = packet.len;
                     let what = match (flow, packet.message()) {
                         (Flow::Request, PortMessage::Request { id, command, args }) => {

@@ -17,9 +17,44 @@ pub struct Chunk {
     pub len: usize,
     /// The captured prefix of those bytes (`payload.len() <= len`).
     pub payload: Bytes,
+    /// Further known bytes beyond the prefix: (offset in this syscall's bytes, bytes),
+    /// sorted. The kernel's frame cursor copies each frame header it finds there.
+    pub marks: Vec<(u32, Bytes)>,
     pub ts_enter_ns: u64,
     pub ts_exit_ns: u64,
     pub tid: u32,
+}
+
+impl Chunk {
+    /// The syscall's bytes as `(known bytes, span)` pieces in order: each piece's
+    /// known bytes start its span, the rest of the span is unknown. This is the
+    /// `feed(captured, total_len)` shape every wire decoder takes.
+    pub fn pieces(&self) -> Vec<(&[u8], usize)> {
+        let mut known: Vec<(usize, &[u8])> = Vec::with_capacity(1 + self.marks.len());
+        known.push((0, &self.payload[..]));
+        for (off, bytes) in &self.marks {
+            let off = *off as usize;
+            let (last_off, last) = known[known.len() - 1];
+            let covered = last_off + last.len();
+            if off >= self.len || off + bytes.len() <= covered {
+                continue; // outside the syscall, or nothing new
+            }
+            // A mark may overlap what is already known: keep only its new part.
+            let skip = covered.saturating_sub(off);
+            known.push((off + skip, &bytes[skip..]));
+        }
+        let mut out = Vec::with_capacity(known.len());
+        for (i, (off, bytes)) in known.iter().enumerate() {
+            let end = known.get(i + 1).map(|k| k.0).unwrap_or(self.len);
+            let span = end.saturating_sub(*off);
+            if span == 0 {
+                continue;
+            }
+            let bytes = &bytes[..bytes.len().min(span)];
+            out.push((bytes, span));
+        }
+        out
+    }
 }
 
 /// What the assembler hands on, in stream order.
@@ -188,6 +223,7 @@ mod tests {
             seq,
             len: 1,
             payload: Bytes::from(vec![seq as u8]),
+            marks: Vec::new(),
             ts_enter_ns: t,
             ts_exit_ns: t,
             tid: 1,
@@ -248,6 +284,22 @@ mod tests {
         a.push(K, chunk(3, 3));
         let out = a.push(K, chunk(4, 4));
         assert_eq!(seqs(&out), vec![-1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn pieces_cover_the_syscall_with_marks_after_the_prefix() {
+        let c = Chunk {
+            seq: 0,
+            len: 100,
+            payload: Bytes::from_static(b"abcd"),
+            marks: vec![(3, Bytes::from_static(b"dEF")), (50, Bytes::from_static(b"XY"))],
+            ts_enter_ns: 0,
+            ts_exit_ns: 0,
+            tid: 1,
+        };
+        let p = c.pieces();
+        assert_eq!(p, vec![(&b"abcd"[..], 4), (&b"EF"[..], 46), (&b"XY"[..], 50)]);
+        assert_eq!(p.iter().map(|x| x.1).sum::<usize>(), 100);
     }
 
     #[test]
