@@ -30,6 +30,8 @@ pub struct Config {
     pub http: crate::sinks::web::HttpConfig,
     /// OpenTelemetry (OTLP) export of call spans and metrics.
     pub otlp: crate::sinks::otlp::OtlpConfig,
+    /// GPU memory sampling (NVML).
+    pub gpu: crate::gpu::GpuConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +136,9 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate().map_err(ConfigError::Invalid)?;
+        self.gpu
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let max = telemetry_common::MAX_CAPTURE as u32;
         if self.capture.bytes == 0 || self.capture.bytes > max {
             return Err(ConfigError::Invalid(format!(

@@ -50,6 +50,9 @@ pub struct Agent {
     observations: Vec<Observation>,
     /// The first /proc scan is done: what is found from now on started while we watch.
     initial_scan_done: bool,
+    /// Worker pids for the GPU sampler's attribution.
+    gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
+    _gpu: crate::gpu::GpuHandle,
     counters: Counters,
 }
 
@@ -116,6 +119,19 @@ impl Agent {
                 }
             });
         }
+        // GPU memory (NVML): runs until `gpu_workers` is dropped; without NVML it says
+        // why in one line and ends.
+        let gpu = crate::gpu::GpuHandle::new(&config.gpu);
+        let (gpu_workers, gpu_workers_rx) =
+            tokio::sync::watch::channel(crate::gpu::WorkerMap::new());
+        if config.gpu.enabled {
+            tokio::spawn(crate::gpu::run(
+                config.gpu.clone(),
+                bus.clone(),
+                gpu_workers_rx,
+                gpu.clone(),
+            ));
+        }
         let d = &config.discovery;
         let selectors = Selectors {
             worker_patterns: d.worker_cmdline_patterns.clone(),
@@ -142,6 +158,8 @@ impl Agent {
             tracker: CallTracker::new(tracker_config, tracker_bus),
             observations: Vec::new(),
             initial_scan_done: false,
+            gpu_workers,
+            _gpu: gpu,
             counters: Counters::default(),
         };
         let changes = agent.discovery.full_scan();
@@ -217,9 +235,11 @@ impl Agent {
             logger,
             bus,
             tracker,
+            gpu_workers,
             ..
         } = self;
         drop(tracker);
+        drop(gpu_workers);
         drop(bus);
         let _ = sink.await;
         let _ = logger.await;
@@ -365,6 +385,22 @@ impl Agent {
         self.feed_tracker();
         self.finish_closing(kernel::monotonic_now_ns());
         self.sync_watch_maps();
+        if changes.iter().any(|c| {
+            matches!(
+                c,
+                TopologyChange::WorkerDiscovered(_) | TopologyChange::WorkerExited { .. }
+            )
+        }) {
+            let map: crate::gpu::WorkerMap = self
+                .discovery
+                .snapshot()
+                .deployments
+                .iter()
+                .flat_map(|d| d.pools.iter().flat_map(|p| p.workers.iter()))
+                .map(|w| (w.pid, crate::gpu::WorkerRef::from(w)))
+                .collect();
+            let _ = self.gpu_workers.send(map);
+        }
     }
 
     fn feed_tracker(&mut self) {
@@ -509,6 +545,7 @@ impl Agent {
         let asm = self.pipeline.assembly_stats();
         let ps = self.pipeline.stats;
         let ts = self.tracker.stats();
+        let otlp = crate::sinks::otlp::stats();
         Event::new(schema::AGENT_STATS)
             .measure("decode_errors", wire.total_errors())
             .measure("decode_gap_bytes", wire.gap_bytes)
@@ -520,6 +557,11 @@ impl Agent {
             .measure("pending_dropped", ps.pending_dropped)
             .measure("decoder_restarts", ps.decoder_restarts)
             .meta("decode_errors_by_kind", wire_errors)
+            .meta(
+                "export_failures",
+                serde_json::json!({"otlp": otlp.export_failures}),
+            )
+            .meta("otlp", serde_json::to_value(otlp).unwrap_or_default())
             .meta("calls", serde_json::to_value(&ts).unwrap_or_default())
             .measure("kernel_events", self.counters.kernel_events)
             .measure("ring_records", records)

@@ -28,6 +28,8 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         };
         println!("tracepoint          {tp:<40} {state}");
     }
+    // The GPU is optional: its absence is reported, not a problem.
+    println!("GPU (NVML)          {}", crate::gpu::probe().line());
     let mut problems = pf.problems();
     if !args.no_load && problems.is_empty() {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -52,7 +52,10 @@ impl BusReceiver {
                 Ok(ev) => return Some(ev),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
                     self.lagged.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(lost = n, "a sink fell behind the event bus; events lost for it");
+                    tracing::warn!(
+                        lost = n,
+                        "a sink fell behind the event bus; events lost for it"
+                    );
                 }
                 Err(_) => return None,
             }

@@ -292,13 +292,19 @@ mod tests {
             seq: 0,
             len: 100,
             payload: Bytes::from_static(b"abcd"),
-            marks: vec![(3, Bytes::from_static(b"dEF")), (50, Bytes::from_static(b"XY"))],
+            marks: vec![
+                (3, Bytes::from_static(b"dEF")),
+                (50, Bytes::from_static(b"XY")),
+            ],
             ts_enter_ns: 0,
             ts_exit_ns: 0,
             tid: 1,
         };
         let p = c.pieces();
-        assert_eq!(p, vec![(&b"abcd"[..], 4), (&b"EF"[..], 46), (&b"XY"[..], 50)]);
+        assert_eq!(
+            p,
+            vec![(&b"abcd"[..], 4), (&b"EF"[..], 46), (&b"XY"[..], 50)]
+        );
         assert_eq!(p.iter().map(|x| x.1).sum::<usize>(), 100);
     }
 

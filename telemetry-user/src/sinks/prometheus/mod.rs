@@ -429,7 +429,7 @@ impl Metrics {
                 .inc();
         } else if ev.is(schema::AGENT_STATS) {
             self.agent_stats(ev);
-        } else if ends_with(ev, &["memory", "gpu"]) {
+        } else if ends_with(ev, &["memory", "gpu"]) || ends_with(ev, &["memory", "gpu_worker"]) {
             self.gpu_memory(ev);
         } else if ends_with(ev, &["memory", "allocate"]) || ends_with(ev, &["memory", "release"]) {
             let memory_type = self.label("memory_type", meta_str(ev, "type"));
@@ -547,8 +547,14 @@ impl Metrics {
             pool,
             worker_id,
         };
+        // A worker's own figure (`gpu_worker` events) is its allocation on the device.
+        let allocated_key = if measure_f64(ev, "used_mb").is_some() {
+            "used_mb"
+        } else {
+            "allocated_mb"
+        };
         for (key, family) in [
-            ("allocated_mb", &self.gpu_allocated),
+            (allocated_key, &self.gpu_allocated),
             ("reserved_mb", &self.gpu_reserved),
             ("free_mb", &self.gpu_free),
             ("total_mb", &self.gpu_total),
