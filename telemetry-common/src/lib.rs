@@ -99,6 +99,10 @@ pub const FRAMING_TRACKED: u8 = 1;
 /// The cursor was known at the start but lost in this syscall (bad header, too many
 /// marks, unreadable buffer); marks before the loss are still valid.
 pub const FRAMING_LOST: u8 = 2;
+/// Cursor tracked through this syscall, but more headers lay beyond the prefix than
+/// there are mark slots: the marks cover only the start; the cursor for the next
+/// syscall is still exact (its `cursor_in` lets a decoder resynchronise).
+pub const FRAMING_OVERFLOW: u8 = 3;
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 128;
 

@@ -15,12 +15,12 @@ use aya_ebpf::{
 };
 use telemetry_common::{
     FdKey, FdState, IoEvent, PendingIo, Syscall, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS, FD_PIPE,
-    FRAMING_LOST, FRAMING_TRACKED, FRAMING_UNKNOWN, HTTP2_HDR_LEN, HTTP2_MAX_FRAME_TYPE,
-    IO_DATA_AREA, IO_HEADER_LEN, KIND_IO, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_HDR_LEN,
-    MAX_IOVECS, MAX_MARKS, MAX_WALK_STEPS, PACKET4_HDR_LEN, PACKET4_MAX_LEN, PROBE_READ,
-    PROBE_READV, PROBE_RECVFROM, PROBE_RECVMSG, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE,
-    PROBE_WRITEV, STAT_CURSOR_LOST, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS,
-    STAT_RINGBUF_DROPS, STAT_TRUNCATED,
+    FRAMING_LOST, FRAMING_OVERFLOW, FRAMING_TRACKED, FRAMING_UNKNOWN, HTTP2_HDR_LEN,
+    HTTP2_MAX_FRAME_TYPE, IO_DATA_AREA, IO_HEADER_LEN, KIND_IO, MARK_BYTES, MARK_SLOT_LEN,
+    MAX_CAPTURE, MAX_HDR_LEN, MAX_IOVECS, MAX_MARKS, MAX_WALK_STEPS, PACKET4_HDR_LEN,
+    PACKET4_MAX_LEN, PROBE_READ, PROBE_READV, PROBE_RECVFROM, PROBE_RECVMSG, PROBE_SENDMSG,
+    PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV, STAT_CURSOR_LOST, STAT_EVENTS, STAT_MAP_FULL,
+    STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
 };
 
 use crate::maps::{
@@ -389,7 +389,9 @@ pub struct Walk {
     /// Header bytes already in `hbuf` (a header begun in the last syscall).
     hgot: u32,
     state: u32,
-    _pad: u32,
+    /// More headers than mark slots: later headers were read into a scratch slot
+    /// that is not sent.
+    overflow: u32,
     hbuf: [u8; 16],
 }
 
@@ -452,6 +454,7 @@ fn follow_frames(
     }
     w.captured = captured;
     w.marks = 0;
+    w.overflow = 0;
     w.probe = probe;
     w.hdr = hdr;
     w.fd_kind = st.fd_kind;
@@ -483,6 +486,9 @@ fn follow_frames(
                 lost = true;
             }
         }
+    }
+    if !lost && w.overflow != 0 {
+        ev.header.frame_status = FRAMING_OVERFLOW;
     }
     if lost {
         if w.state != WALK_LOST {
@@ -539,8 +545,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     } else if w.pos >= w.mstart && w.pos + k <= w.mend {
         w.mdata + (w.pos - w.mstart)
     } else {
+        // Out of slots: keep following the frames, rewriting the last slot, so the
+        // cursor stays exact for the next syscall (the record says Overflow).
         if w.marks >= MAX_MARKS {
-            return lose(w);
+            w.overflow = 1;
+            w.marks = MAX_MARKS - 1;
         }
         let n = if avail < MARK_BYTES as u64 {
             avail as u32

@@ -62,7 +62,9 @@ impl Agent {
         let stime: u64 = f.next()?.parse().ok()?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Some(std::time::Duration::from_millis((utime + stime) * 1000 / hz))
+        Some(std::time::Duration::from_millis(
+            (utime + stime) * 1000 / hz,
+        ))
     }
 
     pub fn events(&self) -> Vec<Value> {

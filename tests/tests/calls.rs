@@ -20,7 +20,10 @@ fn meta<'a>(e: &'a Value, k: &str) -> Option<&'a str> {
 /// correlation id, pipe calls by (worker id, request id).
 fn call_ends(events: &[Value]) -> HashMap<(String, String), Vec<&Value>> {
     let mut by: HashMap<(String, String), Vec<&Value>> = HashMap::new();
-    for e in events_named(events, CALL_STOP).into_iter().chain(events_named(events, CALL_EXCEPTION)) {
+    for e in events_named(events, CALL_STOP)
+        .into_iter()
+        .chain(events_named(events, CALL_EXCEPTION))
+    {
         let corr = meta(e, "correlation_id").unwrap_or_default().to_string();
         let key = if meta(e, "transport") == Some("pipe") {
             (meta(e, "worker_id").unwrap_or_default().to_string(), corr)
@@ -50,7 +53,8 @@ fn start(dir: &std::path::Path, grpc_workers: u32, pipe_workers: u32) -> (Agent,
         ..DemoOptions::default()
     })
     .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60)).expect("demo ready");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
     // Let discovery pair every connection before the load.
     std::thread::sleep(Duration::from_millis(500));
     (agent, demo)
@@ -89,12 +93,21 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
     let ends = call_ends(&events);
 
     assert!(truth.len() > 200, "load made only {} calls", truth.len());
-    assert!(truth.iter().any(|g| g.transport == "pipe"), "no pipe call in the load");
-    assert!(truth.iter().any(|g| g.method == "ExecuteStreamingTool"), "no streaming call");
+    assert!(
+        truth.iter().any(|g| g.transport == "pipe"),
+        "no pipe call in the load"
+    );
+    assert!(
+        truth.iter().any(|g| g.method == "ExecuteStreamingTool"),
+        "no streaming call"
+    );
     let mut problems = Vec::new();
     for g in &truth {
         let Some(found) = ends.get(&gt_key(g)) else {
-            problems.push(format!("missing: {} {} {}", g.transport, g.tool, g.correlation_id));
+            problems.push(format!(
+                "missing: {} {} {}",
+                g.transport, g.tool, g.correlation_id
+            ));
             continue;
         };
         if found.len() != 1 {
@@ -108,8 +121,16 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
             ("operation", Some(g.method.as_str())),
             ("tool", Some(g.tool.as_str())),
             ("function", Some(want_function.as_str())),
-            ("library", g.library.as_deref().filter(|_| g.tool.starts_with("snakebridge"))),
-            ("session_id", g.session_id.as_deref().filter(|_| g.transport == "grpc")),
+            (
+                "library",
+                g.library
+                    .as_deref()
+                    .filter(|_| g.tool.starts_with("snakebridge")),
+            ),
+            (
+                "session_id",
+                g.session_id.as_deref().filter(|_| g.transport == "grpc"),
+            ),
             ("result", Some(want_result)),
             ("error_type", g.error_type.as_deref()),
             ("pool", Some(g.pool.as_str())),
@@ -118,22 +139,38 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
         for (field, want) in checks {
             if let Some(want) = want {
                 if meta(e, field) != Some(want) {
-                    problems.push(format!("{} {}: {field} = {:?}, want {want}", g.tool, g.correlation_id, meta(e, field)));
+                    problems.push(format!(
+                        "{} {}: {field} = {:?}, want {want}",
+                        g.tool,
+                        g.correlation_id,
+                        meta(e, field)
+                    ));
                 }
             }
         }
         if let Some(pid) = g.worker_pid {
             if e["metadata"]["worker_pid"].as_u64() != Some(pid as u64) {
-                problems.push(format!("{}: worker_pid {} want {pid}", g.correlation_id, e["metadata"]["worker_pid"]));
+                problems.push(format!(
+                    "{}: worker_pid {} want {pid}",
+                    g.correlation_id, e["metadata"]["worker_pid"]
+                ));
             }
         }
     }
     // Nothing extra: user calls reported == calls made.
     let reported: usize = ends.values().map(Vec::len).sum();
     if reported != truth.len() {
-        problems.push(format!("{reported} call events for {} calls made", truth.len()));
+        problems.push(format!(
+            "{reported} call events for {} calls made",
+            truth.len()
+        ));
     }
-    assert!(problems.is_empty(), "{} problems, first: {:#?}", problems.len(), &problems[..problems.len().min(15)]);
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(15)]
+    );
 }
 
 #[test]
@@ -143,7 +180,14 @@ fn durations_match_the_beams_own_measurement() {
     let mut spec = LoadSpec::new(
         50,
         5_000,
-        &[("echo", 3), ("sleep", 2), ("cpu", 1), ("fail", 1), ("stream", 1), ("snakebridge", 1)],
+        &[
+            ("echo", 3),
+            ("sleep", 2),
+            ("cpu", 1),
+            ("fail", 1),
+            ("stream", 1),
+            ("snakebridge", 1),
+        ],
     );
     spec.pools = vec!["default".into(), "legacy".into()];
     spec.concurrency = 2;
@@ -159,10 +203,16 @@ fn durations_match_the_beams_own_measurement() {
     let mut outside = Vec::new();
     let mut far = Vec::new();
     for g in &truth {
-        let e = ends.get(&gt_key(g)).and_then(|v| v.first()).unwrap_or_else(|| panic!("missing {}", g.correlation_id));
+        let e = ends
+            .get(&gt_key(g))
+            .and_then(|v| v.first())
+            .unwrap_or_else(|| panic!("missing {}", g.correlation_id));
         let d = e["measurements"]["duration"].as_u64().expect("duration");
         let diff = d.abs_diff(g.duration_ns);
-        let line = format!("{} {}: agent {d} ns, BEAM {} ns", g.tool, g.correlation_id, g.duration_ns);
+        let line = format!(
+            "{} {}: agent {d} ns, BEAM {} ns",
+            g.tool, g.correlation_id, g.duration_ns
+        );
         if diff > (g.duration_ns / 20).max(200_000) {
             outside.push(line.clone());
         }
@@ -172,12 +222,26 @@ fn durations_match_the_beams_own_measurement() {
         // The split adds up: queue + python never exceed the whole.
         let m = &e["measurements"];
         if let (Some(q), Some(p)) = (m["queue_time"].as_u64(), m["python_time"].as_u64()) {
-            assert!(q + p <= d, "queue {q} + python {p} > duration {d} for {}", g.correlation_id);
+            assert!(
+                q + p <= d,
+                "queue {q} + python {p} > duration {d} for {}",
+                g.correlation_id
+            );
         }
-        assert!(m.get("serialize_time").is_none(), "serialize_time is not measured: must be absent");
+        assert!(
+            m.get("serialize_time").is_none(),
+            "serialize_time is not measured: must be absent"
+        );
     }
-    eprintln!("durations: {} of {} calls outside 5 % / 200 us: {outside:?}", outside.len(), truth.len());
-    assert!(far.is_empty(), "calls off by more than 5 % / 1 ms: {far:#?}");
+    eprintln!(
+        "durations: {} of {} calls outside 5 % / 200 us: {outside:?}",
+        outside.len(),
+        truth.len()
+    );
+    assert!(
+        far.is_empty(),
+        "calls off by more than 5 % / 1 ms: {far:#?}"
+    );
     assert!(
         outside.len() * 50 <= truth.len(),
         "{} of {} calls outside 5 % / 200 us of the BEAM's own duration: {:#?}",
@@ -198,25 +262,44 @@ fn agent_joining_live_connections_names_later_calls() {
         ..DemoOptions::default()
     })
     .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60)).expect("demo ready");
-    let mix = [("echo", 3), ("fail", 1), ("stream", 1), ("snakebridge", 1), ("sleep", 1)];
-    demo.load(&LoadSpec::new(100, 1_500, &mix), &dir.join("gt-before.jsonl")).expect("load before");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
+    let mix = [
+        ("echo", 3),
+        ("fail", 1),
+        ("stream", 1),
+        ("snakebridge", 1),
+        ("sleep", 1),
+    ];
+    demo.load(
+        &LoadSpec::new(100, 1_500, &mix),
+        &dir.join("gt-before.jsonl"),
+    )
+    .expect("load before");
     let before: Vec<GroundTruthCall> = read_jsonl(&dir.join("gt-before.jsonl")).expect("gt");
-    assert!(before.len() >= 100, "only {} calls before the agent", before.len());
+    assert!(
+        before.len() >= 100,
+        "only {} calls before the agent",
+        before.len()
+    );
 
     let agent = Agent::start(&dir, &[]).expect("agent start");
     std::thread::sleep(Duration::from_millis(300));
     let gt_path = dir.join("gt-after.jsonl");
-    demo.load(&LoadSpec::new(100, 4_000, &mix), &gt_path).expect("load after");
+    demo.load(&LoadSpec::new(100, 4_000, &mix), &gt_path)
+        .expect("load after");
     let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("gt");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
     let right = truth
         .iter()
         .filter(|g| {
-            ends.get(&gt_key(g)).and_then(|v| v.first()).is_some_and(|e| {
-                meta(e, "tool") == Some(g.tool.as_str()) && meta(e, "operation") == Some(g.method.as_str())
-            })
+            ends.get(&gt_key(g))
+                .and_then(|v| v.first())
+                .is_some_and(|e| {
+                    meta(e, "tool") == Some(g.tool.as_str())
+                        && meta(e, "operation") == Some(g.method.as_str())
+                })
         })
         .count();
     assert!(
@@ -237,15 +320,29 @@ fn saturation_loses_nothing_or_counts_every_loss() {
     let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
-    let missing = truth.iter().filter(|g| !ends.contains_key(&gt_key(g))).count();
-    let stats = events_named(&events, STATS).into_iter().last().expect("stats").clone();
+    let missing = truth
+        .iter()
+        .filter(|g| !ends.contains_key(&gt_key(g)))
+        .count();
+    let stats = events_named(&events, STATS)
+        .into_iter()
+        .last()
+        .expect("stats")
+        .clone();
     let m = &stats["measurements"];
     let losses = m["ringbuf_drops"].as_u64().unwrap_or(0)
         + m["records_lost"].as_u64().unwrap_or(0)
         + m["bus_lagged"].as_u64().unwrap_or(0)
         + stats["metadata"]["calls"]["evicted"].as_u64().unwrap_or(0);
-    eprintln!("saturation: {} calls in 3 s, {missing} missing, losses counted {losses}", truth.len());
-    assert!(truth.len() > 500, "the load made only {} calls", truth.len());
+    eprintln!(
+        "saturation: {} calls in 3 s, {missing} missing, losses counted {losses}",
+        truth.len()
+    );
+    assert!(
+        truth.len() > 500,
+        "the load made only {} calls",
+        truth.len()
+    );
     assert!(
         missing == 0 || losses > 0,
         "{missing} calls missing with no loss counted (stats {stats})"
@@ -271,12 +368,21 @@ fn worker_killed_mid_call_ends_its_call_as_an_exception_and_crash() {
     demo.load(&spec, &gt_path).expect("load");
     killer.join().expect("killer");
     let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
-    let killed: Vec<&GroundTruthCall> = truth.iter().filter(|g| g.error_type.as_deref() == Some("exit")).collect();
-    assert!(!killed.is_empty(), "no call was in flight at the kill: {truth:?}");
+    let killed: Vec<&GroundTruthCall> = truth
+        .iter()
+        .filter(|g| g.error_type.as_deref() == Some("exit"))
+        .collect();
+    assert!(
+        !killed.is_empty(),
+        "no call was in flight at the kill: {truth:?}"
+    );
     let events = finish(agent, demo);
     let ends = call_ends(&events);
     for g in killed {
-        let e = ends.get(&gt_key(g)).and_then(|v| v.first()).unwrap_or_else(|| panic!("killed call {} not reported", g.correlation_id));
+        let e = ends
+            .get(&gt_key(g))
+            .and_then(|v| v.first())
+            .unwrap_or_else(|| panic!("killed call {} not reported", g.correlation_id));
         assert_eq!(e["event"][2], "exception", "{e}");
         assert_eq!(meta(e, "kind"), Some("exit"), "{e}");
     }
@@ -284,5 +390,78 @@ fn worker_killed_mid_call_ends_its_call_as_an_exception_and_crash() {
         .into_iter()
         .find(|e| meta(e, "worker_id") == Some(status.workers[0].worker_id.as_str()))
         .expect("a worker crash event naming the killed worker");
-    assert_eq!(crash["metadata"]["signal"].as_u64().or(crash["measurements"]["signal"].as_u64()), Some(9), "{crash}");
+    assert_eq!(
+        crash["metadata"]["signal"]
+            .as_u64()
+            .or(crash["measurements"]["signal"].as_u64()),
+        Some(9),
+        "{crash}"
+    );
+}
+
+#[test]
+fn fifty_megabyte_messages_keep_every_boundary() {
+    let dir = scratch_dir("calls-huge");
+    let (agent, mut demo) = start(&dir, 2, 0);
+    // 50 MB responses and requests, with small calls on the same connections: frame
+    // and message boundaries must survive syscalls far larger than the copied prefix.
+    let mut spec = LoadSpec::new(4, 3_000, &[("large", 1), ("upload", 1), ("echo", 2)]);
+    spec.concurrency = 2;
+    spec.extra.push("large_bytes => 52428800".into());
+    spec.extra.push("upload_bytes => 52428800".into());
+    let gt_path = dir.join("ground_truth.jsonl");
+    demo.load(&spec, &gt_path).expect("load");
+    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let events = finish(agent, demo);
+    let ends = call_ends(&events);
+    let big = truth
+        .iter()
+        .filter(|g| g.tool == "large" || g.tool == "upload")
+        .count();
+    assert!(big >= 2, "the load made only {big} 50 MB calls");
+    for g in &truth {
+        let e = ends
+            .get(&gt_key(g))
+            .and_then(|v| v.first())
+            .unwrap_or_else(|| panic!("{} {} not reported", g.tool, g.correlation_id));
+        assert_eq!(meta(e, "tool"), Some(g.tool.as_str()), "{e}");
+        assert_eq!(
+            meta(e, "result"),
+            Some(if g.success { "ok" } else { "error" }),
+            "{e}"
+        );
+        let m = &e["measurements"];
+        let (req, resp) = (
+            m["request_bytes"].as_u64().unwrap_or(0),
+            m["response_bytes"].as_u64().unwrap_or(0),
+        );
+        match g.tool.as_str() {
+            "large" => assert!(resp >= 52_428_800, "large: response_bytes {resp}: {e}"),
+            "upload" => assert!(req >= 52_428_800, "upload: request_bytes {req}: {e}"),
+            _ => {}
+        }
+    }
+    // Frames were followed, not guessed: the kernel's cursor never lost the framing,
+    // and every decoder that lost sync inside a syscall with more frame headers than
+    // mark slots picked up again at the kernel's exact frame start.
+    let stats = events_named(&events, STATS)
+        .into_iter()
+        .last()
+        .expect("stats");
+    let cursor_lost: u64 = stats["metadata"]["probes"]
+        .as_object()
+        .map(|p| p.values().filter_map(|v| v["cursor_lost"].as_u64()).sum())
+        .unwrap_or(0);
+    assert_eq!(cursor_lost, 0, "the kernel lost a frame cursor: {stats}");
+    let lost_sync = stats["metadata"]["decode_errors_by_kind"]["lost_sync"]
+        .as_u64()
+        .unwrap_or(0);
+    let resyncs = stats["measurements"]["decode_resyncs"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        resyncs >= lost_sync,
+        "{lost_sync} sync losses, {resyncs} resyncs: {stats}"
+    );
+    eprintln!("50 MB: {lost_sync} in-syscall sync losses, all recovered ({resyncs} resyncs)");
 }

@@ -41,7 +41,7 @@ pub fn run(root: &Path, cargo_test_args: &[String]) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(root)
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--no-fail-fast"])
             .args(cargo_test_args)
             .args(["--", "--test-threads=1"]),
     )?;

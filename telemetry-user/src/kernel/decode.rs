@@ -9,9 +9,9 @@ use bytes::Bytes;
 pub use telemetry_common::Syscall;
 use telemetry_common::{
     FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS,
-    FRAMING_LOST, FRAMING_TRACKED, FRAMING_UNKNOWN, IO_HEADER_LEN, KIND_EXEC, KIND_EXIT,
-    KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE,
-    MAX_MARKS,
+    FRAMING_LOST, FRAMING_OVERFLOW, FRAMING_TRACKED, FRAMING_UNKNOWN, IO_HEADER_LEN, KIND_EXEC,
+    KIND_EXIT, KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MARK_BYTES, MARK_SLOT_LEN,
+    MAX_CAPTURE, MAX_MARKS,
 };
 use thiserror::Error;
 
@@ -127,6 +127,10 @@ pub enum FrameStatus {
     /// Known at the start, lost in this syscall (bad header, too many frames,
     /// unreadable buffer); the marks before the loss are valid. Unknown from here on.
     Lost,
+    /// Followed through the whole syscall, but it held more headers beyond the prefix
+    /// than mark slots: the marks cover its start only, the rest is a gap. The cursor
+    /// stays exact: the next record's `cursor_in` is where a decoder picks up again.
+    Overflow,
 }
 
 /// One read/write-family syscall on a watched fd.
@@ -326,6 +330,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 FRAMING_UNKNOWN => FrameStatus::Unknown,
                 FRAMING_TRACKED => FrameStatus::Tracked,
                 FRAMING_LOST => FrameStatus::Lost,
+                FRAMING_OVERFLOW => FrameStatus::Overflow,
                 s => return Err(DecodeError::BadFrameStatus(s)),
             };
             let cursor_in = Some(r.u32(offset_of!(H, cursor_in))).filter(|&c| c != CURSOR_UNKNOWN);

@@ -7,6 +7,7 @@
 //! stream and are decoded once the connection is known.
 use crate::calls::input::{CallRole, ConnContext, Flow, Observation, Observed, Side};
 use crate::discovery::{ConnInfo, ConnRole, Discovery, Transport};
+use crate::kernel::decode::FrameStatus;
 use crate::kernel::{Direction, IoRecord};
 use crate::streams::{Assembler, Chunk, Ordered, StreamKey};
 use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent};
@@ -116,6 +117,12 @@ impl Pipeline {
             len: rec.ret.max(0) as usize,
             payload: rec.payload,
             marks: rec.marks.into_iter().map(|m| (m.offset, m.bytes)).collect(),
+            frame_start: match rec.frame_status {
+                FrameStatus::Tracked | FrameStatus::Overflow if rec.partial_in == 0 => {
+                    rec.cursor_in
+                }
+                _ => None,
+            },
             ts_enter_ns: rec.ts_enter_ns,
             ts_exit_ns: rec.ts_exit_ns,
             tid: rec.tid,
@@ -309,6 +316,13 @@ impl Pipeline {
         match &mut d.decoder {
             Decoder::Ignore => {}
             Decoder::Grpc(dec) => {
+                // A decoder that lost sync (a huge syscall overflowed the kernel's
+                // mark slots, or a gap) picks up at the kernel's exact frame start.
+                if let Some(start) = chunk.frame_start {
+                    if (start as usize) < chunk.len {
+                        dec.resync_at(start as usize);
+                    }
+                }
                 let mut events = Vec::new();
                 for (bytes, span) in chunk.pieces() {
                     events.extend(dec.feed(bytes, span));

@@ -20,6 +20,9 @@ pub struct Chunk {
     /// Further known bytes beyond the prefix: (offset in this syscall's bytes, bytes),
     /// sorted. The kernel's frame cursor copies each frame header it finds there.
     pub marks: Vec<(u32, Bytes)>,
+    /// Where the kernel's frame cursor says the first frame header of this syscall
+    /// starts (None: not tracked, or a header split from the previous syscall).
+    pub frame_start: Option<u32>,
     pub ts_enter_ns: u64,
     pub ts_exit_ns: u64,
     pub tid: u32,
@@ -224,6 +227,7 @@ mod tests {
             len: 1,
             payload: Bytes::from(vec![seq as u8]),
             marks: Vec::new(),
+            frame_start: None,
             ts_enter_ns: t,
             ts_exit_ns: t,
             tid: 1,

@@ -395,6 +395,13 @@ impl GrpcDirectionDecoder {
         }
     }
 
+    /// A frame header starts `offset` bytes into the next feed (the kernel's frame
+    /// cursor). A decoder that lost sync takes it; streams in flight keep their lost
+    /// message boundaries until their next message starts a DATA frame.
+    pub fn resync_at(&mut self, offset: usize) -> bool {
+        self.frames.resync_at(offset)
+    }
+
     /// All counters of this direction (frames, HPACK, messages).
     pub fn stats(&self) -> DecodeStats {
         let mut s = self.stats.clone();

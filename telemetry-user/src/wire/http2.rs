@@ -295,6 +295,22 @@ impl FrameDecoder {
         matches!(self.state, State::Searching)
     }
 
+    /// Someone who knows says a frame header starts `offset` bytes into the next
+    /// feed (the kernel's frame cursor): a searching decoder takes it and is in sync
+    /// again. A decoder in sync keeps its own reckoning.
+    pub fn resync_at(&mut self, offset: usize) -> bool {
+        if !self.is_searching() {
+            return false;
+        }
+        self.search_buf.clear();
+        self.search_feed_start = 0;
+        self.search_skipped = 0;
+        self.stats.resyncs += 1;
+        self.state = State::Skip { remaining: offset };
+        self.finish_if_skipped();
+        true
+    }
+
     /// Feeds one syscall's bytes: `captured` is the known prefix of `total_len`.
     pub fn feed(&mut self, captured: &[u8], total_len: usize) -> Vec<Http2Event> {
         let mut out = Vec::new();
