@@ -1059,7 +1059,8 @@ async fn run_plan(
 }
 
 /// More headers beyond the prefix than MAX_MARKS in one syscall: the record carries
-/// MAX_MARKS valid marks, says Lost, the loss is counted and later records are plain.
+/// MAX_MARKS valid marks (the last one is the last header found), says Overflow, and
+/// the cursor stays exact: the next record starts at the right frame header.
 #[test]
 fn frame_cursor_too_many_frames() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1082,14 +1083,20 @@ fn frame_cursor_too_many_frames() {
         let (pid, evs, fds) = run_plan(&mut probes, &mut rx, &stream, &plan).await;
         let w = io_stream(&evs, pid, fds[0], Direction::Egress);
         assert_eq!(w.len(), 2);
-        assert_eq!(w[0].frame_status, FrameStatus::Lost);
+        assert_eq!(w[0].frame_status, FrameStatus::Overflow);
         assert_eq!(w[0].marks.len(), telemetry_common::MAX_MARKS as usize);
         for m in &w[0].marks {
             let off = m.offset as usize;
             assert!(heads.binary_search(&off).is_ok(), "mark at {off}");
             assert_eq!(&m.bytes[..], &stream[off..off + m.bytes.len()]);
         }
-        assert_eq!(w[1].frame_status, FrameStatus::Unknown);
-        assert!(probes.stats().get(PROBE_SENDMSG, STAT_CURSOR_LOST) >= 1);
+        // The second write starts where the kernel's cursor says, on a real header.
+        assert_eq!(w[1].frame_status, FrameStatus::Tracked);
+        let next = w[1].cursor_in.expect("cursor after the overflow") as usize + first;
+        assert!(
+            heads.binary_search(&next).is_ok() || next >= stream.len(),
+            "cursor {next} is not a frame start"
+        );
+        assert_eq!(probes.stats().get(PROBE_SENDMSG, STAT_CURSOR_LOST), 0);
     });
 }
