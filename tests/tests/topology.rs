@@ -119,8 +119,7 @@ fn assert_bytes_exact(events: &[Value], conn_id: u64, stat: &ConnStat, want_fina
     let summary = events_named(events, CONNECTION_IO)
         .into_iter()
         .filter(|e| u64_meta(e, "conn_id") == Some(conn_id))
-        .filter(|e| !want_final || e["metadata"]["final"] == Value::Bool(true))
-        .last()
+        .rfind(|e| !want_final || e["metadata"]["final"] == Value::Bool(true))
         .unwrap_or_else(|| {
             panic!(
                 "no connection_io for conn {conn_id} ({} -> {})",

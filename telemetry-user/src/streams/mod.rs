@@ -300,6 +300,7 @@ mod tests {
                 (3, Bytes::from_static(b"dEF")),
                 (50, Bytes::from_static(b"XY")),
             ],
+            frame_start: None,
             ts_enter_ns: 0,
             ts_exit_ns: 0,
             tid: 1,
