@@ -133,14 +133,14 @@ impl Prometheus {
 
     /// Polls an instant query until `pred` holds.
     fn wait(&self, q: &str, pred: impl Fn(Option<f64>) -> bool) -> Result<Option<f64>> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let v = self.scalar(q)?;
             if pred(v) {
                 return Ok(v);
             }
             if Instant::now() > deadline {
-                bail!("`{q}` is {v:?} after 30 s");
+                bail!("`{q}` is {v:?} after 60 s");
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -173,6 +173,13 @@ fn prometheus_scrapes_the_ground_truth_and_every_dashboard_query_has_data() {
     )
     .expect("agent start (with --http-listen)");
     let prom = Prometheus::start(&dir, &listen).expect("prometheus start");
+    // Prometheus starts its scrape loops a while after it is ready (discovery is
+    // throttled): wait until it scrapes the agent steadily, or the dashboard's rate()
+    // windows below would hold too few samples.
+    prom.wait("count_over_time(up{job=\"snakepit-agent\"}[1m])", |v| {
+        v.is_some_and(|n| n >= 3.0)
+    })
+    .expect("Prometheus scrapes the agent");
     let t_start = unix_now();
     let mut demo = Demo::start(&DemoOptions {
         log: Some(dir.join("beam.log")),
@@ -256,6 +263,9 @@ fn prometheus_scrapes_the_ground_truth_and_every_dashboard_query_has_data() {
         v.is_some_and(|v| v > 0.0)
     })
     .expect("agent self-metrics scraped");
+
+    // A few more scrapes after the last change, so every rate() window has two.
+    std::thread::sleep(Duration::from_secs(3));
 
     // Every dashboard query: valid PromQL with data over the test's window (GPU
     // panels only need data where the agent exports GPU series).
