@@ -180,6 +180,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_config_parses() {
+        let text = include_str!("../../docs/snakepit-agent.toml");
+        let cfg = Config::from_toml(text).expect("docs/snakepit-agent.toml");
+        assert_eq!(cfg.http.listen.port(), 9464);
+        assert_eq!(cfg.calls.slow_call_ms, 1000);
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected() {
         assert!(Config::from_toml("[capture]\nbytes = 0\n").is_err());
         assert!(Config::from_toml("[capture]\nbytes = 100000\n").is_err());
