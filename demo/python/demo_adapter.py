@@ -47,6 +47,18 @@ class DemoAdapter:
             ),
             Tool("numpy_mean", self.numpy_mean, "numpy.arange(n).mean()", [("n", "integer", False)]),
             Tool(
+                "ml_infer",
+                self.ml_infer,
+                "A small numpy MLP's forward pass over `batch_size` x `seq_len` tokens",
+                [("model", "string", False), ("batch_size", "integer", True), ("seq_len", "integer", False)],
+            ),
+            Tool(
+                "ml_train_step",
+                self.ml_train_step,
+                "One SGD step of a small numpy linear model",
+                [("lr", "float", True), ("epoch", "integer", False), ("step", "integer", False)],
+            ),
+            Tool(
                 "snakebridge.call",
                 self.snakebridge_call,
                 "Calls library.function(*args, **kwargs) (numpy or math only)",
@@ -133,6 +145,36 @@ class DemoAdapter:
 
         n = int(params.get("n", 10000))
         return float(numpy.arange(n, dtype=numpy.float64).mean()) if n > 0 else 0.0
+
+    def ml_infer(self, params, _binary, _ctx):
+        import numpy
+
+        batch = int(params.get("batch_size", 1))
+        seq_len = int(params.get("seq_len", 16))
+        rng = numpy.random.default_rng(batch)
+        x = rng.standard_normal((batch * seq_len, 32))
+        hidden = numpy.maximum(x @ rng.standard_normal((32, 64)), 0.0)
+        logits = hidden @ rng.standard_normal((64, 10))
+        return {
+            "model": params.get("model", "tiny-mlp"),
+            "batch_size": batch,
+            "tokens": batch * seq_len,
+            "predictions": int(logits.argmax(axis=1).sum()),
+        }
+
+    def ml_train_step(self, params, _binary, _ctx):
+        import numpy
+
+        lr = float(params.get("lr", 0.01))
+        step = int(params.get("step", 0))
+        rng = numpy.random.default_rng(step)
+        x = rng.standard_normal((64, 8))
+        y = x @ numpy.arange(1.0, 9.0)
+        w = numpy.zeros(8)
+        grad = -2.0 * x.T @ (y - x @ w) / len(y)
+        w -= lr * grad
+        loss = float(numpy.mean((y - x @ w) ** 2))
+        return {"loss": loss, "step": step, "epoch": int(params.get("epoch", 0))}
 
     def snakebridge_call(self, params, _binary, _ctx):
         library = params.get("library") or params.get("python_module")

@@ -78,6 +78,8 @@ pub struct TrackerConfig {
     pub pool_size_interval_ms: u64,
     /// A call with no observation for this long is dropped (its end was lost).
     pub stale_call_s: u64,
+    /// Rules that turn matching calls into `[:snakepit, :ml, ...]` events.
+    pub ml_rules: Vec<super::ml::MlRule>,
     #[serde(skip)]
     pub clock: MonoClock,
 }
@@ -96,6 +98,7 @@ impl Default for TrackerConfig {
             worker_only_grace_ms: 2000,
             pool_size_interval_ms: 1000,
             stale_call_s: 600,
+            ml_rules: Vec::new(),
             clock: MonoClock::default(),
         }
     }

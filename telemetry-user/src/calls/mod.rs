@@ -6,6 +6,7 @@
 //! design's events on the bus.
 mod config;
 pub mod input;
+pub mod ml;
 mod pools;
 mod tracker;
 

@@ -167,6 +167,9 @@ struct Call {
     grpc_message: Option<String>,
     reset: Option<u32>,
     worker_tid: Option<u32>,
+    /// Request parameters and result JSON, kept only when ML rules need them.
+    params: Option<HashMap<String, serde_json::Value>>,
+    result_json: Option<serde_json::Value>,
     started: bool,
     internal: bool,
     sampled: bool,
@@ -209,6 +212,8 @@ impl Call {
             grpc_message: None,
             reset: None,
             worker_tid: None,
+            params: None,
+            result_json: None,
             started: false,
             internal: false,
             sampled: true,
@@ -634,6 +639,9 @@ impl CallTracker {
                 if call.correlation_id.is_none() {
                     call.correlation_id = req.metadata.get("correlation_id").cloned();
                 }
+                if !self.cfg.ml_rules.is_empty() {
+                    call.params = Some(sp::parameters_json(&req));
+                }
                 match sp::snakebridge_call(&req) {
                     Some(sb) => {
                         call.library = sb.library;
@@ -699,6 +707,9 @@ impl CallTracker {
             call.response_parsed = true;
             // proto3 omits false: a captured body without field 1 means failure.
             call.success = Some(p.msg.success);
+            if !self.cfg.ml_rules.is_empty() {
+                call.result_json = p.msg.result.as_ref().and_then(sp::param_json);
+            }
             if !p.msg.success && !p.msg.error_message.is_empty() {
                 let err = sp::parse_tool_error(&p.msg.error_message);
                 call.error_type = err.error_type;
@@ -1111,6 +1122,24 @@ impl CallTracker {
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
             self.publish(ev);
+        }
+        if matches!(outcome, Outcome::Ok) && !self.cfg.ml_rules.is_empty() {
+            let facts = super::ml::CallFacts {
+                tool: call.tool_name.as_deref(),
+                library: call.library.as_deref(),
+                function: call.function.as_deref(),
+                params: call.params.as_ref(),
+                result: call.result_json.as_ref(),
+                duration_ns: duration,
+            };
+            if let Some(ml) = super::ml::ml_event(&self.cfg.ml_rules, &facts) {
+                let ml = ml
+                    .at(t_end)
+                    .meta("pool", call.conn.pool.clone())
+                    .meta("worker_id", call.conn.worker_id.clone())
+                    .meta_opt("correlation_id", call.correlation_id.clone());
+                self.publish(ml);
+            }
         }
         if !call.internal {
             let failed = !matches!(outcome, Outcome::Ok);
