@@ -123,7 +123,10 @@ start_stream(Method, Body, CorrId, From, S = #s{next_id = Sid, enc = Enc}) ->
     {Block, Enc1} = demo_hpack:encode(Headers, Enc),
     HF = demo_h2:headers_frames(Sid, Block, false, S#s.peer_max_frame),
     Msg = demo_h2:grpc_frame(Body),
+    %% StreamTelemetry is bidirectional and long-lived: its request side stays open
+    %% (the worker streams events until the connection closes), as Snakepit's does.
     St0 = #{sid => Sid, from => From, q => Msg, end_sent => false,
+            keep_open => Method =:= <<"StreamTelemetry">>,
             send_win => S#s.peer_init_win, headers => undefined, trailers => [],
             data => [], resp_bytes => 0, unacked => 0, req_bytes => byte_size(Msg)},
     {DF, St1, ConnWin} = take_data(St0, S#s.conn_send_win, S#s.peer_max_frame),
@@ -139,7 +142,8 @@ take_data(St = #{sid := Sid, q := Q, send_win := SW}, ConnWin, MF) ->
     N = lists:min([byte_size(Q), SW, ConnWin]),
     case N =:= byte_size(Q) of
         true ->
-            {demo_h2:data_frames(Sid, Q, true, MF),
+            EndStream = not maps:get(keep_open, St, false),
+            {demo_h2:data_frames(Sid, Q, EndStream, MF),
              St#{q => <<>>, end_sent => true, send_win => SW - N}, ConnWin - N};
         false when N > 0 ->
             <<Now:N/binary, Later/binary>> = Q,

@@ -146,6 +146,9 @@ connect(St = #{id := Id, info := Info, cfg := Cfg}, P) ->
             register_worker(Id, Info1),
             erlang:send_after(maps:get(heartbeat_ms, Cfg), self(), heartbeat),
             erlang:send_after(30000, self(), ping),
+            %% Subscribe to the worker's telemetry: TelemetryControl{toggle{enabled=true}}.
+            demo_h2_client:request_async(C, <<"StreamTelemetry">>, <<10, 2, 8, 1>>,
+                                         iolist_to_binary(["t-", Id])),
             St#{conn => C, info => Info1};
         {error, R} ->
             log("worker ~s: connect to ~p failed: ~p", [Id, P, R]),

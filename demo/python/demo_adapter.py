@@ -146,15 +146,25 @@ class DemoAdapter:
         n = int(params.get("n", 10000))
         return float(numpy.arange(n, dtype=numpy.float64).mean()) if n > 0 else 0.0
 
-    def ml_infer(self, params, _binary, _ctx):
+    def ml_infer(self, params, _binary, ctx):
         import numpy
 
+        started = time.monotonic_ns()
         batch = int(params.get("batch_size", 1))
         seq_len = int(params.get("seq_len", 16))
         rng = numpy.random.default_rng(batch)
         x = rng.standard_normal((batch * seq_len, 32))
         hidden = numpy.maximum(x @ rng.standard_normal((32, 64)), 0.0)
         logits = hidden @ rng.standard_normal((64, 10))
+        emit = (ctx or {}).get("emit")
+        if emit:
+            model = params.get("model", "tiny-mlp")
+            emit(["memory", "allocate"], {"bytes": int(x.nbytes + hidden.nbytes)}, {"type": "cpu", "device": "cpu"})
+            emit(
+                ["ml", "inference"],
+                {"duration": time.monotonic_ns() - started, "batch_size": batch, "tokens": batch * seq_len},
+                {"model": str(model), "device": "cpu"},
+            )
         return {
             "model": params.get("model", "tiny-mlp"),
             "batch_size": batch,

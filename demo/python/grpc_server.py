@@ -418,6 +418,10 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
             "correlation_id": cid,
             "tool_name": request.tool_name,
             "worker_id": self.worker_id,
+            # Tools may publish their own telemetry (ML steps, memory) on StreamTelemetry.
+            "emit": lambda parts, measurements, metadata: self.telemetry.emit(
+                ["python"] + list(parts), measurements, metadata, cid
+            ),
         }
 
     def _epilogue(self, request, cid, started, ok):

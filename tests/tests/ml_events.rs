@@ -26,8 +26,18 @@ step = "result.step"
 "#;
 
 fn by_correlation<'a>(events: &'a [Value], name: &[&str]) -> HashMap<String, &'a Value> {
+    by_correlation_from(events, name, None)
+}
+
+/// Events of `name` keyed by correlation id, only those from `source` when given.
+fn by_correlation_from<'a>(
+    events: &'a [Value],
+    name: &[&str],
+    source: Option<&str>,
+) -> HashMap<String, &'a Value> {
     events_named(events, name)
         .into_iter()
+        .filter(|e| source.is_none_or(|s| e["metadata"]["source"] == s))
         .filter_map(|e| Some((e["metadata"]["correlation_id"].as_str()?.to_string(), e)))
         .collect()
 }
@@ -61,8 +71,19 @@ fn ml_rules_turn_tool_calls_into_inference_and_train_step_events() {
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");
 
-    let inference = by_correlation(&events, &["snakepit", "ml", "inference"]);
-    let train = by_correlation(&events, &["snakepit", "ml", "train_step"]);
+    let inference = by_correlation_from(&events, &["snakepit", "ml", "inference"], Some("rule"));
+    let train = by_correlation_from(&events, &["snakepit", "ml", "train_step"], Some("rule"));
+    let py_inference = by_correlation_from(
+        &events,
+        &["snakepit", "ml", "inference"],
+        Some("python_telemetry"),
+    );
+    let py_alloc = by_correlation_from(
+        &events,
+        &["snakepit", "memory", "allocate"],
+        Some("python_telemetry"),
+    );
+    let py_stops = by_correlation(&events, &["snakepit", "python", "call", "stop"]);
     let stops = by_correlation(&events, &["snakepit", "call", "stop"]);
     let infer_calls: Vec<&GroundTruthCall> =
         truth.iter().filter(|g| g.tool == "ml_infer").collect();
@@ -84,6 +105,37 @@ fn ml_rules_turn_tool_calls_into_inference_and_train_step_events() {
         "one train_step event per ml_train_step call"
     );
 
+    // The worker's own telemetry, seen on the StreamTelemetry stream the BEAM keeps
+    // open: every tool call's python.call.stop, and the ML tool's inference and
+    // memory events mapped onto the design's.
+    assert_eq!(py_stops.len(), truth.len(), "python.call.stop per call");
+    assert_eq!(
+        py_inference.len(),
+        infer_calls.len(),
+        "python-side inference events"
+    );
+    assert_eq!(
+        py_alloc.len(),
+        infer_calls.len(),
+        "python-side memory.allocate events"
+    );
+    for g in &infer_calls {
+        let e = py_inference[&g.correlation_id];
+        assert_eq!(
+            e["measurements"]["batch_size"].as_u64(),
+            Some(1 + g.seq % 8),
+            "{e}"
+        );
+        assert!(
+            e["measurements"]["tokens_per_second"]
+                .as_f64()
+                .is_some_and(|t| t > 0.0),
+            "{e}"
+        );
+        assert!(py_alloc[&g.correlation_id]["measurements"]["bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0));
+    }
     for g in infer_calls {
         let e = inference[&g.correlation_id];
         let batch = 1 + g.seq % 8;

@@ -114,7 +114,52 @@ pub fn ml_event(rules: &[MlRule], c: &CallFacts) -> Option<Event> {
                 .meta_opt("step", num(&rule.step).map(|s| s as u64))
         }
     };
-    Some(ev.meta_opt("model", model))
+    Some(ev.meta_opt("model", model).meta("source", "rule"))
+}
+
+pub const ML_TENSOR_OP: &[&str] = &["snakepit", "ml", "tensor_op"];
+pub const MEMORY_ALLOCATE: &[&str] = &["snakepit", "memory", "allocate"];
+pub const MEMORY_RELEASE: &[&str] = &["snakepit", "memory", "release"];
+
+/// A Python-side telemetry event (already re-emitted as `["snakepit","python",...]`)
+/// whose name and fields fit one of the design's ML or memory events, as that event.
+/// `rest` is the name after `python`, e.g. `["ml", "inference"]`.
+pub fn from_python(rest: &[&str], python: &Event) -> Option<Event> {
+    let design: &[&str] = match rest {
+        ["ml", "inference"] => ML_INFERENCE,
+        ["ml", "train_step"] => ML_TRAIN_STEP,
+        ["ml", "tensor_op"] => ML_TENSOR_OP,
+        ["memory", "allocate"] => MEMORY_ALLOCATE,
+        ["memory", "release"] => MEMORY_RELEASE,
+        _ => return None,
+    };
+    let m = |k: &str| python.measurements.get(k).and_then(as_f64);
+    // Durations: the design's unit is ns; Python may say `duration` or `duration_ns`.
+    let duration = m("duration").or_else(|| m("duration_ns"));
+    let mut ev = Event::new(design).at(python.time_unix_nano);
+    let keep: &[&str] = match rest {
+        ["ml", "inference"] => &["batch_size"],
+        ["ml", "train_step"] => &["loss", "learning_rate"],
+        ["ml", "tensor_op"] => &["input_elements", "output_elements"],
+        _ => &["bytes"],
+    };
+    if rest[0] == "ml" {
+        if let Some(d) = duration {
+            ev = ev.measure("duration", d as u64);
+        }
+    }
+    for k in keep {
+        if let Some(v) = python.measurements.get(*k) {
+            ev = ev.measure(k, v.clone());
+        }
+    }
+    if design == ML_INFERENCE {
+        if let (Some(t), Some(d)) = (m("tokens"), duration.filter(|d| *d > 0.0)) {
+            ev = ev.measure("tokens_per_second", t / (d / 1e9));
+        }
+    }
+    ev.metadata = python.metadata.clone();
+    Some(ev.meta("source", "python_telemetry"))
 }
 
 fn lookup<'a>(path: &str, c: &'a CallFacts) -> Option<&'a Value> {
@@ -222,6 +267,28 @@ step = "result.step"
         assert_eq!(ev.metadata["epoch"], 2);
         assert_eq!(ev.metadata["step"], 17);
         assert_eq!(ev.metadata["model"], "mymodel");
+    }
+
+    #[test]
+    fn python_telemetry_maps_onto_the_design_events() {
+        let py = Event::new(&["snakepit", "python", "ml", "inference"])
+            .at(7)
+            .measure("duration", 500_000_000u64)
+            .measure("batch_size", 4)
+            .measure("tokens", 64)
+            .meta("model", "tiny-mlp");
+        let ev = from_python(&["ml", "inference"], &py).expect("inference");
+        assert!(ev.is(ML_INFERENCE));
+        assert_eq!(ev.measurements["batch_size"], 4);
+        assert_eq!(ev.measurements["tokens_per_second"], 128.0);
+        assert_eq!(ev.metadata["model"], "tiny-mlp");
+        let alloc = Event::new(&["snakepit", "python", "memory", "allocate"])
+            .measure("bytes", 1024)
+            .meta("type", "cpu");
+        let ev = from_python(&["memory", "allocate"], &alloc).expect("allocate");
+        assert!(ev.is(MEMORY_ALLOCATE));
+        assert_eq!(ev.measurements["bytes"], 1024);
+        assert!(from_python(&["call", "stop"], &alloc).is_none());
     }
 
     #[test]

@@ -793,7 +793,11 @@ impl CallTracker {
                 (!te.correlation_id.is_empty()).then_some(te.correlation_id),
             );
         self.stats.python_events += 1;
+        let design = super::ml::from_python(rest, &ev);
         self.publish(ev);
+        if let Some(design) = design {
+            self.publish(design);
+        }
     }
 
     // -----------------------------------------------------------------------
