@@ -122,6 +122,7 @@ impl Agent {
         // GPU memory (NVML): runs until `gpu_workers` is dropped; without NVML it says
         // why in one line and ends.
         let gpu = crate::gpu::GpuHandle::new(&config.gpu);
+        let gpu_enabled = config.gpu.enabled;
         let (gpu_workers, gpu_workers_rx) =
             tokio::sync::watch::channel(crate::gpu::WorkerMap::new());
         if config.gpu.enabled {
@@ -155,7 +156,13 @@ impl Agent {
             watched_fds: HashSet::new(),
             closing: Vec::new(),
             pipeline: Pipeline::default(),
-            tracker: CallTracker::new(tracker_config, tracker_bus),
+            tracker: {
+                let mut t = CallTracker::new(tracker_config, tracker_bus);
+                if gpu_enabled {
+                    t.set_gpu(gpu.clone());
+                }
+                t
+            },
             observations: Vec::new(),
             initial_scan_done: false,
             gpu_workers,

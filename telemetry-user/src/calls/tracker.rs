@@ -170,6 +170,8 @@ struct Call {
     /// Request parameters and result JSON, kept only when ML rules need them.
     params: Option<HashMap<String, serde_json::Value>>,
     result_json: Option<serde_json::Value>,
+    /// The worker's GPU memory when the call started (when a GPU is sampled).
+    gpu_before: Option<crate::gpu::WorkerReading>,
     started: bool,
     internal: bool,
     sampled: bool,
@@ -214,6 +216,7 @@ impl Call {
             worker_tid: None,
             params: None,
             result_json: None,
+            gpu_before: None,
             started: false,
             internal: false,
             sampled: true,
@@ -315,6 +318,8 @@ fn splitmix64(mut x: u64) -> u64 {
 pub struct CallTracker {
     cfg: TrackerConfig,
     bus: Bus,
+    /// GPU memory per worker: long calls get before/after figures.
+    gpu: Option<crate::gpu::GpuHandle>,
     conns: HashMap<u64, ConnState>,
     calls: HashMap<Key, Call>,
     /// Every in-flight call by creation order, for eviction of the oldest.
@@ -330,6 +335,7 @@ impl CallTracker {
         CallTracker {
             cfg,
             bus,
+            gpu: None,
             conns: HashMap::new(),
             calls: HashMap::new(),
             order: BTreeMap::new(),
@@ -337,6 +343,12 @@ impl CallTracker {
             pools,
             stats: TrackerStats::default(),
         }
+    }
+
+    /// Long calls (`[gpu] long_call_threshold_ms`) report the worker's GPU memory
+    /// before and after them (`[:snakepit, :memory, :gpu_call]`).
+    pub fn set_gpu(&mut self, gpu: crate::gpu::GpuHandle) {
+        self.gpu = Some(gpu);
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -995,10 +1007,15 @@ impl CallTracker {
     fn start(&mut self, key: Key) {
         let rate = self.cfg.sample_rate;
         let include_internal = self.cfg.include_internal;
+        let gpu_before = match (&self.gpu, self.calls.get(&key)) {
+            (Some(g), Some(c)) => g.worker_reading(c.conn.worker_pid),
+            _ => None,
+        };
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         call.started = true;
+        call.gpu_before = gpu_before;
         if call.method.is_none() {
             call.method = Some(UNKNOWN_OPERATION.to_string());
         }
@@ -1126,6 +1143,19 @@ impl CallTracker {
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
             self.publish(ev);
+        }
+        let long =
+            |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();
+        if let Some(gpu) = self.gpu.as_ref().filter(|g| !call.internal && long(g)) {
+            let ev = call_meta(Event::new(schema::CALL_STOP), &call);
+            gpu.long_call_finished(crate::gpu::LongCall {
+                worker_pid: call.conn.worker_pid,
+                duration: std::time::Duration::from_nanos(duration),
+                before: call.gpu_before,
+                started_unix_nano: t_end.saturating_sub(duration),
+                ended_unix_nano: t_end,
+                metadata: ev.metadata,
+            });
         }
         if matches!(outcome, Outcome::Ok) && !self.cfg.ml_rules.is_empty() {
             let facts = super::ml::CallFacts {
