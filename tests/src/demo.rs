@@ -150,6 +150,19 @@ impl Demo {
         })
     }
 
+    /// Starts a demo with `grpc_workers` + `pipe_workers` workers (BEAM log in
+    /// `dir/beam.log`) and waits until every worker is up and connected.
+    pub fn start_ready(dir: &Path, grpc_workers: u32, pipe_workers: u32) -> Result<(Demo, Status)> {
+        let mut demo = Demo::start(&DemoOptions {
+            grpc_workers,
+            pipe_workers,
+            log: Some(dir.join("beam.log")),
+            ..DemoOptions::default()
+        })?;
+        let status = demo.wait_ready(Duration::from_secs(60))?;
+        Ok((demo, status))
+    }
+
     pub fn beam_pid(&self) -> u32 {
         self.child.id()
     }
@@ -213,6 +226,16 @@ impl Demo {
         );
         let timeout = Duration::from_millis(spec.duration_ms) + Duration::from_secs(120);
         self.command(&term, timeout)
+    }
+
+    /// Runs a load and returns its ground truth (one line per call).
+    pub fn load_truth(
+        &mut self,
+        spec: &LoadSpec,
+        ground_truth: &Path,
+    ) -> Result<Vec<GroundTruthCall>> {
+        self.load(spec, ground_truth)?;
+        read_jsonl(ground_truth)
     }
 
     pub fn quiesce(&mut self) -> Result<()> {

@@ -2,7 +2,7 @@
 //! the ground truth the demo BEAM writes for every call it makes.
 use serde_json::Value;
 use snakepit_testkit::agent::{events_named, Agent};
-use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{read_jsonl, Demo, GroundTruthCall, LoadSpec};
 use snakepit_testkit::{require, scratch_dir};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -46,15 +46,7 @@ fn gt_key(g: &GroundTruthCall) -> (String, String) {
 fn start(dir: &std::path::Path, grpc_workers: u32, pipe_workers: u32) -> (Agent, Demo) {
     require::root_and_bpf();
     let agent = Agent::start(dir, &[]).expect("agent start");
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers,
-        pipe_workers,
-        log: Some(dir.join("beam.log")),
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
+    let (demo, _) = Demo::start_ready(dir, grpc_workers, pipe_workers).expect("demo start");
     // Let discovery pair every connection before the load.
     std::thread::sleep(Duration::from_millis(500));
     (agent, demo)
@@ -87,8 +79,7 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
     );
     spec.pools = vec!["default".into(), "legacy".into()];
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
 
@@ -192,8 +183,7 @@ fn durations_match_the_beams_own_measurement() {
     spec.pools = vec!["default".into(), "legacy".into()];
     spec.concurrency = 2;
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
     // The BEAM's own clock readings carry its scheduling delay (a busy scheduler
@@ -255,15 +245,7 @@ fn durations_match_the_beams_own_measurement() {
 fn agent_joining_live_connections_names_later_calls() {
     require::root_and_bpf();
     let dir = scratch_dir("calls-late-join");
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers: 2,
-        pipe_workers: 0,
-        log: Some(dir.join("beam.log")),
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
+    let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
     let mix = [
         ("echo", 3),
         ("fail", 1),
@@ -316,8 +298,7 @@ fn saturation_loses_nothing_or_counts_every_loss() {
     let mut spec = LoadSpec::new(0, 3_000, &[("echo", 1)]);
     spec.concurrency = 4;
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
     let missing = truth
@@ -410,8 +391,7 @@ fn fifty_megabyte_messages_keep_every_boundary() {
     spec.extra.push("large_bytes => 52428800".into());
     spec.extra.push("upload_bytes => 52428800".into());
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
     let big = truth

@@ -3,7 +3,7 @@
 //! exporter pointed at a closed port under load.
 use serde_json::Value;
 use snakepit_testkit::agent::Agent;
-use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{Demo, DemoOptions, GroundTruthCall, LoadSpec};
 use snakepit_testkit::otlp_receiver::{
     OtlpReceiver, ReceivedSpan, KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, STATUS_ERROR,
 };
@@ -70,8 +70,7 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
     );
     spec.pools = vec!["default".into(), "legacy".into()];
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     demo.stop().expect("demo stop");
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");

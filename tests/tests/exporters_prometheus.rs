@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use snakepit_testkit::agent::Agent;
-use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{Demo, DemoOptions, LoadSpec};
 use snakepit_testkit::{require, scratch_dir, workspace_root};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -204,8 +204,7 @@ fn prometheus_scrapes_the_ground_truth_and_every_dashboard_query_has_data() {
     );
     spec.pools = vec!["default".into(), "legacy".into()];
     let gt_path = dir.join("ground_truth.jsonl");
-    demo.load(&spec, &gt_path).expect("load");
-    let truth: Vec<GroundTruthCall> = read_jsonl(&gt_path).expect("ground truth");
+    let truth = demo.load_truth(&spec, &gt_path).expect("load");
     assert!(truth.len() > 100, "load made only {} calls", truth.len());
 
     // Total calls: every ground-truth call, counted once.

@@ -3,7 +3,7 @@
 //! durations (tokens per second).
 use serde_json::Value;
 use snakepit_testkit::agent::{events_named, Agent};
-use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{read_jsonl, Demo, GroundTruthCall, LoadSpec};
 use snakepit_testkit::{require, scratch_dir};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,15 +50,7 @@ fn ml_rules_turn_tool_calls_into_inference_and_train_step_events() {
     std::fs::write(&config, RULES).expect("writing the agent config");
     let agent = Agent::start(&dir, &["--config", config.to_str().expect("utf-8 path")])
         .expect("agent start");
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers: 2,
-        pipe_workers: 0,
-        log: Some(dir.join("beam.log")),
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
+    let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
     std::thread::sleep(Duration::from_millis(500));
     let gt_path = dir.join("ground_truth.jsonl");
     demo.load(

@@ -2,7 +2,7 @@
 //! spawning real grpcio workers). Needs root; fails, never skips, when it is missing.
 use serde_json::Value;
 use snakepit_testkit::agent::{events_named, is_event, Agent};
-use snakepit_testkit::demo::{ConnStat, Demo, DemoOptions, LoadSpec, Status};
+use snakepit_testkit::demo::{ConnStat, Demo, LoadSpec, Status};
 use snakepit_testkit::{require, scratch_dir};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -167,16 +167,7 @@ fn agent_sees_a_deployment_started_after_it_with_exact_byte_totals_and_crashes()
     require::root_and_bpf();
     let dir = scratch_dir("topology-live");
     let mut agent = Agent::start(&dir, &["--summary-interval-ms", "300"]).expect("agent start");
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers: 2,
-        pipe_workers: 1,
-        log: Some(dir.join("beam.log")),
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    let status = demo
-        .wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
+    let (mut demo, status) = Demo::start_ready(&dir, 2, 1).expect("demo start");
     assert_all_workers_discovered(&mut agent, &status);
 
     // Traffic of every kind, then still: the BEAM stops its heartbeats.
@@ -335,16 +326,7 @@ fn agent_sees_a_deployment_started_after_it_with_exact_byte_totals_and_crashes()
 fn agent_started_late_finds_everything() {
     require::root_and_bpf();
     let dir = scratch_dir("topology-late");
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers: 3,
-        pipe_workers: 1,
-        log: Some(dir.join("beam.log")),
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    let status = demo
-        .wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
+    let (mut demo, status) = Demo::start_ready(&dir, 3, 1).expect("demo start");
     let mut spec = LoadSpec::new(100, 1_000, &[("echo", 3), ("sleep", 1)]);
     spec.pools = vec!["default".into(), "legacy".into()];
     demo.load(&spec, &dir.join("gt-before.jsonl"))
