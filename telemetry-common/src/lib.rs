@@ -33,6 +33,14 @@ pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
 pub const GLOBAL_TASK_REAL_PARENT_OFFSET: &str = "TASK_REAL_PARENT_OFFSET";
 /// Per-CPU one-entry array holding the `IoEvent` being built (too big for the stack).
 pub const MAP_IO_SCRATCH: &str = "IO_SCRATCH";
+/// Global (set by the loader): 1 = decode each direction of an HTTP/2 connection once,
+/// from the sender's writes; the receiver's reads send frame headers only (see
+/// `Capture::Frames`), and only for syscalls in which a frame ends.
+pub const GLOBAL_DECODE_ONCE: &str = "DECODE_ONCE";
+/// `FdKey -> CursorHint`: user space tells the kernel where the next frame header of a
+/// stream joined mid-way lies, so its frame cursor (and the lean capture) can start.
+pub const MAP_CURSOR_HINTS: &str = "CURSOR_HINTS";
+pub const MAX_CURSOR_HINTS: u32 = 1024;
 
 /// Upper bound of the payload copy; a power of two so offsets and lengths can be
 /// masked for the verifier.
@@ -91,18 +99,36 @@ pub struct FrameMarkSlot {
 }
 pub const MARK_SLOT_LEN: usize = core::mem::size_of::<FrameMarkSlot>();
 
-/// IoEventHeader.frame_status: the cursor was unknown when the syscall began.
-pub const FRAMING_UNKNOWN: u8 = 0;
-/// The cursor was known and followed through the whole syscall: every frame header
-/// in it is in the prefix or in a mark.
-pub const FRAMING_TRACKED: u8 = 1;
-/// The cursor was known at the start but lost in this syscall (bad header, too many
-/// marks, unreadable buffer); marks before the loss are still valid.
-pub const FRAMING_LOST: u8 = 2;
-/// Cursor tracked through this syscall, but more headers lay beyond the prefix than
-/// there are mark slots: the marks cover only the start; the cursor for the next
-/// syscall is still exact (its `cursor_in` lets a decoder resynchronise).
-pub const FRAMING_OVERFLOW: u8 = 3;
+/// How the kernel frame cursor fared in a syscall (IoEventHeader.frame_status).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// No cursor for this fd and direction when the syscall began: no marks.
+    Unknown = 0,
+    /// Followed through the whole syscall: every frame header in it lies in the
+    /// prefix or in a mark (a header split at the end continues in the next syscall).
+    Tracked = 1,
+    /// Known at the start, lost in this syscall (bad header, unreadable buffer); the
+    /// marks before the loss are valid. Unknown from here on.
+    Lost = 2,
+    /// Tracked through this syscall, but more headers lay beyond the prefix than
+    /// there are mark slots: the marks cover only the start; the cursor for the next
+    /// syscall is still exact (its `cursor_in` lets a decoder resynchronise).
+    Overflow = 3,
+}
+
+impl TryFrom<u8> for FrameStatus {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            0 => FrameStatus::Unknown,
+            1 => FrameStatus::Tracked,
+            2 => FrameStatus::Lost,
+            3 => FrameStatus::Overflow,
+            _ => return Err(v),
+        })
+    }
+}
 pub const COMM_LEN: usize = 16;
 pub const FILENAME_LEN: usize = 128;
 
@@ -114,17 +140,70 @@ pub const MAX_PENDING_IO: u32 = 16384;
 // Record kinds
 // ---------------------------------------------------------------------------
 
-pub const KIND_IO: u32 = 1;
-pub const KIND_FORK: u32 = 2;
-pub const KIND_EXEC: u32 = 3;
-pub const KIND_EXIT: u32 = 4;
-pub const KIND_FD_OPEN: u32 = 5;
-pub const KIND_FD_CLOSE: u32 = 6;
+/// The kind of a ring-buffer record (its first u32).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Io = 1,
+    Fork = 2,
+    Exec = 3,
+    Exit = 4,
+    FdOpen = 5,
+    FdClose = 6,
+    /// A `ProcEvent` whose `tgid` the OOM killer chose (oom/mark_victim).
+    OomKill = 7,
+}
 
-/// Data flowing into the process (read family).
-pub const DIR_INGRESS: u8 = 0;
-/// Data flowing out of the process (write family).
-pub const DIR_EGRESS: u8 = 1;
+impl TryFrom<u32> for RecordKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => RecordKind::Io,
+            2 => RecordKind::Fork,
+            3 => RecordKind::Exec,
+            4 => RecordKind::Exit,
+            5 => RecordKind::FdOpen,
+            6 => RecordKind::FdClose,
+            7 => RecordKind::OomKill,
+            _ => return Err(v),
+        })
+    }
+}
+
+/// Which way bytes move through a process's fd.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Into the process (read family).
+    Ingress = 0,
+    /// Out of the process (write family).
+    Egress = 1,
+}
+
+impl Direction {
+    /// Index into the per-direction arrays of `FdState` and `CursorHint`.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn opposite(self) -> Direction {
+        match self {
+            Direction::Ingress => Direction::Egress,
+            Direction::Egress => Direction::Ingress,
+        }
+    }
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Direction::Ingress),
+            1 => Ok(Direction::Egress),
+            _ => Err(v),
+        }
+    }
+}
 
 /// Which syscall produced an I/O or fd record.
 #[repr(u8)]
@@ -144,9 +223,10 @@ pub enum Syscall {
     Close = 11,
 }
 
-impl Syscall {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
+impl TryFrom<u8> for Syscall {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
             0 => Syscall::Read,
             1 => Syscall::Write,
             2 => Syscall::Readv,
@@ -159,9 +239,12 @@ impl Syscall {
             9 => Syscall::Accept4,
             10 => Syscall::Connect,
             11 => Syscall::Close,
-            _ => return None,
+            _ => return Err(v),
         })
     }
+}
+
+impl Syscall {
     pub fn name(self) -> &'static str {
         match self {
             Syscall::Read => "read",
@@ -212,7 +295,7 @@ pub struct FdKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FdState {
-    /// Next sequence number per direction (index DIR_INGRESS / DIR_EGRESS), taken
+    /// Next sequence number per direction (index `Direction::index`), taken
     /// with an atomic add at syscall exit: the stream order, whatever the CPU.
     pub next_seq: [u64; 2],
     pub fd_kind: u32,
@@ -231,8 +314,23 @@ pub struct FdState {
     pub _pad2: [u8; 6],
 }
 
+/// A frame cursor learnt in user space for a stream whose kernel cursor is unknown
+/// (joined mid-connection): per direction, "after the syscall with sequence number
+/// `after_seq`, the next frame header is `cursor` bytes ahead". The kernel takes it
+/// only at the syscall numbered `after_seq + 1`, so a hint that arrives late is
+/// ignored, never misapplied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorHint {
+    pub after_seq: [u64; 2],
+    pub cursor: [u32; 2],
+    /// Per direction: 1 when this direction's hint is set.
+    pub valid: [u8; 2],
+    pub _pad: [u8; 6],
+}
+
 impl FdState {
-    /// A fresh entry with the given cursors (index DIR_INGRESS / DIR_EGRESS).
+    /// A fresh entry with the given cursors (index `Direction::index`).
     pub const fn new(fd_kind: u32, cursor: [u32; 2]) -> FdState {
         FdState {
             next_seq: [0; 2],
@@ -295,9 +393,39 @@ pub struct IoEventHeader {
     /// one. Set for ret > 0 only.
     pub cursor_in: u32,
     pub partial_in: u8,
-    /// FRAMING_* (how the cursor fared in this syscall).
+    /// `FrameStatus` (how the cursor fared in this syscall).
     pub frame_status: u8,
-    pub _pad: [u8; 2],
+    /// `Capture` (what the record carries).
+    pub capture: u8,
+    pub _pad: u8,
+    /// Bytes the fd moved in this direction before this syscall (since it is watched):
+    /// a lean record (`Capture::Frames`) follows syscalls that sent none.
+    pub stream_pos: u64,
+}
+
+/// What an I/O record carries (IoEventHeader.capture).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// The payload prefix (`captured_len` bytes) and the marks beyond it: this side
+    /// decodes the stream.
+    Full = 0,
+    /// Frame headers only (as marks, no prefix): the other end of the connection
+    /// decodes this direction; this one only times it. Sent only for syscalls in which
+    /// a frame ends (or a header is split), so syscalls inside a large frame send
+    /// nothing and `stream_pos` tells how many bytes they moved.
+    Frames = 1,
+}
+
+impl TryFrom<u8> for Capture {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Capture::Full),
+            1 => Ok(Capture::Frames),
+            _ => Err(v),
+        }
+    }
 }
 
 #[repr(C)]
@@ -366,11 +494,12 @@ pub const PROBE_CLOSE: u32 = 10;
 pub const PROBE_FORK: u32 = 11;
 pub const PROBE_EXEC: u32 = 12;
 pub const PROBE_EXIT: u32 = 13;
-pub const PROBE_COUNT: u32 = 14;
+pub const PROBE_OOM: u32 = 14;
+pub const PROBE_COUNT: u32 = 15;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
     "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
-    "connect", "close", "fork", "exec", "exit",
+    "connect", "close", "fork", "exec", "exit", "oom",
 ];
 
 /// Records sent.
@@ -402,4 +531,5 @@ mod pod {
     unsafe impl aya::Pod for FdKey {}
     unsafe impl aya::Pod for FdState {}
     unsafe impl aya::Pod for PendingIo {}
+    unsafe impl aya::Pod for CursorHint {}
 }

@@ -14,18 +14,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use telemetry_common::{
-    FdKey, FdState, IoEvent, PendingIo, Syscall, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS, FD_PIPE,
-    FRAMING_LOST, FRAMING_OVERFLOW, FRAMING_TRACKED, FRAMING_UNKNOWN, HTTP2_HDR_LEN,
-    HTTP2_MAX_FRAME_TYPE, IO_DATA_AREA, IO_HEADER_LEN, KIND_IO, MARK_BYTES, MARK_SLOT_LEN,
-    MAX_CAPTURE, MAX_HDR_LEN, MAX_IOVECS, MAX_MARKS, MAX_WALK_STEPS, PACKET4_HDR_LEN,
-    PACKET4_MAX_LEN, PROBE_READ, PROBE_READV, PROBE_RECVFROM, PROBE_RECVMSG, PROBE_SENDMSG,
-    PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV, STAT_CURSOR_LOST, STAT_EVENTS, STAT_MAP_FULL,
-    STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
+    Capture, Direction, FdKey, FdState, FrameStatus, IoEvent, PendingIo, RecordKind, Syscall,
+    CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, HTTP2_HDR_LEN, HTTP2_MAX_FRAME_TYPE, IO_DATA_AREA,
+    IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_HDR_LEN, MAX_IOVECS, MAX_MARKS,
+    MAX_WALK_STEPS, PACKET4_HDR_LEN, PACKET4_MAX_LEN, PROBE_READ, PROBE_READV, PROBE_RECVFROM,
+    PROBE_RECVMSG, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV, STAT_CURSOR_LOST,
+    STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, stat_add, BPF_ANY, EVENTS, IO_SCRATCH, PENDING_IO, WALK_SCRATCH,
-    WATCHED_FDS,
+    capture_bytes, ctx_u64, decode_once, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, CURSOR_HINTS, EVENTS,
+    IO_SCRATCH, PENDING_IO, WALK_SCRATCH, WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -67,7 +66,7 @@ io_probes!(
     sys_enter_read,
     sys_exit_read,
     Syscall::Read,
-    DIR_INGRESS,
+    Direction::Ingress,
     PROBE_READ,
     Buf::Plain
 );
@@ -75,7 +74,7 @@ io_probes!(
     sys_enter_write,
     sys_exit_write,
     Syscall::Write,
-    DIR_EGRESS,
+    Direction::Egress,
     PROBE_WRITE,
     Buf::Plain
 );
@@ -83,7 +82,7 @@ io_probes!(
     sys_enter_readv,
     sys_exit_readv,
     Syscall::Readv,
-    DIR_INGRESS,
+    Direction::Ingress,
     PROBE_READV,
     Buf::Vec
 );
@@ -91,7 +90,7 @@ io_probes!(
     sys_enter_writev,
     sys_exit_writev,
     Syscall::Writev,
-    DIR_EGRESS,
+    Direction::Egress,
     PROBE_WRITEV,
     Buf::Vec
 );
@@ -99,7 +98,7 @@ io_probes!(
     sys_enter_recvfrom,
     sys_exit_recvfrom,
     Syscall::Recvfrom,
-    DIR_INGRESS,
+    Direction::Ingress,
     PROBE_RECVFROM,
     Buf::Plain
 );
@@ -107,7 +106,7 @@ io_probes!(
     sys_enter_sendto,
     sys_exit_sendto,
     Syscall::Sendto,
-    DIR_EGRESS,
+    Direction::Egress,
     PROBE_SENDTO,
     Buf::Plain
 );
@@ -115,7 +114,7 @@ io_probes!(
     sys_enter_recvmsg,
     sys_exit_recvmsg,
     Syscall::Recvmsg,
-    DIR_INGRESS,
+    Direction::Ingress,
     PROBE_RECVMSG,
     Buf::Msg
 );
@@ -123,7 +122,7 @@ io_probes!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,
     Syscall::Sendmsg,
-    DIR_EGRESS,
+    Direction::Egress,
     PROBE_SENDMSG,
     Buf::Msg
 );
@@ -132,7 +131,7 @@ io_probes!(
 fn try_enter(
     ctx: &TracePointContext,
     sys: Syscall,
-    dir: u8,
+    dir: Direction,
     probe: u32,
     buf: Buf,
 ) -> Result<(), ()> {
@@ -148,13 +147,14 @@ fn try_enter(
     }
     let arg = ctx_u64(ctx, ARG1);
     let mut pending = PendingIo {
+        // SAFETY: a helper call without arguments.
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
         buf: 0,
         iov: 0,
         iovcnt: 0,
         fd: fd as i32,
         syscall: sys as u8,
-        direction: dir,
+        direction: dir as u8,
         _pad: [0; 6],
     };
     match buf {
@@ -165,6 +165,7 @@ fn try_enter(
         }
         Buf::Msg => {
             // user_msghdr: name, namelen, msg_iov (+16), msg_iovlen (+24).
+            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
             match unsafe { bpf_probe_read_user(arg as *const [u64; 4]) } {
                 Ok(hdr) => {
                     pending.iov = hdr[2];
@@ -184,6 +185,7 @@ fn try_enter(
 fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // The miss path: exactly one hash lookup.
+    // SAFETY: the value is copied out at once; a concurrent update leaves valid map memory.
     let pending = match unsafe { PENDING_IO.get(pid_tgid) } {
         Some(p) => *p,
         None => return Ok(()),
@@ -204,17 +206,37 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     let dir = (pending.direction & 1) as usize;
     // Atomic: several threads of the process may use the same fd on different CPUs.
     // (The bpf target has no AtomicU64::fetch_add; the intrinsic lowers to BPF_ATOMIC.)
-    let seq = unsafe { fetch_add(core::ptr::addr_of_mut!((*state).next_seq[dir]), 1) };
-    unsafe {
-        fetch_add(core::ptr::addr_of_mut!((*state).calls[dir]), 1);
-        if ret > 0 {
-            fetch_add(core::ptr::addr_of_mut!((*state).bytes[dir]), ret as u64);
-        }
+    // SAFETY: `state` points into a live WATCHED_FDS value; the fields are u64.
+    unsafe { fetch_add(core::ptr::addr_of_mut!((*state).calls[dir]), 1) };
+    if ret < 0 {
+        // EAGAIN and other errors move no bytes and end no frame: the totals above
+        // count them, no record is needed (non-blocking readers make one per wakeup).
+        return Ok(());
     }
+    // SAFETY: as above.
+    let stream_pos = unsafe { fetch_add(core::ptr::addr_of_mut!((*state).bytes[dir]), ret as u64) };
+    // SAFETY: as above; plain reads and writes of this fd's own cursor fields.
+    let st = unsafe { &mut *state };
+    let lean = decode_once()
+        && st.fd_kind == FD_SOCKET
+        && dir == Direction::Ingress.index()
+        && st.cursor[dir] != CURSOR_UNKNOWN;
+    if !lean && st.cursor[dir] == CURSOR_UNKNOWN && st.fd_kind == FD_SOCKET {
+        take_cursor_hint(st, &key, dir);
+    }
+    if lean && st.partial_len[dir] == 0 && (st.cursor[dir] as u64) > ret as u64 {
+        // Inside one frame from start to end: nothing for the timing to see.
+        st.cursor[dir] -= ret as u32;
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let seq = unsafe { fetch_add(core::ptr::addr_of_mut!((*state).next_seq[dir]), 1) };
 
     let ev = IO_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted, so
+    // nothing else uses it on this CPU meanwhile.
     let ev = unsafe { &mut *ev };
-    ev.header.kind = KIND_IO;
+    ev.header.kind = RecordKind::Io as u32;
     ev.header.tgid = tgid;
     ev.header.tid = pid_tgid as u32;
     ev.header.fd = pending.fd;
@@ -223,15 +245,18 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     ev.header.marks = 0;
     ev.header.cursor_in = CURSOR_UNKNOWN;
     ev.header.partial_in = 0;
-    ev.header.frame_status = FRAMING_UNKNOWN;
-    ev.header._pad = [0; 2];
+    ev.header.frame_status = FrameStatus::Unknown as u8;
+    ev.header.capture = if lean { Capture::Frames } else { Capture::Full } as u8;
+    ev.header._pad = 0;
+    ev.header.stream_pos = stream_pos;
     ev.header.ret = ret;
     ev.header.ts_enter_ns = pending.ts_enter_ns;
+    // SAFETY: a helper call without arguments.
     ev.header.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
     ev.header.seq = seq;
 
     let mut captured: u32 = 0;
-    if ret > 0 {
+    if ret > 0 && !lean {
         let cap = capture_bytes();
         let want = if (ret as u64) < cap as u64 {
             ret as u32
@@ -254,6 +279,11 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
         }
     }
     ev.header.captured_len = captured;
+    // Re-read from the record: the lean path (nothing copied) and the full one then
+    // reach the frame walk in the same verifier state, so the walk is verified once
+    // (its bpf_loop callback dominates the verifier's work).
+    // SAFETY: a plain read of a field of the per-CPU record.
+    let captured = unsafe { core::ptr::read_volatile(&ev.header.captured_len) };
 
     let mut marks: u32 = 0;
     if ret > 0 {
@@ -263,12 +293,36 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     // Send only the header, the used part of the prefix and the marks.
     let used = captured as usize + (marks as usize & 127) * MARK_SLOT_LEN;
     let len = IO_HEADER_LEN + (used & (4 * MAX_CAPTURE - 1));
+    // SAFETY: `len` <= size_of::<IoEvent>() (header + masked data length).
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const IoEvent as *const u8, len) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    match EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }
     Ok(())
+}
+
+/// A stream joined mid-way: adopt the frame cursor user space found, if it was
+/// given for exactly the syscall before this one (the next sequence number).
+#[inline(always)]
+fn take_cursor_hint(st: &mut FdState, key: &FdKey, dir: usize) {
+    let hint = match CURSOR_HINTS.get_ptr(key) {
+        Some(h) => h,
+        None => return,
+    };
+    // Constant indices: the verifier rejects variable offsets into stack copies.
+    // SAFETY: `hint` points into a live CURSOR_HINTS value; plain field reads.
+    let (valid, after_seq, cursor) = unsafe {
+        if dir == Direction::Ingress.index() {
+            ((*hint).valid[0], (*hint).after_seq[0], (*hint).cursor[0])
+        } else {
+            ((*hint).valid[1], (*hint).after_seq[1], (*hint).cursor[1])
+        }
+    };
+    if valid != 0 && after_seq.wrapping_add(1) == st.next_seq[dir & 1] {
+        st.cursor[dir & 1] = cursor;
+        st.partial_len[dir & 1] = 0;
+    }
 }
 
 /// Atomic fetch-add. SeqCst on purpose: LLVM's BPF backend lowers a Relaxed
@@ -276,6 +330,7 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
 /// seq came out as the addend); SeqCst emits BPF_ATOMIC|BPF_ADD|BPF_FETCH.
 #[inline(always)]
 unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: callers pass a pointer into a live map value, 8-byte aligned.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }
 
@@ -292,6 +347,8 @@ fn read_chunk(ev: &mut IoEvent, off: u32, src: u64, len: u32) -> bool {
             len as usize & (MAX_CAPTURE - 1),
         )
     };
+    // SAFETY: the destination stays inside `ev.data` (masked offset and length); the helper checks
+    // the user source and fails without faulting.
     let ret = unsafe {
         let dst = ev.data.as_mut_ptr().add(o);
         generated::bpf_probe_read_user(dst as *mut c_void, l as u32, src as *const c_void)
@@ -313,6 +370,7 @@ fn copy_iovecs(ev: &mut IoEvent, iov: u64, cnt: u32, want: u32, probe: u32) -> u
             break;
         }
         // struct iovec { void *iov_base; size_t iov_len; }
+        // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
         let v = match unsafe { bpf_probe_read_user((iov + i as u64 * 16) as *const [u64; 2]) } {
             Ok(v) => v,
             Err(_) => {
@@ -408,6 +466,7 @@ fn follow_frames(
     captured: u32,
     probe: u32,
 ) -> u32 {
+    // SAFETY: `state` points into a live WATCHED_FDS value.
     let st = unsafe { &mut *state };
     let dir = dir & 1;
     let cursor = st.cursor[dir];
@@ -417,7 +476,7 @@ fn follow_frames(
     let partial = st.partial_len[dir] as u32;
     ev.header.cursor_in = cursor;
     ev.header.partial_in = partial as u8;
-    ev.header.frame_status = FRAMING_TRACKED;
+    ev.header.frame_status = FrameStatus::Tracked as u8;
     // The common case for large frames: no header in this syscall at all.
     if partial == 0 && (cursor as u64) >= ret {
         st.cursor[dir] = cursor - ret as u32;
@@ -429,6 +488,8 @@ fn follow_frames(
         HTTP2_HDR_LEN
     };
     let w = match WALK_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted,
+        // so nothing else uses it on this CPU meanwhile.
         Some(w) => unsafe { &mut *w },
         None => return 0,
     };
@@ -462,6 +523,8 @@ fn follow_frames(
     w.state = WALK_RUNNING;
     w.hbuf[..8].copy_from_slice(&st.partial[dir]);
 
+    // SAFETY: walk_step has the bpf_loop callback signature and reaches its state through maps
+    // only.
     unsafe {
         generated::bpf_loop(
             MAX_WALK_STEPS,
@@ -488,7 +551,7 @@ fn follow_frames(
         }
     }
     if !lost && w.overflow != 0 {
-        ev.header.frame_status = FRAMING_OVERFLOW;
+        ev.header.frame_status = FrameStatus::Overflow as u8;
     }
     if lost {
         if w.state != WALK_LOST {
@@ -497,7 +560,7 @@ fn follow_frames(
         }
         st.cursor[dir] = CURSOR_UNKNOWN;
         st.partial_len[dir] = 0;
-        ev.header.frame_status = FRAMING_LOST;
+        ev.header.frame_status = FrameStatus::Lost as u8;
     }
     let marks = if w.marks > MAX_MARKS {
         MAX_MARKS
@@ -513,6 +576,8 @@ fn follow_frames(
 #[inline(never)]
 extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
+        // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted,
+        // so nothing else uses it on this CPU meanwhile.
         (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
         _ => return LOOP_STOP,
     };
@@ -562,6 +627,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         if (got as u64) < k {
             return lose(w);
         }
+        // SAFETY: `slot` is masked to lie inside `ev.data` with room for a whole mark slot.
         unsafe {
             let p = ev.data.as_mut_ptr().add(slot);
             core::ptr::write_unaligned(p as *mut u32, w.pos as u32);
@@ -582,6 +648,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         if j as u64 >= k {
             break;
         }
+        // SAFETY: `src + j` is below IO_DATA_AREA (checked just above).
         let b = unsafe { *ev.data.as_ptr().add(src + j) };
         w.hbuf[(w.hgot as usize + j) & 15] = b;
     }
@@ -616,6 +683,7 @@ fn next_iovec(w: &mut Walk) -> bool {
         return false;
     }
     // struct iovec { void *iov_base; size_t iov_len; }
+    // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
     match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
         Ok(v) => {
             w.vbase += w.vlen;
@@ -648,6 +716,7 @@ fn gather(w: &Walk, ev: &mut IoEvent, n: u32) -> u32 {
             if w.iov == 0 || vi >= w.vcnt {
                 break;
             }
+            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
             match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
                 Ok(v) => {
                     base += len;
@@ -667,6 +736,8 @@ fn gather(w: &Walk, ev: &mut IoEvent, n: u32) -> u32 {
             + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN
             + SLOT_BYTES_OFF
             + (got as usize & (MARK_BYTES - 1));
+        // SAFETY: the destination stays inside `ev.data` (masked offset and length); the helper
+        // checks the user source and fails without faulting.
         let rc = unsafe {
             generated::bpf_probe_read_user(
                 ev.data.as_mut_ptr().add(dst) as *mut c_void,

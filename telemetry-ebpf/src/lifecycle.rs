@@ -10,13 +10,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use telemetry_common::{
-    ProcEvent, COMM_LEN, FILENAME_LEN, KIND_EXEC, KIND_EXIT, KIND_FORK, PID_LINEAGE, PROBE_EXEC,
-    PROBE_EXIT, PROBE_FORK, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+    ProcEvent, RecordKind, COMM_LEN, FILENAME_LEN, PID_LINEAGE, PROBE_EXEC, PROBE_EXIT, PROBE_FORK,
+    STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
     ctx_u32, stat_add, task_exit_code_offset, task_pid_offset, task_real_parent_offset,
-    task_tgid_offset, BPF_ANY, EVENTS, WATCHED_PIDS,
+    task_tgid_offset, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, WATCHED_PIDS,
 };
 
 /// sched_process_exec record: `__data_loc char[] filename` at 8 (6.18 layout, see
@@ -47,12 +47,13 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn empty_event(kind: u32, pid_tgid: u64) -> ProcEvent {
+pub(crate) fn empty_event(kind: RecordKind, pid_tgid: u64) -> ProcEvent {
     ProcEvent {
-        kind,
+        kind: kind as u32,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         ppid: 0,
+        // SAFETY: a helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         exit_code: 0,
         child_pid: 0,
@@ -62,8 +63,8 @@ fn empty_event(kind: u32, pid_tgid: u64) -> ProcEvent {
 }
 
 #[inline(always)]
-fn send(ev: &ProcEvent, probe: u32) {
-    match EVENTS.output::<ProcEvent>(ev, 0) {
+pub(crate) fn send(ev: &ProcEvent, probe: u32) {
+    match EVENTS.output::<ProcEvent>(ev, BPF_RB_NO_WAKEUP) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }
@@ -76,6 +77,7 @@ fn read_u32_at(base: u64, off: u32) -> Option<u32> {
     if off == u32::MAX || base == 0 {
         return None;
     }
+    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u32) }.ok()
 }
 
@@ -86,7 +88,9 @@ fn current_ppid() -> u32 {
     if off == u32::MAX {
         return 0;
     }
+    // SAFETY: a helper call without arguments.
     let task = unsafe { bpf_get_current_task() };
+    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
     let parent = match unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) } {
         Ok(p) => p,
         Err(_) => return 0,
@@ -123,7 +127,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
     {
         stat_add(PROBE_FORK, STAT_MAP_FULL, 1);
     }
-    let mut ev = empty_event(KIND_FORK, pid_tgid);
+    let mut ev = empty_event(RecordKind::Fork, pid_tgid);
     ev.tgid = child_tgid;
     ev.tid = child_pid;
     ev.ppid = parent_tgid;
@@ -138,7 +142,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
 #[inline(always)]
 fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let mut ev = empty_event(KIND_EXEC, pid_tgid);
+    let mut ev = empty_event(RecordKind::Exec, pid_tgid);
     ev.ppid = current_ppid();
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
@@ -146,7 +150,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
     // __data_loc: low 16 bits = offset of the string inside the record.
     let loc = ctx_u32(ctx, EXEC_FILENAME_LOC);
     let off = (loc & 0xffff) as usize;
+    // SAFETY: `off` comes from the record's __data_loc field; the helper below checks the read.
     let src = unsafe { (ctx.as_ptr() as *const u8).add(off) };
+    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
     if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut ev.filename) }.is_err() {
         stat_add(PROBE_EXEC, STAT_READ_ERRORS, 1);
     }
@@ -165,8 +171,9 @@ fn try_exit(_ctx: &TracePointContext) -> Result<(), ()> {
     if WATCHED_PIDS.get_ptr(tgid).is_none() {
         return Ok(());
     }
-    let mut ev = empty_event(KIND_EXIT, pid_tgid);
+    let mut ev = empty_event(RecordKind::Exit, pid_tgid);
     ev.ppid = current_ppid();
+    // SAFETY: a helper call without arguments.
     let task = unsafe { bpf_get_current_task() };
     ev.exit_code = read_u32_at(task, task_exit_code_offset()).unwrap_or(u32::MAX);
     if let Ok(comm) = bpf_get_current_comm() {

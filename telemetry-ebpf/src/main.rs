@@ -1,7 +1,7 @@
 //! snakepit-probes: the kernel half of snakepit-agent.
 //!
 //! Hooks are grouped by file: `io` (read/write family payload capture), `sockets`
-//! (accept/connect/close bookkeeping), `lifecycle` (fork/exec/exit). All maps and
+//! (accept/connect/close bookkeeping), `lifecycle` (fork/exec/exit), `oom` (OOM kills). All maps and
 //! loader-set globals live in `maps`. Record layouts come from telemetry-common.
 #![no_std]
 #![no_main]
@@ -12,6 +12,7 @@
 mod io;
 mod lifecycle;
 mod maps;
+mod oom;
 mod sockets;
 
 /// The kernel only lets GPL-compatible programs call GPL-only helpers such as

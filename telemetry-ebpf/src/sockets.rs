@@ -8,13 +8,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use telemetry_common::{
-    FdEvent, FdKey, FdState, PendingIo, Syscall, DIR_EGRESS, DIR_INGRESS, FD_SOCKET,
-    HTTP2_PREFACE_LEN, KIND_FD_CLOSE, KIND_FD_OPEN, PID_WATCH_NEW_SOCKETS, PROBE_ACCEPT,
-    PROBE_CLOSE, PROBE_CONNECT, STAT_EVENTS, STAT_MAP_FULL, STAT_RINGBUF_DROPS,
+    Direction, FdEvent, FdKey, FdState, PendingIo, RecordKind, Syscall, FD_SOCKET,
+    HTTP2_PREFACE_LEN, PID_WATCH_NEW_SOCKETS, PROBE_ACCEPT, PROBE_CLOSE, PROBE_CONNECT,
+    STAT_EVENTS, STAT_MAP_FULL, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
-    ctx_u64, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO, WATCHED_FDS, WATCHED_PIDS,
+    ctx_u64, stat_add, BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP, EEXIST, EVENTS, PENDING_IO,
+    WATCHED_FDS, WATCHED_PIDS,
 };
 
 const ARG0: usize = 16;
@@ -58,6 +59,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 /// True when `tgid` asked for its new sockets to be watched (one lookup).
 #[inline(always)]
 fn wants_new_sockets(tgid: u32) -> bool {
+    // SAFETY: the value is copied out at once; a concurrent update leaves valid map memory.
     match unsafe { WATCHED_PIDS.get(tgid) } {
         Some(flags) => *flags & PID_WATCH_NEW_SOCKETS != 0,
         None => false,
@@ -65,7 +67,7 @@ fn wants_new_sockets(tgid: u32) -> bool {
 }
 
 /// Starts watching (tgid, fd) with fresh counters and the given frame cursors
-/// (index DIR_INGRESS / DIR_EGRESS). `flags` BPF_NOEXIST keeps an entry user space
+/// (index `Direction::index`). `flags` BPF_NOEXIST keeps an entry user space
 /// may already have made (and its sequence numbers).
 #[inline(always)]
 fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32, cursor: [u32; 2]) {
@@ -80,7 +82,7 @@ fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32,
 
 #[inline(always)]
 fn emit_fd_event(
-    kind: u32,
+    kind: RecordKind,
     pid_tgid: u64,
     fd: i32,
     ret: i64,
@@ -93,18 +95,19 @@ fn emit_fd_event(
         None => ([0; 2], [0; 2]),
     };
     let ev = FdEvent {
-        kind,
+        kind: kind as u32,
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
         fd,
         ret,
+        // SAFETY: a helper call without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         syscall: sys as u8,
         _pad: [0; 7],
         bytes,
         calls,
     };
-    match EVENTS.output::<FdEvent>(&ev, 0) {
+    match EVENTS.output::<FdEvent>(&ev, BPF_RB_NO_WAKEUP) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }
@@ -122,9 +125,10 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
     let fd = ctx_u64(ctx, ARG0) as u32;
     // HTTP/2 client: our first bytes are the 24-byte preface, the peer starts with a frame.
     let mut cursor = [0u32; 2];
-    cursor[DIR_EGRESS as usize] = HTTP2_PREFACE_LEN;
+    cursor[Direction::Egress.index()] = HTTP2_PREFACE_LEN;
     watch_fd(ctx, tgid, fd, BPF_NOEXIST, PROBE_CONNECT, cursor);
     let pending = PendingIo {
+        // SAFETY: a helper call without arguments.
         ts_enter_ns: unsafe { bpf_ktime_get_ns() },
         buf: 0,
         iov: 0,
@@ -143,6 +147,7 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), ()> {
 #[inline(always)]
 fn try_exit_connect(ctx: &TracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once; a concurrent update leaves valid map memory.
     let pending = match unsafe { PENDING_IO.get(pid_tgid) } {
         Some(p) => *p,
         None => return Ok(()),
@@ -153,7 +158,7 @@ fn try_exit_connect(ctx: &TracePointContext) -> Result<(), ()> {
     }
     let ret = ctx_u64(ctx, RET) as i64;
     emit_fd_event(
-        KIND_FD_OPEN,
+        RecordKind::FdOpen,
         pid_tgid,
         pending.fd,
         ret,
@@ -178,10 +183,10 @@ fn try_exit_accept(ctx: &TracePointContext, sys: Syscall) -> Result<(), ()> {
     // A fresh fd number: any entry left for it (a close we missed) is stale, replace it.
     // HTTP/2 server: the peer's first bytes are the preface.
     let mut cursor = [0u32; 2];
-    cursor[DIR_INGRESS as usize] = HTTP2_PREFACE_LEN;
+    cursor[Direction::Ingress.index()] = HTTP2_PREFACE_LEN;
     watch_fd(ctx, tgid, ret as u32, BPF_ANY, PROBE_ACCEPT, cursor);
     emit_fd_event(
-        KIND_FD_OPEN,
+        RecordKind::FdOpen,
         pid_tgid,
         ret as i32,
         ret,
@@ -200,13 +205,14 @@ fn try_enter_close(ctx: &TracePointContext) -> Result<(), ()> {
         fd: ctx_u64(ctx, ARG0) as u32,
     };
     // The miss path: one lookup.
+    // SAFETY: the value is copied out at once; a concurrent update leaves valid map memory.
     let state = match unsafe { WATCHED_FDS.get(key) } {
         Some(s) => *s,
         None => return Ok(()),
     };
     let _ = WATCHED_FDS.remove(key);
     emit_fd_event(
-        KIND_FD_CLOSE,
+        RecordKind::FdClose,
         pid_tgid,
         key.fd as i32,
         0,

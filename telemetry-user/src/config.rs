@@ -41,13 +41,18 @@ pub struct CaptureConfig {
     pub bytes: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Decode each direction of a gRPC connection once, from the sender's writes; the
+    /// receiver's reads only time it (frame headers, no payload). Off: both ends copy
+    /// and decode everything (costs twice as much; for debugging the agent).
+    pub decode_once: bool,
 }
 
 impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             bytes: 4096,
-            ring_buffer_bytes: 32 << 20,
+            ring_buffer_bytes: 16 << 20,
+            decode_once: true,
         }
     }
 }

@@ -10,8 +10,8 @@ use std::{
 };
 
 use snakepit_agent::kernel::{
-    preflight, Direction, ExitStatus, FrameStatus, IoRecord, KernelConfig, KernelEvent, Probes,
-    Syscall, FD_PIPE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
+    preflight, Capture, Direction, ExitStatus, FrameStatus, IoRecord, KernelConfig, KernelEvent,
+    Probes, Syscall, FD_PIPE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
 };
 use telemetry_common::{
     PROBE_READ, PROBE_RECVFROM, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV,
@@ -23,13 +23,26 @@ use tokio::sync::mpsc::Receiver;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn load() -> Probes {
+    load_with(&KernelConfig::default())
+}
+
+/// Both ends of every connection copy and decode everything (no decode-once): the
+/// tests of the full capture read the receiving side's payload too.
+fn load_full() -> Probes {
+    load_with(&KernelConfig {
+        decode_once: false,
+        ..KernelConfig::default()
+    })
+}
+
+fn load_with(cfg: &KernelConfig) -> Probes {
     let pf = preflight();
     let problems = pf.problems();
     assert!(
         problems.is_empty(),
         "kernel probes cannot run here: {problems:?} ({pf:?})"
     );
-    Probes::load(&KernelConfig::default())
+    Probes::load(cfg)
         .unwrap_or_else(|e| panic!("loading the probes failed (BPF unavailable?): {e}"))
 }
 
@@ -121,9 +134,9 @@ fn capture_lifecycle_and_stats() {
 }
 
 async fn capture_lifecycle_and_stats_body() {
-    let mut probes = load();
+    let mut probes = load_full();
     let mut rx = probes.events().expect("events");
-    assert_eq!(probes.attached().len(), 24, "{:?}", probes.attached());
+    assert_eq!(probes.attached().len(), 25, "{:?}", probes.attached());
 
     // --- sockets of a watched child ---
     let (mut child, mut out) = spawn_python(CHILD);
@@ -693,7 +706,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn frame_cursor_http2_socket() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
-        let mut probes = load();
+        let mut probes = load_full();
         let mut rx = probes.events().expect("events");
         let mut rng = Rng(0x5eed_1234_abcd_0001);
         let (stream, heads) = http2_stream(&mut rng, 200, 20000);
@@ -722,6 +735,98 @@ fn frame_cursor_http2_socket() {
         );
         assert_eq!(probes.reader_counters().1, 0, "decode errors");
     });
+}
+
+/// Decode-once: the receiving end of a socket sends lean records (frame headers, no
+/// payload) and only for reads in which a frame ends; the sending end is unchanged.
+#[test]
+fn lean_ingress_http2_socket() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut rng = Rng(0x5eed_1234_abcd_0002);
+        let (stream, heads) = http2_stream(&mut rng, 200, 20000);
+        let plan = http2_plan(&heads, stream.len());
+        let (pid, evs, fds) = run_plan(&mut probes, &mut rx, &stream, &plan).await;
+
+        let out_recs = io_stream(&evs, pid, fds[0], Direction::Egress);
+        let (_, m) = check_frames("egress", &out_recs, &stream, &heads, 9);
+        assert!(m >= 100, "expected most headers in marks, got {m}");
+        let in_recs = io_stream(&evs, pid, fds[1], Direction::Ingress);
+        let reads = fd_close_calls(&evs, pid, fds[1]);
+        let n = check_lean("ingress", &in_recs, &stream, &heads);
+        println!("lean ingress: {n} records for {reads} reads");
+        assert!(
+            (n as u64) < reads,
+            "reads inside one frame must send nothing ({n} records, {reads} reads)"
+        );
+        assert_eq!(lost_count(&probes), 0, "{:?}", probes.stats().nonzero());
+        assert_eq!(probes.reader_counters().1, 0, "decode errors");
+    });
+}
+
+/// Reads (or writes) of `fd` counted by the kernel, from its close event.
+fn fd_close_calls(evs: &[KernelEvent], tgid: u32, fd: i32) -> u64 {
+    evs.iter()
+        .find_map(|e| match e {
+            KernelEvent::FdClose {
+                tgid: t,
+                fd: f,
+                totals,
+                ..
+            } if *t == tgid && *f == fd => Some(totals.calls_in),
+            _ => None,
+        })
+        .expect("close event of the reading fd")
+}
+
+/// Lean records: no payload, contiguous sequence numbers, stream positions that add
+/// up, every frame header in a mark, no header in the bytes of reads that sent no
+/// record, and a frame ending in every record. Returns the number of records.
+fn check_lean(what: &str, recs: &[IoRecord], stream: &[u8], heads: &[usize]) -> usize {
+    let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..recs.len() as u64).collect::<Vec<_>>(),
+        "{what}: seq gaps"
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut end = 0usize;
+    for r in recs.iter().filter(|r| r.ret > 0) {
+        assert_eq!(r.capture, Capture::Frames, "{what}: seq {}", r.seq);
+        assert!(r.payload.is_empty(), "{what}: seq {} has a payload", r.seq);
+        let base = r.stream_pos as usize;
+        assert!(base >= end, "{what}: seq {} goes back", r.seq);
+        let skipped = heads.partition_point(|&h| h < base) - heads.partition_point(|&h| h < end);
+        assert_eq!(skipped, 0, "{what}: a header in reads before seq {}", r.seq);
+        for m in &r.marks {
+            let off = base + m.offset as usize;
+            assert_eq!(
+                &m.bytes[..],
+                &stream[off..off + m.bytes.len()],
+                "{what}: mark at {off}"
+            );
+            if heads.binary_search(&off).is_ok() {
+                seen.insert(off);
+            } else {
+                assert!(
+                    m.offset == 0 && r.partial_in > 0,
+                    "{what}: mark at {off} is not at a header"
+                );
+            }
+        }
+        let frame_ends = r.partial_in > 0
+            || !r.marks.is_empty()
+            || r.cursor_in.is_some_and(|c| i64::from(c) <= r.ret);
+        assert!(frame_ends, "{what}: seq {} ends no frame", r.seq);
+        end = base + r.ret as usize;
+    }
+    assert_eq!(end, stream.len(), "{what}: byte count");
+    for (i, h) in heads.iter().enumerate() {
+        assert!(seen.contains(h), "{what}: header {i} at {h} in no mark");
+    }
+    recs.len()
 }
 
 /// Writes `data` to a watched pipe of this process with the given write sizes while a
@@ -1099,4 +1204,53 @@ fn frame_cursor_too_many_frames() {
         );
         assert_eq!(probes.stats().get(PROBE_SENDMSG, STAT_CURSOR_LOST), 0);
     });
+}
+
+/// A watched process killed by the OOM killer of its memory cgroup: the probe reports
+/// it (oom/mark_victim) before its exit by SIGKILL, so a crash can say "OOM-killed".
+#[test]
+fn oom_kill_reported() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let memcg = std::path::Path::new("/sys/fs/cgroup/memory");
+    assert!(
+        memcg.join("cgroup.procs").exists(),
+        "this test needs the cgroup v1 memory controller at {} to cause an OOM kill",
+        memcg.display()
+    );
+    let group = memcg.join(format!("snakepit-oom-test-{}", std::process::id()));
+    std::fs::create_dir_all(&group).expect("creating a memory cgroup");
+    std::fs::write(group.join("memory.limit_in_bytes"), "33554432").expect("memory limit");
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        // Waits for "go", then touches 256 MiB: the cgroup's OOM killer ends it.
+        let (mut child, _out) = spawn_python(
+            "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nsys.stdin.readline()\nb = b'x' * (256 << 20)\n",
+        );
+        let pid = child.id();
+        std::fs::write(group.join("cgroup.procs"), pid.to_string()).expect("joining the cgroup");
+        probes.watch_pid(pid, PID_WORKER).unwrap();
+        child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let evs = collect(&mut rx, Duration::from_secs(20), |evs| {
+            exit_of(evs, pid).is_some()
+        })
+        .await;
+        let _ = child.wait();
+        let oom = evs
+            .iter()
+            .position(|e| matches!(e, KernelEvent::OomKill { tgid, .. } if *tgid == pid));
+        let exit = evs
+            .iter()
+            .position(|e| matches!(e, KernelEvent::Exit { tgid, .. } if *tgid == pid));
+        assert!(oom.is_some(), "no OOM kill reported for {pid}: {evs:?}");
+        assert!(oom < exit, "the OOM kill comes before the exit");
+        assert_eq!(
+            exit_of(&evs, pid),
+            Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            })
+        );
+    });
+    let _ = std::fs::remove_dir(&group);
 }

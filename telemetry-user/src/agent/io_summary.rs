@@ -13,6 +13,8 @@ pub struct Observed {
     pub calls: [u64; 2],
     /// Syscalls that returned an error or EOF (ret <= 0).
     pub errors: u64,
+    /// Stream position after the last record, per direction.
+    end: [u64; 2],
 }
 
 #[derive(Default)]
@@ -23,11 +25,28 @@ pub struct IoAccounting {
 }
 
 impl IoAccounting {
-    pub fn record(&mut self, tgid: u32, fd: u32, direction: usize, ret: i64) {
+    /// One record. A lean one (`covers_silent`) also accounts for the reads before it
+    /// that sent no record by design (they lay inside one frame), from `stream_pos`.
+    pub fn record(
+        &mut self,
+        tgid: u32,
+        fd: u32,
+        direction: usize,
+        ret: i64,
+        stream_pos: u64,
+        covers_silent: bool,
+    ) {
         let o = self.observed.entry((tgid, fd)).or_default();
+        let d = direction & 1;
         if ret > 0 {
-            o.bytes[direction & 1] += ret as u64;
-            o.calls[direction & 1] += 1;
+            let silent = if covers_silent {
+                stream_pos.saturating_sub(o.end[d])
+            } else {
+                0
+            };
+            o.bytes[d] += ret as u64 + silent;
+            o.calls[d] += 1;
+            o.end[d] = stream_pos + ret as u64;
         } else {
             o.errors += 1;
         }
@@ -135,9 +154,12 @@ mod tests {
     #[test]
     fn summary_prefers_final_kernel_totals_and_reports_observed_bytes() {
         let mut io = IoAccounting::default();
-        io.record(10, 20, 1, 100);
-        io.record(10, 20, 1, 50);
-        io.record(10, 20, 0, -11);
+        io.record(10, 20, 1, 100, 0, false);
+        io.record(10, 20, 1, 50, 100, false);
+        io.record(10, 20, 0, -11, 0, false);
+        // Lean reads: 30 bytes, then 40 more after 200 bytes that sent no record.
+        io.record(10, 20, 0, 30, 0, true);
+        io.record(10, 20, 0, 40, 230, true);
         io.closed(
             10,
             20,
@@ -152,6 +174,7 @@ mod tests {
         assert_eq!(ev.measurements["beam_bytes_sent"], 170);
         assert_eq!(ev.measurements["beam_bytes_sent_observed"], 150);
         assert_eq!(ev.measurements["beam_bytes_received"], 5);
+        assert_eq!(ev.measurements["beam_bytes_received_observed"], 270);
         // No totals known for the worker end: only what was observed.
         assert!(!ev.measurements.contains_key("worker_bytes_sent"));
         assert_eq!(ev.measurements["worker_bytes_sent_observed"], 0);

@@ -50,6 +50,8 @@ pub struct Agent {
     observations: Vec<Observation>,
     /// The first /proc scan is done: what is found from now on started while we watch.
     initial_scan_done: bool,
+    /// Processes the OOM killer chose whose exit has not been handled yet.
+    oom_victims: HashSet<u32>,
     /// Worker pids for the GPU sampler's attribution.
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
@@ -78,6 +80,7 @@ impl Agent {
         let mut probes = Probes::load(&KernelConfig {
             capture_bytes: config.capture.bytes,
             ring_buffer_bytes: config.capture.ring_buffer_bytes,
+            decode_once: config.capture.decode_once,
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
@@ -165,6 +168,7 @@ impl Agent {
             },
             observations: Vec::new(),
             initial_scan_done: false,
+            oom_victims: HashSet::new(),
             gpu_workers,
             _gpu: gpu,
             counters: Counters::default(),
@@ -258,16 +262,27 @@ impl Agent {
         match ev {
             KernelEvent::Io(rec) => {
                 if rec.fd >= 0 {
-                    self.io
-                        .record(rec.tgid, rec.fd as u32, rec.direction.index(), rec.ret);
+                    self.io.record(
+                        rec.tgid,
+                        rec.fd as u32,
+                        rec.direction.index(),
+                        rec.ret,
+                        rec.stream_pos,
+                        rec.capture == kernel::Capture::Frames,
+                    );
                     self.pipeline
                         .on_io(rec, &self.discovery, &mut self.observations);
                     self.feed_tracker();
+                    self.pass_cursor_hints();
                 }
             }
             KernelEvent::Exec { tgid, .. } => {
                 let changes = self.discovery.on_exec(tgid);
                 self.apply(changes);
+            }
+            KernelEvent::OomKill { tgid, .. } => {
+                // Its exit follows: the crash is then reported as an OOM kill.
+                self.oom_victims.insert(tgid);
             }
             KernelEvent::Fork { .. } => {
                 // The kernel already put the child in the lineage; its exec is what
@@ -291,6 +306,7 @@ impl Agent {
                 let exit = exit_info(status);
                 let changes = self.discovery.on_exit(tgid, exit);
                 self.apply(changes);
+                self.oom_victims.remove(&tgid);
                 self.pipeline.process_exited(tgid);
                 self.probes.forget_tgid(tgid);
                 self.watched_pids.remove(&tgid);
@@ -327,6 +343,7 @@ impl Agent {
                     let changes = self.discovery.on_fd_close(tgid, fd as u32);
                     self.apply(changes);
                     self.pipeline.fd_closed(tgid, fd);
+                    let _ = self.probes.clear_cursor_hint(tgid, fd);
                     self.finish_closing(kernel::monotonic_now_ns());
                 }
             }
@@ -382,7 +399,7 @@ impl Agent {
                         worker_pid: *pid,
                         exit_code: *exit_code,
                         signal: *signal,
-                        oom_killed: false,
+                        oom_killed: self.oom_victims.remove(pid),
                         ts_ns: now,
                     });
                 }
@@ -407,6 +424,20 @@ impl Agent {
                 .map(|w| (w.pid, crate::gpu::WorkerRef::from(w)))
                 .collect();
             let _ = self.gpu_workers.send(map);
+        }
+    }
+
+    /// Frame cursors the decoders know and the kernel does not (streams joined
+    /// mid-way) go to the kernel, which then follows frames and sends lean records.
+    fn pass_cursor_hints(&mut self) {
+        for h in self.pipeline.take_cursor_hints() {
+            if let Err(e) =
+                self.probes
+                    .set_cursor_hint(h.tgid, h.fd, h.direction, h.after_seq, h.cursor)
+            {
+                self.counters.watch_errors += 1;
+                tracing::debug!(tgid = h.tgid, fd = h.fd, error = %e, "cannot pass a frame cursor");
+            }
         }
     }
 

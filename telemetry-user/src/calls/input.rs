@@ -97,6 +97,14 @@ pub enum Observed {
     /// The decoder lost frame sync on this flow: calls in flight on the connection
     /// may never see their ends from this side.
     SyncLost { flow: Flow },
+    /// From a flow the other end decodes (decode-once): this side only read it, and
+    /// this is when a frame of interest ended. Carries timing, never content: the
+    /// call's method, result and errors come from the decoding side.
+    Timing {
+        flow: Flow,
+        stream_id: u32,
+        end: FrameEnd,
+    },
     /// A `{packet,4}` request (BEAM -> worker stdin).
     PipeRequest {
         id: Option<i64>,
@@ -112,6 +120,17 @@ pub enum Observed {
         error_message: Option<String>,
         len: usize,
     },
+}
+
+/// Which frame a `Observed::Timing` saw end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameEnd {
+    /// A header block; `end_stream` for trailers or a request without a body.
+    Headers { end_stream: bool },
+    /// A DATA frame with END_STREAM.
+    Stream,
+    /// A whole gRPC message of `len` bytes (its length only).
+    Message { len: usize },
 }
 
 /// Process-level facts the tracker needs besides the wire.

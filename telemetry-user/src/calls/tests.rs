@@ -1,5 +1,5 @@
 //! The tracker fed observation sequences, no kernel.
-use super::input::{CallRole, ConnContext, Flow, Lifecycle, Observation, Observed, Side};
+use super::input::{CallRole, ConnContext, Flow, FrameEnd, Lifecycle, Observation, Observed, Side};
 use super::*;
 use crate::events::{schema, Bus, Event};
 use crate::wire::grpc::{GrpcMessage, GrpcMetadata};
@@ -1013,4 +1013,135 @@ fn client_sync_loss_completes_in_flight_calls_from_the_worker_side_only() {
     assert_eq!(num(stops[0], "duration"), Some(3_800));
     assert_eq!(num(stops[1], "duration"), Some(4_300));
     assert_eq!(stats.worker_only_completions, 1);
+}
+
+/// Decode-once: each flow is decoded from its sender only; the receivers' reads come
+/// as timing. `beam_end_first`: the BEAM's read of the response end is seen before
+/// the worker's decoded response (ring-buffer order across CPUs).
+fn unary_decoded_once(
+    t: &mut CallTracker,
+    c: &Arc<ConnContext>,
+    req: &[u8],
+    resp: &[u8],
+    beam_end_first: bool,
+) {
+    let timing = |flow, end| Observed::Timing {
+        flow,
+        stream_id: 1,
+        end,
+    };
+    t.observe(ob(
+        c,
+        Side::Beam,
+        M.t0,
+        M.t0 + 10,
+        req_headers(1, Some(PATH_EXEC), Some("c-1")),
+    ));
+    t.observe(ob(
+        c,
+        Side::Beam,
+        M.t0,
+        M.t0 + 10,
+        msg(Flow::Request, 1, req.to_vec()),
+    ));
+    t.observe(ob(c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+    t.observe(ob(
+        c,
+        Side::Worker,
+        M.t1 - 50,
+        M.t1,
+        timing(Flow::Request, FrameEnd::Headers { end_stream: false }),
+    ));
+    t.observe(ob(
+        c,
+        Side::Worker,
+        M.t1 - 50,
+        M.t1,
+        timing(Flow::Request, FrameEnd::Stream),
+    ));
+    let beam_end = ob(
+        c,
+        Side::Beam,
+        M.t3 - 20,
+        M.t3,
+        timing(Flow::Response, FrameEnd::Headers { end_stream: true }),
+    );
+    if beam_end_first {
+        t.observe(beam_end.clone());
+    }
+    t.observe(ob(c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
+    t.observe(ob(
+        c,
+        Side::Worker,
+        M.t2,
+        M.t2 + 5,
+        msg(Flow::Response, 1, resp.to_vec()),
+    ));
+    t.observe(ob(c, Side::Worker, M.t2, M.t2 + 20, trailers(1, 0, None)));
+    t.observe(ob(c, Side::Worker, M.t2, M.t2 + 20, end(Flow::Response, 1)));
+    if !beam_end_first {
+        t.observe(beam_end);
+    }
+}
+
+#[test]
+fn decode_once_takes_content_from_senders_and_times_from_receivers() {
+    for beam_end_first in [false, true] {
+        let c = grpc_conn(40);
+        let req = tool_request("echo", &[("value", "\"hi\"")]);
+        let resp = tool_response(false, r#"{"type": "ValueError", "message": "boom"}"#);
+        let (ev, stats) = run(cfg(), |t| {
+            unary_decoded_once(t, &c, &req, &resp, beam_end_first)
+        });
+        let stops = named(&ev, schema::CALL_STOP);
+        assert_eq!(stops.len(), 1, "beam_end_first {beam_end_first}");
+        let s = stops[0];
+        assert_eq!(num(s, "duration"), Some(4_300));
+        assert_eq!(num(s, "queue_time"), Some(200));
+        assert_eq!(num(s, "python_time"), Some(3_800));
+        assert_eq!(meta(s, "function"), Some("echo"));
+        assert_eq!(meta(s, "result"), Some("error"));
+        assert_eq!(meta(s, "error_type"), Some("ValueError"));
+        assert_eq!(s.metadata["worker_tid"], 4243);
+        assert_eq!(s.time_unix_nano, (OFFSET + 5_300) as u64);
+        assert_eq!(named(&ev, schema::CALL_START).len(), 1);
+        assert_eq!(stats.worker_only_completions, 0);
+        assert_eq!(stats.in_flight, 0);
+    }
+}
+
+#[test]
+fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
+    let c = grpc_conn(41);
+    let req = tool_request("echo", &[]);
+    let (ev, stats) = run(cfg(), |t| {
+        t.observe(ob(
+            &c,
+            Side::Beam,
+            M.t0,
+            M.t0 + 10,
+            req_headers(1, Some(PATH_EXEC), None),
+        ));
+        t.observe(ob(
+            &c,
+            Side::Beam,
+            M.t0,
+            M.t0 + 10,
+            msg(Flow::Request, 1, req.clone()),
+        ));
+        t.observe(ob(&c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+        let timed = Observed::Timing {
+            flow: Flow::Response,
+            stream_id: 1,
+            end: FrameEnd::Stream,
+        };
+        t.observe(ob(&c, Side::Beam, M.t3 - 20, M.t3, timed));
+        t.tick(M.t3 + 1_000);
+        assert_eq!(t.stats().in_flight, 1, "waits for the server's side");
+        t.tick(M.t3 + 3_000_000_000);
+    });
+    let stops = named(&ev, schema::CALL_STOP);
+    assert_eq!(stops.len(), 1);
+    assert_eq!(num(stops[0], "duration"), Some(4_300));
+    assert_eq!(stats.in_flight, 0);
 }

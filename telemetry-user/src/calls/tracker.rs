@@ -9,7 +9,7 @@
 //! t2 server starts sending the response (enter, response HEADERS),
 //! t3 client has read all of it (exit, trailers' END_STREAM).
 use super::config::TrackerConfig;
-use super::input::{CallRole, ConnContext, Flow, Lifecycle, Observation, Observed, Side};
+use super::input::{CallRole, ConnContext, Flow, FrameEnd, Lifecycle, Observation, Observed, Side};
 use super::pools::Pools;
 use crate::events::{schema, Bus, Event};
 use crate::wire::grpc::GrpcMessage;
@@ -527,6 +527,62 @@ impl CallTracker {
                     }
                 }
             }
+            Observed::Timing {
+                flow,
+                stream_id,
+                end,
+            } => {
+                let ended = matches!(
+                    end,
+                    FrameEnd::Stream | FrameEnd::Headers { end_stream: true }
+                );
+                // A response read before anything of its call was decoded cannot
+                // be placed; the worker-only grace ends such a call instead.
+                let create = match flow {
+                    Flow::Request => Create::IfNew,
+                    Flow::Response => Create::Never,
+                };
+                let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
+                    return;
+                };
+                let Some(call) = self.calls.get_mut(&key) else {
+                    return;
+                };
+                call.last_seen_ns = now;
+                if let FrameEnd::Message { len } = end {
+                    // Sizes count from whichever side saw the message whole (the
+                    // sender's own copy may have lost a huge message's boundaries).
+                    let framed = *len as u64 + 5;
+                    match flow {
+                        Flow::Request => call.req_bytes[si] += framed,
+                        Flow::Response => {
+                            call.resp_bytes[si] += framed;
+                            call.resp_msgs[si] += 1;
+                        }
+                    }
+                    return;
+                }
+                match (flow, is_client) {
+                    (Flow::Request, false) => {
+                        call.worker_tid.get_or_insert(obs.tid);
+                        if ended {
+                            call.t1.get_or_insert(obs.ts_exit_ns);
+                            call.worker_tid = Some(obs.tid);
+                        }
+                        self.progress(key);
+                    }
+                    (Flow::Response, true) if ended => {
+                        call.t3 = Some(obs.ts_exit_ns);
+                        // The decoding side (the server's writes) may still be on its
+                        // way: the call completes when both ends are known.
+                        if call.server_done.is_some() {
+                            self.progress(key);
+                            self.complete(key, obs.ts_exit_ns, None);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             Observed::PipeRequest {
                 id,
                 command,
@@ -749,6 +805,11 @@ impl CallTracker {
         } else {
             call.server_done = Some(obs.ts_exit_ns);
             self.progress(key);
+            // The client's read of the end was timed first (decode-once): done now.
+            if let Some(t3) = self.calls.get(&key).and_then(|c| c.t3) {
+                self.complete(key, t3, None);
+                return;
+            }
             self.maybe_worker_only(key, obs.ts_exit_ns);
         }
     }
@@ -1304,6 +1365,14 @@ impl CallTracker {
         let mut finish = BTreeMap::new();
         let mut drop = BTreeMap::new();
         for (k, c) in &self.calls {
+            // The client read the end but the server's side of it never came (its
+            // records lost): complete with what is known.
+            if let (Some(t3), None) = (c.t3, c.server_done) {
+                if now_mono_ns.saturating_sub(t3) >= grace {
+                    finish.insert(c.seq, (*k, t3));
+                    continue;
+                }
+            }
             if let Some(done) = c.server_done {
                 if c.t3.is_none() && now_mono_ns.saturating_sub(done) >= grace {
                     finish.insert(c.seq, (*k, done));

@@ -6,12 +6,10 @@
 use std::mem::{offset_of, size_of};
 
 use bytes::Bytes;
-pub use telemetry_common::Syscall;
+pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, CURSOR_UNKNOWN, DIR_EGRESS, DIR_INGRESS,
-    FRAMING_LOST, FRAMING_OVERFLOW, FRAMING_TRACKED, FRAMING_UNKNOWN, IO_HEADER_LEN, KIND_EXEC,
-    KIND_EXIT, KIND_FD_CLOSE, KIND_FD_OPEN, KIND_FORK, KIND_IO, MARK_BYTES, MARK_SLOT_LEN,
-    MAX_CAPTURE, MAX_MARKS,
+    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, RecordKind, CURSOR_UNKNOWN, IO_HEADER_LEN,
+    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
 };
 use thiserror::Error;
 
@@ -42,23 +40,8 @@ pub enum DecodeError {
     },
     #[error("bad frame status {0}")]
     BadFrameStatus(u8),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    /// Into the process (read family).
-    Ingress,
-    /// Out of the process (write family).
-    Egress,
-}
-
-impl Direction {
-    pub fn index(self) -> usize {
-        match self {
-            Direction::Ingress => DIR_INGRESS as usize,
-            Direction::Egress => DIR_EGRESS as usize,
-        }
-    }
+    #[error("bad capture mode {0}")]
+    BadCapture(u8),
 }
 
 /// Running totals of a watched fd, kept in the kernel (exact even if records drop).
@@ -73,10 +56,10 @@ pub struct FdTotals {
 impl FdTotals {
     pub fn from_arrays(bytes: [u64; 2], calls: [u64; 2]) -> FdTotals {
         FdTotals {
-            bytes_in: bytes[DIR_INGRESS as usize],
-            bytes_out: bytes[DIR_EGRESS as usize],
-            calls_in: calls[DIR_INGRESS as usize],
-            calls_out: calls[DIR_EGRESS as usize],
+            bytes_in: bytes[Direction::Ingress.index()],
+            bytes_out: bytes[Direction::Egress.index()],
+            calls_in: calls[Direction::Ingress.index()],
+            calls_out: calls[Direction::Egress.index()],
         }
     }
 }
@@ -116,23 +99,6 @@ pub struct FrameMark {
     pub bytes: Bytes,
 }
 
-/// How the kernel frame cursor fared in a syscall.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameStatus {
-    /// No cursor for this fd and direction: `marks` is empty and says nothing.
-    Unknown,
-    /// Followed through the whole syscall: every frame header in it lies in `payload`
-    /// or in a mark (a header split at the end continues in the next syscall).
-    Tracked,
-    /// Known at the start, lost in this syscall (bad header, too many frames,
-    /// unreadable buffer); the marks before the loss are valid. Unknown from here on.
-    Lost,
-    /// Followed through the whole syscall, but it held more headers beyond the prefix
-    /// than mark slots: the marks cover its start only, the rest is a gap. The cursor
-    /// stays exact: the next record's `cursor_in` is where a decoder picks up again.
-    Overflow,
-}
-
 /// One read/write-family syscall on a watched fd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoRecord {
@@ -160,6 +126,9 @@ pub struct IoRecord {
     /// this one; the next header then follows that frame.
     pub cursor_in: Option<u32>,
     pub partial_in: u8,
+    pub capture: Capture,
+    /// Bytes the fd moved in this direction before this syscall (since it is watched).
+    pub stream_pos: u64,
 }
 
 /// Everything the probes report. Timestamps are CLOCK_MONOTONIC nanoseconds.
@@ -182,6 +151,11 @@ pub enum KernelEvent {
         tgid: u32,
         ts_ns: u64,
         status: ExitStatus,
+    },
+    /// The OOM killer chose this watched process (its exit follows).
+    OomKill {
+        tgid: u32,
+        ts_ns: u64,
     },
     FdOpen {
         tgid: u32,
@@ -294,23 +268,21 @@ fn need(kind: u32, b: &[u8], n: usize) -> Result<(), DecodeError> {
 }
 
 fn syscall(v: u8) -> Result<Syscall, DecodeError> {
-    Syscall::from_u8(v).ok_or(DecodeError::BadSyscall(v))
+    Syscall::try_from(v).map_err(DecodeError::BadSyscall)
 }
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     need(0, bytes, 4)?;
     let r = Rec { b: bytes };
-    let kind = r.u32(0);
+    let raw_kind = r.u32(0);
+    let kind = RecordKind::try_from(raw_kind).map_err(DecodeError::UnknownKind)?;
     match kind {
-        KIND_IO => {
-            need(kind, bytes, IO_HEADER_LEN)?;
+        RecordKind::Io => {
+            need(raw_kind, bytes, IO_HEADER_LEN)?;
             type H = IoEventHeader;
-            let direction = match r.u8(offset_of!(H, direction)) {
-                DIR_INGRESS => Direction::Ingress,
-                DIR_EGRESS => Direction::Egress,
-                d => return Err(DecodeError::BadDirection(d)),
-            };
+            let direction = Direction::try_from(r.u8(offset_of!(H, direction)))
+                .map_err(DecodeError::BadDirection)?;
             let captured = r.u32(offset_of!(H, captured_len)) as usize;
             let present = bytes.len() - IO_HEADER_LEN;
             let limit = present.min(MAX_CAPTURE);
@@ -326,15 +298,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     max: MAX_MARKS as usize,
                 });
             }
-            let frame_status = match r.u8(offset_of!(H, frame_status)) {
-                FRAMING_UNKNOWN => FrameStatus::Unknown,
-                FRAMING_TRACKED => FrameStatus::Tracked,
-                FRAMING_LOST => FrameStatus::Lost,
-                FRAMING_OVERFLOW => FrameStatus::Overflow,
-                s => return Err(DecodeError::BadFrameStatus(s)),
-            };
+            let frame_status = FrameStatus::try_from(r.u8(offset_of!(H, frame_status)))
+                .map_err(DecodeError::BadFrameStatus)?;
             let cursor_in = Some(r.u32(offset_of!(H, cursor_in))).filter(|&c| c != CURSOR_UNKNOWN);
             let partial_in = r.u8(offset_of!(H, partial_in));
+            let capture =
+                Capture::try_from(r.u8(offset_of!(H, capture))).map_err(DecodeError::BadCapture)?;
             // One allocation for the prefix and every mark.
             let data = Bytes::copy_from_slice(
                 &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN],
@@ -355,26 +324,29 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 frame_status,
                 cursor_in,
                 partial_in,
+                capture,
+                stream_pos: r.u64(offset_of!(H, stream_pos)),
             }))
         }
-        KIND_FORK | KIND_EXEC | KIND_EXIT => {
-            need(kind, bytes, size_of::<ProcEvent>())?;
+        RecordKind::Fork | RecordKind::Exec | RecordKind::Exit | RecordKind::OomKill => {
+            need(raw_kind, bytes, size_of::<ProcEvent>())?;
             type P = ProcEvent;
             let tgid = r.u32(offset_of!(P, tgid));
             let ts_ns = r.u64(offset_of!(P, ts_ns));
             Ok(match kind {
-                KIND_FORK => KernelEvent::Fork {
+                RecordKind::Fork => KernelEvent::Fork {
                     parent_tgid: r.u32(offset_of!(P, ppid)),
                     child_pid: r.u32(offset_of!(P, child_pid)),
                     ts_ns,
                 },
-                KIND_EXEC => KernelEvent::Exec {
+                RecordKind::Exec => KernelEvent::Exec {
                     tgid,
                     ppid: r.u32(offset_of!(P, ppid)),
                     comm: r.cstr(offset_of!(P, comm), telemetry_common::COMM_LEN),
                     filename: r.cstr(offset_of!(P, filename), telemetry_common::FILENAME_LEN),
                     ts_ns,
                 },
+                RecordKind::OomKill => KernelEvent::OomKill { tgid, ts_ns },
                 _ => KernelEvent::Exit {
                     tgid,
                     ts_ns,
@@ -382,13 +354,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 },
             })
         }
-        KIND_FD_OPEN | KIND_FD_CLOSE => {
-            need(kind, bytes, size_of::<FdEvent>())?;
+        RecordKind::FdOpen | RecordKind::FdClose => {
+            need(raw_kind, bytes, size_of::<FdEvent>())?;
             type F = FdEvent;
             let tgid = r.u32(offset_of!(F, tgid));
             let fd = r.u32(offset_of!(F, fd)) as i32;
             let ts_ns = r.u64(offset_of!(F, ts_ns));
-            if kind == KIND_FD_OPEN {
+            if kind == RecordKind::FdOpen {
                 Ok(KernelEvent::FdOpen {
                     tgid,
                     tid: r.u32(offset_of!(F, tid)),
@@ -411,7 +383,6 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 })
             }
         }
-        other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
@@ -429,11 +400,11 @@ mod tests {
     fn io_record(payload: &[u8]) -> Vec<u8> {
         type H = IoEventHeader;
         let mut v = vec![0u8; IO_HEADER_LEN + payload.len()];
-        put32(&mut v, 0, KIND_IO);
+        put32(&mut v, 0, RecordKind::Io as u32);
         put32(&mut v, offset_of!(H, tgid), 10);
         put32(&mut v, offset_of!(H, tid), 11);
         put32(&mut v, offset_of!(H, fd), 7);
-        v[offset_of!(H, direction)] = DIR_EGRESS;
+        v[offset_of!(H, direction)] = Direction::Egress as u8;
         v[offset_of!(H, syscall)] = Syscall::Writev as u8;
         put32(&mut v, offset_of!(H, captured_len), payload.len() as u32);
         put64(&mut v, offset_of!(H, ret), payload.len() as u64 + 5);
@@ -466,7 +437,7 @@ mod tests {
         put64(&mut v, offset_of!(H, ret), ret as u64);
         v[offset_of!(H, marks)..offset_of!(H, marks) + 2]
             .copy_from_slice(&(marks.len() as u16).to_ne_bytes());
-        v[offset_of!(H, frame_status)] = FRAMING_TRACKED;
+        v[offset_of!(H, frame_status)] = FrameStatus::Tracked as u8;
         put32(&mut v, offset_of!(H, cursor_in), 3);
         for (off, bytes) in marks {
             let mut slot = vec![0u8; MARK_SLOT_LEN];
@@ -571,14 +542,21 @@ mod tests {
         }
         let mut proc_rec = vec![0u8; size_of::<ProcEvent>()];
         let mut fd_rec = vec![0u8; size_of::<FdEvent>()];
-        for kind in [KIND_FORK, KIND_EXEC, KIND_EXIT] {
+        for kind in [
+            RecordKind::Fork,
+            RecordKind::Exec,
+            RecordKind::Exit,
+            RecordKind::OomKill,
+        ]
+        .map(|k| k as u32)
+        {
             put32(&mut proc_rec, 0, kind);
             assert!(decode(&proc_rec).is_ok());
             for cut in 0..proc_rec.len() {
                 assert!(decode(&proc_rec[..cut]).is_err());
             }
         }
-        for kind in [KIND_FD_OPEN, KIND_FD_CLOSE] {
+        for kind in [RecordKind::FdOpen, RecordKind::FdClose].map(|k| k as u32) {
             put32(&mut fd_rec, 0, kind);
             fd_rec[offset_of!(FdEvent, syscall)] = Syscall::Accept4 as u8;
             assert!(decode(&fd_rec).is_ok());
@@ -606,7 +584,7 @@ mod tests {
     fn proc_and_fd_events() {
         type P = ProcEvent;
         let mut v = vec![0u8; size_of::<P>()];
-        put32(&mut v, 0, KIND_EXEC);
+        put32(&mut v, 0, RecordKind::Exec as u32);
         put32(&mut v, offset_of!(P, tgid), 5);
         put32(&mut v, offset_of!(P, ppid), 1);
         v[offset_of!(P, comm)..offset_of!(P, comm) + 7].copy_from_slice(b"python3");
@@ -629,7 +607,7 @@ mod tests {
 
         type F = FdEvent;
         let mut v = vec![0u8; size_of::<F>()];
-        put32(&mut v, 0, KIND_FD_CLOSE);
+        put32(&mut v, 0, RecordKind::FdClose as u32);
         put32(&mut v, offset_of!(F, fd), 9);
         put64(&mut v, offset_of!(F, bytes), 100);
         put64(&mut v, offset_of!(F, bytes) + 8, 200);

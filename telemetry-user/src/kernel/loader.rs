@@ -12,8 +12,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use telemetry_common::{
-    FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET,
-    GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_EVENTS,
+    CursorHint, Direction, FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
+    GLOBAL_DECODE_ONCE, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
+    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
     MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
@@ -38,13 +39,17 @@ pub struct KernelConfig {
     pub capture_bytes: u32,
     /// Ring buffer size; rounded up to a power of two (at least one page).
     pub ring_buffer_bytes: u32,
+    /// Decode each direction of an HTTP/2 connection from the sender's writes only;
+    /// the receiver's reads carry frame headers for the timing (see `Capture`).
+    pub decode_once: bool,
 }
 
 impl Default for KernelConfig {
     fn default() -> Self {
         KernelConfig {
             capture_bytes: MAX_CAPTURE as u32,
-            ring_buffer_bytes: 32 << 20,
+            ring_buffer_bytes: 16 << 20,
+            decode_once: true,
         }
     }
 }
@@ -105,6 +110,7 @@ const PROGRAMS: &[(&str, Hook)] = &[
         "sched_process_exit",
         Hook::Tp("sched", "sched_process_exit"),
     ),
+    ("oom_mark_victim", Hook::Tp("oom", "mark_victim")),
 ];
 
 /// The tracepoints the probes need, as "category/name" (raw ones as "raw:name").
@@ -229,6 +235,7 @@ pub struct Probes {
     ebpf: Ebpf,
     watched_pids: HashMap<MapData, u32, u32>,
     watched_fds: HashMap<MapData, FdKey, FdState>,
+    cursor_hints: HashMap<MapData, FdKey, CursorHint>,
     stats: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -256,6 +263,7 @@ impl Probes {
         let offsets = TaskOffsets::from_kernel();
         let capture = cfg.capture_bytes.min(MAX_CAPTURE as u32);
         let ring_bytes = ring_size(cfg.ring_buffer_bytes);
+        let decode_once = u32::from(cfg.decode_once);
 
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CAPTURE_BYTES, &capture, true)
@@ -263,6 +271,7 @@ impl Probes {
             .override_global(GLOBAL_TASK_PID_OFFSET, &offsets.pid, true)
             .override_global(GLOBAL_TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
+            .override_global(GLOBAL_DECODE_ONCE, &decode_once, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(PROBES_OBJ)
             .map_err(KernelError::Load)?;
@@ -309,6 +318,8 @@ impl Probes {
             .map_err(map_err(MAP_WATCHED_PIDS))?;
         let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
             .map_err(map_err(MAP_WATCHED_FDS))?;
+        let cursor_hints = HashMap::try_from(take_map(&mut ebpf, MAP_CURSOR_HINTS)?)
+            .map_err(map_err(MAP_CURSOR_HINTS))?;
         let stats =
             PerCpuArray::try_from(take_map(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let ring =
@@ -326,6 +337,7 @@ impl Probes {
             ebpf,
             watched_pids,
             watched_fds,
+            cursor_hints,
             stats,
             ring: Some(ring),
             logger,
@@ -356,7 +368,7 @@ impl Probes {
     /// Starts capturing (tgid, fd). An entry the kernel already made (accept/connect)
     /// is kept, with its sequence numbers, totals and frame cursors.
     ///
-    /// `cursors` (index DIR_INGRESS / DIR_EGRESS): bytes until the next frame header
+    /// `cursors` (index `Direction::index`): bytes until the next frame header
     /// in each direction, when known (e.g. `Some([0, 0])` for a pipe that has carried
     /// nothing yet); `None` leaves the kernel frame cursor off for this fd.
     pub fn watch_fd(
@@ -385,7 +397,42 @@ impl Probes {
         }
     }
 
-    /// The kernel's frame cursors of a watched fd (index DIR_INGRESS / DIR_EGRESS):
+    /// Tells the kernel where the next frame header of a stream lies, learnt by a
+    /// decoder in user space: `cursor` bytes after the end of the syscall numbered
+    /// `after_seq` in `direction`. Taken only if the
+    /// kernel's own cursor is unknown and that syscall is still the latest one.
+    pub fn set_cursor_hint(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        direction: Direction,
+        after_seq: u64,
+        cursor: u32,
+    ) -> Result<(), KernelError> {
+        let key = FdKey {
+            tgid,
+            fd: fd as u32,
+        };
+        let mut hint = self.cursor_hints.get(&key, 0).unwrap_or_default();
+        let d = direction.index();
+        hint.after_seq[d] = after_seq;
+        hint.cursor[d] = cursor;
+        hint.valid[d] = 1;
+        self.cursor_hints
+            .insert(key, hint, 0)
+            .map_err(map_err(MAP_CURSOR_HINTS))
+    }
+
+    /// Forgets the hints of a stream that is in sync (or closed).
+    pub fn clear_cursor_hint(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
+        ignore_missing(self.cursor_hints.remove(&FdKey {
+            tgid,
+            fd: fd as u32,
+        }))
+        .map_err(map_err(MAP_CURSOR_HINTS))
+    }
+
+    /// The kernel's frame cursors of a watched fd (index `Direction::index`):
     /// `Some(bytes to the next header)`, or None where unknown or mid-header.
     pub fn fd_cursors(&self, tgid: u32, fd: i32) -> Option<[Option<u32>; 2]> {
         let s = self
@@ -422,6 +469,9 @@ impl Probes {
             .filter_map(Result::ok)
             .filter(|k| k.tgid == tgid)
             .collect();
+        for k in &keys {
+            let _ = self.cursor_hints.remove(k);
+        }
         keys.iter()
             .filter(|k| self.watched_fds.remove(k).is_ok())
             .count()
@@ -504,12 +554,8 @@ impl Probes {
     /// once, inside a tokio runtime). The task ends when the receiver is dropped.
     pub fn events(&mut self) -> Result<mpsc::Receiver<KernelEvent>, KernelError> {
         let ring = self.ring.take().ok_or(KernelError::EventsTaken)?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open while the AsyncFd
-        // owns the RingBuf.
-        let afd = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| KernelError::Reader(e.into()))?;
         let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
-        tokio::spawn(reader::run(afd, tx, self.counters.clone()));
+        tokio::spawn(reader::run(ring, tx, self.counters.clone()));
         if let Some(logger) = self.logger.take() {
             // SAFETY: as above, the logger owns its ring-buffer fd.
             match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {

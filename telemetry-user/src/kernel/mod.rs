@@ -18,8 +18,8 @@ mod reader;
 pub mod stats;
 
 pub use decode::{
-    decode, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus, IoRecord,
-    KernelEvent,
+    decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus,
+    IoRecord, KernelEvent,
 };
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};

@@ -5,18 +5,23 @@
 //! Records can arrive before discovery has paired their connection (pairing reads
 //! /proc after the accept/connect event): they wait in a small bounded buffer per
 //! stream and are decoded once the connection is known.
-use crate::calls::input::{CallRole, ConnContext, Flow, Observation, Observed, Side};
-use crate::discovery::{ConnInfo, ConnRole, Discovery, Transport};
-use crate::kernel::decode::FrameStatus;
-use crate::kernel::{Direction, IoRecord};
+use crate::calls::input::{CallRole, ConnContext, Flow, FrameEnd, Observation, Observed, Side};
+use crate::discovery::{ConnInfo, ConnRole, Transport};
+use crate::kernel::{Capture, Direction, FrameStatus, IoRecord};
 use crate::streams::{Assembler, Chunk, Ordered, StreamKey};
+use crate::wire::frame_timing::{FrameTimer, FrameTiming};
 use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent};
 use crate::wire::http2::Start;
 use crate::wire::port_packet::{PacketDecoder, PortMessage};
 use crate::wire::DecodeStats;
 use std::collections::{HashMap, HashSet, VecDeque};
+
+mod directory;
+#[cfg(test)]
+mod tests;
+
+pub use directory::ConnDirectory;
 use std::sync::Arc;
-use telemetry_common::{DIR_EGRESS, DIR_INGRESS};
 
 /// Chunks kept per stream while its connection is not yet known.
 const MAX_PENDING_CHUNKS: usize = 512;
@@ -28,8 +33,8 @@ const REORDER_MAX_WAITING: usize = 256;
 pub struct PipelineStats {
     /// Chunks decoded.
     pub chunks_decoded: u64,
-    /// Chunks of fds that belong to no Snakepit connection (ignored).
-    pub chunks_unowned: u64,
+    /// Lean chunks (the other end decodes their flow): timed, not decoded.
+    pub chunks_timed: u64,
     /// Chunks dropped from a full pre-pairing buffer.
     pub pending_dropped: u64,
     /// Decoders restarted after a lost record (their state was unknown).
@@ -45,9 +50,29 @@ enum Decoder {
 
 struct DirDecoder {
     decoder: Decoder,
+    /// Times this direction from lean records while the other end decodes it.
+    timer: Option<FrameTimer>,
+    /// Lean records went by since `decoder` last saw bytes: it must search again
+    /// before it decodes a full record.
+    decoder_behind: bool,
     ctx: Arc<ConnContext>,
     side: Side,
     flow: Flow,
+    /// The other end of the connection (its tgid and fd).
+    peer: (u32, i32),
+}
+
+/// A frame cursor the kernel does not know but a decoder does (a stream joined
+/// mid-way): the agent hands it to `Probes::set_cursor_hint`, which lets the kernel
+/// follow frames and send lean records from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorHint {
+    pub tgid: u32,
+    pub fd: i32,
+    pub direction: Direction,
+    /// The syscall after which the next frame header is `cursor` bytes ahead.
+    pub after_seq: u64,
+    pub cursor: u32,
 }
 
 pub struct Pipeline {
@@ -64,6 +89,8 @@ pub struct Pipeline {
     grpc_config: GrpcConfig,
     /// Counters of decoders that were dropped, so totals survive them.
     retired_wire_stats: DecodeStats,
+    /// Cursor hints for the kernel, drained by the agent (`take_cursor_hints`).
+    hints: Vec<CursorHint>,
     pub stats: PipelineStats,
 }
 
@@ -84,8 +111,14 @@ impl Pipeline {
             live_pipe_workers: HashSet::new(),
             grpc_config,
             retired_wire_stats: DecodeStats::default(),
+            hints: Vec::new(),
             stats: PipelineStats::default(),
         }
+    }
+
+    /// Frame cursors learnt since the last call, for the kernel.
+    pub fn take_cursor_hints(&mut self) -> Vec<CursorHint> {
+        std::mem::take(&mut self.hints)
     }
 
     /// The kernel created this fd's watch entry at accept/connect.
@@ -101,14 +134,16 @@ impl Pipeline {
     }
 
     /// One read/write record of a watched fd.
-    pub fn on_io(&mut self, rec: IoRecord, discovery: &Discovery, out: &mut Vec<Observation>) {
+    pub fn on_io(
+        &mut self,
+        rec: IoRecord,
+        discovery: &dyn ConnDirectory,
+        out: &mut Vec<Observation>,
+    ) {
         let key = StreamKey {
             tgid: rec.tgid,
             fd: rec.fd,
-            direction: match rec.direction {
-                Direction::Ingress => DIR_INGRESS,
-                Direction::Egress => DIR_EGRESS,
-            },
+            direction: rec.direction,
         };
         let chunk = Chunk {
             seq: rec.seq,
@@ -126,6 +161,8 @@ impl Pipeline {
             ts_enter_ns: rec.ts_enter_ns,
             ts_exit_ns: rec.ts_exit_ns,
             tid: rec.tid,
+            capture: rec.capture,
+            stream_pos: rec.stream_pos,
         };
         for item in self.assembler.push(key, chunk) {
             self.route(key, item, discovery, out);
@@ -133,7 +170,12 @@ impl Pipeline {
     }
 
     /// Periodic: holes that waited too long become gaps.
-    pub fn tick(&mut self, now_mono_ns: u64, discovery: &Discovery, out: &mut Vec<Observation>) {
+    pub fn tick(
+        &mut self,
+        now_mono_ns: u64,
+        discovery: &dyn ConnDirectory,
+        out: &mut Vec<Observation>,
+    ) {
         for (key, item) in self.assembler.flush_expired(now_mono_ns) {
             self.route(key, item, discovery, out);
         }
@@ -143,14 +185,14 @@ impl Pipeline {
     pub fn connection_opened(
         &mut self,
         conn: &ConnInfo,
-        discovery: &Discovery,
+        discovery: &dyn ConnDirectory,
         out: &mut Vec<Observation>,
     ) {
         for (pid, fd) in [
             (conn.beam_pid, conn.beam_fd),
             (conn.worker_pid, conn.worker_fd),
         ] {
-            for direction in [DIR_INGRESS, DIR_EGRESS] {
+            for direction in [Direction::Ingress, Direction::Egress] {
                 let key = StreamKey {
                     tgid: pid,
                     fd: fd as i32,
@@ -168,7 +210,7 @@ impl Pipeline {
     /// An fd closed (or its process exited): forget its streams.
     pub fn fd_closed(&mut self, tgid: u32, fd: i32) {
         let _ = self.assembler.remove(tgid, fd);
-        for direction in [DIR_INGRESS, DIR_EGRESS] {
+        for direction in [Direction::Ingress, Direction::Egress] {
             let key = StreamKey {
                 tgid,
                 fd,
@@ -231,7 +273,7 @@ impl Pipeline {
         &mut self,
         key: StreamKey,
         item: Ordered,
-        discovery: &Discovery,
+        discovery: &dyn ConnDirectory,
         out: &mut Vec<Observation>,
     ) {
         if matches!(&item, Ordered::Chunk(c) if c.len == 0) {
@@ -285,6 +327,8 @@ impl Pipeline {
                     Decoder::Ignore => Decoder::Ignore,
                 };
                 let old = std::mem::replace(&mut d.decoder, fresh);
+                d.timer = None;
+                d.decoder_behind = false;
                 match &old {
                     Decoder::Grpc(g) => self.retired_wire_stats.merge(&g.stats()),
                     Decoder::Packet(p) => self.retired_wire_stats.merge(&p.stats),
@@ -302,7 +346,24 @@ impl Pipeline {
                 return;
             }
         };
+        if chunk.capture == Capture::Frames {
+            self.stats.chunks_timed += 1;
+            time_lean_chunk(d, &chunk, out);
+            return;
+        }
         self.stats.chunks_decoded += 1;
+        // A full record: what a timer knew ends here, and a decoder that slept
+        // through lean records picks up at the kernel's frame start.
+        d.timer = None;
+        if d.decoder_behind {
+            d.decoder_behind = false;
+            if let Decoder::Grpc(_) = d.decoder {
+                d.decoder = Decoder::Grpc(Box::new(GrpcDirectionDecoder::new(
+                    self.grpc_config.clone(),
+                    Start::Searching,
+                )));
+            }
+        }
         let stamp = |what: Observed| Observation {
             conn: d.ctx.clone(),
             side: d.side,
@@ -326,6 +387,19 @@ impl Pipeline {
                 let mut events = Vec::new();
                 for (bytes, span) in chunk.pieces() {
                     events.extend(dec.feed(bytes, span));
+                }
+                // The kernel follows no frames here (joined mid-way) but we do: tell it
+                // where the next header is, so it can send lean records from then on.
+                if chunk.frame_start.is_none() {
+                    if let Some(cursor) = dec.bytes_to_next_header() {
+                        self.hints.push(CursorHint {
+                            tgid: key.tgid,
+                            fd: key.fd,
+                            direction: key.direction,
+                            after_seq: chunk.seq,
+                            cursor,
+                        });
+                    }
                 }
                 for ev in events {
                     let what = match ev {
@@ -416,19 +490,31 @@ impl Pipeline {
                 }
             }
         }
-        // SETTINGS a sender announces bind what its peer sends: the opposite
-        // direction on the same socket end.
+        // SETTINGS a sender announces bind what its peer sends, whichever end
+        // decodes that: the peer's writes, or the sender's own reads.
         if let Some((table, frame)) = peer_settings {
-            let opposite = StreamKey {
-                direction: key.direction ^ 1,
-                ..key
+            let me = (key.tgid, key.fd);
+            let (sender, peer) = if key.direction == Direction::Egress {
+                (me, d.peer)
+            } else {
+                (d.peer, me)
             };
-            if let Some(DirDecoder {
-                decoder: Decoder::Grpc(g),
-                ..
-            }) = self.decoders.get_mut(&opposite)
-            {
-                g.apply_peer_settings(table, frame);
+            for (tgid, fd, direction) in [
+                (peer.0, peer.1, Direction::Egress),
+                (sender.0, sender.1, Direction::Ingress),
+            ] {
+                let target = StreamKey {
+                    tgid,
+                    fd,
+                    direction,
+                };
+                if let Some(DirDecoder {
+                    decoder: Decoder::Grpc(g),
+                    ..
+                }) = self.decoders.get_mut(&target)
+                {
+                    g.apply_peer_settings(table, frame);
+                }
             }
         }
     }
@@ -438,17 +524,15 @@ impl Pipeline {
         conn: &ConnInfo,
         key: StreamKey,
         first_seq: Option<u64>,
-        discovery: &Discovery,
+        discovery: &dyn ConnDirectory,
     ) -> DirDecoder {
         let side = if key.tgid == conn.beam_pid && key.fd as u32 == conn.beam_fd {
             Side::Beam
         } else {
             Side::Worker
         };
-        let egress = key.direction == DIR_EGRESS;
-        let adapter = discovery
-            .worker(conn.worker_pid)
-            .and_then(|w| w.adapter.clone());
+        let egress = key.direction == Direction::Egress;
+        let adapter = discovery.adapter(conn.worker_pid);
         let (role, flow, conn_id) = match conn.role {
             ConnRole::BeamClient => {
                 let client_sends = (side == Side::Beam) == egress;
@@ -481,7 +565,7 @@ impl Pipeline {
             ConnRole::PipeStdout => (
                 CallRole::Pipe,
                 Flow::Response,
-                stdin_conn_id(conn, discovery),
+                discovery.stdin_conn_id(conn),
             ),
         };
         let ctx = Arc::new(ConnContext {
@@ -518,26 +602,65 @@ impl Pipeline {
             }
             (ConnRole::PipeStdin | ConnRole::PipeStdout, _) => Decoder::Ignore,
         };
+        let peer = match side {
+            Side::Beam => (conn.worker_pid, conn.worker_fd as i32),
+            Side::Worker => (conn.beam_pid, conn.beam_fd as i32),
+        };
         DirDecoder {
             decoder,
+            timer: None,
+            decoder_behind: false,
             ctx,
             side,
             flow,
+            peer,
         }
     }
 }
 
-/// The id of the stdin pipe connection of the worker a stdout pipe belongs to.
-fn stdin_conn_id(stdout: &ConnInfo, discovery: &Discovery) -> u64 {
-    discovery
-        .connections()
-        .find(|c| {
-            c.role == ConnRole::PipeStdin
-                && c.worker_pid == stdout.worker_pid
-                && c.beam_pid == stdout.beam_pid
-        })
-        .map(|c| c.id)
-        .unwrap_or(stdout.id)
+/// A lean record: the other end decodes this flow; here it is only timed.
+fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>) {
+    d.decoder_behind = true;
+    let mut ends = Vec::new();
+    d.timer.get_or_insert_with(FrameTimer::new).feed(
+        chunk.stream_pos,
+        chunk.len,
+        chunk.frame_start,
+        &chunk.pieces(),
+        &mut ends,
+    );
+    let flow = d.flow;
+    for end in ends {
+        let what = match end {
+            FrameTiming::HeadersRead {
+                stream_id,
+                end_stream,
+            } => Observed::Timing {
+                flow,
+                stream_id,
+                end: FrameEnd::Headers { end_stream },
+            },
+            FrameTiming::StreamEnded { stream_id } => Observed::Timing {
+                flow,
+                stream_id,
+                end: FrameEnd::Stream,
+            },
+            FrameTiming::MessageRead { stream_id, len } => Observed::Timing {
+                flow,
+                stream_id,
+                end: FrameEnd::Message { len },
+            },
+            FrameTiming::SyncLost => Observed::SyncLost { flow },
+        };
+        out.push(Observation {
+            conn: d.ctx.clone(),
+            side: d.side,
+            tid: chunk.tid,
+            ts_enter_ns: chunk.ts_enter_ns,
+            ts_exit_ns: chunk.ts_exit_ns,
+            what,
+        });
+    }
 }
 
 /// `error` of a `{packet,4}` response: `{"type": ..., "message": ...}` or a string.

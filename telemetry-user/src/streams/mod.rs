@@ -6,6 +6,7 @@
 //! sequence number arrives; if it does not within `max_wait_ns` (or too many records
 //! wait), the hole is declared lost (a ring-buffer drop), counted, and reported to the
 //! decoder as a gap so it can resynchronise.
+use crate::kernel::{Capture, Direction};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,6 +27,10 @@ pub struct Chunk {
     pub ts_enter_ns: u64,
     pub ts_exit_ns: u64,
     pub tid: u32,
+    /// Full (prefix + marks) or lean (frame headers only, see `kernel::Capture`).
+    pub capture: Capture,
+    /// Bytes of the stream before this syscall.
+    pub stream_pos: u64,
 }
 
 impl Chunk {
@@ -75,8 +80,7 @@ pub enum Ordered {
 pub struct StreamKey {
     pub tgid: u32,
     pub fd: i32,
-    /// telemetry_common::DIR_INGRESS / DIR_EGRESS
-    pub direction: u8,
+    pub direction: Direction,
 }
 
 #[derive(Debug, Default)]
@@ -163,7 +167,7 @@ impl Assembler {
     /// Forgets a stream (fd closed).
     pub fn remove(&mut self, tgid: u32, fd: i32) -> Vec<(StreamKey, Ordered)> {
         let mut out = Vec::new();
-        for direction in [telemetry_common::DIR_INGRESS, telemetry_common::DIR_EGRESS] {
+        for direction in [Direction::Ingress, Direction::Egress] {
             let key = StreamKey {
                 tgid,
                 fd,
@@ -231,12 +235,14 @@ mod tests {
             ts_enter_ns: t,
             ts_exit_ns: t,
             tid: 1,
+            capture: Capture::Full,
+            stream_pos: 0,
         }
     }
     const K: StreamKey = StreamKey {
         tgid: 1,
         fd: 3,
-        direction: 0,
+        direction: Direction::Ingress,
     };
 
     fn seqs(items: &[Ordered]) -> Vec<i64> {
@@ -304,6 +310,8 @@ mod tests {
             ts_enter_ns: 0,
             ts_exit_ns: 0,
             tid: 1,
+            capture: Capture::Full,
+            stream_pos: 0,
         };
         let p = c.pieces();
         assert_eq!(
@@ -316,7 +324,10 @@ mod tests {
     #[test]
     fn directions_and_fds_are_independent() {
         let mut a = Assembler::new(1_000, 64);
-        let other = StreamKey { direction: 1, ..K };
+        let other = StreamKey {
+            direction: Direction::Egress,
+            ..K
+        };
         a.push(K, chunk(5, 1));
         assert_eq!(seqs(&a.push(other, chunk(0, 1))), vec![0]);
         assert_eq!(seqs(&a.push(K, chunk(6, 1))), vec![6]);

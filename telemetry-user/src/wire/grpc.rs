@@ -402,6 +402,11 @@ impl GrpcDirectionDecoder {
         self.frames.resync_at(offset)
     }
 
+    /// See [`FrameDecoder::bytes_to_next_header`].
+    pub fn bytes_to_next_header(&self) -> Option<u32> {
+        self.frames.bytes_to_next_header()
+    }
+
     /// All counters of this direction (frames, HPACK, messages).
     pub fn stats(&self) -> DecodeStats {
         let mut s = self.stats.clone();

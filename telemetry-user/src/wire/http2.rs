@@ -295,6 +295,36 @@ impl FrameDecoder {
         matches!(self.state, State::Searching)
     }
 
+    /// In sync and between whole header bytes: how many stream bytes lie between the
+    /// end of the last feed and the next frame header (the kernel's frame cursor after
+    /// that syscall). None while searching or in the middle of a header.
+    pub fn bytes_to_next_header(&self) -> Option<u32> {
+        let n = match &self.state {
+            State::Preface { matched } => PREFACE.len().checked_sub(*matched)?,
+            State::Searching => return None,
+            State::Header { have, .. } => {
+                if *have != 0 {
+                    return None;
+                }
+                0
+            }
+            State::Data {
+                hdr,
+                pad_len_pending,
+                data_remaining,
+                pad_remaining,
+            } => {
+                if *pad_len_pending {
+                    hdr.len as usize
+                } else {
+                    data_remaining + pad_remaining
+                }
+            }
+            State::Buffered { remaining, .. } | State::Skip { remaining } => *remaining,
+        };
+        u32::try_from(n).ok()
+    }
+
     /// Someone who knows says a frame header starts `offset` bytes into the next
     /// feed (the kernel's frame cursor): a searching decoder takes it and is in sync
     /// again. A decoder in sync keeps its own reckoning.

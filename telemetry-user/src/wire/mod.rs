@@ -9,12 +9,14 @@
 //! panic on malformed input and keep their memory bounded; errors are counted in
 //! [`DecodeStats`].
 
+pub mod frame_timing;
 pub mod grpc;
 pub mod hpack;
 pub mod http2;
 pub mod port_packet;
 pub mod snakepit;
 
+pub use frame_timing::{FrameTimer, FrameTiming};
 pub use grpc::{
     GrpcConfig, GrpcDirectionDecoder, GrpcEvent, GrpcMessage, GrpcMetadata, MessageReassembler,
 };
