@@ -1014,3 +1014,5 @@ fn client_sync_loss_completes_in_flight_calls_from_the_worker_side_only() {
     assert_eq!(num(stops[1], "duration"), Some(4_300));
     assert_eq!(stats.worker_only_completions, 1);
 }
+
+mod golden;
