@@ -1015,4 +1015,5 @@ fn client_sync_loss_completes_in_flight_calls_from_the_worker_side_only() {
     assert_eq!(stats.worker_only_completions, 1);
 }
 
+mod bench;
 mod golden;
