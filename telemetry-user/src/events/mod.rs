@@ -5,15 +5,23 @@
 //! design's (`[:snakepit, :call, :stop]` becomes `["snakepit","call","stop"]`); the
 //! constructors in `schema` are the only place names and field sets are spelled.
 mod bus;
+pub mod json;
+mod parse;
 pub mod schema;
+mod typed;
 
 pub use bus::{Bus, BusReceiver};
+pub use typed::{
+    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, NameRef, PoolCheckin,
+    PoolCheckout, PoolSize, Val, Visitor,
+};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One event of the schema.
+/// An event with its fields by name: Python's own telemetry and the agent's rarer
+/// events travel so (`AgentEvent::Dynamic`); call and pool events are typed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     #[serde(rename = "event")]
@@ -86,4 +94,10 @@ impl Event {
         }
         self
     }
+}
+
+/// An untyped event as the bus carries it (tests build events by name).
+#[cfg(test)]
+pub fn to_typed(e: &Event) -> AgentEvent {
+    e.clone().into()
 }

@@ -14,7 +14,7 @@ const GOLDEN_PATH: &str = "src/calls/tests/events.golden.jsonl";
 /// Time given to events whose emitter stamps them with the wall clock.
 const WALL: u64 = 1_700_000_123_000_000_000;
 
-fn tracker_events() -> Vec<Arc<Event>> {
+fn tracker_events() -> Vec<Arc<AgentEvent>> {
     let c = grpc_conn(1);
     let ok = tool_response(true, "");
     let err = r#"{"type":"ValueError","message":"boom","stacktrace":[],"context":{}}"#;
@@ -50,7 +50,7 @@ fn tracker_events() -> Vec<Arc<Event>> {
         ],
         ..cfg()
     };
-    let (ev, _) = run(cfg, |t| {
+    let (ev, _) = run_typed(cfg, |t| {
         t.lifecycle(Lifecycle::WorkerUp {
             pool: "default".into(),
             worker_id: "default_worker_1_ab".into(),
@@ -348,9 +348,13 @@ fn agent_events() -> Vec<Event> {
 }
 
 fn golden_text() -> String {
-    let mut events: Vec<Event> = tracker_events().iter().map(|e| (**e).clone()).collect();
-    events.extend(agent_events());
-    events.extend(crate::gpu::golden_events());
+    let mut events: Vec<AgentEvent> = tracker_events().iter().map(|e| (**e).clone()).collect();
+    events.extend(agent_events().into_iter().map(AgentEvent::from));
+    events.extend(
+        crate::gpu::golden_events()
+            .into_iter()
+            .map(AgentEvent::from),
+    );
     let mut buf = Vec::new();
     for e in &events {
         crate::sinks::jsonl::write_event(&mut buf, e).expect("write");
