@@ -2,7 +2,7 @@
 //! crash-rate health alerts. Counts here are never sampled.
 use super::config::{MonoClock, TrackerConfig};
 use super::input::ConnContext;
-use crate::events::{schema, AgentEvent, Event, PoolSize};
+use crate::events::{AgentEvent, CircuitBreakerOpen, HealthAlert, PoolSize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Exited workers remembered, so a late observation does not bring one back.
@@ -205,14 +205,15 @@ impl Pools {
         }
         w.breaker_open = true;
         Some(
-            Event::new(schema::CIRCUIT_BREAKER_OPEN)
-                .at(t_unix)
-                .measure("failure_count", w.consecutive_failures)
-                .meta("pool", conn.pool.clone())
-                .meta("worker_id", conn.worker_id.clone())
-                .meta("worker_pid", w.pid)
-                .meta_opt("error_type", error_type)
-                .into(),
+            CircuitBreakerOpen {
+                time_unix_nano: t_unix,
+                pool: conn.pool.clone(),
+                worker_id: conn.worker_id.clone(),
+                worker_pid: w.pid,
+                failure_count: w.consecutive_failures.into(),
+                error_type,
+            }
+            .into(),
         )
     }
 
@@ -258,14 +259,15 @@ impl Pools {
                 st.last_alert = Some(now);
                 alert = true;
                 out.push(
-                    Event::new(schema::HEALTH_ALERT)
-                        .at(t_unix)
-                        .measure("crash_count", count)
-                        .measure("window_s", window / 1_000_000_000)
-                        .meta("pool", pool.to_string())
-                        .meta("alert_type", "crash_loop")
-                        .meta("worker_id", worker_id.to_string())
-                        .into(),
+                    HealthAlert {
+                        time_unix_nano: t_unix,
+                        pool: pool.to_string(),
+                        alert_type: "crash_loop",
+                        worker_id: worker_id.to_string(),
+                        crash_count: count,
+                        window_s: window / 1_000_000_000,
+                    }
+                    .into(),
                 );
             }
         }

@@ -12,8 +12,8 @@ use super::config::TrackerConfig;
 use super::input::{CallRole, ConnContext, Flow, Lifecycle, Observation, Observed, Side};
 use super::pools::Pools;
 use crate::events::{
-    schema, AgentEvent, Bus, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, Event,
-    PoolCheckin, PoolCheckout,
+    AgentEvent, Bus, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, Event, PoolCheckin,
+    PoolCheckout, WorkerCrash,
 };
 use crate::wire::grpc::GrpcMessage;
 use crate::wire::snakepit::{self as sp, Direction, Method};
@@ -1212,18 +1212,18 @@ impl CallTracker {
                     } else {
                         "exit_code"
                     };
-                    let ev = Event::new(schema::WORKER_CRASH)
-                        .at(t)
-                        .measure("in_flight_calls", in_flight as u64)
-                        .meta("pool", pool.clone())
-                        .meta("worker_id", worker_id.clone())
-                        .meta("worker_pid", worker_pid)
-                        .meta("type", kind)
-                        .meta_opt("exit_code", exit_code)
-                        .meta_opt("signal", signal)
-                        .meta("oom_killed", oom_killed)
-                        .meta("reason", reason);
-                    self.publish(ev);
+                    self.publish(WorkerCrash {
+                        time_unix_nano: t,
+                        pool: pool.clone(),
+                        worker_id: worker_id.clone(),
+                        worker_pid,
+                        crash_type: kind,
+                        exit_code,
+                        signal,
+                        oom_killed,
+                        reason,
+                        in_flight_calls: in_flight as u64,
+                    });
                 }
                 let (events, alert) = self
                     .pools

@@ -12,8 +12,8 @@ mod typed;
 
 pub use bus::{Bus, BusReceiver};
 pub use typed::{
-    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, NameRef, PoolCheckin,
-    PoolCheckout, PoolSize, Val, Visitor,
+    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, CircuitBreakerOpen,
+    HealthAlert, NameRef, PoolCheckin, PoolCheckout, PoolSize, Val, Visitor, WorkerCrash,
 };
 
 use serde::Serialize;

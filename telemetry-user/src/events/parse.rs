@@ -79,6 +79,43 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
             busy: m(f::BUSY).unwrap_or(0),
             idle: m(f::IDLE).unwrap_or(0),
         })
+    } else if e.is(schema::WORKER_CRASH) {
+        let i = |k: &str| e.metadata.get(k).and_then(Value::as_i64).map(|x| x as i32);
+        AgentEvent::WorkerCrash(WorkerCrash {
+            time_unix_nano: t,
+            pool: s(f::POOL).unwrap_or_default(),
+            worker_id: s(f::WORKER_ID).unwrap_or_default(),
+            worker_pid: u(f::WORKER_PID).unwrap_or(0) as u32,
+            crash_type: match s(f::TYPE).as_deref() {
+                Some("oom") => "oom",
+                Some("signal") => "signal",
+                Some("exit_code") => "exit_code",
+                _ => "unknown",
+            },
+            exit_code: i(f::EXIT_CODE),
+            signal: i(f::SIGNAL),
+            oom_killed: e.metadata.get(f::OOM_KILLED).and_then(Value::as_bool) == Some(true),
+            reason: s(f::REASON).unwrap_or_default(),
+            in_flight_calls: m(f::IN_FLIGHT_CALLS).unwrap_or(0),
+        })
+    } else if e.is(schema::CIRCUIT_BREAKER_OPEN) {
+        AgentEvent::CircuitBreakerOpen(CircuitBreakerOpen {
+            time_unix_nano: t,
+            pool: s(f::POOL).unwrap_or_default(),
+            worker_id: s(f::WORKER_ID).unwrap_or_default(),
+            worker_pid: u(f::WORKER_PID).unwrap_or(0) as u32,
+            failure_count: m(f::FAILURE_COUNT).unwrap_or(0),
+            error_type: s(f::ERROR_TYPE),
+        })
+    } else if e.is(schema::HEALTH_ALERT) {
+        AgentEvent::HealthAlert(HealthAlert {
+            time_unix_nano: t,
+            pool: s(f::POOL).unwrap_or_default(),
+            alert_type: "crash_loop",
+            worker_id: s(f::WORKER_ID).unwrap_or_default(),
+            crash_count: m(f::CRASH_COUNT).unwrap_or(0),
+            window_s: m(f::WINDOW_S).unwrap_or(0),
+        })
     } else {
         return None;
     };

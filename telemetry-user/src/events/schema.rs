@@ -64,4 +64,13 @@ pub mod field {
     pub const SIZE: &str = "size";
     pub const BUSY: &str = "busy";
     pub const IDLE: &str = "idle";
+    pub const IN_FLIGHT_CALLS: &str = "in_flight_calls";
+    pub const TYPE: &str = "type";
+    pub const EXIT_CODE: &str = "exit_code";
+    pub const SIGNAL: &str = "signal";
+    pub const OOM_KILLED: &str = "oom_killed";
+    pub const FAILURE_COUNT: &str = "failure_count";
+    pub const CRASH_COUNT: &str = "crash_count";
+    pub const WINDOW_S: &str = "window_s";
+    pub const ALERT_TYPE: &str = "alert_type";
 }

@@ -215,6 +215,46 @@ pub struct PoolSize {
     pub idle: u64,
 }
 
+/// `[:snakepit, :worker, :crash]`: a worker died other than by a clean exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerCrash {
+    pub time_unix_nano: u64,
+    pub pool: String,
+    pub worker_id: String,
+    pub worker_pid: u32,
+    /// `oom`, `signal` or `exit_code`.
+    pub crash_type: &'static str,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub reason: String,
+    pub in_flight_calls: u64,
+}
+
+/// `[:snakepit, :circuit_breaker, :open]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreakerOpen {
+    pub time_unix_nano: u64,
+    pub pool: String,
+    pub worker_id: String,
+    pub worker_pid: u32,
+    pub failure_count: u64,
+    pub error_type: Option<String>,
+}
+
+/// `[:snakepit, :health, :alert]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthAlert {
+    pub time_unix_nano: u64,
+    pub pool: String,
+    /// `crash_loop`.
+    pub alert_type: &'static str,
+    /// The worker whose crash raised the alert.
+    pub worker_id: String,
+    pub crash_count: u64,
+    pub window_s: u64,
+}
+
 /// Every event on the bus.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEvent {
@@ -223,6 +263,9 @@ pub enum AgentEvent {
     PoolCheckout(PoolCheckout),
     PoolCheckin(PoolCheckin),
     PoolSize(PoolSize),
+    WorkerCrash(WorkerCrash),
+    CircuitBreakerOpen(CircuitBreakerOpen),
+    HealthAlert(HealthAlert),
     /// Any other event, fields by name (Python telemetry, topology, GPU, ...).
     Dynamic(Event),
 }
@@ -253,6 +296,9 @@ impl AgentEvent {
             AgentEvent::PoolCheckout(_) => NameRef::Static(schema::POOL_CHECKOUT),
             AgentEvent::PoolCheckin(_) => NameRef::Static(schema::POOL_CHECKIN),
             AgentEvent::PoolSize(_) => NameRef::Static(schema::POOL_SIZE),
+            AgentEvent::WorkerCrash(_) => NameRef::Static(schema::WORKER_CRASH),
+            AgentEvent::CircuitBreakerOpen(_) => NameRef::Static(schema::CIRCUIT_BREAKER_OPEN),
+            AgentEvent::HealthAlert(_) => NameRef::Static(schema::HEALTH_ALERT),
             AgentEvent::Dynamic(e) => NameRef::Owned(&e.name),
         }
     }
@@ -271,6 +317,9 @@ impl AgentEvent {
             AgentEvent::PoolCheckout(e) => e.time_unix_nano,
             AgentEvent::PoolCheckin(e) => e.time_unix_nano,
             AgentEvent::PoolSize(e) => e.time_unix_nano,
+            AgentEvent::WorkerCrash(e) => e.time_unix_nano,
+            AgentEvent::CircuitBreakerOpen(e) => e.time_unix_nano,
+            AgentEvent::HealthAlert(e) => e.time_unix_nano,
             AgentEvent::Dynamic(e) => e.time_unix_nano,
         }
     }
@@ -312,6 +361,37 @@ impl AgentEvent {
                 v.measure(f::BUSY, Val::U64(e.busy));
                 v.measure(f::IDLE, Val::U64(e.idle));
                 v.meta(f::POOL, Val::Str(&e.pool));
+            }
+            AgentEvent::WorkerCrash(e) => {
+                v.measure(f::IN_FLIGHT_CALLS, Val::U64(e.in_flight_calls));
+                v.meta(f::POOL, Val::Str(&e.pool));
+                v.meta(f::WORKER_ID, Val::Str(&e.worker_id));
+                v.meta(f::WORKER_PID, Val::U64(e.worker_pid.into()));
+                v.meta(f::TYPE, Val::Str(e.crash_type));
+                if let Some(c) = e.exit_code {
+                    v.meta(f::EXIT_CODE, Val::I64(c.into()));
+                }
+                if let Some(s) = e.signal {
+                    v.meta(f::SIGNAL, Val::I64(s.into()));
+                }
+                v.meta(f::OOM_KILLED, Val::Bool(e.oom_killed));
+                v.meta(f::REASON, Val::Str(&e.reason));
+            }
+            AgentEvent::CircuitBreakerOpen(e) => {
+                v.measure(f::FAILURE_COUNT, Val::U64(e.failure_count));
+                v.meta(f::POOL, Val::Str(&e.pool));
+                v.meta(f::WORKER_ID, Val::Str(&e.worker_id));
+                v.meta(f::WORKER_PID, Val::U64(e.worker_pid.into()));
+                if let Some(t) = &e.error_type {
+                    v.meta(f::ERROR_TYPE, Val::Str(t));
+                }
+            }
+            AgentEvent::HealthAlert(e) => {
+                v.measure(f::CRASH_COUNT, Val::U64(e.crash_count));
+                v.measure(f::WINDOW_S, Val::U64(e.window_s));
+                v.meta(f::POOL, Val::Str(&e.pool));
+                v.meta(f::ALERT_TYPE, Val::Str(e.alert_type));
+                v.meta(f::WORKER_ID, Val::Str(&e.worker_id));
             }
             AgentEvent::Dynamic(e) => {
                 for (k, x) in &e.measurements {
@@ -456,6 +536,24 @@ impl From<PoolCheckin> for AgentEvent {
 impl From<PoolSize> for AgentEvent {
     fn from(e: PoolSize) -> Self {
         AgentEvent::PoolSize(e)
+    }
+}
+
+impl From<WorkerCrash> for AgentEvent {
+    fn from(e: WorkerCrash) -> Self {
+        AgentEvent::WorkerCrash(e)
+    }
+}
+
+impl From<CircuitBreakerOpen> for AgentEvent {
+    fn from(e: CircuitBreakerOpen) -> Self {
+        AgentEvent::CircuitBreakerOpen(e)
+    }
+}
+
+impl From<HealthAlert> for AgentEvent {
+    fn from(e: HealthAlert) -> Self {
+        AgentEvent::HealthAlert(e)
     }
 }
 

@@ -2,9 +2,11 @@
 //! `library.function` and the time split, call exceptions, worker crashes and health
 //! alerts as errors, circuit breakers opening as warnings, everything else at debug.
 //! Per-call events arrive already thinned by the tracker's `sample_rate`.
-use crate::events::{json, schema, AgentEvent, BusReceiver, CallEnd, CallRecord, Event};
+use crate::events::{
+    json, AgentEvent, BusReceiver, CallEnd, CallRecord, CircuitBreakerOpen, HealthAlert,
+    WorkerCrash,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::fmt::Write as _;
 use tracing::Level;
 
@@ -26,18 +28,6 @@ impl Default for LoggerConfig {
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
-}
-
-fn num(e: &Event, k: &str) -> Option<u64> {
-    e.measurements.get(k).and_then(Value::as_u64)
-}
-
-fn field(e: &Event, k: &str) -> String {
-    match e.metadata.get(k).or_else(|| e.measurements.get(k)) {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => "?".to_string(),
-    }
 }
 
 /// `library.function`, else the operation.
@@ -87,10 +77,9 @@ pub fn render(e: &AgentEvent, cfg: &LoggerConfig) -> (Level, String) {
     match e {
         AgentEvent::CallEnd(c) if c.is_exception() => (Level::ERROR, exception_line(c)),
         AgentEvent::CallEnd(c) => stop_line(c, cfg),
-        AgentEvent::Dynamic(d) => match dynamic_line(d) {
-            Some(x) => x,
-            None => (Level::DEBUG, generic(e)),
-        },
+        AgentEvent::WorkerCrash(c) => (Level::ERROR, crash_line(c)),
+        AgentEvent::CircuitBreakerOpen(c) => (Level::WARN, breaker_line(c)),
+        AgentEvent::HealthAlert(a) => (Level::ERROR, alert_line(a)),
         _ => (Level::DEBUG, generic(e)),
     }
 }
@@ -141,49 +130,39 @@ fn exception_line(e: &CallEnd) -> String {
     )
 }
 
-fn dynamic_line(e: &Event) -> Option<(Level, String)> {
-    if e.is(schema::WORKER_CRASH) {
-        return Some((
-            Level::ERROR,
-            format!(
-                "Python worker crashed: {} pool={} pid={} type={} exit_code={} signal={} oom_killed={} in_flight_calls={}",
-                field(e, "worker_id"),
-                field(e, "pool"),
-                field(e, "worker_pid"),
-                field(e, "type"),
-                field(e, "exit_code"),
-                field(e, "signal"),
-                field(e, "oom_killed"),
-                field(e, "in_flight_calls"),
-            ),
-        ));
-    }
-    if e.is(schema::CIRCUIT_BREAKER_OPEN) {
-        return Some((
-            Level::WARN,
-            format!(
-                "Circuit breaker opened for worker {} (pool {}) after {} consecutive failures, last error_type={}",
-                field(e, "worker_id"),
-                field(e, "pool"),
-                field(e, "failure_count"),
-                field(e, "error_type"),
-            ),
-        ));
-    }
-    if e.is(schema::HEALTH_ALERT) {
-        return Some((
-            Level::ERROR,
-            format!(
-                "Health alert: {} in pool {} - {} crashes within {} s",
-                field(e, "alert_type"),
-                field(e, "pool"),
-                field(e, "crash_count"),
-                field(e, "window_s"),
-            ),
-        ));
-    }
-    let _ = num;
-    None
+fn or_unknown<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+fn crash_line(e: &WorkerCrash) -> String {
+    format!(
+        "Python worker crashed: {} pool={} pid={} type={} exit_code={} signal={} oom_killed={} in_flight_calls={}",
+        e.worker_id,
+        e.pool,
+        e.worker_pid,
+        e.crash_type,
+        or_unknown(e.exit_code),
+        or_unknown(e.signal),
+        e.oom_killed,
+        e.in_flight_calls,
+    )
+}
+
+fn breaker_line(e: &CircuitBreakerOpen) -> String {
+    format!(
+        "Circuit breaker opened for worker {} (pool {}) after {} consecutive failures, last error_type={}",
+        e.worker_id,
+        e.pool,
+        e.failure_count,
+        or_unknown(e.error_type.as_deref()),
+    )
+}
+
+fn alert_line(e: &HealthAlert) -> String {
+    format!(
+        "Health alert: {} in pool {} - {} crashes within {} s",
+        e.alert_type, e.pool, e.crash_count, e.window_s,
+    )
 }
 
 fn log(level: Level, line: &str) {
@@ -202,17 +181,13 @@ pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
     let debug = tracing::enabled!(target: TARGET, Level::DEBUG);
     while let Some(event) = rx.recv().await {
         // Only these can log above debug: skip rendering the rest when debug is off.
-        let may_warn = match &*event {
-            AgentEvent::CallEnd(_) => true,
-            AgentEvent::Dynamic(e) => [
-                schema::WORKER_CRASH,
-                schema::CIRCUIT_BREAKER_OPEN,
-                schema::HEALTH_ALERT,
-            ]
-            .iter()
-            .any(|n| e.is(n)),
-            _ => false,
-        };
+        let may_warn = matches!(
+            &*event,
+            AgentEvent::CallEnd(_)
+                | AgentEvent::WorkerCrash(_)
+                | AgentEvent::CircuitBreakerOpen(_)
+                | AgentEvent::HealthAlert(_)
+        );
         if !debug && !may_warn {
             continue;
         }
@@ -224,7 +199,7 @@ pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::to_typed;
+    use crate::events::{schema, to_typed, Event};
 
     fn stop(duration_ms: u64) -> Event {
         Event::new(schema::CALL_STOP)

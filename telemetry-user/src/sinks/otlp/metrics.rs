@@ -6,10 +6,9 @@
 //! and `call.exception` events), `snakepit.worker.crashes` {type, pool},
 //! `snakepit.pool.size` / `.busy` / `.idle` gauges {pool}. Absent metadata gives an
 //! absent attribute, never an empty one.
-use crate::events::{schema, AgentEvent, CallEnd, Event};
+use crate::events::{AgentEvent, CallEnd};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use opentelemetry::KeyValue;
-use serde_json::Value;
 
 /// The design's buckets (ms), with finer ones below 10 ms: most calls are short.
 const DURATION_BUCKETS_MS: &[f64] = &[
@@ -98,23 +97,24 @@ impl Instruments {
                 self.pool_busy.record(e.busy, &pool);
                 self.pool_idle.record(e.idle, &pool);
             }
-            AgentEvent::Dynamic(ev) => self.record_dynamic(ev),
-            _ => {}
-        }
-    }
-
-    fn record_dynamic(&self, ev: &Event) {
-        if ev.is(schema::WORKER_CRASH) {
-            self.crashes
-                .add(1, &attrs(ev, &[("type", "type"), ("pool", "pool")]));
-        } else if ev.is(schema::CIRCUIT_BREAKER_OPEN) {
-            self.circuit_breaker_opens
-                .add(1, &attrs(ev, &[("pool", "pool")]));
-        } else if ev.is(schema::HEALTH_ALERT) {
-            self.health_alerts.add(
+            AgentEvent::WorkerCrash(e) => self.crashes.add(
                 1,
-                &attrs(ev, &[("pool", "pool"), ("alert_type", "alert_type")]),
-            );
+                &[
+                    KeyValue::new("type", e.crash_type),
+                    KeyValue::new("pool", e.pool.clone()),
+                ],
+            ),
+            AgentEvent::CircuitBreakerOpen(e) => self
+                .circuit_breaker_opens
+                .add(1, &[KeyValue::new("pool", e.pool.clone())]),
+            AgentEvent::HealthAlert(e) => self.health_alerts.add(
+                1,
+                &[
+                    KeyValue::new("pool", e.pool.clone()),
+                    KeyValue::new("alert_type", e.alert_type),
+                ],
+            ),
+            _ => {}
         }
     }
 
@@ -154,16 +154,4 @@ impl Instruments {
             self.exceptions.add(1, &a);
         }
     }
-}
-
-/// `(attribute, metadata key)` pairs for the string metadata present on the event.
-fn attrs(ev: &Event, keys: &[(&'static str, &str)]) -> Vec<KeyValue> {
-    keys.iter()
-        .filter_map(|(name, key)| {
-            ev.metadata
-                .get(*key)
-                .and_then(Value::as_str)
-                .map(|v| KeyValue::new(*name, v.to_string()))
-        })
-        .collect()
 }

@@ -262,16 +262,18 @@ impl Sink {
         } else {
             false
         };
-        let mut wants_export = call.is_some();
         if let AgentEvent::Dynamic(d) = &**ev {
             self.learn_topology(d);
-            // Pool sizes alone wait (they are replayed): a pipe worker's discovery
-            // comes with its pool size but without the instance name a gRPC worker
-            // brings.
-            wants_export = d.is(schema::WORKER_CRASH)
-                || d.is(schema::CIRCUIT_BREAKER_OPEN)
-                || d.is(schema::HEALTH_ALERT);
         }
+        // Pool sizes alone wait (they are replayed): a pipe worker's discovery comes
+        // with its pool size but without the instance name a gRPC worker brings.
+        let wants_export = matches!(
+            &**ev,
+            AgentEvent::CallEnd(_)
+                | AgentEvent::WorkerCrash(_)
+                | AgentEvent::CircuitBreakerOpen(_)
+                | AgentEvent::HealthAlert(_)
+        );
         if self.exporting.is_none() && is_pool_size && self.waiting_since.is_none() {
             self.waiting_since = Some(Instant::now());
         }

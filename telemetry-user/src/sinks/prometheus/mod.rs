@@ -416,25 +416,27 @@ impl Metrics {
                     .get_or_create(&PoolLabels { pool })
                     .inc();
             }
-            AgentEvent::CallStart(_) | AgentEvent::PoolCheckin(_) => {}
+            AgentEvent::WorkerCrash(e) => {
+                let pool = self.label_ref("pool", &e.pool);
+                let reason = self.label_ref("reason", e.crash_type);
+                self.worker_crashes
+                    .get_or_create(&CrashLabels { pool, reason })
+                    .inc();
+            }
+            AgentEvent::CircuitBreakerOpen(e) => {
+                let pool = self.label_ref("pool", &e.pool);
+                self.circuit_breaker_opens
+                    .get_or_create(&PoolLabels { pool })
+                    .inc();
+            }
+            AgentEvent::CallStart(_) | AgentEvent::PoolCheckin(_) | AgentEvent::HealthAlert(_) => {}
             AgentEvent::Dynamic(e) => self.dynamic(e),
         }
         self.sync_overflow();
     }
 
     fn dynamic(&mut self, ev: &Event) {
-        if ev.is(schema::WORKER_CRASH) {
-            let pool = self.label("pool", meta_str(ev, "pool"));
-            let reason = self.label("reason", meta_str(ev, "type"));
-            self.worker_crashes
-                .get_or_create(&CrashLabels { pool, reason })
-                .inc();
-        } else if ev.is(schema::CIRCUIT_BREAKER_OPEN) {
-            let pool = self.label("pool", meta_str(ev, "pool"));
-            self.circuit_breaker_opens
-                .get_or_create(&PoolLabels { pool })
-                .inc();
-        } else if ev.is(schema::AGENT_STATS) {
+        if ev.is(schema::AGENT_STATS) {
             self.agent_stats(ev);
         } else if ends_with(ev, &["memory", "gpu"]) || ends_with(ev, &["memory", "gpu_worker"]) {
             self.gpu_memory(ev);

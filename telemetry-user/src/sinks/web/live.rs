@@ -1,6 +1,6 @@
 //! The live page's state: pool stats, GPU memory history and recent calls and errors,
 //! all in bounded ring buffers so memory stays flat whatever the load.
-use crate::events::{schema, AgentEvent, CallEnd, Event};
+use crate::events::{schema, AgentEvent, CallEnd, Event, WorkerCrash};
 use crate::sinks::prometheus::{measure_f64, meta_str};
 use serde::Serialize;
 use serde_json::Value;
@@ -134,7 +134,11 @@ impl Live {
                     p.busy = e.busy as i64;
                 }
             }
-            AgentEvent::PoolCheckout(_) | AgentEvent::PoolCheckin(_) => return,
+            AgentEvent::WorkerCrash(e) => self.worker_crash(e),
+            AgentEvent::PoolCheckout(_)
+            | AgentEvent::PoolCheckin(_)
+            | AgentEvent::CircuitBreakerOpen(_)
+            | AgentEvent::HealthAlert(_) => return,
             AgentEvent::Dynamic(e) => {
                 if !self.dynamic(e) {
                     return;
@@ -156,21 +160,6 @@ impl Live {
             if let (Some(w), Some(p)) = (meta_str(ev, "worker_id"), self.pool(ev)) {
                 p.workers.remove(&w);
             }
-        } else if ev.is(schema::WORKER_CRASH) {
-            if let Some(p) = self.pool(ev) {
-                p.crashes += 1;
-            }
-            let kind = meta_str(ev, "type").unwrap_or_else(|| "unknown".into());
-            let row = ErrorRow {
-                time_ms: ev.time_unix_nano / 1_000_000,
-                library: String::new(),
-                function: String::new(),
-                error_type: format!("worker_crash:{kind}"),
-                message: text(meta_str(ev, "reason")),
-                pool: text(meta_str(ev, "pool")),
-                worker_id: text(meta_str(ev, "worker_id")),
-            };
-            push(&mut self.errors, row, self.sizes.recent_errors);
         } else if ev.is(schema::AGENT_STARTED) {
             self.agent.version = text(meta_str(ev, "version"));
         } else if ev.is(schema::AGENT_STATS) {
@@ -185,6 +174,22 @@ impl Live {
             return false;
         }
         true
+    }
+
+    fn worker_crash(&mut self, e: &WorkerCrash) {
+        if let Some(p) = self.pool_named(&e.pool) {
+            p.crashes += 1;
+        }
+        let row = ErrorRow {
+            time_ms: e.time_unix_nano / 1_000_000,
+            library: String::new(),
+            function: String::new(),
+            error_type: format!("worker_crash:{}", e.crash_type),
+            message: text(Some(&e.reason)),
+            pool: text(Some(&e.pool)),
+            worker_id: text(Some(&e.worker_id)),
+        };
+        push(&mut self.errors, row, self.sizes.recent_errors);
     }
 
     fn pool(&mut self, ev: &Event) -> Option<&mut PoolRow> {
