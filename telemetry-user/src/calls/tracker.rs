@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Prefix of re-emitted Python-side events (`["snakepit","python",...]`).
-pub const PYTHON_PREFIX: &[&str] = &["snakepit", "python"];
+pub use crate::events::schema::PYTHON_PREFIX;
 /// `operation` of `{packet,4}` pipe calls.
 pub const PIPE_OPERATION: &str = "pipe";
 /// `operation` when neither `:path` nor the request message tells the method.

@@ -28,6 +28,18 @@ pub const BEAM_EXITED: &[&str] = &["snakepit", "agent", "beam_exited"];
 /// A worker's gRPC LISTEN port became known after its discovery.
 pub const WORKER_LISTENING: &[&str] = &["snakepit", "agent", "worker_listening"];
 
+/// Python's own `:telemetry` events are re-emitted under this prefix.
+pub const PYTHON_PREFIX: &[&str] = &["snakepit", "python"];
+pub const ML_INFERENCE: &[&str] = &["snakepit", "ml", "inference"];
+pub const ML_TRAIN_STEP: &[&str] = &["snakepit", "ml", "train_step"];
+pub const ML_TENSOR_OP: &[&str] = &["snakepit", "ml", "tensor_op"];
+pub const MEMORY_ALLOCATE: &[&str] = &["snakepit", "memory", "allocate"];
+pub const MEMORY_RELEASE: &[&str] = &["snakepit", "memory", "release"];
+/// GPU memory per device, per worker, and around a long call (docs/gpu.md).
+pub const GPU_MEMORY: &[&str] = &["snakepit", "memory", "gpu"];
+pub const GPU_WORKER_MEMORY: &[&str] = &["snakepit", "memory", "gpu_worker"];
+pub const GPU_CALL_MEMORY: &[&str] = &["snakepit", "memory", "gpu_call"];
+
 /// Field names of the typed events (measurements and metadata), spelled once.
 pub mod field {
     pub const OPERATION: &str = "operation";

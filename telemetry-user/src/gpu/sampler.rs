@@ -11,9 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub const GPU_MEMORY: &[&str] = &["snakepit", "memory", "gpu"];
-pub const GPU_WORKER_MEMORY: &[&str] = &["snakepit", "memory", "gpu_worker"];
-pub const GPU_CALL_MEMORY: &[&str] = &["snakepit", "memory", "gpu_call"];
+pub use crate::events::schema::{GPU_CALL_MEMORY, GPU_MEMORY, GPU_WORKER_MEMORY};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Long calls waiting for their "after" figure; beyond this the oldest are dropped.
