@@ -2,8 +2,13 @@
 //!
 //! An event is `{"event": [...name], "time_unix_nano": N, "measurements": {...},
 //! "metadata": {...}}`, the JSON shape of a `:telemetry.execute/3` call. Names are the
-//! design's (`[:snakepit, :call, :stop]` becomes `["snakepit","call","stop"]`); the
-//! constructors in `schema` are the only place names and field sets are spelled.
+//! design's (`[:snakepit, :call, :stop]` becomes `["snakepit","call","stop"]`); names
+//! and typed field names are spelled only in `schema`.
+//!
+//! The bus carries [`AgentEvent`]s: call, pool and worker-health events as structs
+//! (`typed`), everything else as a by-name [`Event`]. Only `json` turns them into
+//! JSON (for the JSON-lines and text sinks); the golden test in
+//! `calls/tests/golden.rs` pins the output byte for byte.
 mod bus;
 pub mod json;
 mod parse;
@@ -21,7 +26,8 @@ use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// An event with its fields by name: Python's own telemetry and the agent's rarer
-/// events travel so (`AgentEvent::Dynamic`); call and pool events are typed.
+/// events travel so (`AgentEvent::Dynamic`); call, pool and worker-health events are
+/// typed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     #[serde(rename = "event")]
