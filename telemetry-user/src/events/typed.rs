@@ -1,7 +1,8 @@
 //! Typed events: what the tracker emits for every call (start, checkout, checkin, stop
-//! or exception, pool sizes) as plain structs, so sinks read fields instead of looking
-//! up JSON keys, and JSON is made only by the JSON/text sinks. Everything else travels
-//! as a [`Event`] (`AgentEvent::Dynamic`), e.g. Python's own telemetry.
+//! or exception, pool sizes) and for worker health (crash, circuit breaker, alert) as
+//! plain structs, so sinks read fields instead of looking up JSON keys, and JSON is
+//! made only by the JSON/text sinks. Everything else travels as an [`Event`]
+//! (`AgentEvent::Dynamic`), e.g. Python's own telemetry.
 //!
 //! Each typed event lists its fields through [`AgentEvent::visit`] under the names of
 //! `schema::field`; the JSON writer sorts them, which is the order the untyped events
