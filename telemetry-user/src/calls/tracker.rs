@@ -1093,18 +1093,20 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
-        let record = Arc::new(call_record(&call));
+        // Built once, and only when an event needs it (sampled-out calls need none).
+        let mut record = None;
         if !call.internal && call.sampled {
             self.publish(PoolCheckin {
                 time_unix_nano: t_end,
-                call: record.clone(),
+                call: shared_record(&mut record, &call),
                 busy_time: duration,
             });
         }
         // Exceptions are never thinned: they are what an operator looks for.
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
-            self.publish(call_end(&call, &outcome, record.clone(), t_end, duration));
+            let record = shared_record(&mut record, &call);
+            self.publish(call_end(&call, &outcome, record, t_end, duration));
         }
         let long =
             |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();
@@ -1115,7 +1117,7 @@ impl CallTracker {
                 before: call.gpu_before,
                 started_unix_nano: t_end.saturating_sub(duration),
                 ended_unix_nano: t_end,
-                metadata: record.to_metadata(),
+                metadata: shared_record(&mut record, &call).to_metadata(),
             });
         }
         if matches!(outcome, Outcome::Ok) && !self.cfg.ml_rules.is_empty() {
@@ -1388,6 +1390,12 @@ fn call_record(call: &Call) -> CallRecord {
         },
         internal: call.internal,
     }
+}
+
+/// The call's record, built on first use.
+fn shared_record(slot: &mut Option<Arc<CallRecord>>, call: &Call) -> Arc<CallRecord> {
+    slot.get_or_insert_with(|| Arc::new(call_record(call)))
+        .clone()
 }
 
 /// `call.stop` / `call.exception` of a completed call.
