@@ -1,7 +1,7 @@
 //! The running agent: kernel events -> discovery (which pid/fd is what) -> I/O
 //! accounting -> events on the bus -> sinks. One task owns all mutable state, so no
 //! locks sit on the per-event path.
-mod io_summary;
+pub(crate) mod io_summary;
 pub mod topology_events;
 
 use crate::calls::input::{Lifecycle, Observation};
@@ -13,7 +13,7 @@ use crate::kernel::{self, KernelConfig, KernelEvent, Probes};
 use crate::pipeline::Pipeline;
 use crate::sinks;
 use anyhow::Context;
-use io_summary::IoAccounting;
+pub(crate) use io_summary::IoAccounting;
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 
-pub const ML_INFERENCE: &[&str] = &["snakepit", "ml", "inference"];
-pub const ML_TRAIN_STEP: &[&str] = &["snakepit", "ml", "train_step"];
+pub use crate::events::schema::{
+    MEMORY_ALLOCATE, MEMORY_RELEASE, ML_INFERENCE, ML_TENSOR_OP, ML_TRAIN_STEP,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,10 +117,6 @@ pub fn ml_event(rules: &[MlRule], c: &CallFacts) -> Option<Event> {
     };
     Some(ev.meta_opt("model", model).meta("source", "rule"))
 }
-
-pub const ML_TENSOR_OP: &[&str] = &["snakepit", "ml", "tensor_op"];
-pub const MEMORY_ALLOCATE: &[&str] = &["snakepit", "memory", "allocate"];
-pub const MEMORY_RELEASE: &[&str] = &["snakepit", "memory", "release"];
 
 /// A Python-side telemetry event (already re-emitted as `["snakepit","python",...]`)
 /// whose name and fields fit one of the design's ML or memory events, as that event.

@@ -2,7 +2,7 @@
 //! crash-rate health alerts. Counts here are never sampled.
 use super::config::{MonoClock, TrackerConfig};
 use super::input::ConnContext;
-use crate::events::{schema, Event};
+use crate::events::{AgentEvent, CircuitBreakerOpen, HealthAlert, PoolSize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Exited workers remembered, so a late observation does not bring one back.
@@ -58,24 +58,23 @@ impl Pools {
         }
     }
 
-    fn size_event(&mut self, pool: &str, now: u64) -> Option<Event> {
+    fn size_event(&mut self, pool: &str, now: u64) -> Option<AgentEvent> {
         let t = self.clock.to_unix(now);
         let st = self.pools.get_mut(pool)?;
         let (size, busy) = st.counts();
         st.dirty = false;
         st.last_size_emit = Some(now);
-        Some(
-            Event::new(schema::POOL_SIZE)
-                .at(t)
-                .measure("size", size)
-                .measure("busy", busy)
-                .measure("idle", size - busy)
-                .meta("pool", pool.to_string()),
-        )
+        Some(AgentEvent::PoolSize(PoolSize {
+            time_unix_nano: t,
+            pool: pool.to_string(),
+            size,
+            busy,
+            idle: size - busy,
+        }))
     }
 
     /// Busy/idle changed: publish now unless one was published within the interval.
-    fn busy_changed(&mut self, pool: &str, now: u64) -> Option<Event> {
+    fn busy_changed(&mut self, pool: &str, now: u64) -> Option<AgentEvent> {
         let interval = self.size_interval_ns;
         let st = self.pools.get_mut(pool)?;
         st.dirty = true;
@@ -89,7 +88,7 @@ impl Pools {
         }
     }
 
-    fn add_worker(&mut self, pool: &str, worker_id: &str, pid: u32, now: u64) -> Vec<Event> {
+    fn add_worker(&mut self, pool: &str, worker_id: &str, pid: u32, now: u64) -> Vec<AgentEvent> {
         let st = self.pools.entry(pool.to_string()).or_default();
         match st.workers.get_mut(worker_id) {
             Some(w) => {
@@ -120,7 +119,7 @@ impl Pools {
         pid: u32,
         _beam_pid: Option<u32>,
         now: u64,
-    ) -> Vec<Event> {
+    ) -> Vec<AgentEvent> {
         // A pid reused under the same id is a new worker: forget the old exit.
         let k = (pool.to_string(), worker_id.to_string());
         if self.exited_set.remove(&k) {
@@ -130,7 +129,7 @@ impl Pools {
     }
 
     /// A connection's worker is live unless we saw it exit.
-    pub(super) fn note_conn(&mut self, conn: &ConnContext, now: u64) -> Vec<Event> {
+    pub(super) fn note_conn(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
         // Hot path (every observation): a known worker allocates nothing.
         if self
             .pools
@@ -146,7 +145,7 @@ impl Pools {
         self.add_worker(&conn.pool, &conn.worker_id, conn.worker_pid, now)
     }
 
-    pub(super) fn call_started(&mut self, conn: &ConnContext, now: u64) -> Vec<Event> {
+    pub(super) fn call_started(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
         let Some(w) = self
             .pools
             .get_mut(&conn.pool)
@@ -162,7 +161,7 @@ impl Pools {
         }
     }
 
-    pub(super) fn call_ended(&mut self, conn: &ConnContext, now: u64) -> Vec<Event> {
+    pub(super) fn call_ended(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
         let Some(w) = self
             .pools
             .get_mut(&conn.pool)
@@ -189,7 +188,7 @@ impl Pools {
         failed: bool,
         error_type: Option<String>,
         t_unix: u64,
-    ) -> Option<Event> {
+    ) -> Option<AgentEvent> {
         let threshold = self.failure_threshold;
         let w = self
             .pools
@@ -206,13 +205,15 @@ impl Pools {
         }
         w.breaker_open = true;
         Some(
-            Event::new(schema::CIRCUIT_BREAKER_OPEN)
-                .at(t_unix)
-                .measure("failure_count", w.consecutive_failures)
-                .meta("pool", conn.pool.clone())
-                .meta("worker_id", conn.worker_id.clone())
-                .meta("worker_pid", w.pid)
-                .meta_opt("error_type", error_type),
+            CircuitBreakerOpen {
+                time_unix_nano: t_unix,
+                pool: conn.pool.clone(),
+                worker_id: conn.worker_id.clone(),
+                worker_pid: w.pid,
+                failure_count: w.consecutive_failures.into(),
+                error_type,
+            }
+            .into(),
         )
     }
 
@@ -225,7 +226,7 @@ impl Pools {
         crashed: bool,
         now: u64,
         t_unix: u64,
-    ) -> (Vec<Event>, bool) {
+    ) -> (Vec<AgentEvent>, bool) {
         let mut out = Vec::new();
         let k = (pool.to_string(), worker_id.to_string());
         if self.exited_set.insert(k.clone()) {
@@ -258,13 +259,15 @@ impl Pools {
                 st.last_alert = Some(now);
                 alert = true;
                 out.push(
-                    Event::new(schema::HEALTH_ALERT)
-                        .at(t_unix)
-                        .measure("crash_count", count)
-                        .measure("window_s", window / 1_000_000_000)
-                        .meta("pool", pool.to_string())
-                        .meta("alert_type", "crash_loop")
-                        .meta("worker_id", worker_id.to_string()),
+                    HealthAlert {
+                        time_unix_nano: t_unix,
+                        pool: pool.to_string(),
+                        alert_type: "crash_loop",
+                        worker_id: worker_id.to_string(),
+                        crash_count: count,
+                        window_s: window / 1_000_000_000,
+                    }
+                    .into(),
                 );
             }
         }
@@ -275,7 +278,7 @@ impl Pools {
     }
 
     /// Size events for pools whose busy/idle changed and whose interval passed.
-    pub(super) fn tick(&mut self, now: u64) -> Vec<Event> {
+    pub(super) fn tick(&mut self, now: u64) -> Vec<AgentEvent> {
         let interval = self.size_interval_ns;
         let due: Vec<String> = self
             .pools

@@ -1,7 +1,7 @@
 //! The tracker fed observation sequences, no kernel.
 use super::input::{CallRole, ConnContext, Flow, FrameEnd, Lifecycle, Observation, Observed, Side};
 use super::*;
-use crate::events::{schema, Bus, Event};
+use crate::events::{schema, AgentEvent, Bus, Event};
 use crate::wire::grpc::{GrpcMessage, GrpcMetadata};
 use crate::wire::snakepit as sp;
 use prost::Message as _;
@@ -22,7 +22,11 @@ fn cfg() -> TrackerConfig {
     }
 }
 
-fn run(cfg: TrackerConfig, f: impl FnOnce(&mut CallTracker)) -> (Vec<Arc<Event>>, TrackerStats) {
+/// The events as the sinks get them (typed where the tracker types them).
+fn run_typed(
+    cfg: TrackerConfig,
+    f: impl FnOnce(&mut CallTracker),
+) -> (Vec<Arc<AgentEvent>>, TrackerStats) {
     let bus = Bus::new(1 << 16);
     let mut rx = bus.subscribe();
     let mut t = CallTracker::new(cfg, bus);
@@ -39,6 +43,13 @@ fn run(cfg: TrackerConfig, f: impl FnOnce(&mut CallTracker)) -> (Vec<Arc<Event>>
         }
         out
     });
+    (events, stats)
+}
+
+/// The events with their fields by name.
+fn run(cfg: TrackerConfig, f: impl FnOnce(&mut CallTracker)) -> (Vec<Arc<Event>>, TrackerStats) {
+    let (events, stats) = run_typed(cfg, f);
+    let events = events.iter().map(|e| Arc::new(e.to_event())).collect();
     (events, stats)
 }
 
@@ -1145,3 +1156,5 @@ fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
     assert_eq!(num(stops[0], "duration"), Some(4_300));
     assert_eq!(stats.in_flight, 0);
 }
+mod bench;
+mod golden;

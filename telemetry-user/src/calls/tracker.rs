@@ -11,7 +11,10 @@
 use super::config::TrackerConfig;
 use super::input::{CallRole, ConnContext, Flow, FrameEnd, Lifecycle, Observation, Observed, Side};
 use super::pools::Pools;
-use crate::events::{schema, Bus, Event};
+use crate::events::{
+    AgentEvent, Bus, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, Event, PoolCheckin,
+    PoolCheckout, WorkerCrash,
+};
 use crate::wire::grpc::GrpcMessage;
 use crate::wire::snakepit::{self as sp, Direction, Method};
 use serde::Serialize;
@@ -20,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Prefix of re-emitted Python-side events (`["snakepit","python",...]`).
-pub const PYTHON_PREFIX: &[&str] = &["snakepit", "python"];
+pub use crate::events::schema::PYTHON_PREFIX;
 /// `operation` of `{packet,4}` pipe calls.
 pub const PIPE_OPERATION: &str = "pipe";
 /// `operation` when neither `:path` nor the request message tells the method.
@@ -361,7 +364,7 @@ impl CallTracker {
         s
     }
 
-    fn publish(&self, ev: Event) {
+    fn publish(&self, ev: impl Into<AgentEvent>) {
         self.bus.publish(ev);
     }
 
@@ -1102,12 +1105,10 @@ impl CallTracker {
         if !call.sampled {
             self.stats.sampled_out += 1;
         }
-        let ev = publish.then(|| {
-            let t = self.cfg.clock.to_unix(call.start_ns());
-            call_meta(Event::new(schema::CALL_START), call)
-                .at(t)
-                .measure("system_time", t)
-                .measure("monotonic_time", call.start_ns())
+        let ev = publish.then(|| CallStart {
+            time_unix_nano: self.cfg.clock.to_unix(call.start_ns()),
+            call: Arc::new(call_record(call)),
+            monotonic_time: call.start_ns(),
         });
         let busy = call.busy_counted;
         let conn = call.conn.clone();
@@ -1153,69 +1154,31 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
+        // Built once, and only when an event needs it (sampled-out calls need none).
+        let mut record = None;
         if !call.internal && call.sampled {
-            let ev = call_meta(Event::new(schema::POOL_CHECKIN), &call)
-                .at(t_end)
-                .measure("busy_time", duration);
-            self.publish(ev);
-        }
-        let mut ev = match &outcome {
-            Outcome::Ok | Outcome::Error => {
-                let ok = matches!(outcome, Outcome::Ok);
-                call_meta(Event::new(schema::CALL_STOP), &call)
-                    .meta("result", if ok { "ok" } else { "error" })
-                    .meta_opt(
-                        "error_type",
-                        if ok { None } else { call.error_type.clone() },
-                    )
-                    .meta_opt(
-                        "error_message",
-                        if ok { None } else { call.error_message.clone() },
-                    )
-            }
-            Outcome::Exception {
-                kind,
-                error_type,
-                reason,
-            } => call_meta(Event::new(schema::CALL_EXCEPTION), &call)
-                .meta("result", "error")
-                .meta("kind", *kind)
-                .meta("error_type", error_type.clone())
-                .meta("reason", reason.clone()),
-        };
-        ev = ev
-            .at(t_end)
-            .measure("duration", duration)
-            .measure("request_bytes", call.req_bytes[0].max(call.req_bytes[1]))
-            .measure("response_bytes", call.resp_bytes[0].max(call.resp_bytes[1]));
-        if let (Some(t0), Some(t1)) = (call.t0, call.t1) {
-            ev = ev.measure("queue_time", t1.saturating_sub(t0));
-        }
-        if let (Some(t1), Some(t2)) = (call.t1, call.t2) {
-            ev = ev.measure("python_time", t2.saturating_sub(t1));
-        }
-        if call.is_streaming() {
-            ev = ev.measure("chunks", call.resp_msgs[0].max(call.resp_msgs[1]));
-        }
-        if let Some(s) = call.grpc_status {
-            ev = ev.meta("grpc_status", s);
+            self.publish(PoolCheckin {
+                time_unix_nano: t_end,
+                call: shared_record(&mut record, &call),
+                busy_time: duration,
+            });
         }
         // Exceptions are never thinned: they are what an operator looks for.
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
-            self.publish(ev);
+            let record = shared_record(&mut record, &call);
+            self.publish(call_end(&call, &outcome, record, t_end, duration));
         }
         let long =
             |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();
         if let Some(gpu) = self.gpu.as_ref().filter(|g| !call.internal && long(g)) {
-            let ev = call_meta(Event::new(schema::CALL_STOP), &call);
             gpu.long_call_finished(crate::gpu::LongCall {
                 worker_pid: call.conn.worker_pid,
                 duration: std::time::Duration::from_nanos(duration),
                 before: call.gpu_before,
                 started_unix_nano: t_end.saturating_sub(duration),
                 ended_unix_nano: t_end,
-                metadata: ev.metadata,
+                metadata: shared_record(&mut record, &call).to_metadata(),
             });
         }
         if matches!(outcome, Outcome::Ok) && !self.cfg.ml_rules.is_empty() {
@@ -1312,18 +1275,18 @@ impl CallTracker {
                     } else {
                         "exit_code"
                     };
-                    let ev = Event::new(schema::WORKER_CRASH)
-                        .at(t)
-                        .measure("in_flight_calls", in_flight as u64)
-                        .meta("pool", pool.clone())
-                        .meta("worker_id", worker_id.clone())
-                        .meta("worker_pid", worker_pid)
-                        .meta("type", kind)
-                        .meta_opt("exit_code", exit_code)
-                        .meta_opt("signal", signal)
-                        .meta("oom_killed", oom_killed)
-                        .meta("reason", reason);
-                    self.publish(ev);
+                    self.publish(WorkerCrash {
+                        time_unix_nano: t,
+                        pool: pool.clone(),
+                        worker_id: worker_id.clone(),
+                        worker_pid,
+                        crash_type: kind,
+                        exit_code,
+                        signal,
+                        oom_killed,
+                        reason,
+                        in_flight_calls: in_flight as u64,
+                    });
                 }
                 let (events, alert) = self
                     .pools
@@ -1473,42 +1436,94 @@ fn duration(call: &Call, end: u64) -> u64 {
     }
 }
 
-fn call_meta(ev: Event, call: &Call) -> Event {
+/// What every event of this call says about it.
+fn call_record(call: &Call) -> CallRecord {
     let conn = &call.conn;
-    let mut ev = ev
-        .meta("operation", call.method_str().to_string())
-        .meta_opt("library", call.library.clone())
-        .meta_opt("function", call.function.clone())
-        .meta_opt("tool", call.tool_name.clone())
-        .meta_opt("session_id", call.session_id.clone())
-        .meta_opt("correlation_id", call.correlation_id.clone())
-        .meta("pool", conn.pool.clone())
-        .meta("worker_id", conn.worker_id.clone())
-        .meta("beam_pid", conn.beam_pid)
-        .meta("worker_pid", conn.worker_pid)
-        .meta_opt("worker_tid", call.worker_tid)
-        .meta("conn_id", conn.conn_id);
-    ev = match call.id {
-        CallId::Stream(s) => ev.meta("transport", "grpc").meta("stream_id", s),
-        CallId::Pipe(i) => ev.meta("transport", "pipe").meta("request_id", i),
-        CallId::PipeSeq(_) => ev.meta("transport", "pipe"),
-    };
-    if call.internal {
-        ev = ev.meta("internal", true);
+    CallRecord {
+        operation: call.method_str().to_string(),
+        library: call.library.clone(),
+        function: call.function.clone(),
+        tool: call.tool_name.clone(),
+        session_id: call.session_id.clone(),
+        correlation_id: call.correlation_id.clone(),
+        pool: conn.pool.clone(),
+        worker_id: conn.worker_id.clone(),
+        beam_pid: conn.beam_pid,
+        worker_pid: conn.worker_pid,
+        worker_tid: call.worker_tid,
+        conn_id: conn.conn_id,
+        id: match call.id {
+            CallId::Stream(s) => CallRef::Stream(s),
+            CallId::Pipe(i) => CallRef::Pipe(i),
+            CallId::PipeSeq(_) => CallRef::PipeSeq,
+        },
+        internal: call.internal,
     }
-    ev
 }
 
-fn checkout_event(call: &Call, cfg: &TrackerConfig) -> Event {
-    let at = call.t1.unwrap_or(call.start_ns());
-    let mut ev = Event::new(schema::POOL_CHECKOUT)
-        .at(cfg.clock.to_unix(at))
-        .meta("pool", call.conn.pool.clone())
-        .meta("worker_id", call.conn.worker_id.clone())
-        .meta("worker_pid", call.conn.worker_pid)
-        .meta_opt("correlation_id", call.correlation_id.clone());
-    if let (Some(t0), Some(t1)) = (call.t0, call.t1) {
-        ev = ev.measure("queue_time", t1.saturating_sub(t0));
+/// The call's record, built on first use.
+fn shared_record(slot: &mut Option<Arc<CallRecord>>, call: &Call) -> Arc<CallRecord> {
+    slot.get_or_insert_with(|| Arc::new(call_record(call)))
+        .clone()
+}
+
+/// `call.stop` / `call.exception` of a completed call.
+fn call_end(
+    call: &Call,
+    outcome: &Outcome,
+    record: Arc<CallRecord>,
+    t_end: u64,
+    duration: u64,
+) -> CallEnd {
+    let outcome = match outcome {
+        Outcome::Ok => CallOutcome::Ok,
+        Outcome::Error => CallOutcome::Error {
+            error_type: call.error_type.clone(),
+            error_message: call.error_message.clone(),
+        },
+        Outcome::Exception {
+            kind,
+            error_type,
+            reason,
+        } => CallOutcome::Exception {
+            kind,
+            error_type: error_type.clone(),
+            reason: reason.clone(),
+        },
+    };
+    CallEnd {
+        time_unix_nano: t_end,
+        call: record,
+        outcome,
+        duration,
+        request_bytes: call.req_bytes[0].max(call.req_bytes[1]),
+        response_bytes: call.resp_bytes[0].max(call.resp_bytes[1]),
+        queue_time: match (call.t0, call.t1) {
+            (Some(t0), Some(t1)) => Some(t1.saturating_sub(t0)),
+            _ => None,
+        },
+        python_time: match (call.t1, call.t2) {
+            (Some(t1), Some(t2)) => Some(t2.saturating_sub(t1)),
+            _ => None,
+        },
+        chunks: call
+            .is_streaming()
+            .then(|| call.resp_msgs[0].max(call.resp_msgs[1])),
+        grpc_status: call.grpc_status,
     }
-    ev
+}
+
+fn checkout_event(call: &Call, cfg: &TrackerConfig) -> PoolCheckout {
+    let at = call.t1.unwrap_or(call.start_ns());
+    PoolCheckout {
+        time_unix_nano: cfg.clock.to_unix(at),
+        pool: call.conn.pool.clone(),
+        worker_id: call.conn.worker_id.clone(),
+        worker_pid: call.conn.worker_pid,
+        correlation_id: call.correlation_id.clone(),
+        queue_time: match (call.t0, call.t1) {
+            (Some(t0), Some(t1)) => Some(t1.saturating_sub(t0)),
+            _ => None,
+        },
+    }
 }

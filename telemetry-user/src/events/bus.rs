@@ -1,13 +1,13 @@
 //! A broadcast bus: every sink gets every event. A sink too slow to keep up loses the
 //! oldest events *for itself only*, and the loss is counted (never silent).
-use super::Event;
+use super::AgentEvent;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
 #[derive(Clone)]
 pub struct Bus {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<AgentEvent>>,
     lagged: Arc<AtomicU64>,
 }
 
@@ -20,9 +20,9 @@ impl Bus {
         }
     }
 
-    pub fn publish(&self, event: Event) {
+    pub fn publish(&self, event: impl Into<AgentEvent>) {
         // No subscriber is not an error: the event simply has no sink.
-        let _ = self.tx.send(Arc::new(event));
+        let _ = self.tx.send(Arc::new(event.into()));
     }
 
     pub fn subscribe(&self) -> BusReceiver {
@@ -39,14 +39,14 @@ impl Bus {
 }
 
 pub struct BusReceiver {
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<AgentEvent>>,
     lagged: Arc<AtomicU64>,
 }
 
 impl BusReceiver {
     /// An event already waiting, without blocking (None: nothing waiting right now,
     /// or closed). Lets a sink batch its writes.
-    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+    pub fn try_recv(&mut self) -> Option<Arc<AgentEvent>> {
         loop {
             match self.rx.try_recv() {
                 Ok(ev) => return Some(ev),
@@ -63,7 +63,7 @@ impl BusReceiver {
     }
 
     /// Next event, or None once the bus is closed and drained.
-    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+    pub async fn recv(&mut self) -> Option<Arc<AgentEvent>> {
         loop {
             match self.rx.recv().await {
                 Ok(ev) => return Some(ev),
@@ -83,6 +83,7 @@ impl BusReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
 
     #[tokio::test]
     async fn every_subscriber_gets_every_event_and_lag_is_counted() {
@@ -99,7 +100,7 @@ mod tests {
         }
         // `slow` lost the 24 oldest events; it is told, and the loss is counted.
         let first = slow.recv().await.expect("event");
-        assert_eq!(first.measurements["i"], 24);
+        assert_eq!(first.dynamic().expect("dynamic").measurements["i"], 24);
         assert_eq!(bus.lagged(), 24 + 24);
     }
 }

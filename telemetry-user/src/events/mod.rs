@@ -2,18 +2,32 @@
 //!
 //! An event is `{"event": [...name], "time_unix_nano": N, "measurements": {...},
 //! "metadata": {...}}`, the JSON shape of a `:telemetry.execute/3` call. Names are the
-//! design's (`[:snakepit, :call, :stop]` becomes `["snakepit","call","stop"]`); the
-//! constructors in `schema` are the only place names and field sets are spelled.
+//! design's (`[:snakepit, :call, :stop]` becomes `["snakepit","call","stop"]`); names
+//! and typed field names are spelled only in `schema`.
+//!
+//! The bus carries [`AgentEvent`]s: call, pool and worker-health events as structs
+//! (`typed`), everything else as a by-name [`Event`]. Only `json` turns them into
+//! JSON (for the JSON-lines and text sinks); the golden test in
+//! `calls/tests/golden.rs` pins the output byte for byte.
 mod bus;
+pub mod json;
+mod parse;
 pub mod schema;
+mod typed;
 
 pub use bus::{Bus, BusReceiver};
+pub use typed::{
+    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, CircuitBreakerOpen,
+    HealthAlert, NameRef, PoolCheckin, PoolCheckout, PoolSize, Val, Visitor, WorkerCrash,
+};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One event of the schema.
+/// An event with its fields by name: Python's own telemetry and the agent's rarer
+/// events travel so (`AgentEvent::Dynamic`); call, pool and worker-health events are
+/// typed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     #[serde(rename = "event")]
@@ -86,4 +100,10 @@ impl Event {
         }
         self
     }
+}
+
+/// An untyped event as the bus carries it (tests build events by name).
+#[cfg(test)]
+pub fn to_typed(e: &Event) -> AgentEvent {
+    e.clone().into()
 }

@@ -27,3 +27,62 @@ pub const HEALTH_ALERT: &[&str] = &["snakepit", "health", "alert"];
 pub const BEAM_EXITED: &[&str] = &["snakepit", "agent", "beam_exited"];
 /// A worker's gRPC LISTEN port became known after its discovery.
 pub const WORKER_LISTENING: &[&str] = &["snakepit", "agent", "worker_listening"];
+
+/// Python's own `:telemetry` events are re-emitted under this prefix.
+pub const PYTHON_PREFIX: &[&str] = &["snakepit", "python"];
+pub const ML_INFERENCE: &[&str] = &["snakepit", "ml", "inference"];
+pub const ML_TRAIN_STEP: &[&str] = &["snakepit", "ml", "train_step"];
+pub const ML_TENSOR_OP: &[&str] = &["snakepit", "ml", "tensor_op"];
+pub const MEMORY_ALLOCATE: &[&str] = &["snakepit", "memory", "allocate"];
+pub const MEMORY_RELEASE: &[&str] = &["snakepit", "memory", "release"];
+/// GPU memory per device, per worker, and around a long call (docs/gpu.md).
+pub const GPU_MEMORY: &[&str] = &["snakepit", "memory", "gpu"];
+pub const GPU_WORKER_MEMORY: &[&str] = &["snakepit", "memory", "gpu_worker"];
+pub const GPU_CALL_MEMORY: &[&str] = &["snakepit", "memory", "gpu_call"];
+
+/// Field names of the typed events (measurements and metadata), spelled once.
+pub mod field {
+    pub const OPERATION: &str = "operation";
+    pub const LIBRARY: &str = "library";
+    pub const FUNCTION: &str = "function";
+    pub const TOOL: &str = "tool";
+    pub const SESSION_ID: &str = "session_id";
+    pub const CORRELATION_ID: &str = "correlation_id";
+    pub const POOL: &str = "pool";
+    pub const WORKER_ID: &str = "worker_id";
+    pub const BEAM_PID: &str = "beam_pid";
+    pub const WORKER_PID: &str = "worker_pid";
+    pub const WORKER_TID: &str = "worker_tid";
+    pub const CONN_ID: &str = "conn_id";
+    pub const TRANSPORT: &str = "transport";
+    pub const STREAM_ID: &str = "stream_id";
+    pub const REQUEST_ID: &str = "request_id";
+    pub const INTERNAL: &str = "internal";
+    pub const RESULT: &str = "result";
+    pub const KIND: &str = "kind";
+    pub const ERROR_TYPE: &str = "error_type";
+    pub const ERROR_MESSAGE: &str = "error_message";
+    pub const REASON: &str = "reason";
+    pub const GRPC_STATUS: &str = "grpc_status";
+    pub const SYSTEM_TIME: &str = "system_time";
+    pub const MONOTONIC_TIME: &str = "monotonic_time";
+    pub const DURATION: &str = "duration";
+    pub const REQUEST_BYTES: &str = "request_bytes";
+    pub const RESPONSE_BYTES: &str = "response_bytes";
+    pub const QUEUE_TIME: &str = "queue_time";
+    pub const PYTHON_TIME: &str = "python_time";
+    pub const CHUNKS: &str = "chunks";
+    pub const BUSY_TIME: &str = "busy_time";
+    pub const SIZE: &str = "size";
+    pub const BUSY: &str = "busy";
+    pub const IDLE: &str = "idle";
+    pub const IN_FLIGHT_CALLS: &str = "in_flight_calls";
+    pub const TYPE: &str = "type";
+    pub const EXIT_CODE: &str = "exit_code";
+    pub const SIGNAL: &str = "signal";
+    pub const OOM_KILLED: &str = "oom_killed";
+    pub const FAILURE_COUNT: &str = "failure_count";
+    pub const CRASH_COUNT: &str = "crash_count";
+    pub const WINDOW_S: &str = "window_s";
+    pub const ALERT_TYPE: &str = "alert_type";
+}

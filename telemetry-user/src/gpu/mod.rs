@@ -15,6 +15,8 @@ pub use nvml::{
     NVML_LIBRARY,
 };
 pub use recorded::{Frame, RecordedSource, Recording};
+#[cfg(test)]
+pub(crate) use sampler::golden_events;
 pub use sampler::{
     DeviceSample, GpuHandle, GpuSample, LongCall, RoundOutcome, Sampler, WorkerReading,
     WorkerSample, GPU_CALL_MEMORY, GPU_MEMORY, GPU_WORKER_MEMORY,

@@ -11,9 +11,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub const GPU_MEMORY: &[&str] = &["snakepit", "memory", "gpu"];
-pub const GPU_WORKER_MEMORY: &[&str] = &["snakepit", "memory", "gpu_worker"];
-pub const GPU_CALL_MEMORY: &[&str] = &["snakepit", "memory", "gpu_call"];
+pub use crate::events::schema::{GPU_CALL_MEMORY, GPU_MEMORY, GPU_WORKER_MEMORY};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Long calls waiting for their "after" figure; beyond this the oldest are dropped.
@@ -441,4 +439,73 @@ fn call_event(now: u64, call: &LongCall, after: Option<f64>) -> Event {
             "after_delay_ms",
             now.saturating_sub(call.ended_unix_nano) / 1_000_000,
         )
+}
+
+/// One event of each GPU kind with fixed inputs (the golden JSON test).
+#[cfg(test)]
+pub(crate) fn golden_events() -> Vec<Event> {
+    let now = 1_700_000_456_000_000_000;
+    let d = DeviceSample {
+        device: "cuda:0".into(),
+        name: "NVIDIA H200".into(),
+        uuid: "GPU-1".into(),
+        allocated_mb: 1024.5,
+        reserved_mb: Some(2048.0),
+        free_mb: 100.25,
+        total_mb: 143_771.0,
+        processes: 2,
+        workers_used_mb: 512.0,
+    };
+    let w = WorkerRef {
+        pool: "default".into(),
+        worker_id: "default_worker_1_a".into(),
+        beam_pid: Some(10),
+        instance_name: Some("demo".into()),
+    };
+    let mut metadata = Map::new();
+    metadata.insert("pool".into(), "default".into());
+    metadata.insert("function".into(), "mean".into());
+    let call = LongCall {
+        worker_pid: 11,
+        duration: Duration::from_millis(1500),
+        before: Some(WorkerReading {
+            used_mb: 100.0,
+            time_unix_nano: now - 3_000_000_000,
+        }),
+        started_unix_nano: now - 2_000_000_000,
+        ended_unix_nano: now - 500_000_000,
+        metadata,
+    };
+    vec![
+        device_event(now, &d),
+        device_event(
+            now,
+            &DeviceSample {
+                reserved_mb: None,
+                ..d.clone()
+            },
+        ),
+        worker_event(now, "cuda:0", "GPU-1", 11, &w, Some(300.5)),
+        worker_event(
+            now,
+            "cuda:0",
+            "GPU-1",
+            11,
+            &WorkerRef {
+                beam_pid: None,
+                instance_name: None,
+                ..w
+            },
+            None,
+        ),
+        call_event(now, &call, Some(164.0)),
+        call_event(
+            now,
+            &LongCall {
+                before: None,
+                ..call
+            },
+            None,
+        ),
+    ]
 }

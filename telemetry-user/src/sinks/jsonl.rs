@@ -1,10 +1,10 @@
 //! JSON lines: one event per line, `{"event": [...], "time_unix_nano": N,
 //! "measurements": {...}, "metadata": {...}}`.
-use crate::events::{BusReceiver, Event};
+use crate::events::{json, AgentEvent, BusReceiver};
 use std::io::Write;
 
-pub fn write_event(out: &mut dyn Write, event: &Event) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *out, event)?;
+pub fn write_event(out: &mut dyn Write, event: &AgentEvent) -> std::io::Result<()> {
+    json::write_json(out, event)?;
     out.write_all(b"\n")
 }
 
@@ -32,6 +32,7 @@ pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
 
     #[test]
     fn line_has_the_documented_shape() {
@@ -40,7 +41,7 @@ mod tests {
             .measure("exit_code", 0)
             .meta("signal", 9);
         let mut buf = Vec::new();
-        write_event(&mut buf, &ev).expect("write");
+        write_event(&mut buf, &ev.into()).expect("write");
         let text = String::from_utf8(buf).expect("utf8");
         assert!(text.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(text.trim()).expect("json");

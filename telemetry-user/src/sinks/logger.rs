@@ -2,9 +2,11 @@
 //! `library.function` and the time split, call exceptions, worker crashes and health
 //! alerts as errors, circuit breakers opening as warnings, everything else at debug.
 //! Per-call events arrive already thinned by the tracker's `sample_rate`.
-use crate::events::{schema, BusReceiver, Event};
+use crate::events::{
+    json, AgentEvent, BusReceiver, CallEnd, CallRecord, CircuitBreakerOpen, HealthAlert,
+    WorkerCrash,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::fmt::Write as _;
 use tracing::Level;
 
@@ -28,166 +30,139 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-fn num(e: &Event, k: &str) -> Option<u64> {
-    e.measurements.get(k).and_then(Value::as_u64)
-}
-
-fn text<'a>(e: &'a Event, k: &str) -> Option<&'a str> {
-    e.metadata.get(k).and_then(Value::as_str)
-}
-
-fn field(e: &Event, k: &str) -> String {
-    match e.metadata.get(k).or_else(|| e.measurements.get(k)) {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => "?".to_string(),
-    }
-}
-
 /// `library.function`, else the operation.
-fn call_name(e: &Event) -> String {
-    match (text(e, "library"), text(e, "function")) {
+fn call_name(c: &CallRecord) -> String {
+    match (&c.library, &c.function) {
         (Some(l), Some(f)) => format!("{l}.{f}"),
         (None, Some(f)) => f.to_string(),
-        _ => text(e, "operation").unwrap_or("unknown").to_string(),
+        _ => c.operation.clone(),
     }
 }
 
 /// Where the time went: queue (BEAM send to worker receipt), python (worker
 /// receipt to response start), the rest (response transfer and BEAM reads).
-fn time_split(e: &Event) -> String {
+fn time_split(e: &CallEnd) -> String {
     let mut s = String::new();
-    let q = num(e, "queue_time");
-    let p = num(e, "python_time");
-    if let Some(q) = q {
+    if let Some(q) = e.queue_time {
         let _ = write!(s, "queue {:.1} ms, ", ms(q));
     }
-    if let Some(p) = p {
+    if let Some(p) = e.python_time {
         let _ = write!(s, "python {:.1} ms, ", ms(p));
     }
-    for k in ["serialize_time", "deserialize_time"] {
-        if let Some(v) = num(e, k) {
-            let _ = write!(s, "{} {:.1} ms, ", k.trim_end_matches("_time"), ms(v));
-        }
-    }
-    if let (Some(d), Some(q), Some(p)) = (num(e, "duration"), q, p) {
-        let _ = write!(
-            s,
-            "other {:.1} ms, ",
-            ms(d.saturating_sub(q.saturating_add(p)))
-        );
+    if let (Some(q), Some(p)) = (e.queue_time, e.python_time) {
+        let other = e.duration.saturating_sub(q.saturating_add(p));
+        let _ = write!(s, "other {:.1} ms, ", ms(other));
     }
     s.trim_end_matches(", ").to_string()
 }
 
-fn generic(e: &Event) -> String {
-    let mut line = e.dotted_name();
-    for (k, v) in e.measurements.iter().chain(e.metadata.iter()) {
-        let _ = match v {
-            Value::String(s) => write!(line, " {k}={s}"),
-            other => write!(line, " {k}={other}"),
-        };
-    }
+fn generic(e: &AgentEvent) -> String {
+    let mut line = e.name().dotted();
+    json::write_text_fields(&mut line, e);
     line
 }
 
+/// Who served the call, for the end of a line.
+fn whom(c: &CallRecord) -> String {
+    format!(
+        "pool={} worker={} correlation_id={}",
+        c.pool,
+        c.worker_id,
+        c.correlation_id.as_deref().unwrap_or("?")
+    )
+}
+
 /// The level and line for one event.
-pub fn render(e: &Event, cfg: &LoggerConfig) -> (Level, String) {
-    if e.is(schema::CALL_STOP) {
-        let d = num(e, "duration").unwrap_or(0);
-        let split = time_split(e);
-        let split = if split.is_empty() {
-            String::new()
-        } else {
-            format!(" ({split})")
-        };
-        let result = text(e, "result").unwrap_or("ok");
-        let err = text(e, "error_type")
-            .map(|t| format!(" error_type={t}"))
-            .unwrap_or_default();
-        let whom = format!(
-            "pool={} worker={} correlation_id={}",
-            field(e, "pool"),
-            field(e, "worker_id"),
-            field(e, "correlation_id")
-        );
-        if d > cfg.slow_call_ms.saturating_mul(1_000_000) {
-            return (
-                Level::WARN,
-                format!(
-                    "slow Python call: {} took {:.1} ms{split}, result={result}{err} {whom}",
-                    call_name(e),
-                    ms(d)
-                ),
-            );
-        }
+pub fn render(e: &AgentEvent, cfg: &LoggerConfig) -> (Level, String) {
+    match e {
+        AgentEvent::CallEnd(c) if c.is_exception() => (Level::ERROR, exception_line(c)),
+        AgentEvent::CallEnd(c) => stop_line(c, cfg),
+        AgentEvent::WorkerCrash(c) => (Level::ERROR, crash_line(c)),
+        AgentEvent::CircuitBreakerOpen(c) => (Level::WARN, breaker_line(c)),
+        AgentEvent::HealthAlert(a) => (Level::ERROR, alert_line(a)),
+        _ => (Level::DEBUG, generic(e)),
+    }
+}
+
+fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> (Level, String) {
+    let d = e.duration;
+    let split = time_split(e);
+    let split = if split.is_empty() {
+        String::new()
+    } else {
+        format!(" ({split})")
+    };
+    let result = if e.is_ok() { "ok" } else { "error" };
+    let err = e
+        .error_type()
+        .map(|t| format!(" error_type={t}"))
+        .unwrap_or_default();
+    let whom = whom(&e.call);
+    let name = call_name(&e.call);
+    if d > cfg.slow_call_ms.saturating_mul(1_000_000) {
         return (
-            Level::DEBUG,
+            Level::WARN,
             format!(
-                "Python call: {} {:.1} ms{split}, result={result}{err} {whom}",
-                call_name(e),
+                "slow Python call: {name} took {:.1} ms{split}, result={result}{err} {whom}",
                 ms(d)
             ),
         );
     }
-    if e.is(schema::CALL_EXCEPTION) {
-        return (
-            Level::ERROR,
-            format!(
-                "Python call failed: {} ({}) kind={} error_type={} after {:.1} ms: {} pool={} worker={} correlation_id={}",
-                call_name(e),
-                field(e, "operation"),
-                field(e, "kind"),
-                field(e, "error_type"),
-                ms(num(e, "duration").unwrap_or(0)),
-                field(e, "reason"),
-                field(e, "pool"),
-                field(e, "worker_id"),
-                field(e, "correlation_id"),
-            ),
-        );
-    }
-    if e.is(schema::WORKER_CRASH) {
-        return (
-            Level::ERROR,
-            format!(
-                "Python worker crashed: {} pool={} pid={} type={} exit_code={} signal={} oom_killed={} in_flight_calls={}",
-                field(e, "worker_id"),
-                field(e, "pool"),
-                field(e, "worker_pid"),
-                field(e, "type"),
-                field(e, "exit_code"),
-                field(e, "signal"),
-                field(e, "oom_killed"),
-                field(e, "in_flight_calls"),
-            ),
-        );
-    }
-    if e.is(schema::CIRCUIT_BREAKER_OPEN) {
-        return (
-            Level::WARN,
-            format!(
-                "Circuit breaker opened for worker {} (pool {}) after {} consecutive failures, last error_type={}",
-                field(e, "worker_id"),
-                field(e, "pool"),
-                field(e, "failure_count"),
-                field(e, "error_type"),
-            ),
-        );
-    }
-    if e.is(schema::HEALTH_ALERT) {
-        return (
-            Level::ERROR,
-            format!(
-                "Health alert: {} in pool {} - {} crashes within {} s",
-                field(e, "alert_type"),
-                field(e, "pool"),
-                field(e, "crash_count"),
-                field(e, "window_s"),
-            ),
-        );
-    }
-    (Level::DEBUG, generic(e))
+    (
+        Level::DEBUG,
+        format!(
+            "Python call: {name} {:.1} ms{split}, result={result}{err} {whom}",
+            ms(d)
+        ),
+    )
+}
+
+fn exception_line(e: &CallEnd) -> String {
+    format!(
+        "Python call failed: {} ({}) kind={} error_type={} after {:.1} ms: {} {}",
+        call_name(&e.call),
+        e.call.operation,
+        e.kind().unwrap_or("?"),
+        e.error_type().unwrap_or("?"),
+        ms(e.duration),
+        e.error_message().unwrap_or("?"),
+        whom(&e.call),
+    )
+}
+
+fn or_unknown<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+fn crash_line(e: &WorkerCrash) -> String {
+    format!(
+        "Python worker crashed: {} pool={} pid={} type={} exit_code={} signal={} oom_killed={} in_flight_calls={}",
+        e.worker_id,
+        e.pool,
+        e.worker_pid,
+        e.crash_type,
+        or_unknown(e.exit_code),
+        or_unknown(e.signal),
+        e.oom_killed,
+        e.in_flight_calls,
+    )
+}
+
+fn breaker_line(e: &CircuitBreakerOpen) -> String {
+    format!(
+        "Circuit breaker opened for worker {} (pool {}) after {} consecutive failures, last error_type={}",
+        e.worker_id,
+        e.pool,
+        e.failure_count,
+        or_unknown(e.error_type.as_deref()),
+    )
+}
+
+fn alert_line(e: &HealthAlert) -> String {
+    format!(
+        "Health alert: {} in pool {} - {} crashes within {} s",
+        e.alert_type, e.pool, e.crash_count, e.window_s,
+    )
 }
 
 fn log(level: Level, line: &str) {
@@ -206,15 +181,13 @@ pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
     let debug = tracing::enabled!(target: TARGET, Level::DEBUG);
     while let Some(event) = rx.recv().await {
         // Only these can log above debug: skip rendering the rest when debug is off.
-        let may_warn = [
-            schema::CALL_STOP,
-            schema::CALL_EXCEPTION,
-            schema::WORKER_CRASH,
-            schema::CIRCUIT_BREAKER_OPEN,
-            schema::HEALTH_ALERT,
-        ]
-        .iter()
-        .any(|n| event.is(n));
+        let may_warn = matches!(
+            &*event,
+            AgentEvent::CallEnd(_)
+                | AgentEvent::WorkerCrash(_)
+                | AgentEvent::CircuitBreakerOpen(_)
+                | AgentEvent::HealthAlert(_)
+        );
         if !debug && !may_warn {
             continue;
         }
@@ -226,6 +199,7 @@ pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{schema, to_typed, Event};
 
     fn stop(duration_ms: u64) -> Event {
         Event::new(schema::CALL_STOP)
@@ -241,15 +215,15 @@ mod tests {
     #[test]
     fn slow_calls_warn_with_library_function_and_time_split() {
         let cfg = LoggerConfig::default();
-        let (level, line) = render(&stop(1500), &cfg);
+        let (level, line) = render(&to_typed(&stop(1500)), &cfg);
         assert_eq!(level, Level::WARN);
         assert!(line.contains("numpy.mean took 1500.0 ms"), "{line}");
         assert!(line.contains("queue 2.0 ms"), "{line}");
         assert!(line.contains("python 1497.0 ms"), "{line}");
         assert!(line.contains("other 1.0 ms"), "{line}");
-        let (level, _) = render(&stop(20), &cfg);
+        let (level, _) = render(&to_typed(&stop(20)), &cfg);
         assert_eq!(level, Level::DEBUG);
-        let (level, _) = render(&stop(20), &LoggerConfig { slow_call_ms: 10 });
+        let (level, _) = render(&to_typed(&stop(20)), &LoggerConfig { slow_call_ms: 10 });
         assert_eq!(level, Level::WARN);
     }
 
@@ -263,27 +237,31 @@ mod tests {
             .meta("kind", "exit")
             .meta("error_type", "exit")
             .meta("reason", "worker killed by signal 9");
-        let (level, line) = render(&ex, &cfg);
+        let (level, line) = render(&to_typed(&ex), &cfg);
         assert_eq!(level, Level::ERROR);
         assert!(line.contains("sleep (ExecuteTool) kind=exit"), "{line}");
         let crash = Event::new(schema::WORKER_CRASH)
             .meta("worker_id", "w1")
             .meta("signal", 9);
-        let (level, line) = render(&crash, &cfg);
+        let (level, line) = render(&to_typed(&crash), &cfg);
         assert_eq!(level, Level::ERROR);
         assert!(line.contains("signal=9"), "{line}");
-        let (level, _) = render(&Event::new(schema::HEALTH_ALERT), &cfg);
+        let (level, _) = render(&to_typed(&Event::new(schema::HEALTH_ALERT)), &cfg);
         assert_eq!(level, Level::ERROR);
-        let (level, _) = render(&Event::new(schema::CIRCUIT_BREAKER_OPEN), &cfg);
+        let (level, _) = render(&to_typed(&Event::new(schema::CIRCUIT_BREAKER_OPEN)), &cfg);
         assert_eq!(level, Level::WARN);
         let (level, line) = render(
-            &Event::new(schema::POOL_SIZE)
-                .measure("size", 2)
-                .meta("pool", "p"),
+            &to_typed(
+                &Event::new(schema::POOL_SIZE)
+                    .measure("size", 2)
+                    .measure("busy", 1)
+                    .measure("idle", 1)
+                    .meta("pool", "p"),
+            ),
             &cfg,
         );
         assert_eq!(level, Level::DEBUG);
-        assert_eq!(line, "snakepit.pool.size size=2 pool=p");
+        assert_eq!(line, "snakepit.pool.size busy=1 idle=1 size=2 pool=p");
     }
 
     #[tokio::test]

@@ -1,20 +1,14 @@
 //! Human-readable lines for a terminal: time, dotted event name, measurements, metadata.
-use crate::events::{BusReceiver, Event};
-use serde_json::Value;
-use std::fmt::Write as _;
+use crate::events::{json, AgentEvent, BusReceiver};
 use std::io::Write;
 
-pub fn format_event(event: &Event) -> String {
-    let secs = event.time_unix_nano / 1_000_000_000;
-    let millis = (event.time_unix_nano / 1_000_000) % 1000;
+pub fn format_event(event: &AgentEvent) -> String {
+    let t = event.time_unix_nano();
+    let secs = t / 1_000_000_000;
+    let millis = (t / 1_000_000) % 1000;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let mut line = format!("{h:02}:{m:02}:{s:02}.{millis:03} {}", event.dotted_name());
-    for (k, v) in event.measurements.iter().chain(event.metadata.iter()) {
-        let _ = match v {
-            Value::String(s) => write!(line, " {k}={s}"),
-            other => write!(line, " {k}={other}"),
-        };
-    }
+    let mut line = format!("{h:02}:{m:02}:{s:02}.{millis:03} {}", event.name().dotted());
+    json::write_text_fields(&mut line, event);
     line
 }
 
@@ -35,6 +29,7 @@ pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Event;
 
     #[test]
     fn text_line_names_the_event_and_its_fields() {
@@ -43,7 +38,7 @@ mod tests {
             .meta("worker_id", "default_worker_1_x")
             .meta("pid", 42);
         assert_eq!(
-            format_event(&ev),
+            format_event(&ev.into()),
             "01:02:03.004 snakepit.agent.worker_discovered pid=42 worker_id=default_worker_1_x"
         );
     }

@@ -6,10 +6,9 @@
 //! and `call.exception` events), `snakepit.worker.crashes` {type, pool},
 //! `snakepit.pool.size` / `.busy` / `.idle` gauges {pool}. Absent metadata gives an
 //! absent attribute, never an empty one.
-use crate::events::{schema, Event};
+use crate::events::{AgentEvent, CallEnd};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 use opentelemetry::KeyValue;
-use serde_json::Value;
 
 /// The design's buckets (ms), with finer ones below 10 ms: most calls are short.
 const DURATION_BUCKETS_MS: &[f64] = &[
@@ -89,80 +88,65 @@ impl Instruments {
     }
 
     /// Records what the event contributes to the metrics (nothing for most events).
-    pub fn record(&self, ev: &Event) {
-        let is_exception = ev.is(schema::CALL_EXCEPTION);
-        if ev.is(schema::CALL_STOP) || is_exception {
-            self.record_call(ev, is_exception);
-        } else if ev.is(schema::POOL_SIZE) {
-            let pool = attrs(ev, &[("pool", "pool")]);
-            let m = |k: &str| ev.measurements.get(k).and_then(Value::as_u64);
-            if let Some(v) = m("size") {
-                self.pool_size.record(v, &pool);
+    pub fn record(&self, ev: &AgentEvent) {
+        match ev {
+            AgentEvent::CallEnd(e) => self.record_call(e),
+            AgentEvent::PoolSize(e) => {
+                let pool = [KeyValue::new("pool", e.pool.clone())];
+                self.pool_size.record(e.size, &pool);
+                self.pool_busy.record(e.busy, &pool);
+                self.pool_idle.record(e.idle, &pool);
             }
-            if let Some(v) = m("busy") {
-                self.pool_busy.record(v, &pool);
-            }
-            if let Some(v) = m("idle") {
-                self.pool_idle.record(v, &pool);
-            }
-        } else if ev.is(schema::WORKER_CRASH) {
-            self.crashes
-                .add(1, &attrs(ev, &[("type", "type"), ("pool", "pool")]));
-        } else if ev.is(schema::CIRCUIT_BREAKER_OPEN) {
-            self.circuit_breaker_opens
-                .add(1, &attrs(ev, &[("pool", "pool")]));
-        } else if ev.is(schema::HEALTH_ALERT) {
-            self.health_alerts.add(
+            AgentEvent::WorkerCrash(e) => self.crashes.add(
                 1,
-                &attrs(ev, &[("pool", "pool"), ("alert_type", "alert_type")]),
-            );
+                &[
+                    KeyValue::new("type", e.crash_type),
+                    KeyValue::new("pool", e.pool.clone()),
+                ],
+            ),
+            AgentEvent::CircuitBreakerOpen(e) => self
+                .circuit_breaker_opens
+                .add(1, &[KeyValue::new("pool", e.pool.clone())]),
+            AgentEvent::HealthAlert(e) => self.health_alerts.add(
+                1,
+                &[
+                    KeyValue::new("pool", e.pool.clone()),
+                    KeyValue::new("alert_type", e.alert_type),
+                ],
+            ),
+            _ => {}
         }
     }
 
-    fn record_call(&self, ev: &Event, is_exception: bool) {
-        let result = if is_exception {
-            "error"
-        } else {
-            ev.metadata
-                .get("result")
-                .and_then(Value::as_str)
-                .unwrap_or("ok")
-        };
-        let mut call_attrs = attrs(
-            ev,
-            &[
-                ("library", "library"),
-                ("function", "function"),
-                ("pool", "pool"),
-            ],
-        );
-        call_attrs.push(KeyValue::new("result", result.to_string()));
+    fn record_call(&self, ev: &CallEnd) {
+        let c = &ev.call;
+        let result = if ev.is_ok() { "ok" } else { "error" };
+        let library = c
+            .library
+            .as_ref()
+            .map(|l| KeyValue::new("library", l.clone()));
+        let function = c
+            .function
+            .as_ref()
+            .map(|f| KeyValue::new("function", f.clone()));
+        let lib_fn: Vec<KeyValue> = library.iter().chain(function.iter()).cloned().collect();
+        let mut call_attrs = lib_fn.clone();
+        call_attrs.push(KeyValue::new("pool", c.pool.clone()));
+        call_attrs.push(KeyValue::new("result", result));
         self.calls.add(1, &call_attrs);
 
-        let ms = |k: &str| {
-            ev.measurements
-                .get(k)
-                .and_then(Value::as_u64)
-                .map(|ns| ns as f64 / 1e6)
-        };
-        let lib_fn = attrs(ev, &[("library", "library"), ("function", "function")]);
-        if let Some(v) = ms("duration") {
-            self.duration.record(v, &lib_fn);
+        let ms = |ns: u64| ns as f64 / 1e6;
+        self.duration.record(ms(ev.duration), &lib_fn);
+        let lib: Vec<KeyValue> = library.into_iter().collect();
+        if let Some(v) = ev.queue_time {
+            self.queue_time.record(ms(v), &lib);
         }
-        if let Some(v) = ms("queue_time") {
-            self.queue_time
-                .record(v, &attrs(ev, &[("library", "library")]));
+        if let Some(v) = ev.python_time {
+            self.python_time.record(ms(v), &lib_fn);
         }
-        if let Some(v) = ms("python_time") {
-            self.python_time.record(v, &lib_fn);
-        }
-        let error_type = ev
-            .metadata
-            .get("error_type")
-            .and_then(Value::as_str)
-            .filter(|_| result == "error");
-        if is_exception || error_type.is_some() {
-            let mut a = attrs(ev, &[("library", "library")]);
+        let error_type = ev.error_type();
+        if ev.is_exception() || error_type.is_some() {
+            let mut a = lib;
             a.push(KeyValue::new(
                 "error_type",
                 error_type.unwrap_or("unknown").to_string(),
@@ -170,16 +154,4 @@ impl Instruments {
             self.exceptions.add(1, &a);
         }
     }
-}
-
-/// `(attribute, metadata key)` pairs for the string metadata present on the event.
-fn attrs(ev: &Event, keys: &[(&'static str, &str)]) -> Vec<KeyValue> {
-    keys.iter()
-        .filter_map(|(name, key)| {
-            ev.metadata
-                .get(*key)
-                .and_then(Value::as_str)
-                .map(|v| KeyValue::new(*name, v.to_string()))
-        })
-        .collect()
 }

@@ -16,7 +16,7 @@ mod export;
 mod metrics;
 pub mod spans;
 
-use crate::events::{schema, BusReceiver, Event};
+use crate::events::{schema, AgentEvent, BusReceiver, CallRecord, Event};
 use export::Exporting;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -206,7 +206,7 @@ struct Sink {
     /// gRPC listen port by worker id, when the connection's address is unknown.
     port_by_worker: HashMap<String, u16>,
     /// Latest pool sizes, replayed when the exporters start.
-    pool_sizes: HashMap<String, Arc<Event>>,
+    pool_sizes: HashMap<String, Arc<AgentEvent>>,
     failures_reported: u64,
     /// Since when pool gauges wait for a service name.
     waiting_since: Option<Instant>,
@@ -244,24 +244,37 @@ impl Sink {
         }
     }
 
-    fn on_event(&mut self, ev: &Arc<Event>) {
+    fn on_event(&mut self, ev: &Arc<AgentEvent>) {
         if self.broken {
             return;
         }
-        self.learn_topology(ev);
-        let is_call = ev.is(schema::CALL_STOP) || ev.is(schema::CALL_EXCEPTION);
-        if ev.is(schema::POOL_SIZE) {
-            if let Some(pool) = meta_str(ev, "pool") {
-                self.pool_sizes.insert(pool.to_string(), ev.clone());
+        let call = match &**ev {
+            AgentEvent::CallEnd(c) => Some(c),
+            _ => None,
+        };
+        let is_pool_size = if let AgentEvent::PoolSize(p) = &**ev {
+            if !self.pool_sizes.contains_key(&p.pool) {
+                self.pool_sizes.insert(p.pool.clone(), ev.clone());
+            } else if let Some(slot) = self.pool_sizes.get_mut(&p.pool) {
+                *slot = ev.clone();
             }
+            true
+        } else {
+            false
+        };
+        if let AgentEvent::Dynamic(d) = &**ev {
+            self.learn_topology(d);
         }
         // Pool sizes alone wait (they are replayed): a pipe worker's discovery comes
         // with its pool size but without the instance name a gRPC worker brings.
-        let wants_export = is_call
-            || ev.is(schema::WORKER_CRASH)
-            || ev.is(schema::CIRCUIT_BREAKER_OPEN)
-            || ev.is(schema::HEALTH_ALERT);
-        if self.exporting.is_none() && ev.is(schema::POOL_SIZE) && self.waiting_since.is_none() {
+        let wants_export = matches!(
+            &**ev,
+            AgentEvent::CallEnd(_)
+                | AgentEvent::WorkerCrash(_)
+                | AgentEvent::CircuitBreakerOpen(_)
+                | AgentEvent::HealthAlert(_)
+        );
+        if self.exporting.is_none() && is_pool_size && self.waiting_since.is_none() {
             self.waiting_since = Some(Instant::now());
         }
         if self.exporting.is_none() && (wants_export || self.name_known()) {
@@ -273,8 +286,8 @@ impl Sink {
         if let Some(instruments) = &exp.instruments {
             instruments.record(ev);
         }
-        if is_call && exp.spans.is_some() {
-            let ctx = self.call_context(ev);
+        if let Some(call) = call.filter(|_| exp.spans.is_some()) {
+            let ctx = self.call_context(&call.call);
             if let Some(spans) = spans::call_spans(ev, &ctx, &exp.scope) {
                 self.submit(spans);
             }
@@ -340,16 +353,15 @@ impl Sink {
         }
     }
 
-    fn call_context(&self, ev: &Event) -> CallContext {
-        let peer = meta_u64(ev, "conn_id").and_then(|c| self.peer_by_conn.get(&c));
-        let port = peer.map(|p| p.1).or_else(|| {
-            meta_str(ev, "worker_id").and_then(|w| self.port_by_worker.get(w).copied())
-        });
+    fn call_context(&self, c: &CallRecord) -> CallContext {
+        let peer = self.peer_by_conn.get(&c.conn_id);
+        let port = peer
+            .map(|p| p.1)
+            .or_else(|| self.port_by_worker.get(&c.worker_id).copied());
         CallContext {
             server_address: peer.map(|p| p.0.clone()),
             server_port: port,
-            instance_name: meta_u64(ev, "beam_pid")
-                .and_then(|p| self.instance_by_beam.get(&p).cloned()),
+            instance_name: self.instance_by_beam.get(&u64::from(c.beam_pid)).cloned(),
         }
     }
 

@@ -18,13 +18,12 @@
 //! unique per worker, so pipe calls hash (beam pid, worker pid, request id); a call with
 //! no correlation id hashes its connection, stream and end time. Span ids hash the trace
 //! key, the role and the call's position (connection, stream, end time).
-use crate::events::{schema, Event};
+use crate::events::{AgentEvent, CallEnd, CallRecord, CallRef};
 use opentelemetry::trace::{
     Event as SpanEvent, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The gRPC service both sides of a Snakepit connection serve.
@@ -44,19 +43,17 @@ pub struct CallContext {
 
 /// Spans for a `call.stop` / `call.exception` event; None for any other event.
 pub fn call_spans(
-    ev: &Event,
+    ev: &AgentEvent,
     ctx: &CallContext,
     scope: &InstrumentationScope,
 ) -> Option<Vec<SpanData>> {
-    let is_exception = ev.is(schema::CALL_EXCEPTION);
-    if !(ev.is(schema::CALL_STOP) || is_exception) {
+    let AgentEvent::CallEnd(ev) = ev else {
         return None;
-    }
-    let m = |k: &str| ev.measurements.get(k).and_then(Value::as_u64);
+    };
     let end = ev.time_unix_nano;
-    let duration = m("duration").unwrap_or(0);
-    let queue = m("queue_time");
-    let python = m("python_time");
+    let duration = ev.duration;
+    let queue = ev.queue_time;
+    let python = ev.python_time;
 
     // Timeline: t0..t3 is the BEAM's view; t1..t2 the worker's.
     let (t0, t1, t2) = match (queue, python) {
@@ -74,15 +71,13 @@ pub fn call_spans(
     let position = format!(
         "{}|{}|{}|{}",
         key,
-        meta_u64(ev, "conn_id").unwrap_or(0),
-        meta_u64(ev, "stream_id")
-            .or_else(|| meta_u64(ev, "request_id"))
-            .unwrap_or(0),
+        ev.call.conn_id,
+        call_number(&ev.call),
         end
     );
     let span_id = |role: &str| SpanId::from_bytes(hash64(format!("{position}|{role}").as_bytes()));
 
-    let failed = is_exception || meta_str(ev, "result") == Some("error");
+    let failed = !ev.is_ok();
     let status = if failed {
         Status::error(error_description(ev))
     } else {
@@ -145,7 +140,7 @@ pub fn call_spans(
         let parent = client_id.unwrap_or(SpanId::INVALID);
         let mut server = make("server", SpanKind::Server, parent, t1, t2);
         server.attributes = rpc;
-        if let Some(tid) = meta_u64(ev, "worker_tid") {
+        if let Some(tid) = ev.call.worker_tid {
             server
                 .attributes
                 .push(KeyValue::new("thread.id", tid as i64));
@@ -176,27 +171,35 @@ pub fn call_spans(
 }
 
 /// `{rpc.service}/{rpc.method}`, the RPC conventions' span name.
-fn span_name(ev: &Event) -> String {
-    let (service, method) = service_and_method(ev);
+fn span_name(ev: &CallEnd) -> String {
+    let (service, method) = service_and_method(&ev.call);
     format!("{service}/{method}")
 }
 
-fn service_and_method(ev: &Event) -> (&'static str, String) {
-    if meta_str(ev, "transport") == Some("pipe") {
-        let tool = meta_str(ev, "tool")
-            .or_else(|| meta_str(ev, "function"))
+fn service_and_method(c: &CallRecord) -> (&'static str, String) {
+    if c.is_pipe() {
+        let tool = c
+            .tool
+            .as_deref()
+            .or(c.function.as_deref())
             .unwrap_or("call");
         (PIPE_SERVICE, tool.to_string())
     } else {
-        (
-            GRPC_SERVICE,
-            meta_str(ev, "operation").unwrap_or("unknown").to_string(),
-        )
+        (GRPC_SERVICE, c.operation.clone())
     }
 }
 
-fn rpc_attributes(ev: &Event, ctx: &CallContext) -> Vec<KeyValue> {
-    let (service, method) = service_and_method(ev);
+/// The stream id (gRPC) or request id (pipe), 0 when there is none.
+fn call_number(c: &CallRecord) -> u64 {
+    match c.id {
+        CallRef::Stream(s) => s.into(),
+        CallRef::Pipe(i) => u64::try_from(i).unwrap_or(0),
+        CallRef::PipeSeq => 0,
+    }
+}
+
+fn rpc_attributes(ev: &CallEnd, ctx: &CallContext) -> Vec<KeyValue> {
+    let (service, method) = service_and_method(&ev.call);
     let system = if service == PIPE_SERVICE {
         "snakepit_pipe"
     } else {
@@ -213,8 +216,8 @@ fn rpc_attributes(ev: &Event, ctx: &CallContext) -> Vec<KeyValue> {
     if let Some(port) = ctx.server_port {
         a.push(KeyValue::new("server.port", i64::from(port)));
     }
-    if let Some(code) = meta_u64(ev, "grpc_status") {
-        a.push(KeyValue::new("rpc.grpc.status_code", code as i64));
+    if let Some(code) = ev.grpc_status {
+        a.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
     }
     if let Some(name) = &ctx.instance_name {
         a.push(KeyValue::new("snakepit.instance_name", name.clone()));
@@ -223,63 +226,71 @@ fn rpc_attributes(ev: &Event, ctx: &CallContext) -> Vec<KeyValue> {
     a
 }
 
-/// `snakepit.*` attributes from the event's metadata.
-fn snakepit_attributes(ev: &Event) -> Vec<KeyValue> {
-    let mut a = Vec::with_capacity(12);
-    for k in [
-        "tool",
-        "library",
-        "function",
-        "pool",
-        "worker_id",
-        "session_id",
-        "correlation_id",
-        "transport",
-        "result",
-        "error_type",
+/// `snakepit.*` attributes of the call.
+fn snakepit_attributes(ev: &CallEnd) -> Vec<KeyValue> {
+    let c = &ev.call;
+    let mut a = Vec::with_capacity(16);
+    let result = if ev.is_ok() { "ok" } else { "error" };
+    for (k, v) in [
+        ("snakepit.tool", c.tool.as_deref()),
+        ("snakepit.library", c.library.as_deref()),
+        ("snakepit.function", c.function.as_deref()),
+        ("snakepit.pool", Some(c.pool.as_str())),
+        ("snakepit.worker_id", Some(c.worker_id.as_str())),
+        ("snakepit.session_id", c.session_id.as_deref()),
+        ("snakepit.correlation_id", c.correlation_id.as_deref()),
+        ("snakepit.transport", Some(c.id.transport())),
+        ("snakepit.result", Some(result)),
+        ("snakepit.error_type", ev.error_type()),
     ] {
-        if let Some(v) = meta_str(ev, k) {
-            a.push(KeyValue::new(format!("snakepit.{k}"), v.to_string()));
+        if let Some(v) = v {
+            a.push(KeyValue::new(k, v.to_string()));
         }
     }
-    for k in [
-        "beam_pid",
-        "worker_pid",
-        "conn_id",
-        "stream_id",
-        "request_id",
-    ] {
-        if let Some(v) = meta_u64(ev, k) {
-            a.push(KeyValue::new(format!("snakepit.{k}"), v as i64));
-        }
+    a.push(KeyValue::new("snakepit.beam_pid", i64::from(c.beam_pid)));
+    a.push(KeyValue::new(
+        "snakepit.worker_pid",
+        i64::from(c.worker_pid),
+    ));
+    a.push(KeyValue::new("snakepit.conn_id", c.conn_id as i64));
+    match c.id {
+        CallRef::Stream(s) => a.push(KeyValue::new("snakepit.stream_id", i64::from(s))),
+        CallRef::Pipe(i) if i >= 0 => a.push(KeyValue::new("snakepit.request_id", i)),
+        _ => {}
     }
     a
 }
 
-fn push_byte_counts(ev: &Event, a: &mut Vec<KeyValue>) {
-    for k in ["request_bytes", "response_bytes", "chunks"] {
-        if let Some(v) = ev.measurements.get(k).and_then(Value::as_u64) {
-            a.push(KeyValue::new(format!("snakepit.{k}"), v as i64));
-        }
+fn push_byte_counts(ev: &CallEnd, a: &mut Vec<KeyValue>) {
+    a.push(KeyValue::new(
+        "snakepit.request_bytes",
+        ev.request_bytes as i64,
+    ));
+    a.push(KeyValue::new(
+        "snakepit.response_bytes",
+        ev.response_bytes as i64,
+    ));
+    if let Some(c) = ev.chunks {
+        a.push(KeyValue::new("snakepit.chunks", c as i64));
     }
 }
 
-fn exception_attributes(ev: &Event) -> Vec<KeyValue> {
+fn exception_type(ev: &CallEnd) -> Option<&str> {
+    ev.error_type().or(ev.kind())
+}
+
+fn exception_attributes(ev: &CallEnd) -> Vec<KeyValue> {
     let mut a = Vec::with_capacity(3);
-    let ty = meta_str(ev, "error_type")
-        .or_else(|| meta_str(ev, "kind"))
-        .unwrap_or("error");
+    let ty = exception_type(ev).unwrap_or("error");
     a.push(KeyValue::new("exception.type", ty.to_string()));
-    if let Some(msg) = meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason")) {
+    if let Some(msg) = ev.error_message() {
         a.push(KeyValue::new("exception.message", msg.to_string()));
     }
     a
 }
 
-fn error_description(ev: &Event) -> String {
-    let ty = meta_str(ev, "error_type").or_else(|| meta_str(ev, "kind"));
-    let msg = meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason"));
-    match (ty, msg) {
+fn error_description(ev: &CallEnd) -> String {
+    match (exception_type(ev), ev.error_message()) {
         (Some(t), Some(m)) => format!("{t}: {m}"),
         (Some(t), None) => t.to_string(),
         (None, Some(m)) => m.to_string(),
@@ -288,23 +299,16 @@ fn error_description(ev: &Event) -> String {
 }
 
 /// The string whose hash is the call's trace id (see the module comment).
-pub fn trace_key(ev: &Event) -> String {
-    let corr = meta_str(ev, "correlation_id");
-    let pipe = meta_str(ev, "transport") == Some("pipe");
-    match (corr, pipe) {
-        (Some(c), false) => format!("corr:{c}"),
-        (Some(c), true) => format!(
-            "pipe:{}:{}:{c}",
-            meta_u64(ev, "beam_pid").unwrap_or(0),
-            meta_u64(ev, "worker_pid").unwrap_or(0)
-        ),
+pub fn trace_key(ev: &CallEnd) -> String {
+    let c = &ev.call;
+    match (&c.correlation_id, c.is_pipe()) {
+        (Some(corr), false) => format!("corr:{corr}"),
+        (Some(corr), true) => format!("pipe:{}:{}:{corr}", c.beam_pid, c.worker_pid),
         (None, _) => format!(
             "call:{}:{}:{}:{}",
-            meta_u64(ev, "beam_pid").unwrap_or(0),
-            meta_u64(ev, "conn_id").unwrap_or(0),
-            meta_u64(ev, "stream_id")
-                .or_else(|| meta_u64(ev, "request_id"))
-                .unwrap_or(0),
+            c.beam_pid,
+            c.conn_id,
+            call_number(c),
             ev.time_unix_nano
         ),
     }
@@ -313,14 +317,6 @@ pub fn trace_key(ev: &Event) -> String {
 /// The trace id of a gRPC call with this correlation id.
 pub fn trace_id_for_correlation_id(correlation_id: &str) -> [u8; 16] {
     hash128(format!("corr:{correlation_id}").as_bytes())
-}
-
-fn meta_str<'a>(ev: &'a Event, k: &str) -> Option<&'a str> {
-    ev.metadata.get(k).and_then(Value::as_str)
-}
-
-fn meta_u64(ev: &Event, k: &str) -> Option<u64> {
-    ev.metadata.get(k).and_then(Value::as_u64)
 }
 
 fn to_time(unix_nano: u64) -> SystemTime {
@@ -358,6 +354,7 @@ fn hash128(bytes: &[u8]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{schema, to_typed, Event};
 
     fn scope() -> InstrumentationScope {
         InstrumentationScope::builder("test").build()
@@ -412,7 +409,7 @@ mod tests {
             server_port: Some(4000),
             instance_name: Some("demo".into()),
         };
-        let spans = call_spans(&grpc_stop(), &ctx, &scope()).expect("call spans");
+        let spans = call_spans(&to_typed(&grpc_stop()), &ctx, &scope()).expect("call spans");
         assert_eq!(spans.len(), 4);
         let client = by_kind(&spans, SpanKind::Client)[0];
         let server = by_kind(&spans, SpanKind::Server)[0];
@@ -480,7 +477,7 @@ mod tests {
             Some(&opentelemetry::Value::I64(201))
         );
         // Same event, same ids.
-        let again = call_spans(&grpc_stop(), &ctx, &scope()).expect("spans");
+        let again = call_spans(&to_typed(&grpc_stop()), &ctx, &scope()).expect("spans");
         assert_eq!(again, spans);
     }
 
@@ -490,7 +487,7 @@ mod tests {
             .meta("result", "error")
             .meta("error_type", "ValueError")
             .meta("error_message", "boom");
-        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
         let server = by_kind(&spans, SpanKind::Server)[0];
         let client = by_kind(&spans, SpanKind::Client)[0];
         assert_eq!(server.status, Status::error("ValueError: boom"));
@@ -515,7 +512,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         ev.measurements.remove("python_time");
-        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
         // No worker-side end: client + queue only; the exception sits on the client.
         assert_eq!(spans.len(), 2);
         let client = by_kind(&spans, SpanKind::Client)[0];
@@ -537,7 +534,7 @@ mod tests {
             .meta("beam_pid", 100u64)
             .meta("worker_pid", 300u64)
             .meta("result", "ok");
-        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
         assert_eq!(spans.len(), 2);
         assert!(by_kind(&spans, SpanKind::Server).is_empty());
         let client = by_kind(&spans, SpanKind::Client)[0];
@@ -552,7 +549,7 @@ mod tests {
     fn a_worker_only_call_has_a_root_server_span() {
         let mut ev = grpc_stop();
         ev.measurements.remove("queue_time");
-        let spans = call_spans(&ev, &CallContext::default(), &scope()).expect("spans");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
         assert_eq!(spans.len(), 2);
         let server = by_kind(&spans, SpanKind::Server)[0];
         assert_eq!(server.parent_span_id, SpanId::INVALID);
@@ -563,7 +560,7 @@ mod tests {
     #[test]
     fn other_events_give_no_spans() {
         let ev = Event::new(schema::POOL_SIZE);
-        assert!(call_spans(&ev, &CallContext::default(), &scope()).is_none());
+        assert!(call_spans(&to_typed(&ev), &CallContext::default(), &scope()).is_none());
     }
 
     #[test]

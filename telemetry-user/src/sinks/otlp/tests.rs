@@ -128,8 +128,8 @@ async fn service_name_waits_for_the_instance_name_past_pipe_workers_pool_sizes()
     let size = Event::new(schema::POOL_SIZE)
         .measure("size", 1u64)
         .meta("pool", "legacy");
-    sink.on_event(&Arc::new(pipe));
-    sink.on_event(&Arc::new(size));
+    sink.on_event(&Arc::new(crate::events::AgentEvent::from(pipe)));
+    sink.on_event(&Arc::new(crate::events::AgentEvent::from(size)));
     assert!(
         sink.exporting.is_none(),
         "pool sizes alone do not start export"
@@ -139,13 +139,17 @@ async fn service_name_waits_for_the_instance_name_past_pipe_workers_pool_sizes()
         .meta("worker_id", "default_1")
         .meta("instance_name", "demo")
         .meta("port", 4000u64);
-    sink.on_event(&Arc::new(grpc));
+    sink.on_event(&Arc::new(crate::events::AgentEvent::from(grpc)));
     assert_eq!(sink.service_name.as_deref(), Some("demo"));
-    let ctx = sink.call_context(
+    let stop = crate::events::to_typed(
         &call_stop(1)
             .meta("beam_pid", 9u64)
             .meta("worker_id", "default_1"),
     );
+    let crate::events::AgentEvent::CallEnd(stop) = stop else {
+        panic!("a call stop is typed");
+    };
+    let ctx = sink.call_context(&stop.call);
     assert_eq!(ctx.instance_name.as_deref(), Some("demo"));
     assert_eq!(ctx.server_port, Some(4000));
     sink.shutdown().await;
@@ -154,7 +158,7 @@ async fn service_name_waits_for_the_instance_name_past_pipe_workers_pool_sizes()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_instance_name_the_first_call_exports_as_snakepit() {
     let mut sink = Sink::new(closed_port_config(), Arc::default());
-    sink.on_event(&Arc::new(call_stop(1)));
+    sink.on_event(&Arc::new(crate::events::AgentEvent::from(call_stop(1))));
     assert_eq!(sink.service_name.as_deref(), Some("snakepit"));
     sink.shutdown().await;
     let mut named = Sink::new(
@@ -164,7 +168,9 @@ async fn without_an_instance_name_the_first_call_exports_as_snakepit() {
         },
         Arc::default(),
     );
-    named.on_event(&Arc::new(Event::new(schema::AGENT_STARTED)));
+    named.on_event(&Arc::new(crate::events::AgentEvent::from(Event::new(
+        schema::AGENT_STARTED,
+    ))));
     assert_eq!(named.service_name.as_deref(), Some("svc"));
     named.shutdown().await;
 }

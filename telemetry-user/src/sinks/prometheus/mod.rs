@@ -6,7 +6,7 @@
 //! names cannot grow the metric set past the cap.
 pub mod cap;
 
-use crate::events::{schema, Event};
+use crate::events::{schema, AgentEvent, CallEnd, Event, PoolSize};
 use cap::LabelCap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -405,29 +405,38 @@ impl Metrics {
     }
 
     /// Updates the metrics from one event. Unknown events are ignored.
-    pub fn observe(&mut self, ev: &Event) {
+    pub fn observe(&mut self, ev: &AgentEvent) {
         self.bus_events.inc();
-        if ev.is(schema::CALL_STOP) || ev.is(schema::CALL_EXCEPTION) {
-            self.call_end(ev);
-        } else if ev.is(schema::POOL_SIZE) {
-            self.pool_size_event(ev);
-        } else if ev.is(schema::POOL_CHECKOUT) {
-            let pool = self.label("pool", meta_str(ev, "pool"));
-            self.pool_checkouts
-                .get_or_create(&PoolLabels { pool })
-                .inc();
-        } else if ev.is(schema::WORKER_CRASH) {
-            let pool = self.label("pool", meta_str(ev, "pool"));
-            let reason = self.label("reason", meta_str(ev, "type"));
-            self.worker_crashes
-                .get_or_create(&CrashLabels { pool, reason })
-                .inc();
-        } else if ev.is(schema::CIRCUIT_BREAKER_OPEN) {
-            let pool = self.label("pool", meta_str(ev, "pool"));
-            self.circuit_breaker_opens
-                .get_or_create(&PoolLabels { pool })
-                .inc();
-        } else if ev.is(schema::AGENT_STATS) {
+        match ev {
+            AgentEvent::CallEnd(e) => self.call_end(e),
+            AgentEvent::PoolSize(e) => self.pool_size_event(e),
+            AgentEvent::PoolCheckout(e) => {
+                let pool = self.label_ref("pool", &e.pool);
+                self.pool_checkouts
+                    .get_or_create(&PoolLabels { pool })
+                    .inc();
+            }
+            AgentEvent::WorkerCrash(e) => {
+                let pool = self.label_ref("pool", &e.pool);
+                let reason = self.label_ref("reason", e.crash_type);
+                self.worker_crashes
+                    .get_or_create(&CrashLabels { pool, reason })
+                    .inc();
+            }
+            AgentEvent::CircuitBreakerOpen(e) => {
+                let pool = self.label_ref("pool", &e.pool);
+                self.circuit_breaker_opens
+                    .get_or_create(&PoolLabels { pool })
+                    .inc();
+            }
+            AgentEvent::CallStart(_) | AgentEvent::PoolCheckin(_) | AgentEvent::HealthAlert(_) => {}
+            AgentEvent::Dynamic(e) => self.dynamic(e),
+        }
+        self.sync_overflow();
+    }
+
+    fn dynamic(&mut self, ev: &Event) {
+        if ev.is(schema::AGENT_STATS) {
             self.agent_stats(ev);
         } else if ends_with(ev, &["memory", "gpu"]) || ends_with(ev, &["memory", "gpu_worker"]) {
             self.gpu_memory(ev);
@@ -457,21 +466,16 @@ impl Metrics {
                 self.tokens_per_second.get_or_create(&l).set(t);
             }
         }
-        self.sync_overflow();
     }
 
-    fn call_end(&mut self, ev: &Event) {
+    fn call_end(&mut self, ev: &CallEnd) {
         // Internal calls (health checks, registration) are not the user's tool calls.
-        if ev.metadata.get("internal").and_then(Value::as_bool) == Some(true) {
+        if ev.call.internal {
             return;
         }
-        let library = self.label("library", meta_str(ev, "library"));
-        let function = self.label(
-            "function",
-            meta_str(ev, "function").or_else(|| meta_str(ev, "tool")),
-        );
-        let exception = ev.is(schema::CALL_EXCEPTION);
-        let ok = !exception && meta_str(ev, "result").as_deref() == Some("ok");
+        let library = self.label_opt("library", ev.call.library.as_deref());
+        let function = self.label_opt("function", ev.call.function_or_tool());
+        let ok = ev.is_ok();
         let result = if ok { "ok" } else { "error" }.to_string();
         self.calls
             .get_or_create(&CallLabels {
@@ -484,17 +488,17 @@ impl Metrics {
             library: library.clone(),
             function,
         };
-        if let Some(d) = measure_f64(ev, "duration") {
-            self.call_duration.get_or_create(&fl).observe(d / NS);
+        self.call_duration
+            .get_or_create(&fl)
+            .observe(ev.duration as f64 / NS);
+        if let Some(d) = ev.queue_time {
+            self.queue_time.get_or_create(&fl).observe(d as f64 / NS);
         }
-        if let Some(d) = measure_f64(ev, "queue_time") {
-            self.queue_time.get_or_create(&fl).observe(d / NS);
-        }
-        if let Some(d) = measure_f64(ev, "python_time") {
-            self.python_time.get_or_create(&fl).observe(d / NS);
+        if let Some(d) = ev.python_time {
+            self.python_time.get_or_create(&fl).observe(d as f64 / NS);
         }
         if !ok {
-            let error_type = self.label("error_type", meta_str(ev, "error_type"));
+            let error_type = self.label_opt("error_type", ev.error_type());
             self.exceptions
                 .get_or_create(&ErrorLabels {
                     library,
@@ -504,17 +508,15 @@ impl Metrics {
         }
     }
 
-    fn pool_size_event(&mut self, ev: &Event) {
-        let pool = self.label("pool", meta_str(ev, "pool"));
+    fn pool_size_event(&mut self, ev: &PoolSize) {
+        let pool = self.label_ref("pool", &ev.pool);
         let l = PoolLabels { pool: pool.clone() };
-        for (key, family) in [
-            ("size", &self.pool_size),
-            ("idle", &self.pool_idle),
-            ("busy", &self.pool_busy),
+        for (v, family) in [
+            (ev.size, &self.pool_size),
+            (ev.idle, &self.pool_idle),
+            (ev.busy, &self.pool_busy),
         ] {
-            if let Some(v) = measure_f64(ev, key) {
-                family.get_or_create(&l).set(v as i64);
-            }
+            family.get_or_create(&l).set(v as i64);
         }
         // Crash counters start at 0 for every known pool: rate() then sees the first
         // crash, and dashboards show 0 rather than no data.
@@ -650,10 +652,18 @@ impl Metrics {
     }
 
     fn label(&mut self, label: &'static str, value: Option<String>) -> String {
+        self.label_opt(label, value.as_deref())
+    }
+
+    fn label_opt(&mut self, label: &'static str, value: Option<&str>) -> String {
         match value {
-            Some(v) if !v.is_empty() => self.cap.admit(label, &v),
+            Some(v) if !v.is_empty() => self.cap.admit(label, v),
             _ => "unknown".to_string(),
         }
+    }
+
+    fn label_ref(&mut self, label: &'static str, value: &str) -> String {
+        self.label_opt(label, Some(value))
     }
 
     fn sync_overflow(&mut self) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::events::Event;
+use crate::events::{to_typed, Event};
 use std::collections::BTreeMap;
 
 /// Parsed samples: `name{sorted labels}` -> value.
@@ -78,19 +78,19 @@ const LIB: &str = "library=\"demo_adapter.DemoAdapter\"";
 #[test]
 fn calls_errors_and_histograms_follow_the_events() {
     let mut m = Metrics::new(&MetricsConfig::default());
-    m.observe(&stop("echo", "ok", 2_000_000));
-    m.observe(&stop("echo", "ok", 300_000));
-    m.observe(&stop("fail", "error", 4_000_000));
-    m.observe(
+    m.observe(&to_typed(&stop("echo", "ok", 2_000_000)));
+    m.observe(&to_typed(&stop("echo", "ok", 300_000)));
+    m.observe(&to_typed(&stop("fail", "error", 4_000_000)));
+    m.observe(&to_typed(
         &Event::new(schema::CALL_EXCEPTION)
             .measure("duration", 1_000_000u64)
             .meta("library", "demo_adapter.DemoAdapter")
             .meta("function", "crash")
             .meta("result", "error")
             .meta("error_type", "exit"),
-    );
+    ));
     // Internal calls are not tool calls.
-    m.observe(&stop("ping", "ok", 1_000).meta("internal", true));
+    m.observe(&to_typed(&stop("ping", "ok", 1_000).meta("internal", true)));
     let s = render(&m);
     let key = |name: &str, labels: &[&str]| {
         let mut l: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
@@ -164,34 +164,34 @@ fn calls_errors_and_histograms_follow_the_events() {
 #[test]
 fn pools_crashes_gpu_inference_and_agent_stats() {
     let mut m = Metrics::new(&MetricsConfig::default());
-    m.observe(
+    m.observe(&to_typed(
         &Event::new(schema::POOL_SIZE)
             .measure("size", 2)
             .measure("idle", 1)
             .measure("busy", 1)
             .meta("pool", "default"),
-    );
-    m.observe(
+    ));
+    m.observe(&to_typed(
         &Event::new(schema::WORKER_CRASH)
             .meta("pool", "default")
             .meta("type", "signal")
             .meta("signal", 9),
-    );
-    m.observe(
+    ));
+    m.observe(&to_typed(
         &Event::new(&["snakepit", "memory", "gpu"])
             .measure("allocated_mb", 512)
             .measure("reserved_mb", 1024)
             .measure("free_mb", 7168)
             .measure("total_mb", 8192)
             .meta("device", serde_json::json!(["cuda", 0])),
-    );
-    m.observe(
+    ));
+    m.observe(&to_typed(
         &Event::new(&["snakepit", "python", "ml", "inference"])
             .measure("duration", 50_000_000u64)
             .measure("tokens_per_second", 123.5)
             .meta("model", "tiny")
             .meta("device", "cuda:0"),
-    );
+    ));
     let stats = Event::new(schema::AGENT_STATS)
         .measure("kernel_events", 1000)
         .measure("ringbuf_drops", 3)
@@ -205,9 +205,9 @@ fn pools_crashes_gpu_inference_and_agent_stats() {
             serde_json::json!({"sys_exit_read": {"run_count": 10, "avg_ns": 500.0}}),
         )
         .meta("export_failures", serde_json::json!({"otlp": 4}));
-    m.observe(&stats);
+    m.observe(&to_typed(&stats));
     // A second, cumulative report raises the counters to its values (not adds).
-    m.observe(&stats.clone().measure("kernel_events", 1500));
+    m.observe(&to_typed(&stats.clone().measure("kernel_events", 1500)));
     let s = render(&m);
     assert_eq!(s["snakepit_pool_size{pool=\"default\"}"], 2.0);
     assert_eq!(s["snakepit_pool_idle{pool=\"default\"}"], 1.0);
@@ -271,7 +271,11 @@ fn ten_thousand_function_names_stay_under_the_cap() {
         ..MetricsConfig::default()
     });
     for i in 0..10_000 {
-        m.observe(&stop(&format!("tool_{i}\"\n\\"), "ok", 1_000_000));
+        m.observe(&to_typed(&stop(
+            &format!("tool_{i}\"\n\\"),
+            "ok",
+            1_000_000,
+        )));
     }
     let text = m.encode().expect("encode");
     let s = parse(&text);
@@ -310,7 +314,7 @@ fn custom_buckets_are_used_sorted() {
         ..MetricsConfig::default()
     });
     let mut m = m;
-    m.observe(&stop("echo", "ok", 50_000_000));
+    m.observe(&to_typed(&stop("echo", "ok", 50_000_000)));
     let text = m.encode().expect("encode");
     let buckets: Vec<&str> = text
         .lines()

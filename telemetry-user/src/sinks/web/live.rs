@@ -1,6 +1,6 @@
 //! The live page's state: pool stats, GPU memory history and recent calls and errors,
 //! all in bounded ring buffers so memory stays flat whatever the load.
-use crate::events::{schema, Event};
+use crate::events::{schema, AgentEvent, CallEnd, Event, WorkerCrash};
 use crate::sinks::prometheus::{measure_f64, meta_str};
 use serde::Serialize;
 use serde_json::Value;
@@ -111,26 +111,46 @@ impl Live {
         self.version
     }
 
-    pub fn observe(&mut self, ev: &Event) {
+    pub fn observe(&mut self, ev: &AgentEvent) {
         self.agent.events_seen += 1;
-        if ev.is(schema::CALL_START) {
-            if !internal(ev) {
-                if let Some(p) = self.pool(ev) {
-                    p.in_flight += 1;
+        match ev {
+            AgentEvent::CallStart(e) => {
+                if !e.call.internal {
+                    if let Some(p) = self.pool_named(&e.call.pool) {
+                        p.in_flight += 1;
+                    }
                 }
             }
-        } else if ev.is(schema::CALL_STOP) || ev.is(schema::CALL_EXCEPTION) {
-            if internal(ev) {
-                return;
+            AgentEvent::CallEnd(e) => {
+                if e.call.internal {
+                    return;
+                }
+                self.call_end(e);
             }
-            self.call_end(ev);
-        } else if ev.is(schema::POOL_SIZE) {
-            if let Some(p) = self.pool(ev) {
-                p.size = measure_f64(ev, "size").unwrap_or(0.0) as i64;
-                p.idle = measure_f64(ev, "idle").unwrap_or(0.0) as i64;
-                p.busy = measure_f64(ev, "busy").unwrap_or(0.0) as i64;
+            AgentEvent::PoolSize(e) => {
+                if let Some(p) = self.pool_named(&e.pool) {
+                    p.size = e.size as i64;
+                    p.idle = e.idle as i64;
+                    p.busy = e.busy as i64;
+                }
             }
-        } else if ev.is(schema::WORKER_DISCOVERED) {
+            AgentEvent::WorkerCrash(e) => self.worker_crash(e),
+            AgentEvent::PoolCheckout(_)
+            | AgentEvent::PoolCheckin(_)
+            | AgentEvent::CircuitBreakerOpen(_)
+            | AgentEvent::HealthAlert(_) => return,
+            AgentEvent::Dynamic(e) => {
+                if !self.dynamic(e) {
+                    return;
+                }
+            }
+        }
+        self.version += 1;
+    }
+
+    /// Whether the event changed the page.
+    fn dynamic(&mut self, ev: &Event) -> bool {
+        if ev.is(schema::WORKER_DISCOVERED) {
             if let (Some(w), Some(p)) = (meta_str(ev, "worker_id"), self.pool(ev)) {
                 if p.workers.len() < MAX_KEYS {
                     p.workers.insert(w);
@@ -140,21 +160,6 @@ impl Live {
             if let (Some(w), Some(p)) = (meta_str(ev, "worker_id"), self.pool(ev)) {
                 p.workers.remove(&w);
             }
-        } else if ev.is(schema::WORKER_CRASH) {
-            if let Some(p) = self.pool(ev) {
-                p.crashes += 1;
-            }
-            let kind = meta_str(ev, "type").unwrap_or_else(|| "unknown".into());
-            let row = ErrorRow {
-                time_ms: ev.time_unix_nano / 1_000_000,
-                library: String::new(),
-                function: String::new(),
-                error_type: format!("worker_crash:{kind}"),
-                message: text(meta_str(ev, "reason")),
-                pool: text(meta_str(ev, "pool")),
-                worker_id: text(meta_str(ev, "worker_id")),
-            };
-            push(&mut self.errors, row, self.sizes.recent_errors);
         } else if ev.is(schema::AGENT_STARTED) {
             self.agent.version = text(meta_str(ev, "version"));
         } else if ev.is(schema::AGENT_STATS) {
@@ -166,26 +171,50 @@ impl Live {
         } else if ev.name.len() >= 3 && ev.name.ends_with(&["memory".into(), "gpu".into()]) {
             self.gpu_sample(ev);
         } else {
-            return;
+            return false;
         }
-        self.version += 1;
+        true
+    }
+
+    fn worker_crash(&mut self, e: &WorkerCrash) {
+        if let Some(p) = self.pool_named(&e.pool) {
+            p.crashes += 1;
+        }
+        let row = ErrorRow {
+            time_ms: e.time_unix_nano / 1_000_000,
+            library: String::new(),
+            function: String::new(),
+            error_type: format!("worker_crash:{}", e.crash_type),
+            message: text(Some(&e.reason)),
+            pool: text(Some(&e.pool)),
+            worker_id: text(Some(&e.worker_id)),
+        };
+        push(&mut self.errors, row, self.sizes.recent_errors);
     }
 
     fn pool(&mut self, ev: &Event) -> Option<&mut PoolRow> {
         let name = meta_str(ev, "pool")?;
-        if !self.pools.contains_key(&name) && self.pools.len() >= MAX_KEYS {
+        self.pool_named(&name)
+    }
+
+    fn pool_named(&mut self, name: &str) -> Option<&mut PoolRow> {
+        if self.pools.contains_key(name) {
+            return self.pools.get_mut(name);
+        }
+        if self.pools.len() >= MAX_KEYS {
             return None;
         }
         Some(self.pools.entry(text(Some(name))).or_default())
     }
 
-    fn call_end(&mut self, ev: &Event) {
-        let ok = ev.is(schema::CALL_STOP) && meta_str(ev, "result").as_deref() == Some("ok");
+    fn call_end(&mut self, ev: &CallEnd) {
+        let ok = ev.is_ok();
         self.total_calls += 1;
         if !ok {
             self.total_errors += 1;
         }
-        if let Some(p) = self.pool(ev) {
+        let c = &ev.call;
+        if let Some(p) = self.pool_named(&c.pool) {
             p.in_flight = (p.in_flight - 1).max(0);
             p.calls += 1;
             if !ok {
@@ -193,15 +222,15 @@ impl Live {
             }
         }
         let time_ms = ev.time_unix_nano / 1_000_000;
-        let library = text(meta_str(ev, "library"));
-        let function = text(meta_str(ev, "function").or_else(|| meta_str(ev, "tool")));
-        let pool = text(meta_str(ev, "pool"));
-        let worker_id = text(meta_str(ev, "worker_id"));
+        let library = text(c.library.as_deref());
+        let function = text(c.function_or_tool());
+        let pool = text(Some(&c.pool));
+        let worker_id = text(Some(&c.worker_id));
         let row = CallRow {
             time_ms,
             library: library.clone(),
             function: function.clone(),
-            duration_ms: measure_f64(ev, "duration").unwrap_or(0.0) / 1e6,
+            duration_ms: ev.duration as f64 / 1e6,
             result: if ok { "ok" } else { "error" }.into(),
             pool: pool.clone(),
             worker_id: worker_id.clone(),
@@ -212,8 +241,8 @@ impl Live {
                 time_ms,
                 library,
                 function,
-                error_type: text(meta_str(ev, "error_type")),
-                message: text(meta_str(ev, "error_message").or_else(|| meta_str(ev, "reason"))),
+                error_type: text(ev.error_type()),
+                message: text(ev.error_message()),
                 pool,
                 worker_id,
             };
@@ -268,10 +297,6 @@ impl Live {
     }
 }
 
-fn internal(ev: &Event) -> bool {
-    ev.metadata.get("internal").and_then(Value::as_bool) == Some(true)
-}
-
 fn push<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
     while ring.len() >= cap {
         ring.pop_front();
@@ -280,11 +305,14 @@ fn push<T>(ring: &mut VecDeque<T>, item: T, cap: usize) {
 }
 
 /// Wire text for display: bounded length (the page escapes it when rendering).
-fn text(s: Option<String>) -> String {
-    let s = s.unwrap_or_default();
-    if s.len() <= MAX_TEXT {
-        return s;
+fn text(s: Option<impl AsRef<str> + Into<String>>) -> String {
+    let Some(s) = s else {
+        return String::new();
+    };
+    if s.as_ref().len() <= MAX_TEXT {
+        return s.into();
     }
+    let s = s.as_ref();
     let mut end = MAX_TEXT;
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -295,6 +323,7 @@ fn text(s: Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::to_typed;
 
     fn sizes() -> LiveSizes {
         LiveSizes {
@@ -308,9 +337,11 @@ mod tests {
     fn ring_buffers_stay_bounded_and_newest_first() {
         let mut live = Live::new(sizes());
         for i in 0..10u64 {
-            live.observe(&Event::new(schema::CALL_START).meta("pool", "default"));
+            live.observe(&to_typed(
+                &Event::new(schema::CALL_START).meta("pool", "default"),
+            ));
             let ok = i % 2 == 0;
-            live.observe(
+            live.observe(&to_typed(
                 &Event::new(schema::CALL_STOP)
                     .at(i * 1_000_000)
                     .measure("duration", 2_000_000)
@@ -319,15 +350,15 @@ mod tests {
                     .meta("result", if ok { "ok" } else { "error" })
                     .meta_opt("error_type", (!ok).then_some("ValueError"))
                     .meta_opt("error_message", (!ok).then_some("boom")),
-            );
+            ));
         }
         for i in 0..10u64 {
-            live.observe(
+            live.observe(&to_typed(
                 &Event::new(&["snakepit", "memory", "gpu"])
                     .at(i)
                     .measure("allocated_mb", i)
                     .meta("device", "cuda:0"),
-            );
+            ));
         }
         let s = live.snapshot();
         let calls = s["recent_calls"].as_array().expect("calls");
@@ -351,18 +382,18 @@ mod tests {
     fn pool_rows_follow_size_events_and_workers() {
         let mut live = Live::new(sizes());
         let v0 = live.version();
-        live.observe(
+        live.observe(&to_typed(
             &Event::new(schema::POOL_SIZE)
                 .measure("size", 2)
                 .measure("idle", 2)
                 .measure("busy", 0)
                 .meta("pool", "default"),
-        );
-        live.observe(
+        ));
+        live.observe(&to_typed(
             &Event::new(schema::WORKER_DISCOVERED)
                 .meta("pool", "default")
                 .meta("worker_id", "w1"),
-        );
+        ));
         assert!(live.version() > v0);
         let s = live.snapshot();
         assert_eq!(s["pools"]["default"]["size"], 2);
