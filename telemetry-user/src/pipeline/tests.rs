@@ -384,13 +384,13 @@ fn silent_reads_inside_a_large_frame_keep_the_timer_in_step() {
     }
     .encode_to_vec();
     let mut req = PREFACE.to_vec();
-    let heads = vec![req.len(), req.len() + 9];
+    let h_settings = req.len();
     req.extend(frame(4, 0, 0, &[]));
     let h_headers = req.len();
     req.extend(frame(1, 0x4, 1, &block(&[(":path", TOOL_PATH)])));
     let h_data = req.len();
     req.extend(frame(0, 0x1, 1, &grpc_message(&big)));
-    let heads = [heads[0], h_headers, h_data];
+    let heads = [h_settings, h_headers, h_data];
     let _ = feed(
         &mut p,
         &dir,
