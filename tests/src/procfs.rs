@@ -85,6 +85,18 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:")
 }
 
+/// Sets the nice value of the autogroup (session) `pid` belongs to. With
+/// `sched_autogroup_enabled`, the kernel shares CPU between sessions first, so a
+/// process's own nice only counts against its session mates: the Python workers call
+/// setsid(), each is a session of its own.
+pub fn set_autogroup_nice(pid: u32, nice: i32) -> std::io::Result<()> {
+    let path = format!("/proc/{pid}/autogroup");
+    if !std::path::Path::new(&path).exists() {
+        return Ok(()); // kernel without autogroups: plain nice is all there is
+    }
+    std::fs::write(path, nice.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,16 @@ impl Bench {
             ..DemoOptions::default()
         })?;
         let status = demo.wait_ready(Duration::from_secs(60))?;
+        if args.nice != 0 {
+            // The BEAM shares its session (and autogroup) with this process and the
+            // agents it starts; each worker is a session of its own.
+            let pids =
+                std::iter::once(status.beam_pid).chain(status.workers.iter().map(|w| w.os_pid));
+            for pid in pids {
+                procfs::set_autogroup_nice(pid, args.nice)
+                    .with_context(|| format!("setting the autogroup nice of pid {pid}"))?;
+            }
+        }
         let mut bench = Bench {
             demo,
             dir: dir.to_path_buf(),

@@ -318,7 +318,7 @@ impl Report {
     pub fn render(&self) -> String {
         let mut s = String::new();
         for (k, v) in self.lines() {
-            let _ = writeln!(s, "{k:<45} {v}");
+            let _ = writeln!(s, "{k:<52} {v}");
         }
         s
     }
