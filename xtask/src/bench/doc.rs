@@ -3,24 +3,54 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 
-const BEGIN: &str = "<!-- bench:results:begin -->";
-const END: &str = "<!-- bench:results:end -->";
-
 const TEMPLATE: &str = "# Benchmarks\n\n\
 The figures below are written by `cargo xtask bench --write-doc`; see that command's \
-help for the options.\n\n## Results\n\n<!-- bench:results:begin -->\n<!-- bench:results:end -->\n";
+help for the options.\n";
 
-/// `doc` with everything between the markers replaced by `results`.
-pub fn replace_results(doc: &str, results: &str) -> String {
-    let (head, tail) = match (doc.find(BEGIN), doc.find(END)) {
-        (Some(b), Some(e)) if b < e => (&doc[..b], &doc[e + END.len()..]),
-        // No markers: the results go at the end.
-        _ => (doc, "\n"),
-    };
-    format!("{head}{BEGIN}\n{}\n{END}{tail}", results.trim_end())
+/// Which results: saturation rounds or a rate run (each has its own section).
+#[derive(Clone, Copy)]
+pub enum Section {
+    Saturation,
+    Rate,
 }
 
-pub fn write_results(path: &Path, results: &str) -> Result<()> {
+impl Section {
+    fn markers(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Section::Saturation => (
+                "## Results at saturation",
+                "<!-- bench:results:begin -->",
+                "<!-- bench:results:end -->",
+            ),
+            Section::Rate => (
+                "## Results at a fixed rate",
+                "<!-- bench:rate:begin -->",
+                "<!-- bench:rate:end -->",
+            ),
+        }
+    }
+}
+
+/// `doc` with everything between the section's markers replaced by `results`.
+pub fn replace_results(doc: &str, section: Section, results: &str) -> String {
+    let (title, begin, end) = section.markers();
+    match (doc.find(begin), doc.find(end)) {
+        (Some(b), Some(e)) if b < e => format!(
+            "{}{begin}\n{}\n{end}{}",
+            &doc[..b],
+            results.trim_end(),
+            &doc[e + end.len()..]
+        ),
+        // No markers yet: a new section at the end.
+        _ => format!(
+            "{}\n{title}\n\n{begin}\n{}\n{end}\n",
+            doc.trim_end(),
+            results.trim_end()
+        ),
+    }
+}
+
+pub fn write_results(path: &Path, section: Section, results: &str) -> Result<()> {
     let doc = std::fs::read_to_string(path).unwrap_or_else(|_| TEMPLATE.to_string());
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -29,7 +59,7 @@ pub fn write_results(path: &Path, results: &str) -> Result<()> {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .unwrap_or_default();
     let body = format!("Run of {}\n\n{results}", date.trim());
-    std::fs::write(path, replace_results(&doc, &body))
+    std::fs::write(path, replace_results(&doc, section, &body))
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -39,12 +69,18 @@ mod tests {
 
     #[test]
     fn results_between_markers_are_replaced_and_the_rest_kept() {
-        let once = replace_results(TEMPLATE, "first");
+        let once = replace_results(TEMPLATE, Section::Saturation, "first");
         assert!(once.contains("first") && once.starts_with("# Benchmarks"));
-        let doc = once.replace("## Results", "## Results\n\nHand-written note.");
-        let twice = replace_results(&doc, "second");
+        let doc = once.replace(
+            "## Results at saturation",
+            "## Results at saturation\n\nNote.",
+        );
+        let twice = replace_results(&doc, Section::Saturation, "second");
         assert!(twice.contains("second") && !twice.contains("first"));
-        assert!(twice.contains("Hand-written note."));
-        assert!(twice.ends_with(&format!("{END}\n")));
+        assert!(twice.contains("Note."));
+        let rate = replace_results(&twice, Section::Rate, "at 200/s");
+        assert!(rate.contains("second") && rate.contains("at 200/s"));
+        let rate2 = replace_results(&rate, Section::Rate, "at 300/s");
+        assert!(rate2.contains("second") && rate2.contains("at 300/s") && !rate2.contains("200/s"));
     }
 }

@@ -74,7 +74,12 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     println!("{text}");
     if args.write_doc {
         let path = root.join("docs/benchmarks.md");
-        doc::write_results(&path, &report.render_markdown())?;
+        let section = if args.rate > 0 {
+            doc::Section::Rate
+        } else {
+            doc::Section::Saturation
+        };
+        doc::write_results(&path, section, &report.render_markdown())?;
         eprintln!("bench: results written to {}", path.display());
     }
     Ok(())
