@@ -11,7 +11,8 @@ main(_RunArgs) ->
     Args = init:get_plain_arguments(),
     logger_to_stderr(),
     Opts = parse(Args, #{python => "python3", grpc_workers => 2, pipe_workers => 1,
-                         instance => "demo", beam_port => 0, heartbeat_ms => 2000, autoload => 0}),
+                         instance => "demo", beam_port => 0, heartbeat_ms => 2000, autoload => 0,
+                         init_session_per_call => false}),
     ets:new(demo_workers, [named_table, public, set]),
     ets:new(demo_conns, [named_table, public, set]),
     ets:new(demo_flags, [named_table, public, set]),
@@ -19,7 +20,8 @@ main(_RunArgs) ->
     Python = resolve_python(maps:get(python, Opts)),
     Cfg = #{python => Python, repo => repo_root(), beam_port => BeamPort, run_id => run_id(),
             instance => maps:get(instance, Opts), heartbeat_ms => maps:get(heartbeat_ms, Opts),
-            pyver => python_version(Python)},
+            pyver => python_version(Python),
+            init_session_per_call => maps:get(init_session_per_call, Opts)},
     [demo_worker:start(Cfg, <<"default">>, grpc, I) || I <- lists:seq(1, maps:get(grpc_workers, Opts))],
     [demo_worker:start(Cfg, <<"legacy">>, pipe, I) || I <- lists:seq(1, maps:get(pipe_workers, Opts))],
     St = #{opts => Opts, beam_port => BeamPort, autoload => undefined},
@@ -41,6 +43,8 @@ parse(["--instance-name", N | R], O) -> parse(R, O#{instance => N});
 parse(["--beam-port", N | R], O) -> parse(R, O#{beam_port => list_to_integer(N)});
 parse(["--heartbeat-ms", N | R], O) -> parse(R, O#{heartbeat_ms => list_to_integer(N)});
 parse(["--autoload", N | R], O) -> parse(R, O#{autoload => list_to_integer(N)});
+%% Workers call InitializeSession back on every tool call, as real Snakepit workers do.
+parse(["--init-session-per-call" | R], O) -> parse(R, O#{init_session_per_call => true});
 parse([Other | R], O) -> io:format(standard_error, "ignoring argument ~s~n", [Other]), parse(R, O);
 parse([], O) -> O.
 

@@ -112,21 +112,27 @@ start_stream(_Method, _Body, _CorrId, From, S = #s{goaway = true}) ->
 start_stream(_Method, _Body, _CorrId, From, S = #s{sock = undefined}) ->
     reply(#{from => From}, {error, exit}), S;
 start_stream(Method, Body, CorrId, From, S = #s{next_id = Sid, enc = Enc}) ->
+    KeepOpen = Method =:= <<"StreamTelemetry">>,
+    %% The subscription lives as long as the connection, as Snakepit's does: a
+    %% deadline would end it after 30 s and the worker's telemetry with it.
+    Timeout = case KeepOpen of
+                  true -> [];
+                  false -> [{<<"grpc-timeout">>, <<"30S">>}]
+              end,
     Headers = [{<<":method">>, <<"POST">>}, {<<":scheme">>, <<"http">>},
                {<<":path">>, [<<"/snakepit.bridge.BridgeService/">>, Method]},
                {<<":authority">>, S#s.authority},
                {<<"content-type">>, <<"application/grpc">>},
                {<<"user-agent">>, <<"grpc-elixir/0.10.0">>},
-               {<<"te">>, <<"trailers">>},
-               {<<"grpc-timeout">>, <<"30S">>},
-               {<<"x-snakepit-correlation-id">>, CorrId}],
+               {<<"te">>, <<"trailers">>}]
+        ++ Timeout ++ [{<<"x-snakepit-correlation-id">>, CorrId}],
     {Block, Enc1} = demo_hpack:encode(Headers, Enc),
     HF = demo_h2:headers_frames(Sid, Block, false, S#s.peer_max_frame),
     Msg = demo_h2:grpc_frame(Body),
     %% StreamTelemetry is bidirectional and long-lived: its request side stays open
     %% (the worker streams events until the connection closes), as Snakepit's does.
     St0 = #{sid => Sid, from => From, q => Msg, end_sent => false,
-            keep_open => Method =:= <<"StreamTelemetry">>,
+            keep_open => KeepOpen,
             send_win => S#s.peer_init_win, headers => undefined, trailers => [],
             data => [], resp_bytes => 0, unacked => 0, req_bytes => byte_size(Msg)},
     {DF, St1, ConnWin} = take_data(St0, S#s.conn_send_win, S#s.peer_max_frame),
@@ -172,7 +178,13 @@ frame({0, Flags, Sid, P}, T, S) ->   %% DATA
     S1 = S#s{conn_unacked = CU1},
     case maps:find(Sid, S1#s.streams) of
         {ok, St} ->
-            St1 = St#{data => [Data | maps:get(data, St)],
+            %% A long-lived stream's messages are counted, not kept: nobody reads them
+            %% and the BEAM would hold every event of the connection's life.
+            Kept = case maps:get(keep_open, St) of
+                       true -> [];
+                       false -> [Data | maps:get(data, St)]
+                   end,
+            St1 = St#{data => Kept,
                       resp_bytes => maps:get(resp_bytes, St) + byte_size(Data),
                       unacked => maps:get(unacked, St) + Len},
             EndStream = Flags band 1 =:= 1,

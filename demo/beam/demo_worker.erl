@@ -55,7 +55,11 @@ grpc_init(Cfg = #{python := Py, repo := Repo, beam_port := BP, run_id := RunId,
     Args = [filename:join([Repo, "demo", "python", "grpc_server.py"]),
             "--adapter", "demo_adapter.DemoAdapter", "--port", "0",
             "--elixir-address", "127.0.0.1:" ++ integer_to_list(BP),
-            "--snakepit-run-id", RunId, "--snakepit-instance-name", Inst],
+            "--snakepit-run-id", RunId, "--snakepit-instance-name", Inst]
+        ++ case maps:get(init_session_per_call, Cfg, false) of
+               true -> ["--init-session-per-call"];
+               false -> []
+           end,
     HBConf = demo_json:encode({obj, [{enabled, true}, {interval_ms, HB}, {timeout_ms, 10000},
                                      {max_missed_heartbeats, 3}, {dependent, true}]}),
     Env = [{"SNAKEPIT_READY_FILE", binary_to_list(Ready)},

@@ -175,8 +175,10 @@ def heartbeat_config():
 class BeamCallbacks:
     """Worker -> BEAM calls. Every failure is logged and swallowed."""
 
-    def __init__(self, address, worker_id, adapter, interval_ms, heartbeats_enabled):
+    def __init__(self, address, worker_id, adapter, interval_ms, heartbeats_enabled, per_call=False):
         self.address = address
+        # Real Snakepit workers call InitializeSession synchronously on every tool call.
+        self.per_call = per_call
         self.worker_id = worker_id
         self.adapter = adapter
         self.interval_s = interval_ms / 1000.0
@@ -223,9 +225,14 @@ class BeamCallbacks:
             delay = min(delay * 2, 3.0)
 
     def note_session(self, session_id):
-        """Called on every tool call; the first call of a new session queues callbacks."""
+        """Called on every tool call; the first call of a new session queues callbacks.
+
+        With `per_call`, every call also waits for its own InitializeSession first.
+        """
         if not session_id or self.stub is None:
             return
+        if self.per_call:
+            self._initialize_session(session_id)
         with self.lock:
             if session_id in self.seen:
                 return
@@ -249,7 +256,7 @@ class BeamCallbacks:
                 if session_id in self.seen and session_id not in self.live:
                     self.live.append(session_id)
 
-    def _initialize(self, session_id):
+    def _initialize_session(self, session_id):
         try:
             self.stub.InitializeSession(
                 pb.InitializeSessionRequest(
@@ -262,6 +269,9 @@ class BeamCallbacks:
             )
         except grpc.RpcError as exc:
             log.warning("InitializeSession(%s) to BEAM failed: %s", session_id, exc.code())
+
+    def _initialize(self, session_id):
+        self._initialize_session(session_id)
         try:
             tools = []
             for tool in self.adapter.get_tools():
@@ -561,6 +571,11 @@ def parse_args(argv):
     p.add_argument("--snakepit-instance-name", dest="instance_name", default="")
     p.add_argument("--snakepit-instance-token", dest="instance_token", default="")
     p.add_argument("--max-workers", type=int, default=8)
+    p.add_argument(
+        "--init-session-per-call",
+        action="store_true",
+        help="call InitializeSession on the BEAM synchronously on every tool call, as Snakepit does",
+    )
     # Unknown flags are tolerated, as newer BEAM sides may add some.
     args, unknown = p.parse_known_args(argv)
     return args, unknown
@@ -595,7 +610,9 @@ def main(argv=None):
 
     adapter = load_adapter(args.adapter)
     interval_ms, hb_enabled = heartbeat_config()
-    callbacks = BeamCallbacks(args.elixir_address, worker_id, adapter, interval_ms, hb_enabled)
+    callbacks = BeamCallbacks(
+        args.elixir_address, worker_id, adapter, interval_ms, hb_enabled, args.init_session_per_call
+    )
     telemetry = TelemetryHub()
 
     server = grpc.server(

@@ -83,7 +83,7 @@ def wait_for(pred, timeout, step=0.05):
 class Worker:
     """One grpc_server.py subprocess with its ready-file handshake."""
 
-    def __init__(self, tmpdir, elixir_address, worker_id=WORKER_ID, heartbeat_ms=200):
+    def __init__(self, tmpdir, elixir_address, worker_id=WORKER_ID, heartbeat_ms=200, extra_args=()):
         self.ready = os.path.join(tmpdir, "snakepit_ready_%s_1" % worker_id)
         env = dict(os.environ)
         env.update(
@@ -105,7 +105,8 @@ class Worker:
                 "--elixir-address", elixir_address,
                 "--snakepit-run-id", "k3x9a2z",
                 "--snakepit-instance-name", "demo",
-            ],
+            ]
+            + list(extra_args),
             stdin=subprocess.PIPE,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -336,6 +337,42 @@ class GrpcWorkerTest(unittest.TestCase):
         )
         hb = self.beam.of("Heartbeat")[0]
         self.assertIn("x-snakepit-correlation-id", hb[2])
+
+
+class PerCallSessionTest(unittest.TestCase):
+    """--init-session-per-call: each tool call waits for its own InitializeSession."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.beam = FakeBeam()
+        self.beam_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=OPTIONS)
+        pb_grpc.add_BridgeServiceServicer_to_server(self.beam, self.beam_server)
+        port = self.beam_server.add_insecure_port("127.0.0.1:0")
+        self.beam_server.start()
+        self.worker = Worker(
+            self.tmp.name, "127.0.0.1:%d" % port, heartbeat_ms=60000, extra_args=["--init-session-per-call"]
+        )
+
+    def tearDown(self):
+        self.worker.close()
+        self.beam_server.stop(0)
+        self.tmp.cleanup()
+
+    def inits(self, session):
+        return [c for c in self.beam.of("InitializeSession") if c[1].session_id == session]
+
+    def test_initialize_session_before_each_reply(self):
+        for i in range(1, 4):
+            resp = self.worker.stub.ExecuteTool(
+                pb.ExecuteToolRequest(session_id="sess_p", tool_name="echo", parameters=params(value=i)),
+                timeout=10,
+            )
+            self.assertTrue(resp.success)
+            # Synchronous: already at the BEAM when the reply arrives (the queued
+            # first-of-session callback may add one more).
+            self.assertGreaterEqual(len(self.inits("sess_p")), i)
+        self.assertTrue(wait_for(lambda: len(self.inits("sess_p")) == 4, 5), len(self.inits("sess_p")))
+        self.assertIn("x-snakepit-correlation-id", self.inits("sess_p")[0][2])
 
 
 class LifecycleTest(unittest.TestCase):

@@ -23,6 +23,11 @@ impl Agent {
     /// Starts `snakepit-agent run --format json --output <dir>/events.jsonl ARGS` and waits
     /// until it reports `["snakepit","agent","started"]`.
     pub fn start(dir: &Path, extra_args: &[&str]) -> Result<Agent> {
+        Agent::start_with(dir, extra_args, 0)
+    }
+
+    /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
+    pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
         crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
@@ -33,7 +38,14 @@ impl Agent {
         }
         let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let child = Command::new(&bin)
+        let mut cmd = if nice != 0 {
+            let mut c = Command::new("nice");
+            c.args(["-n", &nice.to_string()]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        let child = cmd
             .args(["run", "--format", "json", "--output"])
             .arg(&output)
             .args(extra_args)
@@ -55,16 +67,7 @@ impl Agent {
 
     /// User + system CPU time the agent process has used so far.
     pub fn cpu_time(&self) -> Option<std::time::Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        let after = &stat[stat.rfind(')')? + 2..];
-        let mut f = after.split_whitespace();
-        let utime: u64 = f.nth(11)?.parse().ok()?;
-        let stime: u64 = f.next()?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Some(std::time::Duration::from_millis(
-            (utime + stime) * 1000 / hz,
-        ))
+        crate::procfs::cpu_time(self.child.id())
     }
 
     pub fn events(&self) -> Vec<Value> {

@@ -19,6 +19,12 @@ pub struct DemoOptions {
     pub autoload: u32,
     /// Where the BEAM's stderr goes (None: inherit).
     pub log: Option<PathBuf>,
+    /// Workers call InitializeSession back on every tool call, as real Snakepit does.
+    pub init_session_per_call: bool,
+    /// Scheduling priority (nice) of the BEAM and its workers; 0 = inherited.
+    pub nice: i32,
+    /// Extra emulator flags for `erl` (e.g. `+sbwt none`).
+    pub erl_flags: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -30,6 +36,9 @@ impl Default for DemoOptions {
             heartbeat_ms: 2000,
             autoload: 0,
             log: None,
+            init_session_per_call: false,
+            nice: 0,
+            erl_flags: Vec::new(),
         }
     }
 }
@@ -103,7 +112,13 @@ impl Demo {
     pub fn start(opts: &DemoOptions) -> Result<Demo> {
         crate::require::demo_built();
         let root = crate::workspace_root();
-        let mut cmd = Command::new("erl");
+        let mut cmd = if opts.nice != 0 {
+            let mut c = Command::new("nice");
+            c.args(["-n", &opts.nice.to_string(), "erl"]);
+            c
+        } else {
+            Command::new("erl")
+        };
         cmd.current_dir(&root)
             .args([
                 "-noshell",
@@ -112,8 +127,9 @@ impl Demo {
                 "-run",
                 "demo_app",
                 "main",
-                "-extra",
             ])
+            .args(&opts.erl_flags)
+            .arg("-extra")
             .arg("--python")
             .arg(root.join(".venv/bin/python"))
             .args(["--grpc-workers", &opts.grpc_workers.to_string()])
@@ -121,6 +137,10 @@ impl Demo {
             .args(["--instance-name", &opts.instance_name])
             .args(["--heartbeat-ms", &opts.heartbeat_ms.to_string()])
             .args(["--autoload", &opts.autoload.to_string()])
+            .args(
+                opts.init_session_per_call
+                    .then_some("--init-session-per-call"),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(log) = &opts.log {
@@ -208,24 +228,16 @@ impl Demo {
 
     /// Runs a load (see demo/README.md) and returns its reply. `mix` is `[(tool, weight)]`.
     pub fn load(&mut self, spec: &LoadSpec, ground_truth: &Path) -> Result<Value> {
-        let mix: Vec<String> = spec
-            .mix
-            .iter()
-            .map(|(k, w)| format!("'{k}' => {w}"))
-            .collect();
-        let pools: Vec<String> = spec.pools.iter().map(|p| format!("'{p}'")).collect();
-        let extra: String = spec.extra.iter().map(|e| format!(", {e}")).collect();
-        let term = format!(
-            "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}, ground_truth => \"{}\", pools => [{}]{extra}}}}}",
-            spec.rate,
-            spec.duration_ms,
-            spec.concurrency,
-            mix.join(", "),
-            ground_truth.display(),
-            pools.join(", ")
-        );
-        let timeout = Duration::from_millis(spec.duration_ms) + Duration::from_secs(120);
-        self.command(&term, timeout)
+        self.command(&load_term(spec, Some(ground_truth)), load_timeout(spec))
+    }
+
+    /// Runs a load without writing ground truth (the benchmark: no file writes in
+    /// the measured process) and returns the number of calls made.
+    pub fn load_count(&mut self, spec: &LoadSpec) -> Result<u64> {
+        let reply = self.command(&load_term(spec, None), load_timeout(spec))?;
+        reply["calls"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("load reply without a call count: {reply}"))
     }
 
     /// Runs a load and returns its ground truth (one line per call).
@@ -290,6 +302,32 @@ impl Drop for Demo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn load_timeout(spec: &LoadSpec) -> Duration {
+    Duration::from_millis(spec.duration_ms) + Duration::from_secs(120)
+}
+
+/// The control term of a load (see demo/README.md).
+fn load_term(spec: &LoadSpec, ground_truth: Option<&Path>) -> String {
+    let mix: Vec<String> = spec
+        .mix
+        .iter()
+        .map(|(k, w)| format!("'{k}' => {w}"))
+        .collect();
+    let pools: Vec<String> = spec.pools.iter().map(|p| format!("'{p}'")).collect();
+    let truth = ground_truth
+        .map(|p| format!(", ground_truth => \"{}\"", p.display()))
+        .unwrap_or_default();
+    let extra: String = spec.extra.iter().map(|e| format!(", {e}")).collect();
+    format!(
+        "{{load, #{{rate => {}, duration_ms => {}, concurrency => {}, mix => #{{{}}}{truth}, pools => [{}]{extra}}}}}",
+        spec.rate,
+        spec.duration_ms,
+        spec.concurrency,
+        mix.join(", "),
+        pools.join(", ")
+    )
 }
 
 #[derive(Debug, Clone)]

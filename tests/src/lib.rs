@@ -2,8 +2,10 @@
 //! the demo deployment (a real BEAM and real Python workers, see demo/README.md) through
 //! its stdin/stdout control protocol, and the agent binary with its JSON-lines output.
 pub mod agent;
+pub mod bpf_stats;
 pub mod demo;
 pub mod otlp_receiver;
+pub mod procfs;
 pub mod require;
 
 use std::path::PathBuf;

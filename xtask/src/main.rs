@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test`.
+//! Project tasks: `cargo xtask setup | demo | bench | gpu-check | test`.
 //!
 //! Every task that needs the toolchain, packages or mounts runs `setup` first; setup is
 //! idempotent and cheap when everything is already there.
@@ -31,18 +31,41 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The demo at saturation, agent detached vs attached (interleaved): calls/s ratio,
-    /// agent CPU per 1,000 calls, eBPF run time per program, losses.
+    /// The demo with the agent detached vs attached: throughput ratio per round
+    /// (min/median/max), eBPF run time and agent CPU per call, agent RSS, drops and
+    /// lost records, the miss path. `--rate N` runs one attached phase at N calls/s.
     Bench {
-        /// Detached/attached round pairs.
-        #[arg(long, default_value_t = 3)]
+        /// Detached/attached round pairs (their order alternates).
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
-        /// Seconds of load per round and mode.
+        /// Seconds of load per phase.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         /// gRPC workers in the demo pool.
         #[arg(long, default_value_t = 4)]
         workers: u32,
+        /// Calls/s for one attached phase of `--seconds` instead of saturation rounds.
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// Only detached phases (checks that the load itself holds steady).
+        #[arg(long)]
+        detached_only: bool,
+        /// Scheduling priority of the demo and the agent, so other work on a shared
+        /// machine takes what they leave (0 = unchanged).
+        #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
+        nice: i32,
+        /// Leave the BEAM's idle schedulers spinning (erl's default).
+        #[arg(long)]
+        beam_busy_wait: bool,
+        /// No InitializeSession callback from the worker on each tool call.
+        #[arg(long)]
+        no_session_callbacks: bool,
+        /// Seconds of load before the first measured phase.
+        #[arg(long, default_value_t = 5)]
+        warmup_seconds: u64,
+        /// Write the results and the machine description to docs/benchmarks.md.
+        #[arg(long)]
+        write_doc: bool,
     },
     /// On a machine with an NVIDIA GPU: a demo worker allocates known amounts of GPU
     /// memory (CuPy or PyTorch, installed when missing); compares the agent's per-worker
@@ -69,6 +92,13 @@ fn main() -> Result<()> {
             rounds,
             seconds,
             workers,
+            rate,
+            detached_only,
+            nice,
+            beam_busy_wait,
+            no_session_callbacks,
+            warmup_seconds,
+            write_doc,
         } => {
             setup::run(&root)?;
             bench::run(
@@ -77,6 +107,13 @@ fn main() -> Result<()> {
                     rounds,
                     seconds,
                     workers,
+                    rate,
+                    detached_only,
+                    nice,
+                    beam_busy_wait,
+                    no_session_callbacks,
+                    warmup_seconds,
+                    write_doc,
                 },
             )
         }

@@ -63,6 +63,9 @@ struct Closing {
     deadline_mono_ns: u64,
 }
 
+/// The most time spent at shutdown on kernel events already queued.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
 /// How long a half-closed connection waits for its other end's close.
 const CLOSE_GRACE_NS: u64 = 2_000_000_000;
 
@@ -204,6 +207,9 @@ impl Agent {
         tokio::pin!(deadline);
         let mut sigterm =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // One SIGINT stream for the whole loop: a `ctrl_c()` future made afresh each
+        // iteration misses a signal that lands while an event is being handled.
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
 
         loop {
             tokio::select! {
@@ -229,13 +235,19 @@ impl Agent {
                 }
                 _ = summary.tick() => self.emit_summaries(false),
                 _ = &mut deadline => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
             }
         }
-        // Drain what the kernel already delivered, so the final summaries include it.
+        // Drain what the kernel already delivered, so the final summaries include it;
+        // bounded, since traffic that goes on would keep the queue from ever emptying.
+        let drain_until = std::time::Instant::now() + SHUTDOWN_DRAIN;
         while let Ok(ev) = self.kernel_rx.try_recv() {
             self.on_kernel_event(ev);
+            if std::time::Instant::now() >= drain_until {
+                tracing::warn!("stopping with kernel events still queued");
+                break;
+            }
         }
         self.finish_closing(u64::MAX);
         self.emit_summaries(true);
