@@ -12,6 +12,8 @@ pub mod source;
 pub mod topology;
 
 #[cfg(test)]
+mod scan_cost;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
