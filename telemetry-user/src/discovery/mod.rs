@@ -4,10 +4,19 @@
 //!
 //! - `parse`: pure parsers of /proc texts (cmdline, environ, stat, net/tcp, fd links).
 //! - `source`: `ProcSource`, reads a proc tree rooted anywhere (tests use a tempdir).
-//! - `topology`: `Discovery`, the deployment > pool > worker picture, connection
-//!   pairing, the kernel watch plan.
+//! - `model`: the public types (processes, workers, connections, changes, snapshot).
+//! - `topology`: `Discovery`, its state and the kernel event inputs; its methods
+//!   continue in `scan` (full rescan), `processes` (BEAMs, workers, lineage),
+//!   `pairing` (which fd is which connection, LISTEN ports), `snapshot` (the
+//!   snapshot and the kernel watch plan), with `reads` caching /proc reads.
 
+mod model;
+mod pairing;
 pub mod parse;
+mod processes;
+mod reads;
+mod scan;
+mod snapshot;
 pub mod source;
 pub mod topology;
 
@@ -18,15 +27,15 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use model::{
+    BeamInfo, CloseReason, ConnInfo, ConnRole, DeploymentSnapshot, ExitInfo, PoolSnapshot,
+    ProcessInfo, ProcessRole, TopologyChange, TopologySnapshot, Transport, WatchPlan, WorkerInfo,
+};
 pub use parse::{
     FdTarget, ProcStat, ProcessKind, Selectors, SnakepitEnv, TcpEntry, TcpState, WorkerArgs,
 };
 pub use source::ProcSource;
-pub use topology::{
-    BeamInfo, CloseReason, ConnInfo, ConnRole, DeploymentSnapshot, Discovery, ExitInfo,
-    PoolSnapshot, ProcessInfo, ProcessRole, TopologyChange, TopologySnapshot, Transport, WatchPlan,
-    WorkerInfo,
-};
+pub use topology::Discovery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
