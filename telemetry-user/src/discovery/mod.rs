@@ -29,7 +29,8 @@ use std::path::PathBuf;
 
 pub use model::{
     BeamInfo, CloseReason, ConnInfo, ConnRole, DeploymentSnapshot, ExitInfo, PoolSnapshot,
-    ProcessInfo, ProcessRole, TopologyChange, TopologySnapshot, Transport, WatchPlan, WorkerInfo,
+    ProcessInfo, ProcessRole, ScanStats, TopologyChange, TopologySnapshot, Transport, WatchPlan,
+    WorkerInfo,
 };
 pub use parse::{
     FdTarget, ProcStat, ProcessKind, Selectors, SnakepitEnv, TcpEntry, TcpState, WorkerArgs,
@@ -47,4 +48,12 @@ pub enum DiscoveryError {
     },
     #[error("parsing {what}: {detail}")]
     Parse { what: &'static str, detail: String },
+}
+
+impl DiscoveryError {
+    /// Reading another user's process without CAP_SYS_PTRACE.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, DiscoveryError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
 }

@@ -213,3 +213,19 @@ pub struct TopologySnapshot {
     pub connections: Vec<ConnInfo>,
     pub pending_sockets: usize,
 }
+
+/// What the last `full_scan` read: the cost of the periodic rescan, which should
+/// stay near one `stat` per process and no tcp table once everything is paired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScanStats {
+    /// Processes listed.
+    pub pids: u32,
+    /// Processes whose cmdline was read and classified (new, or exec'd).
+    pub classified: u32,
+    /// Fd directories listed.
+    pub fd_lists: u32,
+    /// `net/tcp` + `net/tcp6` pairs read.
+    pub tcp_tables: u32,
+    /// Fd directories that could not be listed: permission denied.
+    pub fd_permission_denied: u32,
+}

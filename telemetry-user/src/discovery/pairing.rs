@@ -8,7 +8,7 @@ use super::model::{CloseReason, ConnInfo, ConnRole, TopologyChange, Transport};
 use super::parse::{self, canonical, is_loopback, FdTarget, TcpState};
 use super::reads::Ctx;
 use super::source::ProcSource;
-use super::topology::{Discovery, MAX_RESOLVE_ATTEMPTS};
+use super::topology::{Discovery, Settled, MAX_RESOLVE_ATTEMPTS};
 
 pub(super) enum Resolve {
     /// Paired, a LISTEN socket noted, or already known.
@@ -57,6 +57,65 @@ impl Discovery {
     ) {
         for port in listen_ports_of(&self.src, ctx, pid) {
             self.note_listen(pid, port, changes);
+        }
+    }
+
+    /// Whether the rescan already settled `(pid, fd)` holding `inode`.
+    pub(super) fn is_settled(&self, pid: u32, fd: u32, inode: u64) -> bool {
+        self.settled
+            .get(&(pid, fd))
+            .is_some_and(|s| s.inode == inode)
+    }
+
+    fn settle(&mut self, pid: u32, fd: u32, inode: u64, foreign: bool) {
+        self.settled.insert((pid, fd), Settled { inode, foreign });
+    }
+
+    /// Forgets settled sockets of `pid` that its fd list (sorted) no longer holds.
+    pub(super) fn prune_settled(&mut self, pid: u32, fds: &[(u32, FdTarget)]) {
+        self.settled.retain(|&(p, fd), s| {
+            p != pid
+                || fds
+                    .binary_search_by_key(&fd, |(f, _)| *f)
+                    .is_ok_and(|i| fds[i].1 == FdTarget::Socket(s.inode))
+        });
+    }
+
+    /// The BEAM's LISTEN ports, looking up only sockets neither paired nor settled
+    /// (no tcp table read when there are none).
+    pub(super) fn refresh_beam_listen(
+        &mut self,
+        ctx: &mut Ctx,
+        pid: u32,
+        changes: &mut Vec<TopologyChange>,
+    ) {
+        let fds = ctx.fds(&self.src, pid);
+        self.prune_settled(pid, &fds);
+        let unknown: Vec<(u32, u64)> = fds
+            .iter()
+            .filter_map(|(fd, t)| match *t {
+                FdTarget::Socket(i) => Some((*fd, i)),
+                _ => None,
+            })
+            .filter(|&(fd, i)| {
+                !self.fd_index.contains_key(&(pid, fd)) && !self.is_settled(pid, fd, i)
+            })
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let table = ctx.table(&self.src, pid);
+        for (fd, inode) in unknown {
+            let Some(e) = table.by_inode.get(&inode) else {
+                continue;
+            };
+            if e.state == TcpState::Listen {
+                self.note_listen(pid, e.local.port(), changes);
+                self.settle(pid, fd, inode, false);
+            } else if e.state.is_connected() {
+                // A connected socket never becomes a LISTEN one.
+                self.settle(pid, fd, inode, false);
+            }
         }
     }
 
@@ -127,17 +186,22 @@ impl Discovery {
         let mut table = ctx.table(&self.src, tgid);
         if !table.by_inode.contains_key(&inode) {
             // The table was read (and cached) before this socket got its entry.
-            ctx.tables.clear();
-            table = ctx.table(&self.src, tgid);
+            table = ctx.refreshed_table(&self.src, tgid);
         }
         let Some(me) = table.by_inode.get(&inode) else {
             return Resolve::NotYet;
         };
         if me.state == TcpState::Listen {
             self.note_listen(tgid, me.local.port(), changes);
+            self.settle(tgid, fd, inode, false);
             return Resolve::Done;
         }
-        if !me.state.is_connected() || !is_loopback(me.local) || !is_loopback(me.remote) {
+        if !me.state.is_connected() {
+            // Not connected yet: may still connect or listen.
+            return Resolve::Ignore;
+        }
+        if !is_loopback(me.local) || !is_loopback(me.remote) {
+            self.settle(tgid, fd, inode, false);
             return Resolve::Ignore;
         }
         let (l, r) = (canonical(me.local), canonical(me.remote));
@@ -164,8 +228,7 @@ impl Discovery {
         };
         if !table.by_tuple.contains_key(&(r, l)) {
             // The peer's entry may be newer than the cached table.
-            ctx.tables.clear();
-            table = ctx.table(&self.src, tgid);
+            table = ctx.refreshed_table(&self.src, tgid);
         }
         let Some(&peer_inode) = table.by_tuple.get(&(r, l)) else {
             return Resolve::NotYet;
@@ -173,7 +236,7 @@ impl Discovery {
         let Some(peer_local) = table.by_inode.get(&peer_inode).map(|e| e.local) else {
             return Resolve::NotYet;
         };
-        for c in candidates {
+        for &c in &candidates {
             let fds = ctx.fds(&self.src, c);
             let found = fds
                 .iter()
@@ -198,8 +261,16 @@ impl Discovery {
                 };
             }
         }
+        // The peer's socket existed when the table was read, yet no BEAM fd list read
+        // after that holds it: another process owns the peer (a worker's own
+        // client of some local service), not a Snakepit connection.
+        let read_after = |c: &u32| ctx.fds_read_at(*c).is_some_and(|t| t > table.read_at);
+        if is_worker && !candidates.is_empty() && candidates.iter().all(read_after) {
+            self.settle(tgid, fd, inode, true);
+            return Resolve::Ignore;
+        }
         // The peer has not accepted yet (or its fd cache is stale): look again later.
-        ctx.fds.clear();
+        ctx.refresh_fds();
         Resolve::NotYet
     }
 

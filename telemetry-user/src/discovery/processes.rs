@@ -28,6 +28,8 @@ impl Discovery {
                 env: SnakepitEnv::default(),
             },
         );
+        // A worker socket whose peer no BEAM held may be this BEAM's.
+        self.settled.retain(|_, s| !s.foreign);
         self.beams.entry(pid).or_insert(BeamInfo {
             pid,
             listen_ports: Vec::new(),
@@ -237,6 +239,7 @@ impl Discovery {
             self.close_conn(id, Some(pid), reason, changes);
         }
         self.pending.retain(|(t, _), _| *t != pid);
+        self.settled.retain(|(t, _), _| *t != pid);
         self.procs.remove(&pid);
         if let Some(w) = self.workers.remove(&pid) {
             changes.push(TopologyChange::WorkerExited {

@@ -16,10 +16,11 @@
 //!   known; I/O on the fd may be seen earlier (the kernel watches new sockets of
 //!   watched processes from their first byte), `conn_for_fd` returns `None` until then.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::model::{
-    BeamInfo, CloseReason, ConnInfo, ExitInfo, ProcessInfo, TopologyChange, Transport, WorkerInfo,
+    BeamInfo, CloseReason, ConnInfo, ExitInfo, ProcessInfo, ScanStats, TopologyChange, Transport,
+    WorkerInfo,
 };
 use super::parse::{canonical, classify, FdTarget, ProcessKind, Selectors};
 use super::reads::Ctx;
@@ -38,6 +39,25 @@ pub(super) struct WorkerState {
     pub(super) listen: BTreeSet<u16>,
 }
 
+/// A process the rescan has classified: not classified again while its start time
+/// and comm stay the same (an exec changes the comm; exec events cover the rest).
+pub(super) struct SeenProc {
+    pub(super) start_time: u64,
+    pub(super) comm: String,
+    pub(super) kind: ProcessKind,
+    /// Admitted, or found to be neither a worker nor under a BEAM.
+    pub(super) decided: bool,
+}
+
+/// A socket fd the rescan need not look up in the tcp tables again while it holds
+/// the same inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Settled {
+    pub(super) inode: u64,
+    /// Its peer belongs to no known BEAM (forgotten when a BEAM is added).
+    pub(super) foreign: bool,
+}
+
 pub struct Discovery {
     pub(super) src: ProcSource,
     pub(super) sel: Selectors,
@@ -50,6 +70,15 @@ pub struct Discovery {
     /// Sockets of BEAMs/workers not yet paired: (tgid, fd) -> attempts so far.
     pub(super) pending: BTreeMap<(u32, u32), u32>,
     pub(super) next_id: u64,
+    /// Every process the last rescan listed, by pid.
+    pub(super) seen: HashMap<u32, SeenProc>,
+    /// LISTEN sockets already noted, and sockets that cannot pair (not loopback, or
+    /// a peer outside every BEAM); for a BEAM: connected sockets (never LISTEN).
+    pub(super) settled: HashMap<(u32, u32), Settled>,
+    pub(super) last_scan: ScanStats,
+    pub(super) fd_denied_total: u64,
+    /// Pids already warned about an unreadable fd directory.
+    pub(super) fd_denied_warned: HashSet<u32>,
 }
 
 impl Discovery {
@@ -64,6 +93,36 @@ impl Discovery {
             fd_index: HashMap::new(),
             pending: BTreeMap::new(),
             next_id: 1,
+            seen: HashMap::new(),
+            settled: HashMap::new(),
+            last_scan: ScanStats::default(),
+            fd_denied_total: 0,
+            fd_denied_warned: HashSet::new(),
+        }
+    }
+
+    /// What the last `full_scan` read.
+    pub fn last_scan_stats(&self) -> ScanStats {
+        self.last_scan
+    }
+
+    /// Fd directories that could not be listed for lack of permission (the agent
+    /// then sees no connection of that process), since start.
+    pub fn fd_permission_errors(&self) -> u64 {
+        self.fd_denied_total
+    }
+
+    /// Ends one public call: counts and reports what its reads ran into.
+    pub(super) fn finish(&mut self, ctx: &Ctx) {
+        self.fd_denied_total += ctx.counts.fd_denied.len() as u64;
+        for &pid in &ctx.counts.fd_denied {
+            if self.fd_denied_warned.insert(pid) {
+                tracing::warn!(
+                    pid,
+                    "cannot read /proc/{pid}/fd: permission denied (needs CAP_SYS_PTRACE, \
+                     or run as the process's user): its connections are not seen"
+                );
+            }
         }
     }
 
@@ -144,6 +203,7 @@ impl Discovery {
         if kind.is_worker() || anc.is_some() {
             self.admit(&mut ctx, pid, &stat, &args, kind, anc, &mut changes);
         }
+        self.finish(&ctx);
         changes
     }
 
@@ -172,8 +232,10 @@ impl Discovery {
             self.close_conn(id, Some(tgid), CloseReason::Rescan, &mut changes);
         }
         self.pending.remove(&(tgid, fd));
+        self.settled.remove(&(tgid, fd));
         self.resolve_and_track(&mut ctx, tgid, fd, &mut changes);
         self.retry_pending(&mut ctx, &mut changes, false);
+        self.finish(&ctx);
         changes
     }
 
@@ -203,6 +265,7 @@ impl Discovery {
     pub fn on_fd_close(&mut self, tgid: u32, fd: u32) -> Vec<TopologyChange> {
         let mut changes = Vec::new();
         self.pending.remove(&(tgid, fd));
+        self.settled.remove(&(tgid, fd));
         let Some(&id) = self.fd_index.get(&(tgid, fd)) else {
             return changes;
         };
@@ -234,6 +297,7 @@ impl Discovery {
             self.refresh_listen(&mut ctx, pid, &mut changes);
         }
         self.retry_pending(&mut ctx, &mut changes, true);
+        self.finish(&ctx);
         changes
     }
 }
