@@ -8,7 +8,7 @@ use super::model::{CloseReason, ConnInfo, ConnRole, TopologyChange, Transport};
 use super::parse::{self, canonical, is_loopback, FdTarget, TcpState};
 use super::reads::Ctx;
 use super::source::ProcSource;
-use super::topology::{Discovery, Settled, MAX_RESOLVE_ATTEMPTS};
+use super::topology::{Discovery, Settled, SettledWhy, MAX_RESOLVE_ATTEMPTS};
 
 pub(super) enum Resolve {
     /// Paired, a LISTEN socket noted, or already known.
@@ -64,11 +64,23 @@ impl Discovery {
     pub(super) fn is_settled(&self, pid: u32, fd: u32, inode: u64) -> bool {
         self.settled
             .get(&(pid, fd))
-            .is_some_and(|s| s.inode == inode)
+            .is_some_and(|s| s.inode == inode && s.why != SettledWhy::NotTcp { confirmed: false })
     }
 
-    fn settle(&mut self, pid: u32, fd: u32, inode: u64, foreign: bool) {
-        self.settled.insert((pid, fd), Settled { inode, foreign });
+    fn settle(&mut self, pid: u32, fd: u32, inode: u64, why: SettledWhy) {
+        self.settled.insert((pid, fd), Settled { inode, why });
+    }
+
+    /// A rescan found the socket in no tcp table: settled the second time in a row.
+    fn note_not_tcp(&mut self, pid: u32, fd: u32, inode: u64) {
+        let seen_before = self
+            .settled
+            .get(&(pid, fd))
+            .is_some_and(|s| s.inode == inode);
+        let why = SettledWhy::NotTcp {
+            confirmed: seen_before,
+        };
+        self.settle(pid, fd, inode, why);
     }
 
     /// Forgets settled sockets of `pid` that its fd list (sorted) no longer holds.
@@ -107,14 +119,15 @@ impl Discovery {
         let table = ctx.table(&self.src, pid);
         for (fd, inode) in unknown {
             let Some(e) = table.by_inode.get(&inode) else {
+                self.note_not_tcp(pid, fd, inode);
                 continue;
             };
             if e.state == TcpState::Listen {
                 self.note_listen(pid, e.local.port(), changes);
-                self.settle(pid, fd, inode, false);
+                self.settle(pid, fd, inode, SettledWhy::Listen);
             } else if e.state.is_connected() {
                 // A connected socket never becomes a LISTEN one.
-                self.settle(pid, fd, inode, false);
+                self.settle(pid, fd, inode, SettledWhy::Connected);
             }
         }
     }
@@ -189,11 +202,14 @@ impl Discovery {
             table = ctx.refreshed_table(&self.src, tgid);
         }
         let Some(me) = table.by_inode.get(&inode) else {
+            if ctx.rescan {
+                self.note_not_tcp(tgid, fd, inode);
+            }
             return Resolve::NotYet;
         };
         if me.state == TcpState::Listen {
             self.note_listen(tgid, me.local.port(), changes);
-            self.settle(tgid, fd, inode, false);
+            self.settle(tgid, fd, inode, SettledWhy::Listen);
             return Resolve::Done;
         }
         if !me.state.is_connected() {
@@ -201,7 +217,7 @@ impl Discovery {
             return Resolve::Ignore;
         }
         if !is_loopback(me.local) || !is_loopback(me.remote) {
-            self.settle(tgid, fd, inode, false);
+            self.settle(tgid, fd, inode, SettledWhy::Connected);
             return Resolve::Ignore;
         }
         let (l, r) = (canonical(me.local), canonical(me.remote));
@@ -266,7 +282,7 @@ impl Discovery {
         // client of some local service), not a Snakepit connection.
         let read_after = |c: &u32| ctx.fds_read_at(*c).is_some_and(|t| t > table.read_at);
         if is_worker && !candidates.is_empty() && candidates.iter().all(read_after) {
-            self.settle(tgid, fd, inode, true);
+            self.settle(tgid, fd, inode, SettledWhy::Foreign);
             return Resolve::Ignore;
         }
         // The peer has not accepted yet (or its fd cache is stale): look again later.

@@ -12,7 +12,7 @@ use super::parse::{
     is_snakepit_grpc_worker, parse_worker_args, ProcStat, ProcessKind, SnakepitEnv, WorkerArgs,
 };
 use super::reads::Ctx;
-use super::topology::{Discovery, WorkerState, MAX_ANCESTRY_DEPTH};
+use super::topology::{Discovery, SettledWhy, WorkerState, MAX_ANCESTRY_DEPTH};
 
 impl Discovery {
     pub(super) fn add_beam(&mut self, pid: u32, stat: &ProcStat, kind: ProcessKind) {
@@ -29,7 +29,7 @@ impl Discovery {
             },
         );
         // A worker socket whose peer no BEAM held may be this BEAM's.
-        self.settled.retain(|_, s| !s.foreign);
+        self.settled.retain(|_, s| s.why != SettledWhy::Foreign);
         self.beams.entry(pid).or_insert(BeamInfo {
             pid,
             listen_ports: Vec::new(),

@@ -40,9 +40,18 @@ pub(super) struct Ctx {
     tables_refreshed: bool,
     fds_refreshed: bool,
     pub(super) counts: ReadCounts,
+    /// The call is a full rescan (not a kernel event's).
+    pub(super) rescan: bool,
 }
 
 impl Ctx {
+    pub(super) fn for_rescan() -> Self {
+        Self {
+            rescan: true,
+            ..Self::default()
+        }
+    }
+
     pub(super) fn table(&mut self, src: &ProcSource, pid: u32) -> Rc<Table> {
         let key = src.netns(pid).unwrap_or_else(|| format!("pid:{pid}"));
         if let Some(t) = self.tables.get(&key) {

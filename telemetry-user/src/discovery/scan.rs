@@ -22,7 +22,7 @@ impl Discovery {
                 return changes;
             }
         };
-        let mut ctx = Ctx::default();
+        let mut ctx = Ctx::for_rescan();
         let mut stats = ScanStats {
             pids: pids.len() as u32,
             ..ScanStats::default()

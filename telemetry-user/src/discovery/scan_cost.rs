@@ -143,6 +143,7 @@ fn scan_cost_with_busy_demo() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    println!("last rescan read: {:?}", d.last_scan_stats());
     summary("first scan (fresh Discovery)", first);
     summary("rescan (steady state)", rescans);
     let after = d.snapshot();

@@ -700,6 +700,17 @@ fn steady_rescan_reads_no_tcp_table_and_classifies_nothing() {
     assert_eq!(d.snapshot().pending_sockets, 0);
     assert!(d.conn_for_fd(WA, 9).is_none());
 
+    // Unix sockets are in no tcp table: looked up by two rescans, then settled.
+    f.add_fd(BEAM, 22, "socket:[9999]");
+    f.add_fd(WB, 8, "socket:[9998]");
+    let reads: Vec<u32> = (0..3)
+        .map(|_| {
+            d.full_scan();
+            d.last_scan_stats().tcp_tables
+        })
+        .collect();
+    assert!(reads[0] > 0 && reads[1] > 0 && reads[2] == 0, "{reads:?}");
+
     // Events were missed: the rescan still finds a new connection...
     f.sock(BEAM, 21, 1005, "127.0.0.1:40003", "127.0.0.1:50002", ESTAB);
     f.sock(WB, 7, 2103, "127.0.0.1:50002", "127.0.0.1:40003", ESTAB);

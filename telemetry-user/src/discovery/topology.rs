@@ -54,8 +54,21 @@ pub(super) struct SeenProc {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Settled {
     pub(super) inode: u64,
+    pub(super) why: SettledWhy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SettledWhy {
+    /// A LISTEN socket, its port noted.
+    Listen,
+    /// Connected and not a Snakepit connection (not loopback), or, for a BEAM,
+    /// connected (never to become a LISTEN socket).
+    Connected,
     /// Its peer belongs to no known BEAM (forgotten when a BEAM is added).
-    pub(super) foreign: bool,
+    Foreign,
+    /// In no tcp table (a unix or UDP socket). Settled only when two rescans in a
+    /// row say so: an unbound TCP socket is not listed either.
+    NotTcp { confirmed: bool },
 }
 
 pub struct Discovery {
