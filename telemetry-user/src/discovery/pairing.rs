@@ -194,7 +194,10 @@ impl Discovery {
         let inode = match self.src.fd_target(tgid, fd) {
             Ok(FdTarget::Socket(i)) => i,
             Ok(_) => return Resolve::Ignore,
-            Err(_) => return Resolve::NotYet,
+            Err(e) => {
+                ctx.note_fd_error(tgid, &e);
+                return Resolve::NotYet;
+            }
         };
         let mut table = ctx.table(&self.src, tgid);
         if !table.by_inode.contains_key(&inode) {

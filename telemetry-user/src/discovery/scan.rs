@@ -13,6 +13,11 @@ impl Discovery {
     /// and as the fallback when events were lost. Processes and connections that
     /// vanished are reported closed/exited with `CloseReason::Rescan` and an
     /// unknown exit status.
+    ///
+    /// Kept cheap for its periodic use (kernel events already report new processes
+    /// and sockets): one `stat` per process, cmdline and exe only of processes not
+    /// seen before, the fd lists of BEAMs and workers, and a tcp table only while
+    /// some socket of theirs is neither paired nor settled (`last_scan_stats`).
     pub fn full_scan(&mut self) -> Vec<TopologyChange> {
         let mut changes = Vec::new();
         let pids = match self.src.pids() {
