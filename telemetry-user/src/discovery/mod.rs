@@ -7,15 +7,19 @@
 //! - `model`: the public types (processes, workers, connections, changes, snapshot).
 //! - `topology`: `Discovery`, its state and the kernel event inputs; its methods
 //!   continue in `scan` (full rescan), `processes` (BEAMs, workers, lineage),
-//!   `pairing` (which fd is which connection, LISTEN ports), `snapshot` (the
-//!   snapshot and the kernel watch plan), with `reads` caching /proc reads.
+//!   `pairing` (which socket is which connection, LISTEN ports), `pipes` (pipe
+//!   connections), `settled` (sockets a rescan need not look up again),
+//!   `snapshot` (the snapshot and the kernel watch plan), with `reads` caching
+//!   /proc reads within one call.
 
 mod model;
 mod pairing;
 pub mod parse;
+mod pipes;
 mod processes;
 mod reads;
 mod scan;
+mod settled;
 mod snapshot;
 pub mod source;
 pub mod topology;

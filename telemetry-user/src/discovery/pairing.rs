@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use super::model::{CloseReason, ConnInfo, ConnRole, TopologyChange, Transport};
-use super::parse::{self, canonical, is_loopback, FdTarget, TcpState};
+use super::parse::{canonical, is_loopback, FdTarget, TcpState};
 use super::reads::Ctx;
 use super::source::ProcSource;
-use super::topology::{Discovery, Settled, SettledWhy, MAX_RESOLVE_ATTEMPTS};
+use super::topology::{Discovery, SettledWhy, MAX_RESOLVE_ATTEMPTS};
 
 pub(super) enum Resolve {
     /// Paired, a LISTEN socket noted, or already known.
@@ -28,7 +28,7 @@ struct End {
 }
 
 impl Discovery {
-    fn note_listen(&mut self, pid: u32, port: u16, changes: &mut Vec<TopologyChange>) {
+    pub(super) fn note_listen(&mut self, pid: u32, port: u16, changes: &mut Vec<TopologyChange>) {
         if let Some(w) = self.workers.get_mut(&pid) {
             w.listen.insert(port);
             if w.info.port.is_none() {
@@ -57,78 +57,6 @@ impl Discovery {
     ) {
         for port in listen_ports_of(&self.src, ctx, pid) {
             self.note_listen(pid, port, changes);
-        }
-    }
-
-    /// Whether the rescan already settled `(pid, fd)` holding `inode`.
-    pub(super) fn is_settled(&self, pid: u32, fd: u32, inode: u64) -> bool {
-        self.settled
-            .get(&(pid, fd))
-            .is_some_and(|s| s.inode == inode && s.why != SettledWhy::NotTcp { confirmed: false })
-    }
-
-    fn settle(&mut self, pid: u32, fd: u32, inode: u64, why: SettledWhy) {
-        self.settled.insert((pid, fd), Settled { inode, why });
-    }
-
-    /// A rescan found the socket in no tcp table: settled the second time in a row.
-    fn note_not_tcp(&mut self, pid: u32, fd: u32, inode: u64) {
-        let seen_before = self
-            .settled
-            .get(&(pid, fd))
-            .is_some_and(|s| s.inode == inode);
-        let why = SettledWhy::NotTcp {
-            confirmed: seen_before,
-        };
-        self.settle(pid, fd, inode, why);
-    }
-
-    /// Forgets settled sockets of `pid` that its fd list (sorted) no longer holds.
-    pub(super) fn prune_settled(&mut self, pid: u32, fds: &[(u32, FdTarget)]) {
-        self.settled.retain(|&(p, fd), s| {
-            p != pid
-                || fds
-                    .binary_search_by_key(&fd, |(f, _)| *f)
-                    .is_ok_and(|i| fds[i].1 == FdTarget::Socket(s.inode))
-        });
-    }
-
-    /// The BEAM's LISTEN ports, looking up only sockets neither paired nor settled
-    /// (no tcp table read when there are none).
-    pub(super) fn refresh_beam_listen(
-        &mut self,
-        ctx: &mut Ctx,
-        pid: u32,
-        changes: &mut Vec<TopologyChange>,
-    ) {
-        let fds = ctx.fds(&self.src, pid);
-        self.prune_settled(pid, &fds);
-        let unknown: Vec<(u32, u64)> = fds
-            .iter()
-            .filter_map(|(fd, t)| match *t {
-                FdTarget::Socket(i) => Some((*fd, i)),
-                _ => None,
-            })
-            .filter(|&(fd, i)| {
-                !self.fd_index.contains_key(&(pid, fd)) && !self.is_settled(pid, fd, i)
-            })
-            .collect();
-        if unknown.is_empty() {
-            return;
-        }
-        let table = ctx.table(&self.src, pid);
-        for (fd, inode) in unknown {
-            let Some(e) = table.by_inode.get(&inode) else {
-                self.note_not_tcp(pid, fd, inode);
-                continue;
-            };
-            if e.state == TcpState::Listen {
-                self.note_listen(pid, e.local.port(), changes);
-                self.settle(pid, fd, inode, SettledWhy::Listen);
-            } else if e.state.is_connected() {
-                // A connected socket never becomes a LISTEN one.
-                self.settle(pid, fd, inode, SettledWhy::Connected);
-            }
         }
     }
 
@@ -384,7 +312,7 @@ impl Discovery {
         true
     }
 
-    fn insert_conn(
+    pub(super) fn insert_conn(
         &mut self,
         conn: ConnInfo,
         extra_fds: &[(u32, u32)],
@@ -399,76 +327,6 @@ impl Discovery {
         }
         changes.push(TopologyChange::ConnectionOpened { conn: conn.clone() });
         self.conns.insert(conn.id, conn);
-    }
-
-    /// Matches the worker's pipe fds with the BEAM fds holding the other end. Fds
-    /// 0-2 are stdin/stdout/stderr; any other pipe fd the BEAM shares (a worker that
-    /// moved its output to a private fd) gets its direction from its open flags.
-    pub(super) fn pair_pipes(
-        &mut self,
-        ctx: &mut Ctx,
-        wpid: u32,
-        changes: &mut Vec<TopologyChange>,
-    ) {
-        let Some(ws) = self.workers.get(&wpid) else {
-            return;
-        };
-        let Some(bpid) = ws.info.beam_pid else {
-            return;
-        };
-        let (worker_id, pool, transport) = (
-            ws.info.worker_id.clone(),
-            ws.info.pool.clone(),
-            ws.info.transport,
-        );
-        let wfds = ctx.fds(&self.src, wpid);
-        let bfds = ctx.fds(&self.src, bpid);
-        for (wfd, t) in wfds.iter() {
-            let (wfd, FdTarget::Pipe(inode)) = (*wfd, t) else {
-                continue;
-            };
-            if self.fd_index.contains_key(&(wpid, wfd)) {
-                continue;
-            }
-            // stdout and stderr may share one pipe: the second fd joins the first's conn.
-            if let Some(id) = self.conns.values().find_map(|c| {
-                (c.worker_pid == wpid && c.beam_pid == bpid && c.inode == *inode).then_some(c.id)
-            }) {
-                self.fd_index.insert((wpid, wfd), id);
-                continue;
-            }
-            let Some(bfd) = bfds
-                .iter()
-                .find(|(_, bt)| *bt == FdTarget::Pipe(*inode))
-                .map(|(f, _)| *f)
-            else {
-                continue;
-            };
-            let role = match wfd {
-                0 => ConnRole::PipeStdin,
-                1 | 2 => ConnRole::PipeStdout,
-                _ => match self.src.fd_flags(wpid, wfd) {
-                    Ok(fl) if parse::flags_writable(fl) => ConnRole::PipeStdout,
-                    Ok(_) => ConnRole::PipeStdin,
-                    Err(_) => continue,
-                },
-            };
-            let conn = ConnInfo {
-                id: self.next_id,
-                beam_pid: bpid,
-                beam_fd: bfd,
-                worker_pid: wpid,
-                worker_fd: wfd,
-                worker_id: worker_id.clone(),
-                pool: pool.clone(),
-                beam_addr: None,
-                worker_addr: None,
-                role,
-                transport,
-                inode: *inode,
-            };
-            self.insert_conn(conn, &[(wpid, wfd)], changes);
-        }
     }
 
     pub(super) fn close_conn(
