@@ -10,6 +10,11 @@
 //! until discovery sees its connections, then times scans with the thread's CPU
 //! clock: the first scan of a fresh `Discovery` (agent start) and steady-state
 //! rescans of one `Discovery` (the agent's 10 s safety net).
+//!
+//! On the 2-core dev VM (~92 host pids, 18 connections) the steady-state rescan
+//! went from 15.8 ms median (14.2-17.2) to 3.1 ms (2.5-3.6) when it stopped
+//! reading the tcp tables (each read walks the kernel's whole established hash)
+//! and re-classifying known processes; the first scan stays ~15 ms.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
