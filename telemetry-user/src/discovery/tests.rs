@@ -669,3 +669,100 @@ fn live_host_snapshot() {
     );
     println!("{:?}", d.watch_plan());
 }
+
+#[test]
+fn steady_rescan_reads_no_tcp_table_and_classifies_nothing() {
+    let mut f = full_tree();
+    let mut d = Discovery::new(f.source(), Selectors::default());
+    d.full_scan();
+    let first = d.last_scan_stats();
+    assert!(first.tcp_tables >= 1, "{first:?}");
+    assert_eq!(first.classified, first.pids, "{first:?}");
+    let before = d.snapshot();
+    assert!(d.full_scan().is_empty());
+    let s = d.last_scan_stats();
+    assert_eq!((s.tcp_tables, s.classified), (0, 0), "{s:?}");
+    assert_eq!(s.pids, first.pids);
+    assert_eq!(d.snapshot(), before);
+
+    // A worker's client of a local service: no BEAM holds the peer. Looked up until
+    // settled, then no more table reads.
+    f.add_proc(400, 1, "postgres", &["postgres"], &[]);
+    f.sock(400, 7, 3001, "127.0.0.1:5433", "127.0.0.1:46000", ESTAB);
+    f.sock(WA, 9, 3000, "127.0.0.1:46000", "127.0.0.1:5433", ESTAB);
+    for _ in 0..3 {
+        assert!(d.full_scan().is_empty());
+        d.tick();
+    }
+    d.full_scan();
+    let s = d.last_scan_stats();
+    assert_eq!((s.tcp_tables, s.classified), (0, 0), "{s:?}");
+    assert_eq!(d.snapshot().pending_sockets, 0);
+    assert!(d.conn_for_fd(WA, 9).is_none());
+
+    // Unix sockets are in no tcp table: looked up by two rescans, then settled.
+    f.add_fd(BEAM, 22, "socket:[9999]");
+    f.add_fd(WB, 8, "socket:[9998]");
+    let reads: Vec<u32> = (0..3)
+        .map(|_| {
+            d.full_scan();
+            d.last_scan_stats().tcp_tables
+        })
+        .collect();
+    assert!(reads[0] > 0 && reads[1] > 0 && reads[2] == 0, "{reads:?}");
+
+    // Events were missed: the rescan still finds a new connection...
+    f.sock(BEAM, 21, 1005, "127.0.0.1:40003", "127.0.0.1:50002", ESTAB);
+    f.sock(WB, 7, 2103, "127.0.0.1:50002", "127.0.0.1:40003", ESTAB);
+    let ch = d.full_scan();
+    assert!(
+        ch.iter()
+            .any(|c| matches!(c, TopologyChange::ConnectionOpened { conn }
+            if conn.worker_pid == WB && conn.worker_fd == 7 && conn.beam_fd == 21
+                && conn.role == ConnRole::BeamClient)),
+        "{ch:?}"
+    );
+    // ...and a process that exec'd into a worker (its comm changed).
+    let w = worker_cmd("grpc_server.py", "4000");
+    f.add_proc(
+        300,
+        1,
+        "python3",
+        &refs(&w),
+        &["SNAKEPIT_READY_FILE=/tmp/snakepit_ready_default_worker_3_aa11_9"],
+    );
+    let ch = d.full_scan();
+    assert_eq!(d.last_scan_stats().classified, 1);
+    assert!(
+        ch.iter()
+            .any(|c| matches!(c, TopologyChange::WorkerDiscovered(w)
+            if w.pid == 300 && w.beam_pid == Some(BEAM))),
+        "{ch:?}"
+    );
+}
+
+#[test]
+fn fd_permission_denied_is_counted_once_per_read() {
+    let f = full_tree();
+    let mut d = Discovery::new(f.source(), Selectors::default());
+    let denied = DiscoveryError::Io {
+        path: PathBuf::from("/proc/7/fd"),
+        source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+    };
+    let gone = DiscoveryError::Io {
+        path: PathBuf::from("/proc/8/fd"),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    };
+    assert!(denied.is_permission_denied());
+    assert!(!gone.is_permission_denied());
+    let mut ctx = reads::Ctx::default();
+    ctx.note_fd_error(7, &denied);
+    ctx.note_fd_error(8, &gone);
+    d.finish(&ctx);
+    d.finish(&ctx);
+    assert_eq!(d.fd_permission_errors(), 2);
+    // A scan of readable fds adds none.
+    d.full_scan();
+    assert_eq!(d.last_scan_stats().fd_permission_denied, 0);
+    assert_eq!(d.fd_permission_errors(), 2);
+}
