@@ -588,19 +588,6 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.state = WALK_DONE;
         return LOOP_STOP;
     }
-    // Seek the iovec holding pos.
-    for _ in 0..SEEK_IOVECS {
-        if w.vbase + w.vlen > w.pos {
-            break;
-        }
-        if !next_iovec(w) {
-            return lose(w);
-        }
-    }
-    if w.vbase + w.vlen <= w.pos {
-        return LOOP_CONTINUE;
-    }
-
     let avail = w.ret - w.pos;
     let need = (w.hdr - w.hgot) as u64;
     // Header bytes present in this syscall (fewer than `need` when split at its end).
@@ -610,6 +597,20 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     } else if w.pos >= w.mstart && w.pos + k <= w.mend {
         w.mdata + (w.pos - w.mstart)
     } else {
+        // The header is beyond what was copied: find the iovec holding it (only
+        // here, so a small write whose headers all lie in the prefix reads no
+        // iovec at all).
+        for _ in 0..SEEK_IOVECS {
+            if w.vbase + w.vlen > w.pos {
+                break;
+            }
+            if !next_iovec(w) {
+                return lose(w);
+            }
+        }
+        if w.vbase + w.vlen <= w.pos {
+            return LOOP_CONTINUE;
+        }
         // Out of slots: keep following the frames, rewriting the last slot, so the
         // cursor stays exact for the next syscall (the record says Overflow).
         if w.marks >= MAX_MARKS {
