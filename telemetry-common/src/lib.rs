@@ -37,6 +37,9 @@ pub const MAP_IO_SCRATCH: &str = "IO_SCRATCH";
 /// from the sender's writes; the receiver's reads send frame headers only (see
 /// `Capture::Frames`), and only for syscalls in which a frame ends.
 pub const GLOBAL_DECODE_ONCE: &str = "DECODE_ONCE";
+/// Global (set by the loader from BTF): offsets of the first three syscall arguments
+/// in `struct pt_regs` (`[u32; 3]`), read at the exits of the read family.
+pub const GLOBAL_PT_REGS_ARG_OFFSETS: &str = "PT_REGS_ARG_OFFSETS";
 /// `FdKey -> CursorHint`: user space tells the kernel where the next frame header of a
 /// stream joined mid-way lies, so its frame cursor (and the lean capture) can start.
 pub const MAP_CURSOR_HINTS: &str = "CURSOR_HINTS";

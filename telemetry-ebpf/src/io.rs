@@ -9,7 +9,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -23,8 +26,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, decode_once, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, CURSOR_HINTS, EVENTS,
-    IO_SCRATCH, PENDING_IO, WALK_SCRATCH, WATCHED_FDS,
+    capture_bytes, ctx_u64, decode_once, regs_arg_offsets, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP,
+    CURSOR_HINTS, EVENTS, IO_SCRATCH, PENDING_IO, WALK_SCRATCH, WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -62,14 +65,21 @@ macro_rules! io_probes {
     };
 }
 
-io_probes!(
-    sys_enter_read,
-    sys_exit_read,
-    Syscall::Read,
-    Direction::Ingress,
-    PROBE_READ,
-    Buf::Plain
-);
+/// The read family has no enter program: what data arrived is known at the exit,
+/// whose arguments come from the task's saved registers. One program run and no
+/// PENDING_IO round trip per read, for every process on the host.
+macro_rules! read_probe {
+    ($exit:ident, $sys:expr, $probe:expr, $buf:expr) => {
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            match try_exit_read(&ctx, $sys, $probe, $buf) {
+                Ok(()) | Err(()) => 0,
+            }
+        }
+    };
+}
+
+read_probe!(sys_exit_read, Syscall::Read, PROBE_READ, Buf::Plain);
 io_probes!(
     sys_enter_write,
     sys_exit_write,
@@ -78,14 +88,7 @@ io_probes!(
     PROBE_WRITE,
     Buf::Plain
 );
-io_probes!(
-    sys_enter_readv,
-    sys_exit_readv,
-    Syscall::Readv,
-    Direction::Ingress,
-    PROBE_READV,
-    Buf::Vec
-);
+read_probe!(sys_exit_readv, Syscall::Readv, PROBE_READV, Buf::Vec);
 io_probes!(
     sys_enter_writev,
     sys_exit_writev,
@@ -94,11 +97,9 @@ io_probes!(
     PROBE_WRITEV,
     Buf::Vec
 );
-io_probes!(
-    sys_enter_recvfrom,
+read_probe!(
     sys_exit_recvfrom,
     Syscall::Recvfrom,
-    Direction::Ingress,
     PROBE_RECVFROM,
     Buf::Plain
 );
@@ -110,14 +111,7 @@ io_probes!(
     PROBE_SENDTO,
     Buf::Plain
 );
-io_probes!(
-    sys_enter_recvmsg,
-    sys_exit_recvmsg,
-    Syscall::Recvmsg,
-    Direction::Ingress,
-    PROBE_RECVMSG,
-    Buf::Msg
-);
+read_probe!(sys_exit_recvmsg, Syscall::Recvmsg, PROBE_RECVMSG, Buf::Msg);
 io_probes!(
     sys_enter_sendmsg,
     sys_exit_sendmsg,
@@ -195,6 +189,78 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
         // Stale entry from a syscall whose exit we never saw.
         return Ok(());
     }
+    finish_io(ctx, pid_tgid, &pending, probe)
+}
+
+/// A read's exit: its arguments from the saved user registers (x86_64 syscall ABI:
+/// fd, buffer, count/iovcnt in di, si, dx; offsets from BTF).
+#[inline(always)]
+fn try_exit_read(ctx: &TracePointContext, sys: Syscall, probe: u32, buf: Buf) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    let offs = regs_arg_offsets();
+    let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
+    let key = FdKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
+    // The miss path: one register read and one hash lookup.
+    if WATCHED_FDS.get_ptr(key).is_none() {
+        return Ok(());
+    }
+    let arg = read_kernel_u64(regs, offs[1]).ok_or(())?;
+    let mut pending = PendingIo {
+        // Reads are timed by their exit (when the data arrived).
+        ts_enter_ns: 0,
+        buf: 0,
+        iov: 0,
+        iovcnt: 0,
+        fd: fd as i32,
+        syscall: sys as u8,
+        direction: Direction::Ingress as u8,
+        _pad: [0; 6],
+    };
+    match buf {
+        Buf::Plain => pending.buf = arg,
+        Buf::Vec => {
+            pending.iov = arg;
+            pending.iovcnt = read_kernel_u64(regs, offs[2]).unwrap_or(0) as u32;
+        }
+        Buf::Msg => {
+            // user_msghdr: name, namelen, msg_iov (+16), msg_iovlen (+24).
+            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
+            match unsafe { bpf_probe_read_user(arg as *const [u64; 4]) } {
+                Ok(hdr) => {
+                    pending.iov = hdr[2];
+                    pending.iovcnt = hdr[3] as u32;
+                }
+                Err(_) => stat_add(probe, STAT_READ_ERRORS, 1),
+            }
+        }
+    }
+    finish_io(ctx, pid_tgid, &pending, probe)
+}
+
+/// A u64 at `base + off` in kernel memory (the saved registers).
+#[inline(always)]
+fn read_kernel_u64(base: u64, off: u32) -> Option<u64> {
+    if base == 0 || off == u32::MAX {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.ok()
+}
+
+/// The common exit of a watched I/O syscall: totals, sequence number, capture, frame
+/// walk, record.
+#[inline(always)]
+fn finish_io(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    pending: &PendingIo,
+    probe: u32,
+) -> Result<(), ()> {
     let ret = ctx_u64(ctx, RET) as i64;
     let tgid = (pid_tgid >> 32) as u32;
     let key = FdKey {
@@ -250,9 +316,15 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
     ev.header._pad = 0;
     ev.header.stream_pos = stream_pos;
     ev.header.ret = ret;
-    ev.header.ts_enter_ns = pending.ts_enter_ns;
     // SAFETY: a helper call without arguments.
-    ev.header.ts_exit_ns = unsafe { bpf_ktime_get_ns() };
+    let ts_exit = unsafe { bpf_ktime_get_ns() };
+    // Reads have no enter: their time is their exit (when the data arrived).
+    ev.header.ts_enter_ns = if pending.ts_enter_ns != 0 {
+        pending.ts_enter_ns
+    } else {
+        ts_exit
+    };
+    ev.header.ts_exit_ns = ts_exit;
     ev.header.seq = seq;
 
     let mut captured: u32 = 0;
@@ -287,7 +359,7 @@ fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()>
 
     let mut marks: u32 = 0;
     if ret > 0 {
-        marks = follow_frames(state, dir, ev, &pending, ret as u64, captured, probe);
+        marks = follow_frames(state, dir, ev, pending, ret as u64, captured, probe);
     }
 
     // Send only the header, the used part of the prefix and the marks.

@@ -53,6 +53,10 @@ static TASK_TGID_OFFSET: u32 = u32::MAX;
 static TASK_REAL_PARENT_OFFSET: u32 = u32::MAX;
 #[no_mangle]
 static DECODE_ONCE: u32 = 0;
+/// Offsets of the first three syscall arguments in `struct pt_regs` (di, si, dx on
+/// x86_64), from BTF; the defaults are the x86_64 layout.
+#[no_mangle]
+static PT_REGS_ARG_OFFSETS: [u32; 3] = [112, 104, 96];
 
 #[inline(always)]
 pub fn capture_bytes() -> u32 {
@@ -63,6 +67,13 @@ pub fn capture_bytes() -> u32 {
     } else {
         v
     }
+}
+
+/// See PT_REGS_ARG_OFFSETS.
+#[inline(always)]
+pub fn regs_arg_offsets() -> [u32; 3] {
+    // SAFETY: a plain read of a loader-patched global.
+    unsafe { core::ptr::read_volatile(&PT_REGS_ARG_OFFSETS) }
 }
 
 /// Decode each direction of a connection from the sender's side only.

@@ -136,7 +136,7 @@ fn capture_lifecycle_and_stats() {
 async fn capture_lifecycle_and_stats_body() {
     let mut probes = load_full();
     let mut rx = probes.events().expect("events");
-    assert_eq!(probes.attached().len(), 25, "{:?}", probes.attached());
+    assert_eq!(probes.attached().len(), 21, "{:?}", probes.attached());
 
     // --- sockets of a watched child ---
     let (mut child, mut out) = spawn_python(CHILD);

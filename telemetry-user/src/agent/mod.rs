@@ -621,6 +621,11 @@ impl Agent {
             .measure("map_full", ks.total(STAT_MAP_FULL))
             .measure("truncated_bytes", ks.total(STAT_TRUNCATED))
             .measure("watch_errors", self.counters.watch_errors)
+            .measure(
+                "proc_permission_errors",
+                self.discovery.fd_permission_errors(),
+            )
+            .measure("chunks_timed", ps.chunks_timed)
             .measure("bus_lagged", self.bus.lagged())
             .measure("watched_fds", self.probes.watched_fd_count() as u64)
             .meta("probes", per_probe)

@@ -13,9 +13,10 @@ use aya::{
 };
 use telemetry_common::{
     CursorHint, Direction, FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
-    GLOBAL_DECODE_ONCE, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
-    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
-    MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
+    GLOBAL_DECODE_ONCE, GLOBAL_PT_REGS_ARG_OFFSETS, GLOBAL_TASK_EXIT_CODE_OFFSET,
+    GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET,
+    MAP_CURSOR_HINTS, MAP_EVENTS, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE,
+    PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -65,28 +66,18 @@ enum Hook {
 
 /// (program name in the object, hook). Syscall programs are named after their event.
 const PROGRAMS: &[(&str, Hook)] = &[
-    ("sys_enter_read", Hook::Tp("syscalls", "sys_enter_read")),
     ("sys_exit_read", Hook::Tp("syscalls", "sys_exit_read")),
     ("sys_enter_write", Hook::Tp("syscalls", "sys_enter_write")),
     ("sys_exit_write", Hook::Tp("syscalls", "sys_exit_write")),
-    ("sys_enter_readv", Hook::Tp("syscalls", "sys_enter_readv")),
     ("sys_exit_readv", Hook::Tp("syscalls", "sys_exit_readv")),
     ("sys_enter_writev", Hook::Tp("syscalls", "sys_enter_writev")),
     ("sys_exit_writev", Hook::Tp("syscalls", "sys_exit_writev")),
-    (
-        "sys_enter_recvfrom",
-        Hook::Tp("syscalls", "sys_enter_recvfrom"),
-    ),
     (
         "sys_exit_recvfrom",
         Hook::Tp("syscalls", "sys_exit_recvfrom"),
     ),
     ("sys_enter_sendto", Hook::Tp("syscalls", "sys_enter_sendto")),
     ("sys_exit_sendto", Hook::Tp("syscalls", "sys_exit_sendto")),
-    (
-        "sys_enter_recvmsg",
-        Hook::Tp("syscalls", "sys_enter_recvmsg"),
-    ),
     ("sys_exit_recvmsg", Hook::Tp("syscalls", "sys_exit_recvmsg")),
     (
         "sys_enter_sendmsg",
@@ -189,7 +180,12 @@ pub struct TaskOffsets {
     pub pid: u32,
     pub tgid: u32,
     pub real_parent: u32,
+    /// `struct pt_regs` di, si, dx: the first three syscall arguments (x86_64).
+    pub regs_args: [u32; 3],
 }
+
+/// `struct pt_regs` di, si, dx on x86_64 (its layout is the ptrace ABI).
+const X86_64_REGS_ARGS: [u32; 3] = [112, 104, 96];
 
 impl TaskOffsets {
     pub fn from_kernel() -> TaskOffsets {
@@ -198,6 +194,7 @@ impl TaskOffsets {
             pid: u32::MAX,
             tgid: u32::MAX,
             real_parent: u32::MAX,
+            regs_args: X86_64_REGS_ARGS,
         };
         let btf = match Btf::from_sys() {
             Ok(b) => b,
@@ -213,11 +210,18 @@ impl TaskOffsets {
                 u32::MAX
             }
         };
+        let mut regs_args = X86_64_REGS_ARGS;
+        for (slot, reg) in regs_args.iter_mut().zip(["di", "si", "dx"]) {
+            if let Ok(o) = btf.member_offset("pt_regs", reg) {
+                *slot = o;
+            }
+        }
         TaskOffsets {
             exit_code: get("exit_code"),
             pid: get("pid"),
             tgid: get("tgid"),
             real_parent: get("real_parent"),
+            regs_args,
         }
     }
 }
@@ -272,6 +276,7 @@ impl Probes {
             .override_global(GLOBAL_TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
             .override_global(GLOBAL_DECODE_ONCE, &decode_once, true)
+            .override_global(GLOBAL_PT_REGS_ARG_OFFSETS, &offsets.regs_args, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(PROBES_OBJ)
             .map_err(KernelError::Load)?;
