@@ -72,8 +72,11 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (config, duration) = args.into_config()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the whole pipeline and every sink: each kernel record fans out to
+    // several sink tasks, and on a multi-threaded runtime every hand-off was a
+    // cross-thread wakeup (a third of the agent's CPU in perf). Blocking work (NVML,
+    // the OTLP SDK's own thread) stays off this thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {

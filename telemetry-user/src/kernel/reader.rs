@@ -22,8 +22,8 @@ pub const CHANNEL_CAPACITY: usize = 65536;
 const BATCH: usize = 1024;
 /// Poll interval while records keep coming, and the longest one when idle (the
 /// interval doubles from the first to the second while the ring stays empty).
-const POLL_MIN: Duration = Duration::from_millis(2);
-const POLL_MAX: Duration = Duration::from_millis(16);
+const POLL_MIN: Duration = Duration::from_millis(4);
+const POLL_MAX: Duration = Duration::from_millis(20);
 
 pub(crate) async fn run(
     mut ring: RingBuf<MapData>,
