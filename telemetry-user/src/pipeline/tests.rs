@@ -233,6 +233,22 @@ fn lean_records(r: Rec, stream: &[u8], heads: &[usize], reads: &[usize], t: u64)
     out
 }
 
+/// The tool names of the ExecuteTool requests decoded in `obs`.
+fn request_tools(obs: &[Observation]) -> Vec<String> {
+    obs.iter()
+        .filter_map(|o| match &o.what {
+            Observed::Message {
+                flow: Flow::Request,
+                message,
+                ..
+            } => sp::decode_execute_tool_request(&message.data)
+                .ok()
+                .map(|p| p.msg.tool_name),
+            _ => None,
+        })
+        .collect()
+}
+
 fn feed(p: &mut Pipeline, dir: &OneConn, recs: Vec<IoRecord>) -> Vec<Observation> {
     let mut out = Vec::new();
     for r in recs {
@@ -291,19 +307,7 @@ fn decode_once_full_sender_lean_receiver() {
         lean_records(WORKER_IN, &req, &req_heads, &[cut, req.len() - cut], 2000),
     );
     // The decoding side: both requests, with their tool names.
-    let tools: Vec<String> = beam_out
-        .iter()
-        .filter_map(|o| match &o.what {
-            Observed::Message {
-                flow: Flow::Request,
-                message,
-                ..
-            } => sp::decode_execute_tool_request(&message.data)
-                .ok()
-                .map(|p| p.msg.tool_name),
-            _ => None,
-        })
-        .collect();
+    let tools = request_tools(&beam_out);
     assert_eq!(tools, ["tool_0", "tool_1"]);
     assert!(beam_out.iter().all(|o| o.side == Side::Beam));
     // The timing side: no content, the end of each request at the read that held it.
@@ -459,19 +463,7 @@ fn joined_mid_stream_full_records_find_frames_and_hint_the_kernel() {
         r.cursor_in = None;
     }
     let obs = feed(&mut p, &dir, recs);
-    let tools: Vec<String> = obs
-        .iter()
-        .filter_map(|o| match &o.what {
-            Observed::Message {
-                flow: Flow::Request,
-                message,
-                ..
-            } => sp::decode_execute_tool_request(&message.data)
-                .ok()
-                .map(|p| p.msg.tool_name),
-            _ => None,
-        })
-        .collect();
+    let tools = request_tools(&obs);
     assert!(tools.ends_with(&["tool_4".to_string()]), "{tools:?}");
     // The decoder knows where the next header is: 7 bytes into a DATA frame.
     let hints = p.take_cursor_hints();
