@@ -1158,3 +1158,68 @@ fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
 }
 mod bench;
 mod golden;
+
+/// A 50 MB response written in one sendmsg overflows the kernel's mark slots: the
+/// server side's decoder loses sync and never sees the trailers. The client's timed
+/// end completes the call at once, in either order.
+#[test]
+fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
+    for lost_first in [true, false] {
+        let c = grpc_conn(42);
+        let req = tool_request("large", &[]);
+        let (ev, stats) = run(cfg(), |t| {
+            t.observe(ob(
+                &c,
+                Side::Beam,
+                M.t0,
+                M.t0 + 10,
+                req_headers(1, Some(PATH_EXEC), None),
+            ));
+            t.observe(ob(
+                &c,
+                Side::Beam,
+                M.t0,
+                M.t0 + 10,
+                msg(Flow::Request, 1, req.clone()),
+            ));
+            t.observe(ob(&c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+            t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
+            let lost = ob(
+                &c,
+                Side::Worker,
+                M.t2,
+                M.t2 + 9,
+                Observed::SyncLost {
+                    flow: Flow::Response,
+                },
+            );
+            let timed = ob(
+                &c,
+                Side::Beam,
+                M.t3 - 20,
+                M.t3,
+                Observed::Timing {
+                    flow: Flow::Response,
+                    stream_id: 1,
+                    end: FrameEnd::Headers { end_stream: true },
+                },
+            );
+            if lost_first {
+                t.observe(lost);
+                t.observe(timed);
+            } else {
+                t.observe(timed);
+                t.observe(lost);
+            }
+            assert_eq!(
+                t.stats().in_flight,
+                0,
+                "completed without waiting (lost_first {lost_first})"
+            );
+        });
+        let stops = named(&ev, schema::CALL_STOP);
+        assert_eq!(stops.len(), 1);
+        assert_eq!(num(stops[0], "duration"), Some(4_300));
+        assert_eq!(stats.in_flight, 0);
+    }
+}

@@ -270,7 +270,7 @@ impl CallTracker {
                 let end = call.t3.or(call.server_done).unwrap_or(obs.ts_exit_ns);
                 self.complete(key, end, None);
             }
-            Observed::SyncLost { .. } => {
+            Observed::SyncLost { flow } => {
                 if is_client {
                     // Calls in flight now get no client end; those the server side
                     // already finished complete at once. Later calls are unaffected:
@@ -286,6 +286,29 @@ impl CallTracker {
                     let done: Vec<(Key, u64)> = done.into_iter().map(|(_, k, t)| (k, t)).collect();
                     for (k, t) in done {
                         self.stats.worker_only_completions += 1;
+                        self.complete(k, t, None);
+                    }
+                } else if *flow == Flow::Response {
+                    // The server's writes lost frame sync (e.g. a 50 MB response in one
+                    // sendmsg, more frames than the kernel's mark slots): the end of calls
+                    // in flight may never be decoded. The client's timed end completes
+                    // them; those already read complete now.
+                    // Only responses under way can have been cut; later ones decode
+                    // normally once the decoder resyncs at the next syscall.
+                    let mut done = Vec::new();
+                    let cut = |c: &Call| c.t2.is_some() && c.server_done.is_none();
+                    for (k, c) in self
+                        .calls
+                        .iter_mut()
+                        .filter(|(k, c)| k.0 == conn_id && cut(c))
+                    {
+                        c.server_lost = true;
+                        if let Some(t) = c.t3 {
+                            done.push((c.seq, *k, t));
+                        }
+                    }
+                    done.sort_unstable_by_key(|d| d.0);
+                    for (_, k, t) in done {
                         self.complete(k, t, None);
                     }
                 }
@@ -337,8 +360,9 @@ impl CallTracker {
                     (Flow::Response, true) if ended => {
                         call.t3 = Some(obs.ts_exit_ns);
                         // The decoding side (the server's writes) may still be on its
-                        // way: the call completes when both ends are known.
-                        if call.server_done.is_some() {
+                        // way: the call completes when both ends are known (or when
+                        // that side lost sync and will not tell).
+                        if call.server_done.is_some() || call.server_lost {
                             self.progress(key);
                             self.complete(key, obs.ts_exit_ns, None);
                         }

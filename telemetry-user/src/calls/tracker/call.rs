@@ -34,6 +34,9 @@ pub(super) struct Call {
     /// The client side lost frame sync while this call was in flight: its end
     /// will not be seen from there.
     pub(super) client_lost: bool,
+    /// The server's writes lost frame sync while this call was in flight: its end may
+    /// never be decoded, the client's timed end completes it.
+    pub(super) server_lost: bool,
     pub(super) req_bytes: [u64; 2],
     pub(super) resp_bytes: [u64; 2],
     pub(super) resp_msgs: [u64; 2],
@@ -81,6 +84,7 @@ impl Call {
             server_done: None,
             server_req_seen: false,
             client_lost: false,
+            server_lost: false,
             req_bytes: [0; 2],
             resp_bytes: [0; 2],
             resp_msgs: [0; 2],
