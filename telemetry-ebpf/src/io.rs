@@ -157,17 +157,7 @@ fn try_enter(
             pending.iov = arg;
             pending.iovcnt = ctx_u64(ctx, ARG2) as u32;
         }
-        Buf::Msg => {
-            // user_msghdr: name, namelen, msg_iov (+16), msg_iovlen (+24).
-            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
-            match unsafe { bpf_probe_read_user(arg as *const [u64; 4]) } {
-                Ok(hdr) => {
-                    pending.iov = hdr[2];
-                    pending.iovcnt = hdr[3] as u32;
-                }
-                Err(_) => stat_add(probe, STAT_READ_ERRORS, 1),
-            }
-        }
+        Buf::Msg => set_msg_iov(&mut pending, arg, probe),
     }
     if PENDING_IO.insert(pid_tgid, pending, BPF_ANY).is_err() {
         stat_add(probe, STAT_MAP_FULL, 1);
@@ -227,19 +217,23 @@ fn try_exit_read(ctx: &TracePointContext, sys: Syscall, probe: u32, buf: Buf) ->
             pending.iov = arg;
             pending.iovcnt = read_kernel_u64(regs, offs[2]).unwrap_or(0) as u32;
         }
-        Buf::Msg => {
-            // user_msghdr: name, namelen, msg_iov (+16), msg_iovlen (+24).
-            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
-            match unsafe { bpf_probe_read_user(arg as *const [u64; 4]) } {
-                Ok(hdr) => {
-                    pending.iov = hdr[2];
-                    pending.iovcnt = hdr[3] as u32;
-                }
-                Err(_) => stat_add(probe, STAT_READ_ERRORS, 1),
-            }
-        }
+        Buf::Msg => set_msg_iov(&mut pending, arg, probe),
     }
     finish_io(ctx, pid_tgid, &pending, probe)
+}
+
+/// The iovec array of a `struct user_msghdr` at `msghdr` (name, namelen, msg_iov at
+/// +16, msg_iovlen at +24).
+#[inline(always)]
+fn set_msg_iov(pending: &mut PendingIo, msghdr: u64, probe: u32) {
+    // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
+    match unsafe { bpf_probe_read_user(msghdr as *const [u64; 4]) } {
+        Ok(hdr) => {
+            pending.iov = hdr[2];
+            pending.iovcnt = hdr[3] as u32;
+        }
+        Err(_) => stat_add(probe, STAT_READ_ERRORS, 1),
+    }
 }
 
 /// A u64 at `base + off` in kernel memory (the saved registers).

@@ -1026,6 +1026,9 @@ fn client_sync_loss_completes_in_flight_calls_from_the_worker_side_only() {
     assert_eq!(stats.worker_only_completions, 1);
 }
 
+/// The BEAM's side of a request only (its writes, decoded).
+const BEAM_ONLY: Moments = Moments { worker: false, ..M };
+
 /// Decode-once: each flow is decoded from its sender only; the receivers' reads come
 /// as timing. `beam_end_first`: the BEAM's read of the response end is seen before
 /// the worker's decoded response (ring-buffer order across CPUs).
@@ -1041,21 +1044,7 @@ fn unary_decoded_once(
         stream_id: 1,
         end,
     };
-    t.observe(ob(
-        c,
-        Side::Beam,
-        M.t0,
-        M.t0 + 10,
-        req_headers(1, Some(PATH_EXEC), Some("c-1")),
-    ));
-    t.observe(ob(
-        c,
-        Side::Beam,
-        M.t0,
-        M.t0 + 10,
-        msg(Flow::Request, 1, req.to_vec()),
-    ));
-    t.observe(ob(c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+    request_half(t, c, 1, Some(PATH_EXEC), req, BEAM_ONLY);
     t.observe(ob(
         c,
         Side::Worker,
@@ -1126,21 +1115,7 @@ fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
     let c = grpc_conn(41);
     let req = tool_request("echo", &[]);
     let (ev, stats) = run(cfg(), |t| {
-        t.observe(ob(
-            &c,
-            Side::Beam,
-            M.t0,
-            M.t0 + 10,
-            req_headers(1, Some(PATH_EXEC), None),
-        ));
-        t.observe(ob(
-            &c,
-            Side::Beam,
-            M.t0,
-            M.t0 + 10,
-            msg(Flow::Request, 1, req.clone()),
-        ));
-        t.observe(ob(&c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+        request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
         let timed = Observed::Timing {
             flow: Flow::Response,
             stream_id: 1,
@@ -1156,9 +1131,6 @@ fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
     assert_eq!(num(stops[0], "duration"), Some(4_300));
     assert_eq!(stats.in_flight, 0);
 }
-mod bench;
-mod golden;
-
 /// A 50 MB response written in one sendmsg overflows the kernel's mark slots: the
 /// server side's decoder loses sync and never sees the trailers. The client's timed
 /// end completes the call at once, in either order.
@@ -1168,21 +1140,7 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
         let c = grpc_conn(42);
         let req = tool_request("large", &[]);
         let (ev, stats) = run(cfg(), |t| {
-            t.observe(ob(
-                &c,
-                Side::Beam,
-                M.t0,
-                M.t0 + 10,
-                req_headers(1, Some(PATH_EXEC), None),
-            ));
-            t.observe(ob(
-                &c,
-                Side::Beam,
-                M.t0,
-                M.t0 + 10,
-                msg(Flow::Request, 1, req.clone()),
-            ));
-            t.observe(ob(&c, Side::Beam, M.t0, M.t0 + 10, end(Flow::Request, 1)));
+            request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
             t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
             let lost = ob(
                 &c,
@@ -1223,3 +1181,6 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
         assert_eq!(stats.in_flight, 0);
     }
 }
+
+mod bench;
+mod golden;
