@@ -253,6 +253,9 @@ impl Pipeline {
                 Decoder::Packet(p) => s.merge(&p.stats),
                 Decoder::Ignore => {}
             }
+            if let Some(t) = &d.timer {
+                s.merge(&t.stats());
+            }
         }
         s
     }
@@ -261,12 +264,13 @@ impl Pipeline {
         self.assembler.stats
     }
 
-    fn retire(&mut self, d: DirDecoder) {
+    fn retire(&mut self, mut d: DirDecoder) {
         match &d.decoder {
             Decoder::Grpc(g) => self.retired_wire_stats.merge(&g.stats()),
             Decoder::Packet(p) => self.retired_wire_stats.merge(&p.stats),
             Decoder::Ignore => {}
         }
+        retire_timer(&mut self.retired_wire_stats, &mut d.timer);
     }
 
     fn route(
@@ -327,7 +331,7 @@ impl Pipeline {
                     Decoder::Ignore => Decoder::Ignore,
                 };
                 let old = std::mem::replace(&mut d.decoder, fresh);
-                d.timer = None;
+                retire_timer(&mut self.retired_wire_stats, &mut d.timer);
                 d.decoder_behind = false;
                 match &old {
                     Decoder::Grpc(g) => self.retired_wire_stats.merge(&g.stats()),
@@ -354,7 +358,7 @@ impl Pipeline {
         self.stats.chunks_decoded += 1;
         // A full record: what a timer knew ends here, and a decoder that slept
         // through lean records picks up at the kernel's frame start.
-        d.timer = None;
+        retire_timer(&mut self.retired_wire_stats, &mut d.timer);
         if d.decoder_behind {
             d.decoder_behind = false;
             if let Decoder::Grpc(_) = d.decoder {
@@ -615,6 +619,13 @@ impl Pipeline {
             flow,
             peer,
         }
+    }
+}
+
+/// Drops a timer, keeping its counters (errors of lean records are counted too).
+fn retire_timer(retired: &mut DecodeStats, timer: &mut Option<FrameTimer>) {
+    if let Some(t) = timer.take() {
+        retired.merge(&t.stats());
     }
 }
 

@@ -486,3 +486,37 @@ fn joined_mid_stream_full_records_find_frames_and_hint_the_kernel() {
         )
     );
 }
+
+#[test]
+fn lean_record_errors_are_counted_and_survive_the_timer() {
+    let dir = directory();
+    let mut p = live_pipeline(&dir);
+    // The worker reads a request whose gRPC message prefix is invalid (flag byte 7).
+    let mut req = PREFACE.to_vec();
+    let h_headers = req.len();
+    req.extend(frame(1, 0x4, 1, &block(&[(":path", TOOL_PATH)])));
+    let h_data = req.len();
+    req.extend(frame(0, 0x1, 1, &[7, 0, 0, 0, 1, 42]));
+    let heads = [h_headers, h_data];
+    let _ = feed(
+        &mut p,
+        &dir,
+        lean_records(WORKER_IN, &req, &heads, &[req.len()], 10),
+    );
+    let bad = |p: &Pipeline| {
+        p.wire_stats()
+            .errors(crate::wire::ErrorKind::BadMessagePrefix)
+    };
+    assert_eq!(bad(&p), 1);
+    // A full record on the same stream retires the timer: its count stays.
+    let more = frame(4, 0, 0, &[]);
+    let mut rec = full_records(WORKER_IN, &more, &[0], &[more.len()], 1, 20);
+    rec[0].stream_pos = req.len() as u64;
+    let _ = feed(&mut p, &dir, rec);
+    assert_eq!(bad(&p), 1);
+    assert_eq!(
+        p.wire_stats().gap_bytes,
+        0,
+        "a lean record's payload is no gap"
+    );
+}
