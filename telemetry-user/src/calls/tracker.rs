@@ -293,10 +293,10 @@ impl CallTracker {
                     // sendmsg, more frames than the kernel's mark slots): the end of calls
                     // in flight may never be decoded. The client's timed end completes
                     // them; those already read complete now.
-                    // Only responses under way can have been cut; later ones decode
-                    // normally once the decoder resyncs at the next syscall.
+                    // Any response not yet decoded may be cut: the decoder finds frames
+                    // again only at a later syscall's frame start.
                     let mut done = Vec::new();
-                    let cut = |c: &Call| c.t2.is_some() && c.server_done.is_none();
+                    let cut = |c: &Call| c.server_done.is_none();
                     for (k, c) in self
                         .calls
                         .iter_mut()

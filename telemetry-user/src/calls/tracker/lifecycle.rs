@@ -2,6 +2,10 @@
 //! periods, stale calls, pool size events).
 use super::*;
 
+/// How long a call whose client read its end waits for the server's decoded side:
+/// those records are at most a reader poll and a reorder wait behind (~40 ms).
+const TIMED_END_GRACE_NS: u64 = 250_000_000;
+
 impl CallTracker {
     pub fn lifecycle(&mut self, ev: Lifecycle) {
         match ev {
@@ -116,7 +120,7 @@ impl CallTracker {
             // The client read the end but the server's side of it never came (its
             // records lost): complete with what is known.
             if let (Some(t3), None) = (c.t3, c.server_done) {
-                if now_mono_ns.saturating_sub(t3) >= grace {
+                if now_mono_ns.saturating_sub(t3) >= TIMED_END_GRACE_NS {
                     finish.insert(c.seq, (*k, t3));
                     continue;
                 }
