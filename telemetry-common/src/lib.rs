@@ -155,6 +155,15 @@ pub enum RecordKind {
     FdClose = 6,
     /// A `ProcEvent` whose `tgid` the OOM killer chose (oom/mark_victim).
     OomKill = 7,
+    /// A `SchedEvent`: a sched-watched thread left the CPU (sched_switch, prev).
+    SchedOut = 20,
+    /// A `SchedEvent`: a sched-watched thread got the CPU (sched_switch, next).
+    SchedIn = 21,
+    /// A `SchedEvent`: a sched-watched thread was made runnable (sched_waking,
+    /// sched_wakeup_new), with its waker.
+    SchedWake = 22,
+    /// A `SerializeEvent`: one (de)serialization call in a worker (uprobe + uretprobe).
+    Serialize = 23,
 }
 
 impl TryFrom<u32> for RecordKind {
@@ -168,6 +177,10 @@ impl TryFrom<u32> for RecordKind {
             5 => RecordKind::FdOpen,
             6 => RecordKind::FdClose,
             7 => RecordKind::OomKill,
+            20 => RecordKind::SchedOut,
+            21 => RecordKind::SchedIn,
+            22 => RecordKind::SchedWake,
+            23 => RecordKind::Serialize,
             _ => return Err(v),
         })
     }
@@ -498,11 +511,33 @@ pub const PROBE_FORK: u32 = 11;
 pub const PROBE_EXEC: u32 = 12;
 pub const PROBE_EXIT: u32 = 13;
 pub const PROBE_OOM: u32 = 14;
-pub const PROBE_COUNT: u32 = 15;
+/// sched_switch of sched-watched threads (both ends).
+pub const PROBE_SCHED_SWITCH: u32 = 15;
+/// sched_waking / sched_wakeup_new of sched-watched threads.
+pub const PROBE_SCHED_WAKE: u32 = 16;
+/// The (de)serialization uprobes and uretprobes in workers.
+pub const PROBE_SERIALIZE: u32 = 17;
+pub const PROBE_COUNT: u32 = 18;
 
 pub const PROBE_NAMES: [&str; PROBE_COUNT as usize] = [
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "accept",
-    "connect", "close", "fork", "exec", "exit", "oom",
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "recvfrom",
+    "sendto",
+    "recvmsg",
+    "sendmsg",
+    "accept",
+    "connect",
+    "close",
+    "fork",
+    "exec",
+    "exit",
+    "oom",
+    "sched_switch",
+    "sched_wake",
+    "serialize",
 ];
 
 /// Records sent.
@@ -528,6 +563,118 @@ pub const STAT_NAMES: [&str; STAT_KINDS as usize] = [
 ];
 pub const STATS_LEN: u32 = PROBE_COUNT * STAT_KINDS;
 
+// ---------------------------------------------------------------------------
+// Scheduling and serialization (issue "why is this call slow")
+// ---------------------------------------------------------------------------
+
+/// `SCHED_PIDS`: a bitmap of the tgids whose threads' scheduling is reported, one bit
+/// per tgid in `u64` words (word `tgid / 64`, bit `tgid % 64`). An array map because
+/// its lookup is inlined by the verifier: the miss path runs on every context switch
+/// of the host.
+pub const MAP_SCHED_PIDS: &str = "SCHED_PIDS";
+/// Words of SCHED_PIDS: tgids below 64 * 65536 = 4,194,304 (the kernel's largest
+/// pid_max) are covered.
+pub const SCHED_PID_WORDS: u32 = 65536;
+/// Global (set by the loader from BTF): offset of `pt_regs.orig_ax` (the syscall
+/// number of a task in a syscall, -1 otherwise).
+pub const GLOBAL_PT_REGS_SYSCALL_OFFSET: &str = "PT_REGS_SYSCALL_OFFSET";
+/// `(pid_tgid, function) -> SerializePending`: a (de)serialization call in progress.
+pub const MAP_SERIALIZE_PENDING: &str = "SERIALIZE_PENDING";
+pub const MAX_SERIALIZE_PENDING: u32 = 4096;
+
+/// One scheduling record (RecordKind SchedOut, SchedIn, SchedWake).
+/// - SchedOut: `tid` left the CPU at `ts_ns`; `state` is its task state (0 =
+///   preempted, still runnable), `syscall` the syscall it is in (-1 none) and `arg0`
+///   that syscall's first argument (a futex address, an fd).
+/// - SchedIn: `tid` got the CPU at `ts_ns`.
+/// - SchedWake: `tid` was made runnable at `ts_ns` by `waker_tid` of `waker_tgid`
+///   (`state` 1 for a new thread's first wakeup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub waker_tid: u32,
+    pub ts_ns: u64,
+    pub arg0: u64,
+    pub syscall: i32,
+    pub state: u32,
+    pub waker_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Which (de)serialization function a uprobe sits on (its attach cookie).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SerializeFn {
+    /// protobuf (upb): a message parsed from bytes (`PyUpb_Message_MergeFromString`,
+    /// else `upb_Decode`).
+    ProtobufDecode = 0,
+    /// protobuf (upb): a message serialized (`PyUpb_Message_SerializeInternal`).
+    ProtobufEncode = 1,
+    /// orjson.loads
+    JsonDecode = 2,
+    /// orjson.dumps
+    JsonEncode = 3,
+}
+
+impl TryFrom<u8> for SerializeFn {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            0 => SerializeFn::ProtobufDecode,
+            1 => SerializeFn::ProtobufEncode,
+            2 => SerializeFn::JsonDecode,
+            3 => SerializeFn::JsonEncode,
+            _ => return Err(v),
+        })
+    }
+}
+
+/// How a uprobe finds the byte count of its call (the low byte of the attach cookie
+/// is the `SerializeFn`, the next byte this).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeFrom {
+    /// Not known from the probe.
+    None = 0,
+    /// Argument 1 is a PyBytes/PyUnicode object: its size field (`ob_size` /
+    /// `length`, at +16 in CPython 3.x non-debug builds).
+    ArgObject = 1,
+    /// The return value is a PyBytes object: its `ob_size`.
+    RetObject = 2,
+    /// Argument 1 is the byte count itself (upb_Decode's `size`).
+    ArgValue = 3,
+}
+
+/// Offset of `ob_size` (PyVarObject) and `length` (PyASCIIObject) in CPython 3.
+pub const PY_SIZE_OFFSET: u64 = 16;
+
+/// Entry state of a (de)serialization call (SERIALIZE_PENDING value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SerializePending {
+    pub ts_ns: u64,
+    pub bytes: u64,
+}
+
+/// One completed (de)serialization call (RecordKind Serialize).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SerializeEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `SerializeFn`.
+    pub function: u8,
+    pub _pad: [u8; 3],
+    pub ts_start_ns: u64,
+    pub ts_end_ns: u64,
+    /// Bytes decoded or produced; u64::MAX when unknown.
+    pub bytes: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -535,4 +682,5 @@ mod pod {
     unsafe impl aya::Pod for FdState {}
     unsafe impl aya::Pod for PendingIo {}
     unsafe impl aya::Pod for CursorHint {}
+    unsafe impl aya::Pod for SerializePending {}
 }

@@ -1,7 +1,8 @@
 //! snakepit-probes: the kernel half of snakepit-agent.
 //!
 //! Hooks are grouped by file: `io` (read/write family payload capture), `sockets`
-//! (accept/connect/close bookkeeping), `lifecycle` (fork/exec/exit), `oom` (OOM kills). All maps and
+//! (accept/connect/close bookkeeping), `lifecycle` (fork/exec/exit), `oom` (OOM kills), `sched` (context switches and wakeups
+//! of the workers' threads), `serialize` ((de)serialization uprobes in the workers). All maps and
 //! loader-set globals live in `maps`. Record layouts come from telemetry-common.
 #![no_std]
 #![no_main]
@@ -13,6 +14,8 @@ mod io;
 mod lifecycle;
 mod maps;
 mod oom;
+mod sched;
+mod serialize;
 mod sockets;
 
 /// The kernel only lets GPL-compatible programs call GPL-only helpers such as

@@ -1,11 +1,12 @@
 //! Maps shared by all hooks, loader-set globals and small helpers around them.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use telemetry_common::{
-    CursorHint, FdKey, FdState, IoEvent, PendingIo, MAX_CAPTURE, MAX_CURSOR_HINTS, MAX_PENDING_IO,
-    MAX_WATCHED_FDS, MAX_WATCHED_PIDS, STATS_LEN, STAT_KINDS,
+    CursorHint, FdKey, FdState, IoEvent, PendingIo, SerializePending, MAX_CAPTURE,
+    MAX_CURSOR_HINTS, MAX_PENDING_IO, MAX_SERIALIZE_PENDING, MAX_WATCHED_FDS, MAX_WATCHED_PIDS,
+    SCHED_PID_WORDS, STATS_LEN, STAT_KINDS,
 };
 
 /// Ring buffer to user space. The loader resizes it (KernelConfig.ring_buffer_bytes).
@@ -26,6 +27,15 @@ pub static PENDING_IO: HashMap<u64, PendingIo> = HashMap::with_max_entries(MAX_P
 #[map]
 pub static CURSOR_HINTS: HashMap<FdKey, CursorHint> =
     HashMap::with_max_entries(MAX_CURSOR_HINTS, 0);
+
+/// Bitmap of sched-watched tgids (see telemetry_common::MAP_SCHED_PIDS).
+#[map]
+pub static SCHED_PIDS: Array<u64> = Array::with_max_entries(SCHED_PID_WORDS, 0);
+
+/// `[pid_tgid, SerializeFn]` -> entry of a (de)serialization call until its return.
+#[map]
+pub static SERIALIZE_PENDING: HashMap<[u64; 2], SerializePending> =
+    HashMap::with_max_entries(MAX_SERIALIZE_PENDING, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
@@ -57,6 +67,9 @@ static DECODE_ONCE: u32 = 0;
 /// x86_64), from BTF; the defaults are the x86_64 layout.
 #[no_mangle]
 static PT_REGS_ARG_OFFSETS: [u32; 3] = [112, 104, 96];
+/// Offset of `pt_regs.orig_ax` (the syscall number), from BTF; x86_64 default.
+#[no_mangle]
+static PT_REGS_SYSCALL_OFFSET: u32 = 120;
 
 #[inline(always)]
 pub fn capture_bytes() -> u32 {
@@ -74,6 +87,13 @@ pub fn capture_bytes() -> u32 {
 pub fn regs_arg_offsets() -> [u32; 3] {
     // SAFETY: a plain read of a loader-patched global.
     unsafe { core::ptr::read_volatile(&PT_REGS_ARG_OFFSETS) }
+}
+
+/// See PT_REGS_SYSCALL_OFFSET.
+#[inline(always)]
+pub fn regs_syscall_offset() -> u32 {
+    // SAFETY: a plain read of a loader-patched global.
+    unsafe { core::ptr::read_volatile(&PT_REGS_SYSCALL_OFFSET) }
 }
 
 /// Decode each direction of a connection from the sender's side only.

@@ -32,6 +32,29 @@ pub struct Config {
     pub otlp: crate::sinks::otlp::OtlpConfig,
     /// GPU memory sampling (NVML).
     pub gpu: crate::gpu::GpuConfig,
+    /// Inside the workers: the per-call serialization and scheduling split.
+    pub profile: ProfileConfig,
+}
+
+/// `[profile]`: what the agent looks at inside the worker processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Uprobes on protobuf (upb) and orjson in the workers: `deserialize_time`,
+    /// `serialize_time` and `[:snakepit, :serialize, :stop]`.
+    pub serialization: bool,
+    /// sched_switch/sched_waking of the workers' threads: on-CPU, runqueue and
+    /// off-CPU time by reason per call, and the `bound` verdict.
+    pub scheduling: bool,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            serialization: true,
+            scheduling: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

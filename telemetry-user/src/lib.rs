@@ -17,3 +17,4 @@ pub mod pipeline;
 pub mod sinks;
 pub mod streams;
 pub mod wire;
+pub mod worker_time;

@@ -3,6 +3,7 @@
 //! locks sit on the per-event path.
 pub(crate) mod io_summary;
 pub mod topology_events;
+mod worker_probes;
 
 use crate::calls::input::{Lifecycle, Observation};
 use crate::calls::CallTracker;
@@ -56,6 +57,8 @@ pub struct Agent {
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
     counters: Counters,
+    /// Scheduling records and (de)serialization uprobes of the workers.
+    worker_probes: worker_probes::WorkerProbes,
 }
 
 struct Closing {
@@ -84,6 +87,8 @@ impl Agent {
             capture_bytes: config.capture.bytes,
             ring_buffer_bytes: config.capture.ring_buffer_bytes,
             decode_once: config.capture.decode_once,
+            scheduling: config.profile.scheduling,
+            serialization: config.profile.serialization,
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
@@ -175,6 +180,7 @@ impl Agent {
             gpu_workers,
             _gpu: gpu,
             counters: Counters::default(),
+            worker_probes: Default::default(),
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
@@ -288,6 +294,8 @@ impl Agent {
                     self.pass_cursor_hints();
                 }
             }
+            KernelEvent::Sched(rec) => self.tracker.activity_mut().on_sched(&rec),
+            KernelEvent::Serialize(rec) => self.tracker.activity_mut().on_serialize(&rec),
             KernelEvent::Exec { tgid, .. } => {
                 let changes = self.discovery.on_exec(tgid);
                 self.apply(changes);
@@ -321,6 +329,8 @@ impl Agent {
                 self.oom_victims.remove(&tgid);
                 self.pipeline.process_exited(tgid);
                 self.probes.forget_tgid(tgid);
+                self.worker_probes
+                    .forget(&mut self.probes, &mut self.tracker, tgid);
                 self.watched_pids.remove(&tgid);
                 self.watched_fds.retain(|k| k.0 != tgid);
                 let keep: HashSet<u32> = self
@@ -507,6 +517,19 @@ impl Agent {
             let _ = self.probes.unwatch_pid(tgid);
             self.watched_pids.remove(&tgid);
         }
+        let workers: Vec<u32> = want_pids
+            .iter()
+            .filter(|(_, f)| *f & kernel::PID_WORKER != 0)
+            .map(|(p, _)| *p)
+            .collect();
+        self.worker_probes.sync(
+            &mut self.probes,
+            &mut self.tracker,
+            &self.config.discovery.proc_root,
+            &workers,
+            self.config.profile.scheduling,
+            self.config.profile.serialization,
+        );
         let mut want_fds = HashSet::with_capacity(plan.fds.len());
         // Ends of half-closed connections stay watched until they close.
         for c in &self.closing {

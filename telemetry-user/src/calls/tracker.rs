@@ -90,6 +90,8 @@ pub struct CallTracker {
     next_seq: u64,
     pools: Pools,
     stats: TrackerStats,
+    /// The workers' scheduling and (de)serialization: each call's worker split.
+    activity: crate::worker_time::WorkerActivity,
 }
 
 impl CallTracker {
@@ -105,6 +107,7 @@ impl CallTracker {
             next_seq: 0,
             pools,
             stats: TrackerStats::default(),
+            activity: Default::default(),
         }
     }
 
@@ -112,6 +115,16 @@ impl CallTracker {
     /// before and after them (`[:snakepit, :memory, :gpu_call]`).
     pub fn set_gpu(&mut self, gpu: crate::gpu::GpuHandle) {
         self.gpu = Some(gpu);
+    }
+
+    /// The workers' scheduling edges and (de)serialization calls (fed by the agent in
+    /// kernel order, before the observations of the same batch).
+    pub fn activity_mut(&mut self) -> &mut crate::worker_time::WorkerActivity {
+        &mut self.activity
+    }
+
+    pub fn activity(&self) -> &crate::worker_time::WorkerActivity {
+        &self.activity
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -441,6 +454,7 @@ impl CallTracker {
                     self.complete(key, obs.ts_exit_ns, None);
                 } else {
                     call.t2.get_or_insert(obs.ts_enter_ns);
+                    call.t2_message.get_or_insert(obs.ts_enter_ns);
                     call.server_done = Some(obs.ts_exit_ns);
                     self.progress(key);
                     self.maybe_worker_only(key, obs.ts_exit_ns);
@@ -570,7 +584,13 @@ impl CallTracker {
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
             let record = shared_record(&mut record, &call);
-            self.publish(call_end(&call, &outcome, record, t_end, duration));
+            let split = worker_split(&call, &self.activity);
+            if let Some(split) = &split {
+                for ev in serialize_events(split, &record, |m| self.unix(m), call.t1) {
+                    self.publish(ev);
+                }
+            }
+            self.publish(call_end(&call, &outcome, record, t_end, duration, split));
         }
         let long =
             |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();

@@ -18,7 +18,8 @@ mod typed;
 pub use bus::{Bus, BusReceiver};
 pub use typed::{
     AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, CircuitBreakerOpen,
-    HealthAlert, NameRef, PoolCheckin, PoolCheckout, PoolSize, Val, Visitor, WorkerCrash,
+    HealthAlert, NameRef, PoolCheckin, PoolCheckout, PoolSize, SchedSplit, SerializeSplit,
+    SerializeStop, Val, Visitor, WorkerCrash, WorkerSplit,
 };
 
 use serde::Serialize;

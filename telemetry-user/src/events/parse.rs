@@ -55,6 +55,29 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
             python_time: m(f::PYTHON_TIME),
             chunks: m(f::CHUNKS),
             grpc_status: u(f::GRPC_STATUS).map(|x| x as u32),
+            split: m(f::WORKER_TIME).map(|worker_time| {
+                Box::new(WorkerSplit {
+                    worker_time,
+                    deserialize: m(f::DESERIALIZE_TIME).map(|time| SerializeSplit {
+                        time,
+                        ..SerializeSplit::default()
+                    }),
+                    serialize: m(f::SERIALIZE_TIME).map(|time| SerializeSplit {
+                        time,
+                        ..SerializeSplit::default()
+                    }),
+                    sched: m(f::ON_CPU_TIME).map(|on_cpu| SchedSplit {
+                        on_cpu,
+                        runqueue: m(f::RUNQUEUE_TIME).unwrap_or(0),
+                        io_wait: m(f::IO_WAIT_TIME).unwrap_or(0),
+                        gil_wait: m(f::GIL_WAIT_TIME).unwrap_or(0),
+                        lock_wait: m(f::LOCK_WAIT_TIME).unwrap_or(0),
+                        sleep: m(f::SLEEP_TIME).unwrap_or(0),
+                        gpu_wait: m(f::GPU_WAIT_TIME).unwrap_or(0),
+                    }),
+                    serving_tid: None,
+                })
+            }),
         })
     } else if e.is(schema::POOL_CHECKIN) {
         AgentEvent::PoolCheckin(PoolCheckin {

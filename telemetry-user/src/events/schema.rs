@@ -85,4 +85,20 @@ pub mod field {
     pub const CRASH_COUNT: &str = "crash_count";
     pub const WINDOW_S: &str = "window_s";
     pub const ALERT_TYPE: &str = "alert_type";
+    // Serialization and scheduling split of a call (call.stop, serialize.stop).
+    pub const WORKER_TIME: &str = "worker_time";
+    pub const DESERIALIZE_TIME: &str = "deserialize_time";
+    pub const SERIALIZE_TIME: &str = "serialize_time";
+    pub const ON_CPU_TIME: &str = "on_cpu_time";
+    pub const RUNQUEUE_TIME: &str = "runqueue_time";
+    pub const IO_WAIT_TIME: &str = "io_wait_time";
+    pub const GIL_WAIT_TIME: &str = "gil_wait_time";
+    pub const LOCK_WAIT_TIME: &str = "lock_wait_time";
+    pub const SLEEP_TIME: &str = "sleep_time";
+    pub const GPU_WAIT_TIME: &str = "gpu_wait_time";
+    pub const BOUND: &str = "bound";
+    pub const BYTES: &str = "bytes";
+    pub const CALLS: &str = "calls";
+    pub const DIRECTION: &str = "direction";
+    pub const FORMAT: &str = "format";
 }

@@ -150,6 +150,97 @@ pub struct CallEnd {
     /// Streaming calls: response messages.
     pub chunks: Option<u64>,
     pub grpc_status: Option<u32>,
+    /// Where the worker's time went (serialization and scheduling split), when its
+    /// window `[t1, t2]` is known and the worker probes saw it.
+    pub split: Option<Box<WorkerSplit>>,
+}
+
+/// A call's worker window `[t1, t2]` cut into decoding, tool and encoding, and into
+/// on-CPU and off-CPU time by reason (docs/events.md, "Why is this call slow").
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerSplit {
+    /// t2 - t1, ns.
+    pub worker_time: u64,
+    /// The worker decoding the request and its parameters.
+    pub deserialize: Option<SerializeSplit>,
+    /// The worker encoding the result and the response.
+    pub serialize: Option<SerializeSplit>,
+    pub sched: Option<SchedSplit>,
+    /// The thread that served the call.
+    pub serving_tid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SerializeSplit {
+    pub time: u64,
+    pub bytes: Option<u64>,
+    /// Per format (`protobuf`, `json`).
+    pub parts: Vec<crate::worker_time::serialization::PhasePart>,
+}
+
+/// On-CPU, runqueue and off-CPU time by reason over the worker window, ns; the parts
+/// sum to the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedSplit {
+    pub on_cpu: u64,
+    pub runqueue: u64,
+    pub io_wait: u64,
+    pub gil_wait: u64,
+    pub lock_wait: u64,
+    pub sleep: u64,
+    pub gpu_wait: u64,
+}
+
+impl SchedSplit {
+    pub fn total(&self) -> u64 {
+        self.on_cpu
+            + self.runqueue
+            + self.io_wait
+            + self.gil_wait
+            + self.lock_wait
+            + self.sleep
+            + self.gpu_wait
+    }
+
+    /// The parts with the verdict each stands for, in a fixed order.
+    pub fn parts(&self) -> [(&'static str, u64); 7] {
+        [
+            ("cpu", self.on_cpu),
+            ("cpu_starved", self.runqueue),
+            ("io", self.io_wait),
+            ("gil", self.gil_wait),
+            ("lock", self.lock_wait),
+            ("sleep", self.sleep),
+            ("gpu", self.gpu_wait),
+        ]
+    }
+
+    /// The verdict: the largest part (`cpu`, `io`, `gil`, `cpu_starved`, `gpu`,
+    /// `lock`, `sleep`) and its share of the window.
+    pub fn bound(&self) -> Option<(&'static str, f64)> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let (name, v) = self.parts().into_iter().max_by_key(|(_, v)| *v)?;
+        Some((name, v as f64 / total as f64))
+    }
+}
+
+/// `[:snakepit, :serialize, :stop]`: one direction and format of a call's
+/// (de)serialization in the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerializeStop {
+    pub time_unix_nano: u64,
+    pub call: Arc<CallRecord>,
+    pub duration: u64,
+    pub bytes: Option<u64>,
+    /// `encode` | `decode`.
+    pub direction: &'static str,
+    /// `protobuf` | `json`.
+    pub format: &'static str,
+    /// (De)serialization calls it sums.
+    pub calls: u64,
 }
 
 impl CallEnd {
@@ -267,6 +358,7 @@ pub enum AgentEvent {
     WorkerCrash(WorkerCrash),
     CircuitBreakerOpen(CircuitBreakerOpen),
     HealthAlert(HealthAlert),
+    SerializeStop(SerializeStop),
     /// Any other event, fields by name (Python telemetry, topology, GPU, ...).
     Dynamic(Event),
 }
@@ -300,6 +392,7 @@ impl AgentEvent {
             AgentEvent::WorkerCrash(_) => NameRef::Static(schema::WORKER_CRASH),
             AgentEvent::CircuitBreakerOpen(_) => NameRef::Static(schema::CIRCUIT_BREAKER_OPEN),
             AgentEvent::HealthAlert(_) => NameRef::Static(schema::HEALTH_ALERT),
+            AgentEvent::SerializeStop(_) => NameRef::Static(schema::SERIALIZE_STOP),
             AgentEvent::Dynamic(e) => NameRef::Owned(&e.name),
         }
     }
@@ -321,6 +414,7 @@ impl AgentEvent {
             AgentEvent::WorkerCrash(e) => e.time_unix_nano,
             AgentEvent::CircuitBreakerOpen(e) => e.time_unix_nano,
             AgentEvent::HealthAlert(e) => e.time_unix_nano,
+            AgentEvent::SerializeStop(e) => e.time_unix_nano,
             AgentEvent::Dynamic(e) => e.time_unix_nano,
         }
     }
@@ -394,6 +488,16 @@ impl AgentEvent {
                 v.meta(f::ALERT_TYPE, Val::Str(e.alert_type));
                 v.meta(f::WORKER_ID, Val::Str(&e.worker_id));
             }
+            AgentEvent::SerializeStop(e) => {
+                v.measure(f::DURATION, Val::U64(e.duration));
+                if let Some(b) = e.bytes {
+                    v.measure(f::BYTES, Val::U64(b));
+                }
+                v.measure(f::CALLS, Val::U64(e.calls));
+                v.meta(f::DIRECTION, Val::Str(e.direction));
+                v.meta(f::FORMAT, Val::Str(e.format));
+                e.call.visit(v);
+            }
             AgentEvent::Dynamic(e) => {
                 for (k, x) in &e.measurements {
                     v.measure(k, Val::Json(x));
@@ -443,6 +547,9 @@ fn visit_end<'a>(e: &'a CallEnd, v: &mut dyn Visitor<'a>) {
             v.measure(k, Val::U64(x));
         }
     }
+    if let Some(split) = &e.split {
+        visit_split(split, v);
+    }
     e.call.visit(v);
     match &e.outcome {
         CallOutcome::Ok => v.meta(f::RESULT, Val::Str("ok")),
@@ -471,6 +578,32 @@ fn visit_end<'a>(e: &'a CallEnd, v: &mut dyn Visitor<'a>) {
     }
     if let Some(s) = e.grpc_status {
         v.meta(f::GRPC_STATUS, Val::U64(s.into()));
+    }
+}
+
+fn visit_split<'a>(s: &'a WorkerSplit, v: &mut dyn Visitor<'a>) {
+    v.measure(f::WORKER_TIME, Val::U64(s.worker_time));
+    if let Some(d) = &s.deserialize {
+        v.measure(f::DESERIALIZE_TIME, Val::U64(d.time));
+    }
+    if let Some(d) = &s.serialize {
+        v.measure(f::SERIALIZE_TIME, Val::U64(d.time));
+    }
+    if let Some(sc) = &s.sched {
+        for (k, x) in [
+            (f::ON_CPU_TIME, sc.on_cpu),
+            (f::RUNQUEUE_TIME, sc.runqueue),
+            (f::IO_WAIT_TIME, sc.io_wait),
+            (f::GIL_WAIT_TIME, sc.gil_wait),
+            (f::LOCK_WAIT_TIME, sc.lock_wait),
+            (f::SLEEP_TIME, sc.sleep),
+            (f::GPU_WAIT_TIME, sc.gpu_wait),
+        ] {
+            v.measure(k, Val::U64(x));
+        }
+        if let Some((bound, _)) = sc.bound() {
+            v.meta(f::BOUND, Val::Str(bound));
+        }
     }
 }
 
@@ -549,6 +682,12 @@ impl From<WorkerCrash> for AgentEvent {
 impl From<CircuitBreakerOpen> for AgentEvent {
     fn from(e: CircuitBreakerOpen) -> Self {
         AgentEvent::CircuitBreakerOpen(e)
+    }
+}
+
+impl From<SerializeStop> for AgentEvent {
+    fn from(e: SerializeStop) -> Self {
+        AgentEvent::SerializeStop(e)
     }
 }
 

@@ -8,8 +8,8 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, RecordKind, CURSOR_UNKNOWN, IO_HEADER_LEN,
-    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
+    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, RecordKind, SchedEvent, SerializeEvent,
+    SerializeFn, CURSOR_UNKNOWN, IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
 };
 use thiserror::Error;
 
@@ -42,6 +42,8 @@ pub enum DecodeError {
     BadFrameStatus(u8),
     #[error("bad capture mode {0}")]
     BadCapture(u8),
+    #[error("bad serialization function id {0}")]
+    BadSerializeFn(u8),
 }
 
 /// Running totals of a watched fd, kept in the kernel (exact even if records drop).
@@ -171,6 +173,50 @@ pub enum KernelEvent {
         ts_ns: u64,
         totals: FdTotals,
     },
+    /// A thread of a sched-watched process changed scheduling state.
+    Sched(SchedRecord),
+    /// A (de)serialization call in a worker finished.
+    Serialize(SerializeRecord),
+}
+
+/// One scheduling edge of a worker thread (see telemetry_common::SchedEvent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    pub edge: SchedEdge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedEdge {
+    /// Left the CPU: `state` 0 = preempted (still runnable), else blocked in
+    /// `syscall` (None: not in a syscall, e.g. a page fault) with its first argument.
+    Out {
+        state: u32,
+        syscall: Option<u32>,
+        arg0: u64,
+    },
+    /// Got the CPU.
+    In,
+    /// Made runnable by `waker_tid` of `waker_tgid` (`new_thread`: its first wakeup).
+    Wake {
+        waker_tgid: u32,
+        waker_tid: u32,
+        new_thread: bool,
+    },
+}
+
+/// One (de)serialization call of a worker thread (see telemetry_common::SerializeEvent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SerializeRecord {
+    pub tgid: u32,
+    pub tid: u32,
+    pub function: SerializeFn,
+    pub ts_start_ns: u64,
+    pub ts_end_ns: u64,
+    /// Bytes decoded or produced, when the probe could read them.
+    pub bytes: Option<u64>,
 }
 
 struct Rec<'a> {
@@ -353,6 +399,46 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     status: ExitStatus::from_raw(r.u32(offset_of!(P, exit_code))),
                 },
             })
+        }
+        RecordKind::SchedOut | RecordKind::SchedIn | RecordKind::SchedWake => {
+            need(raw_kind, bytes, size_of::<SchedEvent>())?;
+            type S = SchedEvent;
+            let edge = match kind {
+                RecordKind::SchedOut => SchedEdge::Out {
+                    state: r.u32(offset_of!(S, state)),
+                    syscall: u32::try_from(r.u32(offset_of!(S, syscall)) as i32).ok(),
+                    arg0: r.u64(offset_of!(S, arg0)),
+                },
+                RecordKind::SchedIn => SchedEdge::In,
+                _ => SchedEdge::Wake {
+                    waker_tgid: r.u32(offset_of!(S, waker_tgid)),
+                    waker_tid: r.u32(offset_of!(S, waker_tid)),
+                    new_thread: r.u32(offset_of!(S, state)) != 0,
+                },
+            };
+            Ok(KernelEvent::Sched(SchedRecord {
+                tgid: r.u32(offset_of!(S, tgid)),
+                tid: r.u32(offset_of!(S, tid)),
+                ts_ns: r.u64(offset_of!(S, ts_ns)),
+                edge,
+            }))
+        }
+        RecordKind::Serialize => {
+            need(raw_kind, bytes, size_of::<SerializeEvent>())?;
+            type Z = SerializeEvent;
+            let function = SerializeFn::try_from(r.u8(offset_of!(Z, function)))
+                .map_err(DecodeError::BadSerializeFn)?;
+            let n = r.u64(offset_of!(Z, bytes));
+            Ok(KernelEvent::Serialize(SerializeRecord {
+                tgid: r.u32(offset_of!(Z, tgid)),
+                tid: r.u32(offset_of!(Z, tid)),
+                function,
+                ts_start_ns: r.u64(offset_of!(Z, ts_start_ns)),
+                ts_end_ns: r.u64(offset_of!(Z, ts_end_ns)),
+                // A size field beyond any real message means the read hit something
+                // that is not a bytes/str object.
+                bytes: (n < 1 << 40).then_some(n),
+            }))
         }
         RecordKind::FdOpen | RecordKind::FdClose => {
             need(raw_kind, bytes, size_of::<FdEvent>())?;

@@ -7,16 +7,16 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use telemetry_common::{
     CursorHint, Direction, FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
-    GLOBAL_DECODE_ONCE, GLOBAL_PT_REGS_ARG_OFFSETS, GLOBAL_TASK_EXIT_CODE_OFFSET,
-    GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET,
-    MAP_CURSOR_HINTS, MAP_EVENTS, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE,
-    PROBE_COUNT, STAT_KINDS,
+    GLOBAL_DECODE_ONCE, GLOBAL_PT_REGS_ARG_OFFSETS, GLOBAL_PT_REGS_SYSCALL_OFFSET,
+    GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET,
+    GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS, MAP_SCHED_PIDS, MAP_STATS,
+    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -43,6 +43,11 @@ pub struct KernelConfig {
     /// Decode each direction of an HTTP/2 connection from the sender's writes only;
     /// the receiver's reads carry frame headers for the timing (see `Capture`).
     pub decode_once: bool,
+    /// Attach the scheduling probes (sched_switch, sched_waking, sched_wakeup_new)
+    /// for the per-call on-CPU / off-CPU split.
+    pub scheduling: bool,
+    /// Load the (de)serialization uprobe programs (attached per worker later).
+    pub serialization: bool,
 }
 
 impl Default for KernelConfig {
@@ -51,6 +56,8 @@ impl Default for KernelConfig {
             capture_bytes: MAX_CAPTURE as u32,
             ring_buffer_bytes: 16 << 20,
             decode_once: true,
+            scheduling: true,
+            serialization: true,
         }
     }
 }
@@ -102,7 +109,13 @@ const PROGRAMS: &[(&str, Hook)] = &[
         Hook::Tp("sched", "sched_process_exit"),
     ),
     ("oom_mark_victim", Hook::Tp("oom", "mark_victim")),
+    ("sched_switch", Hook::Raw("sched_switch")),
+    ("sched_waking", Hook::Raw("sched_waking")),
+    ("sched_wakeup_new", Hook::Raw("sched_wakeup_new")),
 ];
+
+/// The programs of the per-call scheduling split (attached only with `scheduling`).
+const SCHED_PROGRAMS: &[&str] = &["sched_switch", "sched_waking", "sched_wakeup_new"];
 
 /// The tracepoints the probes need, as "category/name" (raw ones as "raw:name").
 pub fn required_tracepoints() -> Vec<String> {
@@ -182,10 +195,14 @@ pub struct TaskOffsets {
     pub real_parent: u32,
     /// `struct pt_regs` di, si, dx: the first three syscall arguments (x86_64).
     pub regs_args: [u32; 3],
+    /// `struct pt_regs` orig_ax: the syscall number.
+    pub regs_syscall: u32,
 }
 
 /// `struct pt_regs` di, si, dx on x86_64 (its layout is the ptrace ABI).
 const X86_64_REGS_ARGS: [u32; 3] = [112, 104, 96];
+/// `struct pt_regs` orig_ax on x86_64.
+const X86_64_REGS_ORIG_AX: u32 = 120;
 
 impl TaskOffsets {
     pub fn from_kernel() -> TaskOffsets {
@@ -195,6 +212,7 @@ impl TaskOffsets {
             tgid: u32::MAX,
             real_parent: u32::MAX,
             regs_args: X86_64_REGS_ARGS,
+            regs_syscall: X86_64_REGS_ORIG_AX,
         };
         let btf = match Btf::from_sys() {
             Ok(b) => b,
@@ -222,6 +240,9 @@ impl TaskOffsets {
             tgid: get("tgid"),
             real_parent: get("real_parent"),
             regs_args,
+            regs_syscall: btf
+                .member_offset("pt_regs", "orig_ax")
+                .unwrap_or(X86_64_REGS_ORIG_AX),
         }
     }
 }
@@ -236,7 +257,12 @@ fn ring_size(requested: u32) -> u32 {
 
 /// The loaded and attached probes, and the maps user space drives.
 pub struct Probes {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
+    /// SCHED_PIDS, when the scheduling probes are attached.
+    pub(super) sched_pids: Option<Array<MapData, u64>>,
+    /// The serialization uprobe programs are loaded (attached per worker).
+    pub(super) serialization: bool,
+    pub(super) worker_links: super::workers::WorkerLinks,
     watched_pids: HashMap<MapData, u32, u32>,
     watched_fds: HashMap<MapData, FdKey, FdState>,
     cursor_hints: HashMap<MapData, FdKey, CursorHint>,
@@ -277,6 +303,7 @@ impl Probes {
             .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
             .override_global(GLOBAL_DECODE_ONCE, &decode_once, true)
             .override_global(GLOBAL_PT_REGS_ARG_OFFSETS, &offsets.regs_args, true)
+            .override_global(GLOBAL_PT_REGS_SYSCALL_OFFSET, &offsets.regs_syscall, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(PROBES_OBJ)
             .map_err(KernelError::Load)?;
@@ -292,6 +319,9 @@ impl Probes {
 
         let mut attached = Vec::with_capacity(PROGRAMS.len());
         for &(name, hook) in PROGRAMS {
+            if !cfg.scheduling && SCHED_PROGRAMS.contains(&name) {
+                continue;
+            }
             let target = match hook {
                 Hook::Tp(c, n) => format!("tracepoint:{c}/{n}"),
                 Hook::Raw(n) => format!("raw_tracepoint:{n}"),
@@ -319,6 +349,34 @@ impl Probes {
             attached.push(target);
         }
 
+        let mut serialization = false;
+        if cfg.serialization {
+            for name in [
+                super::workers::SERIALIZE_ENTER,
+                super::workers::SERIALIZE_EXIT,
+            ] {
+                let probe_err = |source| KernelError::Probe {
+                    name,
+                    target: "uprobe (per worker)".to_string(),
+                    source,
+                };
+                let prog = ebpf
+                    .program_mut(name)
+                    .ok_or(KernelError::MissingProgram(name))?;
+                let p: &mut UProbe = prog.try_into().map_err(probe_err)?;
+                p.load().map_err(probe_err)?;
+            }
+            serialization = true;
+        }
+        let sched_pids = if cfg.scheduling {
+            Some(
+                Array::try_from(take_map(&mut ebpf, MAP_SCHED_PIDS)?)
+                    .map_err(map_err(MAP_SCHED_PIDS))?,
+            )
+        } else {
+            None
+        };
+
         let watched_pids = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_PIDS)?)
             .map_err(map_err(MAP_WATCHED_PIDS))?;
         let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
@@ -340,6 +398,9 @@ impl Probes {
 
         Ok(Probes {
             ebpf,
+            sched_pids,
+            serialization,
+            worker_links: Default::default(),
             watched_pids,
             watched_fds,
             cursor_hints,

@@ -4,6 +4,7 @@
 //! - `loader`: `Probes::load`, watch/unwatch of pids and fds, stats.
 //! - `reader`: the tokio task behind `Probes::events()`.
 //! - `decode`: THE one checked decode point for kernel records.
+//! - `workers`: the per-worker probes: the sched bitmap, (de)serialization uprobes.
 //! - `btf`: task_struct offsets from /sys/kernel/btf/vmlinux (no CO-RE in Rust eBPF).
 //! - `preflight`: what `snakepit-agent check` reports.
 //!
@@ -16,19 +17,21 @@ pub mod loader;
 pub mod preflight;
 mod reader;
 pub mod stats;
+mod workers;
 
 pub use decode::{
     decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus,
-    IoRecord, KernelEvent,
+    IoRecord, KernelEvent, SchedEdge, SchedRecord, SerializeRecord,
 };
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
 pub use preflight::{preflight, Preflight};
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};
 pub use telemetry_common::{
-    Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE, PID_WATCH_NEW_SOCKETS,
-    PID_WORKER,
+    SerializeFn, SizeFrom, Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE,
+    PID_WATCH_NEW_SOCKETS, PID_WORKER,
 };
+pub use workers::{SerializeTarget, WorkerProbeError};
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {

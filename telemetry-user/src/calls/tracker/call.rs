@@ -1,5 +1,6 @@
 //! One call in flight: what is known of it, and the events it becomes.
 use super::*;
+use crate::events::WorkerSplit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum CallId {
@@ -27,6 +28,9 @@ pub(super) struct Call {
     pub(super) t1: Option<u64>,
     pub(super) t2: Option<u64>,
     pub(super) t3: Option<u64>,
+    /// The server starts sending the response message (t2 is its HEADERS, which a
+    /// worker may send early): the end of the worker window.
+    pub(super) t2_message: Option<u64>,
     /// The server side finished sending the response (its END_STREAM's exit).
     pub(super) server_done: Option<u64>,
     /// Server-side request observation seen (pipe FIFO matching).
@@ -81,6 +85,7 @@ impl Call {
             t1: None,
             t2: None,
             t3: None,
+            t2_message: None,
             server_done: None,
             server_req_seen: false,
             client_lost: false,
@@ -299,6 +304,7 @@ pub(super) fn call_end(
     record: Arc<CallRecord>,
     t_end: u64,
     duration: u64,
+    split: Option<WorkerSplit>,
 ) -> CallEnd {
     let outcome = match outcome {
         Outcome::Ok => CallOutcome::Ok,
@@ -327,15 +333,70 @@ pub(super) fn call_end(
             (Some(t0), Some(t1)) => Some(t1.saturating_sub(t0)),
             _ => None,
         },
-        python_time: match (call.t1, call.t2) {
-            (Some(t1), Some(t2)) => Some(t2.saturating_sub(t1)),
+        python_time: match (&split, call.t1, call.t2) {
+            // The tool's own time: the worker window less its (de)serialization.
+            (Some(s), _, _) if s.deserialize.is_some() || s.serialize.is_some() => {
+                let ser =
+                    |x: &Option<crate::events::SerializeSplit>| x.as_ref().map_or(0, |p| p.time);
+                Some(
+                    s.worker_time
+                        .saturating_sub(ser(&s.deserialize))
+                        .saturating_sub(ser(&s.serialize)),
+                )
+            }
+            (_, Some(t1), Some(t2)) => Some(t2.saturating_sub(t1)),
             _ => None,
         },
         chunks: call
             .is_streaming()
             .then(|| call.resp_msgs[0].max(call.resp_msgs[1])),
         grpc_status: call.grpc_status,
+        split: split.map(Box::new),
     }
+}
+
+/// The worker window `[t1, t2]` of a gRPC call, split (None for pipe calls and calls
+/// whose window was not seen, or when nothing of the worker's inside was recorded).
+pub(super) fn worker_split(
+    call: &Call,
+    activity: &crate::worker_time::WorkerActivity,
+) -> Option<WorkerSplit> {
+    if !matches!(call.id, CallId::Stream(_)) || call.conn.role != CallRole::BeamCallsWorker {
+        return None;
+    }
+    let t1 = call.t1?;
+    let t2 = call.t2_message.or(call.t2)?;
+    if t2 <= t1 {
+        return None;
+    }
+    let split = activity.split(call.conn.worker_pid, call.worker_tid, t1, t2);
+    (split.sched.is_some() || split.deserialize.is_some() || split.serialize.is_some())
+        .then_some(split)
+}
+
+/// `[:snakepit, :serialize, :stop]` per direction and format of a call's split.
+pub(super) fn serialize_events(
+    split: &WorkerSplit,
+    record: &Arc<CallRecord>,
+    unix: impl Fn(u64) -> u64,
+    t1: Option<u64>,
+) -> Vec<crate::events::SerializeStop> {
+    let at = unix(t1.unwrap_or(0) + split.worker_time);
+    let mut out = Vec::new();
+    for (direction, phase) in [("decode", &split.deserialize), ("encode", &split.serialize)] {
+        for part in phase.iter().flat_map(|p| p.parts.iter()) {
+            out.push(crate::events::SerializeStop {
+                time_unix_nano: at,
+                call: record.clone(),
+                duration: part.time,
+                bytes: part.bytes,
+                direction,
+                format: part.format,
+                calls: part.calls,
+            });
+        }
+    }
+    out
 }
 
 pub(super) fn checkout_event(call: &Call, cfg: &TrackerConfig) -> PoolCheckout {

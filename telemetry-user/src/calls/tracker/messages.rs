@@ -89,6 +89,7 @@ impl CallTracker {
         if !is_client {
             // Response HEADERS lost: the first message's send is the next best t2.
             call.t2.get_or_insert(obs.ts_enter_ns);
+            call.t2_message.get_or_insert(obs.ts_enter_ns);
         }
         if call.method.is_none() {
             call.method = Some(UNKNOWN_OPERATION.to_string());

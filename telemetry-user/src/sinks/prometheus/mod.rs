@@ -6,7 +6,7 @@
 //! names cannot grow the metric set past the cap.
 pub mod cap;
 
-use crate::events::{schema, AgentEvent, CallEnd, Event, PoolSize};
+use crate::events::{schema, AgentEvent, CallEnd, Event, PoolSize, WorkerSplit};
 use cap::LabelCap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -65,6 +65,20 @@ struct CallLabels {
 struct FunctionLabels {
     library: String,
     function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchedLabels {
+    library: String,
+    function: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BoundLabels {
+    library: String,
+    function: String,
+    bound: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,6 +165,11 @@ pub struct Metrics {
     call_duration: HistFamily<FunctionLabels>,
     queue_time: HistFamily<FunctionLabels>,
     python_time: HistFamily<FunctionLabels>,
+    worker_time: HistFamily<FunctionLabels>,
+    deserialize_time: HistFamily<FunctionLabels>,
+    serialize_time: HistFamily<FunctionLabels>,
+    sched_time: HistFamily<SchedLabels>,
+    bound: Family<BoundLabels, Counter>,
     exceptions: Family<ErrorLabels, Counter>,
     pool_size: Family<PoolLabels, Gauge>,
     pool_idle: Family<PoolLabels, Gauge>,
@@ -206,6 +225,11 @@ impl Metrics {
             call_duration: hist(),
             queue_time: hist(),
             python_time: hist(),
+            worker_time: hist(),
+            deserialize_time: hist(),
+            serialize_time: hist(),
+            sched_time: Family::new_with_constructor(buckets.clone()),
+            bound: Family::default(),
             exceptions: Family::default(),
             pool_size: Family::default(),
             pool_idle: Family::default(),
@@ -261,6 +285,31 @@ impl Metrics {
             "snakepit_call_python_time_seconds",
             "Time the worker spent on a call (t1..t2)",
             self.python_time.clone(),
+        );
+        r.register(
+            "snakepit_call_worker_time_seconds",
+            "The worker's window on a call, request read to response written (t1..t2)",
+            self.worker_time.clone(),
+        );
+        r.register(
+            "snakepit_call_deserialize_time_seconds",
+            "The worker decoding a call's request and parameters (protobuf, JSON)",
+            self.deserialize_time.clone(),
+        );
+        r.register(
+            "snakepit_call_serialize_time_seconds",
+            "The worker encoding a call's result and response (JSON, protobuf)",
+            self.serialize_time.clone(),
+        );
+        r.register(
+            "snakepit_call_sched_time_seconds",
+            "The worker window by scheduling state: on_cpu, runqueue, io, gil, lock, sleep, gpu",
+            self.sched_time.clone(),
+        );
+        r.register(
+            "snakepit_call_bound",
+            "Calls by verdict (the largest part of the worker window): cpu, cpu_starved, io, gil, lock, sleep, gpu",
+            self.bound.clone(),
         );
         r.register(
             "snakepit_call_exceptions",
@@ -429,7 +478,10 @@ impl Metrics {
                     .get_or_create(&PoolLabels { pool })
                     .inc();
             }
-            AgentEvent::CallStart(_) | AgentEvent::PoolCheckin(_) | AgentEvent::HealthAlert(_) => {}
+            AgentEvent::CallStart(_)
+            | AgentEvent::PoolCheckin(_)
+            | AgentEvent::HealthAlert(_)
+            | AgentEvent::SerializeStop(_) => {}
             AgentEvent::Dynamic(e) => self.dynamic(e),
         }
         self.sync_overflow();
@@ -497,12 +549,60 @@ impl Metrics {
         if let Some(d) = ev.python_time {
             self.python_time.get_or_create(&fl).observe(d as f64 / NS);
         }
+        if let Some(split) = &ev.split {
+            self.split(&fl, split);
+        }
         if !ok {
             let error_type = self.label_opt("error_type", ev.error_type());
             self.exceptions
                 .get_or_create(&ErrorLabels {
                     library,
                     error_type,
+                })
+                .inc();
+        }
+    }
+
+    fn split(&mut self, fl: &FunctionLabels, split: &WorkerSplit) {
+        self.worker_time
+            .get_or_create(fl)
+            .observe(split.worker_time as f64 / NS);
+        if let Some(d) = &split.deserialize {
+            self.deserialize_time
+                .get_or_create(fl)
+                .observe(d.time as f64 / NS);
+        }
+        if let Some(d) = &split.serialize {
+            self.serialize_time
+                .get_or_create(fl)
+                .observe(d.time as f64 / NS);
+        }
+        let Some(sched) = &split.sched else {
+            return;
+        };
+        for (state, v) in [
+            ("on_cpu", sched.on_cpu),
+            ("runqueue", sched.runqueue),
+            ("io", sched.io_wait),
+            ("gil", sched.gil_wait),
+            ("lock", sched.lock_wait),
+            ("sleep", sched.sleep),
+            ("gpu", sched.gpu_wait),
+        ] {
+            self.sched_time
+                .get_or_create(&SchedLabels {
+                    library: fl.library.clone(),
+                    function: fl.function.clone(),
+                    state: state.to_string(),
+                })
+                .observe(v as f64 / NS);
+        }
+        if let Some((bound, _)) = sched.bound() {
+            self.bound
+                .get_or_create(&BoundLabels {
+                    library: fl.library.clone(),
+                    function: fl.function.clone(),
+                    bound: bound.to_string(),
                 })
                 .inc();
         }

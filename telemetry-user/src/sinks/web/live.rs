@@ -138,7 +138,8 @@ impl Live {
             AgentEvent::PoolCheckout(_)
             | AgentEvent::PoolCheckin(_)
             | AgentEvent::CircuitBreakerOpen(_)
-            | AgentEvent::HealthAlert(_) => return,
+            | AgentEvent::HealthAlert(_)
+            | AgentEvent::SerializeStop(_) => return,
             AgentEvent::Dynamic(e) => {
                 if !self.dynamic(e) {
                     return;

@@ -1,0 +1,151 @@
+//! The per-worker probes: which processes' threads report their scheduling (the
+//! SCHED_PIDS bitmap) and the (de)serialization uprobes attached to a worker's mapped
+//! protobuf and orjson objects (calls/serialize decides what to attach where).
+use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+
+use aya::programs::{
+    uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    UProbe,
+};
+use telemetry_common::{SerializeFn, SizeFrom, MAP_SCHED_PIDS, SCHED_PID_WORDS};
+use thiserror::Error;
+
+use super::loader::Probes;
+
+/// The programs in the object.
+pub(super) const SERIALIZE_ENTER: &str = "serialize_enter";
+pub(super) const SERIALIZE_EXIT: &str = "serialize_exit";
+
+#[derive(Debug, Error)]
+pub enum WorkerProbeError {
+    #[error("scheduling probes are off")]
+    SchedulingOff,
+    #[error("tgid {0} is beyond the scheduling bitmap")]
+    TgidTooLarge(u32),
+    #[error("map {MAP_SCHED_PIDS}: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("serialization probes are off")]
+    SerializationOff,
+    #[error("pid 0")]
+    NoPid,
+    #[error("{symbol} in {path}: {source}")]
+    Attach {
+        symbol: String,
+        path: PathBuf,
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+/// One function to probe in a worker: `symbol` of the object at `path` (as the agent
+/// sees it: through /proc/PID/root for workers in other mount namespaces).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerializeTarget {
+    pub path: PathBuf,
+    pub symbol: String,
+    pub function: SerializeFn,
+    /// Where the entry probe finds the byte count.
+    pub enter_size: SizeFrom,
+    /// Where the return probe finds it (overrides the entry's when not None).
+    pub exit_size: SizeFrom,
+}
+
+/// Links of the uprobes attached per worker.
+#[derive(Default)]
+pub(super) struct WorkerLinks {
+    by_pid: HashMap<u32, Vec<(bool, UProbeLinkId)>>,
+}
+
+fn cookie(function: SerializeFn, size: SizeFrom) -> u64 {
+    function as u64 | (size as u64) << 8
+}
+
+impl Probes {
+    /// Turns the scheduling records of `tgid`'s threads on or off.
+    pub fn sched_watch(&mut self, tgid: u32, on: bool) -> Result<(), WorkerProbeError> {
+        let map = self
+            .sched_pids
+            .as_mut()
+            .ok_or(WorkerProbeError::SchedulingOff)?;
+        let word = tgid / 64;
+        if word >= SCHED_PID_WORDS {
+            return Err(WorkerProbeError::TgidTooLarge(tgid));
+        }
+        let bit = 1u64 << (tgid % 64);
+        let old = map.get(&word, 0)?;
+        let new = if on { old | bit } else { old & !bit };
+        if new != old {
+            map.set(word, new, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the entry and return probes of `target` for process `pid` only.
+    pub fn attach_serialize(
+        &mut self,
+        pid: u32,
+        target: &SerializeTarget,
+    ) -> Result<(), WorkerProbeError> {
+        if !self.serialization {
+            return Err(WorkerProbeError::SerializationOff);
+        }
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(WorkerProbeError::NoPid)?);
+        let mut links = Vec::with_capacity(2);
+        for (name, is_enter, size) in [
+            (SERIALIZE_ENTER, true, target.enter_size),
+            (SERIALIZE_EXIT, false, target.exit_size),
+        ] {
+            let err = |source| WorkerProbeError::Attach {
+                symbol: target.symbol.clone(),
+                path: target.path.clone(),
+                source: Box::new(source),
+            };
+            let prog: &mut UProbe = match self.ebpf.program_mut(name).map(|p| p.try_into()) {
+                Some(Ok(p)) => p,
+                _ => return Err(WorkerProbeError::SerializationOff),
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(&target.symbol),
+                cookie: Some(cookie(target.function, size)),
+            };
+            match prog.attach(point, &target.path, scope) {
+                Ok(id) => links.push((is_enter, id)),
+                Err(e) => {
+                    self.detach_links(links);
+                    return Err(err(e));
+                }
+            }
+        }
+        self.worker_links
+            .by_pid
+            .entry(pid)
+            .or_default()
+            .extend(links);
+        Ok(())
+    }
+
+    /// Detaches every serialization probe of `pid` (it exited or stopped being a worker).
+    pub fn detach_serialize(&mut self, pid: u32) {
+        if let Some(links) = self.worker_links.by_pid.remove(&pid) {
+            self.detach_links(links);
+        }
+    }
+
+    /// Workers with serialization probes attached.
+    pub fn serialize_probed_pids(&self) -> Vec<u32> {
+        self.worker_links.by_pid.keys().copied().collect()
+    }
+
+    fn detach_links(&mut self, links: Vec<(bool, UProbeLinkId)>) {
+        for (is_enter, id) in links {
+            let name = if is_enter {
+                SERIALIZE_ENTER
+            } else {
+                SERIALIZE_EXIT
+            };
+            if let Some(Ok(p)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+                // The process may be gone already; its links are then stale and go.
+                let _ = p.detach(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Where a worker's time on a call goes (issue "why is this call slow"), from the
+//! kernel's scheduling edges and the (de)serialization uprobes of the worker threads:
+//!
+//! - `timeline`: per-thread state over time (on CPU, runnable, blocked and why),
+//!   built from `SchedRecord`s, bounded in time and size.
+//! - `serialization`: the (de)serialization calls of each worker, and which of them
+//!   are a call's request decoding and response encoding.
+//! - `split`: a call's window `[t1, t2]` cut into on-CPU, runqueue and off-CPU time by
+//!   reason, following the thread that serves the call.
+//! - `targets`: what to probe in a worker (its mapped upb and orjson objects) and the
+//!   address range of its interpreter's GIL (`_PyRuntime`).
+//!
+//! Each stage takes plain records, so all of it is tested without the kernel.
+pub mod serialization;
+pub mod split;
+pub mod targets;
+pub mod timeline;
+
+#[cfg(test)]
+mod tests;
+
+use crate::events::WorkerSplit;
+use crate::kernel::{SchedRecord, SerializeRecord};
+pub use serialization::SerializeHits;
+pub use timeline::{ProcessWaits, Timelines, WaitReason};
+
+/// How long records are kept: longer than any call the split is asked about.
+pub const HORIZON_NS: u64 = 120_000_000_000;
+
+/// Everything the agent knows of the workers' threads and their (de)serialization.
+#[derive(Default)]
+pub struct WorkerActivity {
+    pub timelines: Timelines,
+    pub serialize: SerializeHits,
+}
+
+impl WorkerActivity {
+    pub fn on_sched(&mut self, rec: &SchedRecord) {
+        self.timelines.push(rec);
+    }
+
+    pub fn on_serialize(&mut self, rec: &SerializeRecord) {
+        self.serialize.push(rec);
+    }
+
+    /// Process facts that classify waits (the GIL's address range, GPU fds).
+    pub fn set_process_waits(&mut self, tgid: u32, waits: ProcessWaits) {
+        self.timelines.set_process(tgid, waits);
+    }
+
+    /// A worker exited: forget its threads and records.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.timelines.forget_process(tgid);
+        self.serialize.forget_process(tgid);
+    }
+
+    /// The split of `[t1, t2]` of a call served by worker `tgid` (`reader_tid`: the
+    /// thread that read its request, a fallback for the serving thread).
+    pub fn split(&self, tgid: u32, reader_tid: Option<u32>, t1: u64, t2: u64) -> WorkerSplit {
+        split::split(self, tgid, reader_tid, t1, t2)
+    }
+
+    /// Drops what is older than the horizon.
+    pub fn prune(&mut self, now_ns: u64) {
+        let floor = now_ns.saturating_sub(HORIZON_NS);
+        self.timelines.prune(floor);
+        self.serialize.prune(floor);
+    }
+
+    pub fn thread_count(&self) -> usize {
+        self.timelines.thread_count()
+    }
+}

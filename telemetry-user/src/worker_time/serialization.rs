@@ -1,0 +1,216 @@
+//! The workers' (de)serialization calls, and which of them belong to a call: its
+//! request decoding (the request message, then the run of parameter decodes right
+//! after it) and its response encoding (the run of result encodes right before the
+//! response message's encoding). A tool's own parsing in between is not counted: only
+//! runs that touch the request's decode or the response's encode are.
+use std::collections::{HashMap, VecDeque};
+
+use crate::kernel::{SerializeFn, SerializeRecord};
+
+/// Records kept per worker at most.
+const MAX_HITS: usize = 50_000;
+/// Largest gap between two calls of one run (a parameter decoded after another, the
+/// result encoded before the response): interpreter work between them, not a tool.
+pub const RUN_GAP_NS: u64 = 2_000_000;
+
+#[derive(Default)]
+pub struct SerializeHits {
+    by_tgid: HashMap<u32, VecDeque<SerializeRecord>>,
+}
+
+/// What the (de)serialization of one direction of a call cost.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Phase {
+    pub time: u64,
+    /// Bytes, summed over the calls whose size was read (None if none was).
+    pub bytes: Option<u64>,
+    /// Per format (`protobuf`, `json`): time, bytes, calls.
+    pub parts: Vec<PhasePart>,
+    /// The thread that did most of it.
+    pub tid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhasePart {
+    pub format: &'static str,
+    pub time: u64,
+    pub bytes: Option<u64>,
+    pub calls: u64,
+}
+
+pub fn format_of(f: SerializeFn) -> &'static str {
+    match f {
+        SerializeFn::ProtobufDecode | SerializeFn::ProtobufEncode => "protobuf",
+        SerializeFn::JsonDecode | SerializeFn::JsonEncode => "json",
+    }
+}
+
+impl Phase {
+    fn add(&mut self, r: &SerializeRecord) {
+        let d = r.ts_end_ns.saturating_sub(r.ts_start_ns);
+        self.time += d;
+        if let Some(b) = r.bytes {
+            self.bytes = Some(self.bytes.unwrap_or(0) + b);
+        }
+        let format = format_of(r.function);
+        match self.parts.iter_mut().find(|p| p.format == format) {
+            Some(p) => {
+                p.time += d;
+                p.calls += 1;
+                if let Some(b) = r.bytes {
+                    p.bytes = Some(p.bytes.unwrap_or(0) + b);
+                }
+            }
+            None => self.parts.push(PhasePart {
+                format,
+                time: d,
+                bytes: r.bytes,
+                calls: 1,
+            }),
+        }
+    }
+}
+
+impl SerializeHits {
+    pub fn push(&mut self, rec: &SerializeRecord) {
+        let q = self.by_tgid.entry(rec.tgid).or_default();
+        if q.len() >= MAX_HITS {
+            q.pop_front();
+        }
+        q.push_back(*rec);
+    }
+
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.by_tgid.remove(&tgid);
+    }
+
+    pub fn prune(&mut self, floor: u64) {
+        self.by_tgid.retain(|_, q| {
+            while q.front().is_some_and(|r| r.ts_end_ns < floor) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+
+    /// Whether any (de)serialization of `tgid` was ever seen (its probes work).
+    pub fn seen(&self, tgid: u32) -> bool {
+        self.by_tgid.contains_key(&tgid)
+    }
+
+    /// The records of `tgid` that lie entirely inside `[a, b]`, by end time.
+    fn within(&self, tgid: u32, a: u64, b: u64) -> Vec<&SerializeRecord> {
+        let Some(q) = self.by_tgid.get(&tgid) else {
+            return Vec::new();
+        };
+        let i = q.partition_point(|r| r.ts_end_ns < a);
+        q.iter()
+            .skip(i)
+            .take_while(|r| r.ts_end_ns <= b)
+            .filter(|r| r.ts_start_ns >= a)
+            .collect()
+    }
+
+    /// (decoding of the request, encoding of the response) of a call whose worker
+    /// window is `[a, b]`.
+    pub fn phases(&self, tgid: u32, a: u64, b: u64) -> (Option<Phase>, Option<Phase>) {
+        let hits = self.within(tgid, a, b);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let around = self.within(tgid, a.saturating_sub(5_000_000), b + 20_000_000);
+            let rel: Vec<(u32, SerializeFn, i64, i64)> = around
+                .iter()
+                .map(|r| {
+                    (
+                        r.tid,
+                        r.function,
+                        r.ts_start_ns as i64 - a as i64,
+                        r.ts_end_ns as i64 - a as i64,
+                    )
+                })
+                .collect();
+            tracing::trace!(
+                tgid,
+                window = b - a,
+                ?rel,
+                "(de)serialization around the worker window"
+            );
+        }
+        (decode_phase(&hits), encode_phase(&hits))
+    }
+}
+
+fn is_decode(f: SerializeFn) -> bool {
+    matches!(f, SerializeFn::ProtobufDecode | SerializeFn::JsonDecode)
+}
+
+/// The request message's decode (the first protobuf decode), then the parameters'
+/// JSON decodes that follow it on the same thread without a gap.
+fn decode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
+    let first = hits
+        .iter()
+        .position(|r| r.function == SerializeFn::ProtobufDecode)
+        .or_else(|| {
+            hits.iter()
+                .position(|r| r.function == SerializeFn::JsonDecode)
+        })?;
+    let mut phase = Phase::default();
+    phase.add(hits[first]);
+    let mut end = hits[first].ts_end_ns;
+    let mut tid = None;
+    for r in &hits[first + 1..] {
+        if r.function != SerializeFn::JsonDecode {
+            if is_decode(r.function) {
+                continue;
+            }
+            break;
+        }
+        if tid.is_some_and(|t| t != r.tid) {
+            continue;
+        }
+        // The first parameter may wait for the hand-over to the tool's thread.
+        let gap = if tid.is_none() {
+            10 * RUN_GAP_NS
+        } else {
+            RUN_GAP_NS
+        };
+        if r.ts_start_ns.saturating_sub(end) > gap {
+            break;
+        }
+        tid = Some(r.tid);
+        phase.add(r);
+        end = r.ts_end_ns;
+    }
+    phase.tid = tid.unwrap_or(hits[first].tid);
+    Some(phase)
+}
+
+/// The response message's encode (the last protobuf encode), with the result's JSON
+/// encodes that precede it without a gap.
+fn encode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
+    let last = hits
+        .iter()
+        .rposition(|r| r.function == SerializeFn::ProtobufEncode)
+        .or_else(|| {
+            hits.iter()
+                .rposition(|r| r.function == SerializeFn::JsonEncode)
+        })?;
+    let anchor = hits[last];
+    let mut phase = Phase {
+        tid: anchor.tid,
+        ..Phase::default()
+    };
+    phase.add(anchor);
+    let mut start = anchor.ts_start_ns;
+    for r in hits[..last].iter().rev() {
+        if r.tid != anchor.tid {
+            continue;
+        }
+        if is_decode(r.function) || start.saturating_sub(r.ts_end_ns) > RUN_GAP_NS {
+            break;
+        }
+        // The result's JSON, or a nested message encoded on its own (an Any).
+        phase.add(r);
+        start = r.ts_start_ns;
+    }
+    Some(phase)
+}

@@ -1,0 +1,102 @@
+//! A call's worker window `[t1, t2]` cut into its parts.
+//!
+//! The serving thread is the one that encoded the response (else the one that decoded
+//! the parameters, else the one that read the request). Its own timeline gives the
+//! split, with one hand-over rule: while it is blocked for a reason other than the
+//! GIL, the time belongs to the same-process thread working for it, if any: the last
+//! thread it woke before blocking (e.g. the pool thread of `asyncio.to_thread`), or
+//! else the thread that wakes it at the end of the wait (e.g. the gRPC thread that
+//! read the request and handed it over). That thread's own states count then (one
+//! level, no further hand-over). A GIL wait is never handed over: the serving thread
+//! is waiting for the interpreter, whoever runs.
+use super::timeline::{ThreadState, Timelines, WaitReason};
+use super::WorkerActivity;
+use crate::events::{SchedSplit, SerializeSplit, WorkerSplit};
+
+pub fn split(
+    act: &WorkerActivity,
+    tgid: u32,
+    reader_tid: Option<u32>,
+    a: u64,
+    b: u64,
+) -> WorkerSplit {
+    let (decode, encode) = act.serialize.phases(tgid, a, b);
+    let serving = encode
+        .as_ref()
+        .map(|p| p.tid)
+        .or(decode.as_ref().map(|p| p.tid))
+        .or(reader_tid);
+    let sched = serving.and_then(|tid| sched_split(&act.timelines, tgid, tid, a, b));
+    WorkerSplit {
+        worker_time: b.saturating_sub(a),
+        deserialize: decode.map(|p| SerializeSplit {
+            time: p.time,
+            bytes: p.bytes,
+            parts: p.parts,
+        }),
+        serialize: encode.map(|p| SerializeSplit {
+            time: p.time,
+            bytes: p.bytes,
+            parts: p.parts,
+        }),
+        sched,
+        serving_tid: serving,
+    }
+}
+
+fn add(split: &mut SchedSplit, state: ThreadState, d: u64) {
+    match state {
+        ThreadState::OnCpu => split.on_cpu += d,
+        ThreadState::Runnable => split.runqueue += d,
+        ThreadState::Blocked(r) => match r {
+            WaitReason::Io => split.io_wait += d,
+            WaitReason::Gil => split.gil_wait += d,
+            WaitReason::Lock => split.lock_wait += d,
+            WaitReason::Sleep => split.sleep += d,
+            WaitReason::Gpu => split.gpu_wait += d,
+        },
+    }
+}
+
+/// The serving thread's split of `[a, b]`, None when its timeline does not cover `a`.
+pub fn sched_split(tl: &Timelines, tgid: u32, tid: u32, a: u64, b: u64) -> Option<SchedSplit> {
+    let line = tl.thread(tid)?;
+    if line.tgid != tgid {
+        return None;
+    }
+    let segs = line.clipped(a, b)?;
+    let mut out = SchedSplit::default();
+    for (s, e, state) in segs {
+        let delegate = match state {
+            ThreadState::Blocked(r) if r != WaitReason::Gil => {
+                // Forward: the last thread it woke while it last ran before blocking.
+                let ran_from = line.last_on_cpu_before(s).unwrap_or(s);
+                line.last_woke(ran_from, s)
+                    // Backward: the thread that ends this wait.
+                    .or_else(|| line.woken_by_in(s, wait_end(line, s, b)))
+                    .filter(|&d| d != tid)
+                    .and_then(|d| tl.thread(d))
+                    .and_then(|d| d.clipped(s, e))
+            }
+            _ => None,
+        };
+        match delegate {
+            Some(parts) if !parts.is_empty() => {
+                let covered: u64 = parts.iter().map(|(ps, pe, _)| pe - ps).sum();
+                for (ps, pe, st) in parts {
+                    add(&mut out, st, pe - ps);
+                }
+                // Whatever the delegate's timeline does not cover stays the wait's.
+                add(&mut out, state, (e - s).saturating_sub(covered));
+            }
+            _ => add(&mut out, state, e - s),
+        }
+    }
+    Some(out)
+}
+
+/// When the blocked segment starting at `s` ends (its next segment), or `b`.
+fn wait_end(line: &super::timeline::ThreadLine, s: u64, b: u64) -> u64 {
+    let i = line.segments.partition_point(|x| x.start <= s);
+    line.segments.get(i).map_or(b, |n| n.start)
+}

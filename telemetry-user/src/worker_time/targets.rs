@@ -1,0 +1,285 @@
+//! What to probe inside a worker, from what it has mapped (/proc/PID/maps): protobuf's
+//! upb extension (`google/_upb/_message*.so`) and orjson, resolved by symbol (the upb
+//! bindings are local `.symtab` symbols of an unstripped object); and the address range
+//! of the interpreter's `_PyRuntime` (libpython or the python executable), inside which
+//! the GIL's mutex and condition variable lie: a futex wait there is a GIL wait.
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use super::timeline::ProcessWaits;
+use crate::kernel::{SerializeFn, SerializeTarget, SizeFrom};
+
+/// Entry points tried in order per function: the Python bindings first (what a
+/// worker's own timing around `FromString`/`SerializeToString` measures), then upb's
+/// core (older or differently built wheels).
+const PROTOBUF_DECODE: &[(&str, SizeFrom)] = &[
+    ("PyUpb_Message_MergeFromString", SizeFrom::ArgObject),
+    ("upb_Decode", SizeFrom::ArgValue),
+];
+const PROTOBUF_ENCODE: &[(&str, SizeFrom)] =
+    &[("PyUpb_Message_SerializeInternal", SizeFrom::RetObject)];
+const JSON_DECODE: &[(&str, SizeFrom)] = &[("loads", SizeFrom::ArgObject)];
+const JSON_ENCODE: &[(&str, SizeFrom)] = &[("dumps", SizeFrom::RetObject)];
+
+/// What the agent will probe in one worker, and what it could not.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerProbePlan {
+    pub targets: Vec<SerializeTarget>,
+    pub waits: ProcessWaits,
+    /// Why a format or the GIL is not covered, one line each.
+    pub missing: Vec<String>,
+    /// The interpreter object that holds `_PyRuntime`.
+    pub interpreter: Option<PathBuf>,
+}
+
+/// A mapped file: its lowest address and file offset 0's mapping start.
+#[derive(Clone, Debug)]
+struct Mapped {
+    base: u64,
+}
+
+fn mapped_files(maps: &str) -> BTreeMap<String, Mapped> {
+    let mut out: BTreeMap<String, Mapped> = BTreeMap::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), _perms, Some(offset), _dev, _inode, Some(path)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if !path.starts_with('/') {
+            continue;
+        }
+        let start = range
+            .split('-')
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        let offset = u64::from_str_radix(offset, 16).ok();
+        if let (Some(start), Some(0)) = (start, offset) {
+            out.entry(path.to_string())
+                .or_insert(Mapped { base: start });
+        }
+    }
+    out
+}
+
+/// The path through which the agent opens a worker's file (its mount namespace).
+fn host_path(proc_root: &Path, pid: u32, path: &str) -> PathBuf {
+    proc_root
+        .join(pid.to_string())
+        .join("root")
+        .join(path.trim_start_matches('/'))
+}
+
+/// Symbol name -> (address, size).
+type SymbolTable = BTreeMap<String, (u64, u64)>;
+
+/// The `wanted` symbols of the object at `path`, and its first segment's page address.
+fn symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> {
+    let data = std::fs::read(path)?;
+    let file = object::File::parse(&*data)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut out = BTreeMap::new();
+    for sym in file.symbols().chain(file.dynamic_symbols()) {
+        if let Ok(name) = sym.name() {
+            if wanted.contains(&name) && sym.address() != 0 {
+                out.entry(name.to_string())
+                    .or_insert((sym.address(), sym.size()));
+            }
+        }
+    }
+    // Load bias: mapping of offset 0 minus the first segment's page-aligned address.
+    let first_vaddr = file.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
+    Ok((out, first_vaddr))
+}
+
+fn pick(
+    host: &Path,
+    function: SerializeFn,
+    candidates: &[(&str, SizeFrom)],
+    found: &SymbolTable,
+) -> Option<SerializeTarget> {
+    let (name, size) = candidates.iter().find(|(n, _)| found.contains_key(*n))?;
+    let (enter_size, exit_size) = match size {
+        SizeFrom::RetObject => (SizeFrom::None, SizeFrom::RetObject),
+        other => (*other, SizeFrom::None),
+    };
+    Some(SerializeTarget {
+        path: host.to_path_buf(),
+        symbol: name.to_string(),
+        function,
+        enter_size,
+        exit_size,
+    })
+}
+
+fn is_upb(path: &str) -> bool {
+    path.contains("/google/_upb/_message") && path.ends_with(".so")
+}
+
+fn is_orjson(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or("");
+    path.contains("/orjson/") && base.starts_with("orjson") && base.ends_with(".so")
+}
+
+fn is_interpreter(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or("");
+    base.starts_with("libpython3") || (base.starts_with("python3") && !base.ends_with(".so"))
+}
+
+/// The probe plan of worker `pid` (`proc_root` is normally /proc).
+pub fn plan(proc_root: &Path, pid: u32) -> WorkerProbePlan {
+    let mut plan = WorkerProbePlan::default();
+    let maps = match std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")) {
+        Ok(m) => m,
+        Err(e) => {
+            plan.missing
+                .push(format!("cannot read /proc/{pid}/maps: {e}"));
+            return plan;
+        }
+    };
+    let files = mapped_files(&maps);
+    let mut have_protobuf = false;
+    let mut have_json = false;
+    for (path, mapped) in &files {
+        let host = host_path(proc_root, pid, path);
+        if is_upb(path) {
+            have_protobuf = true;
+            let wanted: Vec<&str> = PROTOBUF_DECODE
+                .iter()
+                .chain(PROTOBUF_ENCODE)
+                .map(|(n, _)| *n)
+                .collect();
+            match symbols(&host, &wanted) {
+                Ok((found, _)) => {
+                    for (f, c) in [
+                        (SerializeFn::ProtobufDecode, PROTOBUF_DECODE),
+                        (SerializeFn::ProtobufEncode, PROTOBUF_ENCODE),
+                    ] {
+                        match pick(&host, f, c, &found) {
+                            Some(t) => plan.targets.push(t),
+                            None => plan.missing.push(format!(
+                                "protobuf {f:?}: none of {:?} in {path} (stripped?)",
+                                c.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+                            )),
+                        }
+                    }
+                }
+                Err(e) => plan
+                    .missing
+                    .push(format!("protobuf: cannot read {path}: {e}")),
+            }
+        } else if is_orjson(path) {
+            have_json = true;
+            match symbols(&host, &["loads", "dumps"]) {
+                Ok((found, _)) => {
+                    for (f, c) in [
+                        (SerializeFn::JsonDecode, JSON_DECODE),
+                        (SerializeFn::JsonEncode, JSON_ENCODE),
+                    ] {
+                        match pick(&host, f, c, &found) {
+                            Some(t) => plan.targets.push(t),
+                            None => plan
+                                .missing
+                                .push(format!("orjson: no {f:?} symbol in {path}")),
+                        }
+                    }
+                }
+                Err(e) => plan
+                    .missing
+                    .push(format!("orjson: cannot read {path}: {e}")),
+            }
+        } else if plan.waits.gil.is_none() && is_interpreter(path) {
+            if let Ok((found, first_vaddr)) = symbols(&host, &["_PyRuntime"]) {
+                if let Some(&(addr, size)) = found.get("_PyRuntime") {
+                    let start = mapped.base - first_vaddr + addr;
+                    plan.waits.gil = Some(runtime_range(start, size));
+                    plan.interpreter = Some(PathBuf::from(path));
+                }
+            }
+        }
+    }
+    if !have_protobuf {
+        plan.missing.push("protobuf: no google/_upb/_message*.so mapped (pure-Python or cpp protobuf, or not imported yet)".into());
+    }
+    if !have_json {
+        plan.missing
+            .push("json: orjson not mapped (stdlib json is not probed; see docs/events.md)".into());
+    }
+    if plan.waits.gil.is_none() {
+        plan.missing.push("gil: no _PyRuntime symbol in a mapped libpython or python executable (GIL waits count as lock waits)".into());
+    }
+    plan.waits.gpu_fds = gpu_fds(proc_root, pid);
+    plan
+}
+
+fn runtime_range(start: u64, size: u64) -> Range<u64> {
+    // A symbol without a size (stripped of it): the runtime state is a few hundred KiB.
+    let size = if size == 0 { 1 << 20 } else { size };
+    start..start + size
+}
+
+/// fds of `pid` open on GPU devices (`/dev/nvidia*`, `/dev/dri/renderD*`).
+pub fn gpu_fds(proc_root: &Path, pid: u32) -> Vec<u64> {
+    let dir = proc_root.join(pid.to_string()).join("fd");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let t = target.to_string_lossy();
+            (t.starts_with("/dev/nvidia") || t.starts_with("/dev/dri/renderD"))
+                .then(|| e.file_name().to_string_lossy().parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_files_keep_the_offset_zero_mapping() {
+        let maps = "\
+7f00000000-7f00001000 r--p 00000000 08:01 1 /venv/lib/python3.11/site-packages/google/_upb/_message.abi3.so
+7f00001000-7f00009000 r-xp 00001000 08:01 1 /venv/lib/python3.11/site-packages/google/_upb/_message.abi3.so
+7f10000000-7f10001000 rw-p 00000000 00:00 0 [heap]
+";
+        let files = mapped_files(maps);
+        assert_eq!(files.len(), 1);
+        let (path, m) = files.iter().next().unwrap();
+        assert!(is_upb(path));
+        assert_eq!(m.base, 0x7f00000000);
+    }
+
+    #[test]
+    fn recognises_objects_by_path() {
+        assert!(is_orjson(
+            "/v/site-packages/orjson/orjson.cpython-311-x86_64-linux-gnu.so"
+        ));
+        assert!(!is_orjson("/v/site-packages/foo/orjson.py"));
+        assert!(is_interpreter(
+            "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0"
+        ));
+        assert!(is_interpreter("/usr/bin/python3.11"));
+        assert!(!is_interpreter(
+            "/usr/lib/python3.11/lib-dynload/_json.cpython-311.so"
+        ));
+    }
+
+    /// The agent's own test process is not Python, but the plan of a real interpreter
+    /// is checked end to end in tests/tests/worker_split.rs.
+    #[test]
+    fn a_process_without_python_says_what_is_missing() {
+        let plan = plan(Path::new("/proc"), std::process::id());
+        assert!(plan.targets.is_empty());
+        assert!(plan.missing.iter().any(|m| m.starts_with("protobuf")));
+        assert!(plan.missing.iter().any(|m| m.starts_with("gil")));
+    }
+}

@@ -1,0 +1,286 @@
+//! The split from recorded scheduling edges and (de)serialization calls, and the probe
+//! plan of a real Python process.
+#![allow(clippy::identity_op)]
+use super::*;
+use crate::kernel::{SchedEdge, SchedRecord, SerializeFn, SerializeRecord};
+use std::path::Path;
+
+const PID: u32 = 100;
+const MS: u64 = 1_000_000;
+
+fn rec(tid: u32, ts: u64, edge: SchedEdge) -> SchedRecord {
+    SchedRecord {
+        tgid: PID,
+        tid,
+        ts_ns: ts,
+        edge,
+    }
+}
+
+fn out(syscall: u32, arg0: u64) -> SchedEdge {
+    SchedEdge::Out {
+        state: 1,
+        syscall: Some(syscall),
+        arg0,
+    }
+}
+
+fn wake(waker: u32) -> SchedEdge {
+    SchedEdge::Wake {
+        waker_tgid: PID,
+        waker_tid: waker,
+        new_thread: false,
+    }
+}
+
+fn ser(tid: u32, f: SerializeFn, start: u64, end: u64, bytes: u64) -> SerializeRecord {
+    SerializeRecord {
+        tgid: PID,
+        tid,
+        function: f,
+        ts_start_ns: start,
+        ts_end_ns: end,
+        bytes: Some(bytes),
+    }
+}
+
+const FUTEX: u32 = 202;
+const READ: u32 = 0;
+const CLOCK_NANOSLEEP: u32 = 230;
+const GIL_ADDR: u64 = 0x5000;
+
+fn activity() -> WorkerActivity {
+    let mut a = WorkerActivity::default();
+    a.set_process_waits(
+        PID,
+        ProcessWaits {
+            gil: Some(0x4000..0x6000),
+            gpu_fds: vec![9],
+        },
+    );
+    a
+}
+
+#[test]
+fn a_cpu_bound_tool_is_on_cpu_and_preemption_is_runqueue() {
+    let mut a = activity();
+    let t = 7;
+    a.on_sched(&rec(t, 0, SchedEdge::In));
+    a.on_sched(&rec(
+        t,
+        60 * MS,
+        SchedEdge::Out {
+            state: 0,
+            syscall: None,
+            arg0: 0,
+        },
+    ));
+    a.on_sched(&rec(t, 70 * MS, SchedEdge::In));
+    a.on_serialize(&ser(t, SerializeFn::ProtobufDecode, 1 * MS, 2 * MS, 100));
+    a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 98 * MS, 99 * MS, 50));
+    let s = a.split(PID, None, 0, 100 * MS);
+    let sc = s.sched.expect("sched split");
+    assert_eq!(sc.on_cpu, 90 * MS);
+    assert_eq!(sc.runqueue, 10 * MS);
+    assert_eq!(sc.total(), 100 * MS);
+    assert_eq!(sc.bound().map(|b| b.0), Some("cpu"));
+    assert_eq!(s.deserialize.map(|d| d.time), Some(MS));
+    assert_eq!(s.serialize.map(|d| (d.time, d.bytes)), Some((MS, Some(50))));
+    assert_eq!(s.serving_tid, Some(t));
+}
+
+#[test]
+fn waits_are_classified_by_syscall_and_the_gil_by_address() {
+    let mut a = activity();
+    let t = 7;
+    a.on_sched(&rec(t, 0, SchedEdge::In));
+    a.on_sched(&rec(t, 10 * MS, out(READ, 3)));
+    a.on_sched(&rec(t, 40 * MS, SchedEdge::In));
+    a.on_sched(&rec(t, 50 * MS, out(FUTEX, GIL_ADDR)));
+    a.on_sched(&rec(t, 70 * MS, SchedEdge::In));
+    a.on_sched(&rec(t, 75 * MS, out(FUTEX, 0x9000)));
+    a.on_sched(&rec(t, 80 * MS, SchedEdge::In));
+    a.on_sched(&rec(t, 85 * MS, out(CLOCK_NANOSLEEP, 0)));
+    a.on_sched(&rec(t, 95 * MS, SchedEdge::In));
+    a.on_sched(&rec(t, 96 * MS, out(16, 9)));
+    a.on_sched(&rec(t, 99 * MS, SchedEdge::In));
+    let sc = a.split(PID, Some(t), 0, 100 * MS).sched.expect("split");
+    assert_eq!(sc.io_wait, 30 * MS);
+    assert_eq!(sc.gil_wait, 20 * MS);
+    assert_eq!(sc.lock_wait, 5 * MS);
+    assert_eq!(sc.sleep, 10 * MS);
+    assert_eq!(sc.gpu_wait, 3 * MS);
+    assert_eq!(sc.total(), 100 * MS);
+    assert_eq!(sc.on_cpu, 32 * MS);
+    assert_eq!(sc.bound().map(|b| b.0), Some("cpu"));
+}
+
+#[test]
+fn a_wakeup_ends_a_wait_with_runqueue_time() {
+    let mut a = activity();
+    let t = 7;
+    a.on_sched(&rec(t, 0, out(READ, 3)));
+    a.on_sched(&rec(
+        t,
+        30 * MS,
+        SchedEdge::Wake {
+            waker_tgid: 1,
+            waker_tid: 1,
+            new_thread: false,
+        },
+    ));
+    a.on_sched(&rec(t, 40 * MS, SchedEdge::In));
+    let sc = a
+        .split(PID, Some(t), 10 * MS, 50 * MS)
+        .sched
+        .expect("split");
+    assert_eq!(
+        (sc.io_wait, sc.runqueue, sc.on_cpu),
+        (20 * MS, 10 * MS, 10 * MS)
+    );
+}
+
+/// asyncio.to_thread: the loop thread (serving: it encodes) hands the tool to a pool
+/// thread and waits in epoll; the pool thread's time is the call's.
+#[test]
+fn a_wait_for_a_thread_it_woke_takes_that_threads_states() {
+    let mut a = activity();
+    let (lp, pool) = (7, 8);
+    a.on_sched(&rec(pool, 0, out(FUTEX, 0x9000)));
+    a.on_sched(&rec(lp, 0, SchedEdge::In));
+    a.on_serialize(&ser(lp, SerializeFn::ProtobufDecode, 1 * MS, 2 * MS, 100));
+    a.on_sched(&rec(pool, 3 * MS, wake(lp)));
+    a.on_sched(&rec(lp, 4 * MS, out(232, 5))); // epoll_wait
+    a.on_sched(&rec(pool, 4 * MS, SchedEdge::In));
+    a.on_sched(&rec(pool, 50 * MS, out(READ, 3)));
+    a.on_sched(&rec(pool, 80 * MS, SchedEdge::In));
+    a.on_sched(&rec(lp, 90 * MS, wake(pool)));
+    a.on_sched(&rec(pool, 90 * MS, out(FUTEX, 0x9000)));
+    a.on_sched(&rec(lp, 90 * MS, SchedEdge::In));
+    a.on_serialize(&ser(lp, SerializeFn::ProtobufEncode, 95 * MS, 96 * MS, 10));
+    let sc = a.split(PID, None, 0, 100 * MS).sched.expect("split");
+    assert_eq!(sc.total(), 100 * MS);
+    // lp on CPU 0-4 and 90-100; pool on CPU 4-50 and 80-90, in read 50-80.
+    assert_eq!(sc.on_cpu, 70 * MS);
+    assert_eq!(sc.io_wait, 30 * MS);
+}
+
+/// A GIL wait is never handed over: the serving thread waits for the interpreter.
+#[test]
+fn a_gil_wait_stays_the_serving_threads() {
+    let mut a = activity();
+    let (t, other) = (7, 8);
+    a.on_sched(&rec(t, 0, SchedEdge::In));
+    a.on_sched(&rec(other, 1 * MS, wake(t)));
+    a.on_sched(&rec(t, 2 * MS, out(FUTEX, GIL_ADDR)));
+    a.on_sched(&rec(other, 2 * MS, SchedEdge::In));
+    a.on_sched(&rec(t, 10 * MS, SchedEdge::In));
+    let sc = a.split(PID, Some(t), 0, 10 * MS).sched.expect("split");
+    assert_eq!((sc.on_cpu, sc.gil_wait), (2 * MS, 8 * MS));
+    assert_eq!(sc.bound().map(|b| b.0), Some("gil"));
+}
+
+/// The request decode and the parameter decodes right after it count; a tool's own
+/// parsing later in the window does not.
+#[test]
+fn the_tools_own_parsing_is_not_the_calls_decoding() {
+    let mut a = activity();
+    let t = 7;
+    a.on_serialize(&ser(5, SerializeFn::ProtobufDecode, 1 * MS, 2 * MS, 1000));
+    a.on_serialize(&ser(t, SerializeFn::JsonDecode, 3 * MS, 4 * MS, 400));
+    a.on_serialize(&ser(
+        t,
+        SerializeFn::JsonDecode,
+        4 * MS + 10_000,
+        5 * MS,
+        400,
+    ));
+    // The tool parses something of its own 20 ms later.
+    a.on_serialize(&ser(t, SerializeFn::ProtobufDecode, 25 * MS, 30 * MS, 99));
+    a.on_serialize(&ser(t, SerializeFn::JsonDecode, 31 * MS, 32 * MS, 99));
+    a.on_serialize(&ser(t, SerializeFn::JsonEncode, 90 * MS, 92 * MS, 300));
+    a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 93 * MS, 94 * MS, 350));
+    let s = a.split(PID, None, 0, 100 * MS);
+    let d = s.deserialize.expect("decode");
+    assert_eq!(d.time, MS + MS + MS - 10_000);
+    assert_eq!(d.bytes, Some(1800));
+    let e = s.serialize.expect("encode");
+    assert_eq!((e.time, e.bytes), (3 * MS, Some(650)));
+    assert_eq!(e.parts.len(), 2);
+}
+
+#[test]
+fn unknown_states_leave_the_sched_split_absent() {
+    let a = activity();
+    assert!(a.split(PID, Some(7), 0, 100 * MS).sched.is_none());
+}
+
+#[test]
+fn old_records_are_pruned_but_the_current_state_is_kept() {
+    let mut a = activity();
+    a.on_sched(&rec(7, 0, out(READ, 3)));
+    a.on_sched(&rec(8, 0, SchedEdge::In));
+    a.on_sched(&rec(8, HORIZON_NS + 10 * MS, out(READ, 3)));
+    a.prune(HORIZON_NS + 20 * MS);
+    // Thread 7 has been blocked since 0: its state is still known.
+    let sc = a
+        .split(PID, Some(7), HORIZON_NS + 20 * MS, HORIZON_NS + 30 * MS)
+        .sched
+        .expect("split");
+    assert_eq!(sc.io_wait, 10 * MS);
+}
+
+/// The plan of a real Python process that imported upb and orjson finds their
+/// (de)serialization symbols and the interpreter's _PyRuntime.
+#[test]
+fn plans_the_probes_of_a_real_python_process() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup` (the project venv with protobuf and orjson)",
+        python.display()
+    );
+    let mut child = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, orjson; from google.protobuf import any_pb2; print('ready', flush=True); sys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "ready");
+    let plan = targets::plan(Path::new("/proc"), child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let found: Vec<(SerializeFn, &str)> = plan
+        .targets
+        .iter()
+        .map(|t| (t.function, t.symbol.as_str()))
+        .collect();
+    assert!(
+        found.contains(&(SerializeFn::JsonDecode, "loads")),
+        "{found:?} {:?}",
+        plan.missing
+    );
+    assert!(
+        found.contains(&(SerializeFn::JsonEncode, "dumps")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|(f, _)| *f == SerializeFn::ProtobufDecode),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|(f, _)| *f == SerializeFn::ProtobufEncode),
+        "{found:?}"
+    );
+    let gil = plan.waits.gil.expect("_PyRuntime found");
+    assert!(gil.end - gil.start > 1000);
+}
