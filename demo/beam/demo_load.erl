@@ -130,6 +130,11 @@ j(V) -> demo_json:encode(V).
 grpc_params(echo, Seq, _O) -> {<<"echo">>, [{<<"value">>, j(iolist_to_binary(["hello-", integer_to_list(Seq)]))}], []};
 grpc_params(sleep, _, O) -> {<<"sleep">>, [{<<"ms">>, j(maps:get(sleep_ms, O, 20))}], []};
 grpc_params(cpu, _, O) -> {<<"cpu">>, [{<<"n">>, j(maps:get(cpu_n, O, 200000))}], []};
+%% Tools with a known time split (demo_split_tools.py).
+grpc_params(big_json, _, O) -> {<<"big_json">>, [{<<"data">>, big_json_doc(maps:get(big_json_bytes, O, 1048576))}], []};
+grpc_params(cpu_spin, _, O) -> {<<"cpu_spin">>, [{<<"ms">>, j(maps:get(spin_ms, O, 200))}], []};
+grpc_params(io_wait, _, O) -> {<<"io_wait">>, [{<<"fifo">>, j(list_to_binary(maps:get(io_fifo, O, "/nonexistent")))}], []};
+grpc_params(gil_contention, _, O) -> {<<"gil_contention">>, [{<<"ms">>, j(maps:get(spin_ms, O, 300))}], []};
 grpc_params(fail, _, _) -> {<<"fail">>, [{<<"message">>, j(<<"boom">>)}], []};
 grpc_params(large, _, O) -> {<<"large">>, [{<<"bytes">>, j(maps:get(large_bytes, O, 1048576))}], []};
 grpc_params(upload, _, O) ->
@@ -149,6 +154,23 @@ grpc_params(snakebridge, _, _) ->
      [{<<"library">>, j(<<"numpy">>)}, {<<"function">>, j(<<"mean">>)},
       {<<"python_module">>, j(<<"numpy">>)}, {<<"call_type">>, j(<<"function">>)},
       {<<"args">>, j([[1, 2, 3, 4]])}, {<<"kwargs">>, j(#{})}], []}.
+
+%% A JSON document of about `Bytes` bytes: records of numbers and short strings (a
+%% structured document, not one big string), built once per size.
+big_json_doc(Bytes) ->
+    Key = {?MODULE, big_json, Bytes},
+    case persistent_term:get(Key, undefined) of
+        undefined ->
+            Rec = fun(I) -> [<<"{\"i\":">>, integer_to_binary(I), <<",\"x\":">>,
+                             integer_to_binary(I * 7919 rem 1000003),
+                             <<",\"s\":\"snakepit-">>, integer_to_binary(I rem 997), <<"\"}">>]
+                  end,
+            N = max(1, Bytes div 44),
+            Doc = iolist_to_binary([<<"[">>, lists:join(<<",">>, [Rec(I) || I <- lists:seq(1, N)]), <<"]">>]),
+            persistent_term:put(Key, Doc),
+            Doc;
+        Doc -> Doc
+    end.
 
 call(Seq, W = #{transport := grpc, conn := Conn}, Tool, Session, Opts) ->
     Corr = iolist_to_binary(["c-", demo_worker:unique()]),

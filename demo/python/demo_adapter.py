@@ -79,6 +79,11 @@ class DemoAdapter:
             Tool("gpu_info", self.gpu_tool, "GPU backend and MiB held", []),
         ):
             self.tools[tool.name] = tool
+        # Tools with a known time split (demo_split_tools.py).
+        import demo_split_tools
+
+        for name, func, description, params in demo_split_tools.TOOLS:
+            self.tools[name] = Tool(name, func, description, params)
 
     # ---- interface used by grpc_server.py ----
 

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(HERE, "generated"))
 sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402
+import demo_split_tools  # noqa: E402
 from google.protobuf import any_pb2, timestamp_pb2  # noqa: E402
 
 try:
@@ -41,6 +42,8 @@ except ImportError as exc:  # pragma: no cover - setup problem
     sys.exit(2)
 
 try:
+    if os.environ.get("SNAKEPIT_DEMO_JSON") == "stdlib":
+        raise ImportError("stdlib json requested")
     import orjson
 
     def json_loads(data):
@@ -56,6 +59,15 @@ except ImportError:  # pragma: no cover - orjson is optional, as in Snakepit
 
     def json_dumps(value):
         return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+
+
+def _timed_json():
+    """With the split clock on, json_loads/json_dumps time themselves (only them: the
+    same calls the agent probes, not the copies around them)."""
+    global json_loads, json_dumps
+    if SPLIT_CLOCK is not None:
+        json_loads = SPLIT_CLOCK.timed_json(json_loads, "decode")
+        json_dumps = SPLIT_CLOCK.timed_json(json_dumps, "encode")
 
 
 def _json_default(value):
@@ -79,6 +91,14 @@ TYPE_URL_PREFIX = "type.googleapis.com/snakepit."
 CORRELATION_HEADER = "x-snakepit-correlation-id"
 
 log = logging.getLogger("snakepit.worker")
+
+# The worker's own measurement of its (de)serialization, for the agent's tests only.
+SPLIT_CLOCK = (
+    demo_split_tools.SerializationClock(os.environ["SNAKEPIT_DEMO_SPLIT_TRUTH"])
+    if os.environ.get("SNAKEPIT_DEMO_SPLIT_TRUTH")
+    else None
+)
+_timed_json()
 
 
 def now_timestamp():
@@ -451,7 +471,11 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         resp.metadata["worker_id"] = self.worker_id
         ok = False
         try:
+            if SPLIT_CLOCK is not None:
+                SPLIT_CLOCK.take("decode")
             params = decode_params(request.parameters)
+            if SPLIT_CLOCK is not None:
+                SPLIT_CLOCK.add(cid, "decode", SPLIT_CLOCK.take("decode"))
             value = self.adapter.execute_tool(
                 request.tool_name, params, dict(request.binary_parameters), ctx
             )
@@ -462,7 +486,12 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                 resp.binary_result = bytes(value)
                 resp.result.CopyFrom(encode_result({"binary_bytes": len(resp.binary_result)}))
             else:
-                resp.result.CopyFrom(encode_result(value))
+                if SPLIT_CLOCK is not None:
+                    SPLIT_CLOCK.take("encode")
+                encoded = encode_result(value)
+                if SPLIT_CLOCK is not None:
+                    SPLIT_CLOCK.add(cid, "encode", SPLIT_CLOCK.take("encode"))
+                resp.result.CopyFrom(encoded)
             resp.success = True
             ok = True
         except Exception as exc:
@@ -615,9 +644,13 @@ def main(argv=None):
     )
     telemetry = TelemetryHub()
 
+    interceptors = []
+    if SPLIT_CLOCK is not None:
+        interceptors.append(demo_split_tools.timing_interceptor(SPLIT_CLOCK))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(args.max_workers, 2), thread_name_prefix="rpc"),
         options=GRPC_OPTIONS,
+        interceptors=interceptors,
     )
     pb_grpc.add_BridgeServiceServicer_to_server(
         BridgeServicer(adapter, args.adapter, worker_id, callbacks, telemetry), server

@@ -646,7 +646,13 @@ pub enum SizeFrom {
     RetObject = 2,
     /// Argument 1 is the byte count itself (upb_Decode's `size`).
     ArgValue = 3,
+    /// Argument 1 is a tuple whose first item is a str/bytes (the `args` of a C
+    /// `tp_call`, e.g. the stdlib json scanner's `(string, idx)`): that item's size.
+    ArgTupleFirst = 4,
 }
+
+/// Offset of `ob_item[0]` in a CPython 3 PyTupleObject.
+pub const PY_TUPLE_ITEM0_OFFSET: u64 = 24;
 
 /// Offset of `ob_size` (PyVarObject) and `length` (PyASCIIObject) in CPython 3.
 pub const PY_SIZE_OFFSET: u64 = 16;

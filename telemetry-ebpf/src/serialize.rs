@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use telemetry_common::{
     RecordKind, SerializeEvent, SerializePending, SizeFrom, PROBE_SERIALIZE, PY_SIZE_OFFSET,
-    STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+    PY_TUPLE_ITEM0_OFFSET, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, SERIALIZE_PENDING};
@@ -49,6 +49,12 @@ pub fn serialize_enter(ctx: ProbeContext) -> u32 {
     let size_from = ((c >> 8) & 0xff) as u8;
     let bytes = if size_from == SizeFrom::ArgObject as u8 {
         py_size(ctx.arg::<u64>(1).unwrap_or(0))
+    } else if size_from == SizeFrom::ArgTupleFirst as u8 {
+        let tuple = ctx.arg::<u64>(1).unwrap_or(0);
+        // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
+        let item = unsafe { bpf_probe_read_user((tuple + PY_TUPLE_ITEM0_OFFSET) as *const u64) }
+            .unwrap_or(0);
+        py_size(item)
     } else if size_from == SizeFrom::ArgValue as u8 {
         ctx.arg::<u64>(1).unwrap_or(u64::MAX)
     } else {

@@ -49,7 +49,11 @@ impl Agent {
             .args(["run", "--format", "json", "--output"])
             .arg(&output)
             .args(extra_args)
-            .env("RUST_LOG", "info")
+            // SNAKEPIT_TEST_AGENT_LOG overrides the agent's log filter (debugging a test).
+            .env(
+                "RUST_LOG",
+                std::env::var("SNAKEPIT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

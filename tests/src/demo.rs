@@ -25,6 +25,8 @@ pub struct DemoOptions {
     pub nice: i32,
     /// Extra emulator flags for `erl` (e.g. `+sbwt none`).
     pub erl_flags: Vec<String>,
+    /// Environment of the BEAM, inherited by its workers.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for DemoOptions {
@@ -39,6 +41,7 @@ impl Default for DemoOptions {
             init_session_per_call: false,
             nice: 0,
             erl_flags: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -141,6 +144,7 @@ impl Demo {
                 opts.init_session_per_call
                     .then_some("--init-session-per-call"),
             )
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(log) = &opts.log {

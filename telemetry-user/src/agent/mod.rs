@@ -231,6 +231,8 @@ impl Agent {
                     self.apply(changes);
                     let now = kernel::monotonic_now_ns();
                     self.finish_closing(now);
+                    // Workers import protobuf/orjson after they are found: plan again.
+                    self.sync_worker_probes();
                     self.pipeline.tick(now, &self.discovery, &mut self.observations);
                     self.feed_tracker();
                     self.tracker.tick(now);
@@ -517,19 +519,7 @@ impl Agent {
             let _ = self.probes.unwatch_pid(tgid);
             self.watched_pids.remove(&tgid);
         }
-        let workers: Vec<u32> = want_pids
-            .iter()
-            .filter(|(_, f)| *f & kernel::PID_WORKER != 0)
-            .map(|(p, _)| *p)
-            .collect();
-        self.worker_probes.sync(
-            &mut self.probes,
-            &mut self.tracker,
-            &self.config.discovery.proc_root,
-            &workers,
-            self.config.profile.scheduling,
-            self.config.profile.serialization,
-        );
+        self.sync_worker_probes();
         let mut want_fds = HashSet::with_capacity(plan.fds.len());
         // Ends of half-closed connections stay watched until they close.
         for c in &self.closing {
@@ -557,6 +547,25 @@ impl Agent {
             let _ = self.probes.unwatch_fd(tgid, fd as i32);
             self.watched_fds.remove(&(tgid, fd));
         }
+    }
+
+    /// Scheduling records and (de)serialization probes for the watched workers.
+    fn sync_worker_probes(&mut self) {
+        let workers: Vec<u32> = self
+            .watched_pids
+            .iter()
+            .filter(|(_, f)| **f & kernel::PID_WORKER != 0)
+            .map(|(p, _)| *p)
+            .collect();
+        self.worker_probes.sync(
+            &mut self.probes,
+            &mut self.tracker,
+            &self.config.discovery.proc_root,
+            &workers,
+            self.config.profile.scheduling,
+            self.config.profile.serialization,
+            kernel::monotonic_now_ns(),
+        );
     }
 
     fn emit_summaries(&mut self, final_summary: bool) {

@@ -1,8 +1,9 @@
 //! The probes inside the workers: each worker's threads get the scheduling records
 //! (SCHED_PIDS), its mapped upb and orjson objects the (de)serialization uprobes, and
 //! the tracker learns where its GIL lies. A worker that has not imported protobuf or
-//! orjson yet is planned again on later rescans (a few times), then left with one log
-//! line saying what is missing.
+//! orjson yet (a fresh one) is planned again every 0.25 s for 5 s, then at doubling
+//! intervals (about 4 minutes in all), then left with one log line saying what is
+//! missing.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -10,8 +11,11 @@ use crate::calls::CallTracker;
 use crate::kernel::Probes;
 use crate::worker_time::targets;
 
-/// Plans per worker at most (one per rescan) while something is missing.
-const MAX_PLANS: u32 = 12;
+/// Plans per worker at most while something is missing.
+const MAX_PLANS: u32 = 30;
+/// Delay between plans; doubled after `FAST_PLANS`.
+const RETRY_NS: u64 = 250_000_000;
+const FAST_PLANS: u32 = 20;
 
 #[derive(Default)]
 pub(crate) struct WorkerProbes {
@@ -29,6 +33,9 @@ pub(crate) struct WorkerProbeCounters {
 #[derive(Default)]
 struct Probed {
     plans: u32,
+    next_plan_ns: u64,
+    /// The interpreter's runtime range, once found (not looked up again).
+    gil: Option<std::ops::Range<u64>>,
     sched: bool,
     /// Symbols attached, by (path, symbol).
     attached: Vec<(std::path::PathBuf, String)>,
@@ -45,6 +52,7 @@ impl WorkerProbes {
         workers: &[u32],
         scheduling: bool,
         serialization: bool,
+        now_ns: u64,
     ) {
         for &pid in workers {
             let w = self.workers.entry(pid).or_default();
@@ -57,11 +65,16 @@ impl WorkerProbes {
                     }
                 }
             }
-            if w.complete || w.plans >= MAX_PLANS {
+            if w.complete || w.plans >= MAX_PLANS || now_ns < w.next_plan_ns {
                 continue;
             }
+            w.next_plan_ns = now_ns + (RETRY_NS << w.plans.saturating_sub(FAST_PLANS));
             w.plans += 1;
-            let plan = targets::plan(proc_root, pid);
+            let mut plan = targets::plan(proc_root, pid, w.gil.clone());
+            if w.gil.is_none() {
+                w.gil = plan.waits.gil.clone();
+            }
+            plan.waits.gil = w.gil.clone();
             tracker
                 .activity_mut()
                 .set_process_waits(pid, plan.waits.clone());

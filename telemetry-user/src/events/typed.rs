@@ -178,6 +178,9 @@ pub struct SerializeSplit {
     pub parts: Vec<crate::worker_time::serialization::PhasePart>,
 }
 
+/// Runqueue share of the window from which a call is `cpu_starved`.
+pub const STARVED_SHARE: f64 = 0.3;
+
 /// On-CPU, runqueue and off-CPU time by reason over the worker window, ns; the parts
 /// sum to the window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,15 +218,21 @@ impl SchedSplit {
         ]
     }
 
-    /// The verdict: the largest part (`cpu`, `io`, `gil`, `cpu_starved`, `gpu`,
-    /// `lock`, `sleep`) and its share of the window.
+    /// The verdict and its share of the window: `cpu_starved` when the thread waited
+    /// for a CPU for at least `STARVED_SHARE` of the window (a CPU-bound thread given
+    /// half a CPU is starved even if it runs the other half), else the largest part
+    /// (`cpu`, `io`, `gil`, `gpu`, `lock`, `sleep`).
     pub fn bound(&self) -> Option<(&'static str, f64)> {
         let total = self.total();
         if total == 0 {
             return None;
         }
+        let share = |v: u64| v as f64 / total as f64;
+        if share(self.runqueue) >= STARVED_SHARE {
+            return Some(("cpu_starved", share(self.runqueue)));
+        }
         let (name, v) = self.parts().into_iter().max_by_key(|(_, v)| *v)?;
-        Some((name, v as f64 / total as f64))
+        Some((name, share(v)))
     }
 }
 

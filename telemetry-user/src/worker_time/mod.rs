@@ -21,7 +21,7 @@ mod tests;
 
 use crate::events::WorkerSplit;
 use crate::kernel::{SchedRecord, SerializeRecord};
-pub use serialization::SerializeHits;
+pub use serialization::{MessageSizes, SerializeHits};
 pub use timeline::{ProcessWaits, Timelines, WaitReason};
 
 /// How long records are kept: longer than any call the split is asked about.
@@ -56,8 +56,15 @@ impl WorkerActivity {
 
     /// The split of `[t1, t2]` of a call served by worker `tgid` (`reader_tid`: the
     /// thread that read its request, a fallback for the serving thread).
-    pub fn split(&self, tgid: u32, reader_tid: Option<u32>, t1: u64, t2: u64) -> WorkerSplit {
-        split::split(self, tgid, reader_tid, t1, t2)
+    pub fn split(
+        &self,
+        tgid: u32,
+        reader_tid: Option<u32>,
+        t1: u64,
+        t2: u64,
+        sizes: MessageSizes,
+    ) -> WorkerSplit {
+        split::split(self, tgid, reader_tid, t1, t2, sizes)
     }
 
     /// Drops what is older than the horizon.

@@ -112,31 +112,72 @@ impl SerializeHits {
     }
 
     /// (decoding of the request, encoding of the response) of a call whose worker
-    /// window is `[a, b]`.
-    pub fn phases(&self, tgid: u32, a: u64, b: u64) -> (Option<Phase>, Option<Phase>) {
+    /// window is `[a, b]`. `sizes`: the request's and the response's message lengths
+    /// when known (unary calls): the protobuf call of that size is the message's, the
+    /// first decode and last encode otherwise. The response is looked for on the
+    /// thread that decoded the parameters (the handler's), if it decoded any: another
+    /// thread may encode other messages meanwhile (e.g. a telemetry stream).
+    pub fn phases(
+        &self,
+        tgid: u32,
+        a: u64,
+        b: u64,
+        sizes: MessageSizes,
+    ) -> (Option<Phase>, Option<Phase>) {
         let hits = self.within(tgid, a, b);
         if tracing::enabled!(tracing::Level::TRACE) {
-            let around = self.within(tgid, a.saturating_sub(5_000_000), b + 20_000_000);
-            let rel: Vec<(u32, SerializeFn, i64, i64)> = around
+            let rel: Vec<(u32, SerializeFn, u64, u64, Option<u64>)> = hits
                 .iter()
                 .map(|r| {
                     (
                         r.tid,
                         r.function,
-                        r.ts_start_ns as i64 - a as i64,
-                        r.ts_end_ns as i64 - a as i64,
+                        r.ts_start_ns - a,
+                        r.ts_end_ns - a,
+                        r.bytes,
                     )
                 })
                 .collect();
             tracing::trace!(
                 tgid,
                 window = b - a,
+                ?sizes,
                 ?rel,
-                "(de)serialization around the worker window"
+                "(de)serialization in the worker window"
             );
         }
-        (decode_phase(&hits), encode_phase(&hits))
+        let decode = decode_phase(&hits, sizes.request);
+        let handler = decode
+            .as_ref()
+            .filter(|p| p.parts.iter().any(|x| x.format == "json"))
+            .map(|p| p.tid);
+        let encode = handler
+            .and_then(|t| {
+                let own: Vec<&SerializeRecord> =
+                    hits.iter().copied().filter(|r| r.tid == t).collect();
+                encode_phase(&own, sizes.response)
+            })
+            .or_else(|| encode_phase(&hits, sizes.response));
+        (decode, encode)
     }
+}
+
+/// The gRPC message lengths of a call's request and response (unary calls).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MessageSizes {
+    pub request: Option<u64>,
+    pub response: Option<u64>,
+}
+
+/// Between the message's (de)serialization and the first (last) JSON call of the
+/// parameters (result): the hand-over to the handler. Copies of the document into
+/// the message (an `Any`'s bytes) also lie there, and grow with it: a JSON call that
+/// carries most of the message's bytes is the message's whatever the gap.
+const HANDOVER_GAP_NS: u64 = 20_000_000;
+
+/// The JSON call of `json` bytes is (most of) the protobuf message of `msg` bytes.
+fn carries_message(json: Option<u64>, msg: Option<u64>) -> bool {
+    matches!((json, msg), (Some(j), Some(m)) if m > 0 && j <= m && 2 * j >= m)
 }
 
 fn is_decode(f: SerializeFn) -> bool {
@@ -145,10 +186,11 @@ fn is_decode(f: SerializeFn) -> bool {
 
 /// The request message's decode (the first protobuf decode), then the parameters'
 /// JSON decodes that follow it on the same thread without a gap.
-fn decode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
-    let first = hits
-        .iter()
-        .position(|r| r.function == SerializeFn::ProtobufDecode)
+fn decode_phase(hits: &[&SerializeRecord], size: Option<u64>) -> Option<Phase> {
+    let is_msg = |r: &&SerializeRecord| r.function == SerializeFn::ProtobufDecode;
+    let first = size
+        .and_then(|n| hits.iter().position(|r| is_msg(r) && r.bytes == Some(n)))
+        .or_else(|| hits.iter().position(is_msg))
         .or_else(|| {
             hits.iter()
                 .position(|r| r.function == SerializeFn::JsonDecode)
@@ -159,21 +201,24 @@ fn decode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
     let mut tid = None;
     for r in &hits[first + 1..] {
         if r.function != SerializeFn::JsonDecode {
-            if is_decode(r.function) {
-                continue;
+            // Other threads' messages (a telemetry stream, heartbeats) interleave;
+            // the handler encoding something ends its parameter run.
+            if tid == Some(r.tid) && !is_decode(r.function) {
+                break;
             }
-            break;
+            continue;
         }
         if tid.is_some_and(|t| t != r.tid) {
             continue;
         }
         // The first parameter may wait for the hand-over to the tool's thread.
         let gap = if tid.is_none() {
-            10 * RUN_GAP_NS
+            HANDOVER_GAP_NS
         } else {
             RUN_GAP_NS
         };
-        if r.ts_start_ns.saturating_sub(end) > gap {
+        let first_carries = tid.is_none() && carries_message(r.bytes, hits[first].bytes);
+        if r.ts_start_ns.saturating_sub(end) > gap && !first_carries {
             break;
         }
         tid = Some(r.tid);
@@ -186,10 +231,11 @@ fn decode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
 
 /// The response message's encode (the last protobuf encode), with the result's JSON
 /// encodes that precede it without a gap.
-fn encode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
-    let last = hits
-        .iter()
-        .rposition(|r| r.function == SerializeFn::ProtobufEncode)
+fn encode_phase(hits: &[&SerializeRecord], size: Option<u64>) -> Option<Phase> {
+    let is_msg = |r: &&SerializeRecord| r.function == SerializeFn::ProtobufEncode;
+    let last = size
+        .and_then(|n| hits.iter().rposition(|r| is_msg(r) && r.bytes == Some(n)))
+        .or_else(|| hits.iter().rposition(is_msg))
         .or_else(|| {
             hits.iter()
                 .rposition(|r| r.function == SerializeFn::JsonEncode)
@@ -205,7 +251,16 @@ fn encode_phase(hits: &[&SerializeRecord]) -> Option<Phase> {
         if r.tid != anchor.tid {
             continue;
         }
-        if is_decode(r.function) || start.saturating_sub(r.ts_end_ns) > RUN_GAP_NS {
+        // The first step back may cross the hand-over (a copy of the whole document
+        // into the response, which grows with it); the rest are a run.
+        let first_step = phase.parts.iter().map(|p| p.calls).sum::<u64>() == 1;
+        let gap = if first_step {
+            HANDOVER_GAP_NS
+        } else {
+            RUN_GAP_NS
+        };
+        let carries = first_step && carries_message(r.bytes, anchor.bytes);
+        if is_decode(r.function) || (start.saturating_sub(r.ts_end_ns) > gap && !carries) {
             break;
         }
         // The result's JSON, or a nested message encoded on its own (an Any).

@@ -1,16 +1,15 @@
 //! A call's worker window `[t1, t2]` cut into its parts.
 //!
-//! The serving thread is the one that encoded the response (else the one that decoded
-//! the parameters, else the one that read the request). Its own timeline gives the
-//! split, with one hand-over rule: while it is blocked for a reason other than the
-//! GIL, the time belongs to the same-process thread working for it, if any: the last
-//! thread it woke before blocking (e.g. the pool thread of `asyncio.to_thread`), or
-//! else the thread that wakes it at the end of the wait (e.g. the gRPC thread that
-//! read the request and handed it over). That thread's own states count then (one
-//! level, no further hand-over). A GIL wait is never handed over: the serving thread
-//! is waiting for the interpreter, whoever runs.
+//! The serving thread is the one that decoded the parameters (the tool's handler),
+//! else the one that encoded the response, else the one that read the request. Its
+//! own timeline gives the split, with one hand-over rule: while it waits on a lock or
+//! for I/O and another thread of the same process ends that wait (wakes it), the wait
+//! was for that thread's work, and that thread's own states count over it (one level,
+//! no further hand-over): the gRPC thread that read the request and handed it over,
+//! the pool thread of `asyncio.to_thread` that ran the tool while the event loop
+//! waited. A GIL wait, a sleep or a GPU wait is never handed over.
 use super::timeline::{ThreadState, Timelines, WaitReason};
-use super::WorkerActivity;
+use super::{MessageSizes, WorkerActivity};
 use crate::events::{SchedSplit, SerializeSplit, WorkerSplit};
 
 pub fn split(
@@ -19,12 +18,14 @@ pub fn split(
     reader_tid: Option<u32>,
     a: u64,
     b: u64,
+    sizes: MessageSizes,
 ) -> WorkerSplit {
-    let (decode, encode) = act.serialize.phases(tgid, a, b);
-    let serving = encode
+    let (decode, encode) = act.serialize.phases(tgid, a, b, sizes);
+    let serving = decode
         .as_ref()
+        .filter(|p| p.parts.iter().any(|x| x.format == "json"))
         .map(|p| p.tid)
-        .or(decode.as_ref().map(|p| p.tid))
+        .or(encode.as_ref().map(|p| p.tid))
         .or(reader_tid);
     let sched = serving.and_then(|tid| sched_split(&act.timelines, tgid, tid, a, b));
     WorkerSplit {
@@ -68,16 +69,11 @@ pub fn sched_split(tl: &Timelines, tgid: u32, tid: u32, a: u64, b: u64) -> Optio
     let mut out = SchedSplit::default();
     for (s, e, state) in segs {
         let delegate = match state {
-            ThreadState::Blocked(r) if r != WaitReason::Gil => {
-                // Forward: the last thread it woke while it last ran before blocking.
-                let ran_from = line.last_on_cpu_before(s).unwrap_or(s);
-                line.last_woke(ran_from, s)
-                    // Backward: the thread that ends this wait.
-                    .or_else(|| line.woken_by_in(s, wait_end(line, s, b)))
-                    .filter(|&d| d != tid)
-                    .and_then(|d| tl.thread(d))
-                    .and_then(|d| d.clipped(s, e))
-            }
+            ThreadState::Blocked(WaitReason::Lock | WaitReason::Io) => line
+                .woken_by_in(s, wait_end(line, s, b))
+                .filter(|&d| d != tid)
+                .and_then(|d| tl.thread(d))
+                .and_then(|d| d.clipped(s, e)),
             _ => None,
         };
         match delegate {

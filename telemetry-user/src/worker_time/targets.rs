@@ -23,6 +23,12 @@ const PROTOBUF_ENCODE: &[(&str, SizeFrom)] =
     &[("PyUpb_Message_SerializeInternal", SizeFrom::RetObject)];
 const JSON_DECODE: &[(&str, SizeFrom)] = &[("loads", SizeFrom::ArgObject)];
 const JSON_ENCODE: &[(&str, SizeFrom)] = &[("dumps", SizeFrom::RetObject)];
+/// The stdlib json C accelerator (`_json`): the scanner that parses a document and the
+/// encoder that renders one (json.loads / json.dumps spend nearly all their time
+/// there). Only where `_json` is a shared object with its symbols (e.g. pyenv builds;
+/// Debian builds it into a stripped python3).
+const STDLIB_JSON_DECODE: &[(&str, SizeFrom)] = &[("scanner_call", SizeFrom::ArgTupleFirst)];
+const STDLIB_JSON_ENCODE: &[(&str, SizeFrom)] = &[("encoder_call", SizeFrom::None)];
 
 /// What the agent will probe in one worker, and what it could not.
 #[derive(Clone, Debug, Default)]
@@ -125,14 +131,21 @@ fn is_orjson(path: &str) -> bool {
     path.contains("/orjson/") && base.starts_with("orjson") && base.ends_with(".so")
 }
 
+fn is_stdlib_json(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or("");
+    path.contains("/lib-dynload/") && base.starts_with("_json.") && base.ends_with(".so")
+}
+
 fn is_interpreter(path: &str) -> bool {
     let base = path.rsplit('/').next().unwrap_or("");
     base.starts_with("libpython3") || (base.starts_with("python3") && !base.ends_with(".so"))
 }
 
-/// The probe plan of worker `pid` (`proc_root` is normally /proc).
-pub fn plan(proc_root: &Path, pid: u32) -> WorkerProbePlan {
+/// The probe plan of worker `pid` (`proc_root` is normally /proc). `known_gil`: the
+/// interpreter's runtime range from an earlier plan (its objects are not read again).
+pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> WorkerProbePlan {
     let mut plan = WorkerProbePlan::default();
+    plan.waits.gil = known_gil;
     let maps = match std::fs::read_to_string(proc_root.join(pid.to_string()).join("maps")) {
         Ok(m) => m,
         Err(e) => {
@@ -192,6 +205,28 @@ pub fn plan(proc_root: &Path, pid: u32) -> WorkerProbePlan {
                     .missing
                     .push(format!("orjson: cannot read {path}: {e}")),
             }
+        } else if is_stdlib_json(path) {
+            match symbols(&host, &["scanner_call", "encoder_call"]) {
+                Ok((found, _)) => {
+                    for (f, c) in [
+                        (SerializeFn::JsonDecode, STDLIB_JSON_DECODE),
+                        (SerializeFn::JsonEncode, STDLIB_JSON_ENCODE),
+                    ] {
+                        match pick(&host, f, c, &found) {
+                            Some(t) => {
+                                have_json = true;
+                                plan.targets.push(t)
+                            }
+                            None => plan
+                                .missing
+                                .push(format!("stdlib json: no {f:?} symbol in {path} (stripped)")),
+                        }
+                    }
+                }
+                Err(e) => plan
+                    .missing
+                    .push(format!("stdlib json: cannot read {path}: {e}")),
+            }
         } else if plan.waits.gil.is_none() && is_interpreter(path) {
             if let Ok((found, first_vaddr)) = symbols(&host, &["_PyRuntime"]) {
                 if let Some(&(addr, size)) = found.get("_PyRuntime") {
@@ -206,8 +241,9 @@ pub fn plan(proc_root: &Path, pid: u32) -> WorkerProbePlan {
         plan.missing.push("protobuf: no google/_upb/_message*.so mapped (pure-Python or cpp protobuf, or not imported yet)".into());
     }
     if !have_json {
-        plan.missing
-            .push("json: orjson not mapped (stdlib json is not probed; see docs/events.md)".into());
+        plan.missing.push(
+            "json: neither orjson nor the stdlib _json extension (with symbols) is mapped".into(),
+        );
     }
     if plan.waits.gil.is_none() {
         plan.missing.push("gil: no _PyRuntime symbol in a mapped libpython or python executable (GIL waits count as lock waits)".into());
@@ -277,7 +313,7 @@ mod tests {
     /// is checked end to end in tests/tests/worker_split.rs.
     #[test]
     fn a_process_without_python_says_what_is_missing() {
-        let plan = plan(Path::new("/proc"), std::process::id());
+        let plan = plan(Path::new("/proc"), std::process::id(), None);
         assert!(plan.targets.is_empty());
         assert!(plan.missing.iter().any(|m| m.starts_with("protobuf")));
         assert!(plan.missing.iter().any(|m| m.starts_with("gil")));

@@ -78,7 +78,7 @@ fn a_cpu_bound_tool_is_on_cpu_and_preemption_is_runqueue() {
     a.on_sched(&rec(t, 70 * MS, SchedEdge::In));
     a.on_serialize(&ser(t, SerializeFn::ProtobufDecode, 1 * MS, 2 * MS, 100));
     a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 98 * MS, 99 * MS, 50));
-    let s = a.split(PID, None, 0, 100 * MS);
+    let s = a.split(PID, None, 0, 100 * MS, MessageSizes::default());
     let sc = s.sched.expect("sched split");
     assert_eq!(sc.on_cpu, 90 * MS);
     assert_eq!(sc.runqueue, 10 * MS);
@@ -104,7 +104,10 @@ fn waits_are_classified_by_syscall_and_the_gil_by_address() {
     a.on_sched(&rec(t, 95 * MS, SchedEdge::In));
     a.on_sched(&rec(t, 96 * MS, out(16, 9)));
     a.on_sched(&rec(t, 99 * MS, SchedEdge::In));
-    let sc = a.split(PID, Some(t), 0, 100 * MS).sched.expect("split");
+    let sc = a
+        .split(PID, Some(t), 0, 100 * MS, MessageSizes::default())
+        .sched
+        .expect("split");
     assert_eq!(sc.io_wait, 30 * MS);
     assert_eq!(sc.gil_wait, 20 * MS);
     assert_eq!(sc.lock_wait, 5 * MS);
@@ -131,7 +134,7 @@ fn a_wakeup_ends_a_wait_with_runqueue_time() {
     ));
     a.on_sched(&rec(t, 40 * MS, SchedEdge::In));
     let sc = a
-        .split(PID, Some(t), 10 * MS, 50 * MS)
+        .split(PID, Some(t), 10 * MS, 50 * MS, MessageSizes::default())
         .sched
         .expect("split");
     assert_eq!(
@@ -158,7 +161,10 @@ fn a_wait_for_a_thread_it_woke_takes_that_threads_states() {
     a.on_sched(&rec(pool, 90 * MS, out(FUTEX, 0x9000)));
     a.on_sched(&rec(lp, 90 * MS, SchedEdge::In));
     a.on_serialize(&ser(lp, SerializeFn::ProtobufEncode, 95 * MS, 96 * MS, 10));
-    let sc = a.split(PID, None, 0, 100 * MS).sched.expect("split");
+    let sc = a
+        .split(PID, None, 0, 100 * MS, MessageSizes::default())
+        .sched
+        .expect("split");
     assert_eq!(sc.total(), 100 * MS);
     // lp on CPU 0-4 and 90-100; pool on CPU 4-50 and 80-90, in read 50-80.
     assert_eq!(sc.on_cpu, 70 * MS);
@@ -175,7 +181,10 @@ fn a_gil_wait_stays_the_serving_threads() {
     a.on_sched(&rec(t, 2 * MS, out(FUTEX, GIL_ADDR)));
     a.on_sched(&rec(other, 2 * MS, SchedEdge::In));
     a.on_sched(&rec(t, 10 * MS, SchedEdge::In));
-    let sc = a.split(PID, Some(t), 0, 10 * MS).sched.expect("split");
+    let sc = a
+        .split(PID, Some(t), 0, 10 * MS, MessageSizes::default())
+        .sched
+        .expect("split");
     assert_eq!((sc.on_cpu, sc.gil_wait), (2 * MS, 8 * MS));
     assert_eq!(sc.bound().map(|b| b.0), Some("gil"));
 }
@@ -200,7 +209,7 @@ fn the_tools_own_parsing_is_not_the_calls_decoding() {
     a.on_serialize(&ser(t, SerializeFn::JsonDecode, 31 * MS, 32 * MS, 99));
     a.on_serialize(&ser(t, SerializeFn::JsonEncode, 90 * MS, 92 * MS, 300));
     a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 93 * MS, 94 * MS, 350));
-    let s = a.split(PID, None, 0, 100 * MS);
+    let s = a.split(PID, None, 0, 100 * MS, MessageSizes::default());
     let d = s.deserialize.expect("decode");
     assert_eq!(d.time, MS + MS + MS - 10_000);
     assert_eq!(d.bytes, Some(1800));
@@ -212,7 +221,10 @@ fn the_tools_own_parsing_is_not_the_calls_decoding() {
 #[test]
 fn unknown_states_leave_the_sched_split_absent() {
     let a = activity();
-    assert!(a.split(PID, Some(7), 0, 100 * MS).sched.is_none());
+    assert!(a
+        .split(PID, Some(7), 0, 100 * MS, MessageSizes::default())
+        .sched
+        .is_none());
 }
 
 #[test]
@@ -224,7 +236,13 @@ fn old_records_are_pruned_but_the_current_state_is_kept() {
     a.prune(HORIZON_NS + 20 * MS);
     // Thread 7 has been blocked since 0: its state is still known.
     let sc = a
-        .split(PID, Some(7), HORIZON_NS + 20 * MS, HORIZON_NS + 30 * MS)
+        .split(
+            PID,
+            Some(7),
+            HORIZON_NS + 20 * MS,
+            HORIZON_NS + 30 * MS,
+            MessageSizes::default(),
+        )
         .sched
         .expect("split");
     assert_eq!(sc.io_wait, 10 * MS);
@@ -256,7 +274,7 @@ fn plans_the_probes_of_a_real_python_process() {
     )
     .expect("read");
     assert_eq!(line.trim(), "ready");
-    let plan = targets::plan(Path::new("/proc"), child.id());
+    let plan = targets::plan(Path::new("/proc"), child.id(), None);
     let _ = child.kill();
     let _ = child.wait();
     let found: Vec<(SerializeFn, &str)> = plan
@@ -283,4 +301,64 @@ fn plans_the_probes_of_a_real_python_process() {
     );
     let gil = plan.waits.gil.expect("_PyRuntime found");
     assert!(gil.end - gil.start > 1000);
+}
+
+/// Other threads' small messages between the request decode and the parameters do not
+/// end the parameter run; the response is found by its size on the handler's thread.
+#[test]
+fn interleaved_messages_of_other_threads_are_skipped() {
+    let mut a = activity();
+    let (poller, handler, telemetry) = (5, 7, 9);
+    a.on_serialize(&ser(
+        poller,
+        SerializeFn::ProtobufDecode,
+        1 * MS,
+        2 * MS,
+        1000,
+    ));
+    a.on_serialize(&ser(
+        telemetry,
+        SerializeFn::ProtobufEncode,
+        3 * MS,
+        3 * MS + 10,
+        3,
+    ));
+    a.on_serialize(&ser(
+        handler,
+        SerializeFn::JsonDecode,
+        30 * MS,
+        40 * MS,
+        900,
+    ));
+    a.on_serialize(&ser(
+        handler,
+        SerializeFn::JsonEncode,
+        50 * MS,
+        60 * MS,
+        900,
+    ));
+    a.on_serialize(&ser(
+        handler,
+        SerializeFn::ProtobufEncode,
+        90 * MS,
+        91 * MS,
+        950,
+    ));
+    a.on_serialize(&ser(
+        handler,
+        SerializeFn::ProtobufEncode,
+        95 * MS,
+        95 * MS + 10,
+        40,
+    ));
+    let sizes = MessageSizes {
+        request: Some(1000),
+        response: Some(950),
+    };
+    let s = a.split(PID, None, 0, 100 * MS, sizes);
+    // The parameter JSON carries most of the request: taken across a 28 ms gap.
+    assert_eq!(s.deserialize.map(|d| d.time), Some(11 * MS));
+    // The result JSON carries most of the response: taken across a 30 ms gap.
+    assert_eq!(s.serialize.map(|d| d.time), Some(11 * MS));
+    assert_eq!(s.serving_tid, Some(handler));
 }

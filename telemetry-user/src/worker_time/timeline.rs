@@ -38,7 +38,7 @@ pub struct Segment {
 #[derive(Clone, Copy, Debug)]
 pub struct Wake {
     pub ts: u64,
-    /// The woken thread (in `woke`) or the waker (in `woken_by`).
+    /// The waker.
     pub other: u32,
 }
 
@@ -51,8 +51,6 @@ const MAX_THREADS: usize = 8192;
 pub struct ThreadLine {
     pub tgid: u32,
     pub segments: VecDeque<Segment>,
-    /// Same-process threads this thread woke.
-    pub woke: VecDeque<Wake>,
     /// Same-process threads that woke this one.
     pub woken_by: VecDeque<Wake>,
     last_ts: u64,
@@ -104,15 +102,6 @@ impl ThreadLine {
         Some(out)
     }
 
-    /// The last same-process thread this one woke in `[from, to]`.
-    pub fn last_woke(&self, from: u64, to: u64) -> Option<u32> {
-        self.woke
-            .iter()
-            .rev()
-            .find(|w| w.ts >= from && w.ts <= to)
-            .map(|w| w.other)
-    }
-
     /// The same-process thread that woke this one in `(from, to]`, the earliest.
     pub fn woken_by_in(&self, from: u64, to: u64) -> Option<u32> {
         self.woken_by
@@ -121,22 +110,10 @@ impl ThreadLine {
             .map(|w| w.other)
     }
 
-    /// When this thread last got the CPU at or before `t`.
-    pub fn last_on_cpu_before(&self, t: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .rev()
-            .find(|s| s.start <= t && s.state == ThreadState::OnCpu)
-            .map(|s| s.start)
-    }
-
     fn prune(&mut self, floor: u64) {
         // Keep the segment in force at `floor`.
         while self.segments.len() > 1 && self.segments[1].start <= floor {
             self.segments.pop_front();
-        }
-        while self.woke.front().is_some_and(|w| w.ts < floor) {
-            self.woke.pop_front();
         }
         while self.woken_by.front().is_some_and(|w| w.ts < floor) {
             self.woken_by.pop_front();
@@ -246,15 +223,6 @@ impl Timelines {
                 ..
             } => {
                 if waker_tgid == rec.tgid && waker_tid != rec.tid {
-                    let w = self.threads.entry(waker_tid).or_default();
-                    w.tgid = waker_tgid;
-                    ThreadLine::push_wake(
-                        &mut w.woke,
-                        Wake {
-                            ts: rec.ts_ns,
-                            other: rec.tid,
-                        },
-                    );
                     let t = self.threads.entry(rec.tid).or_default();
                     ThreadLine::push_wake(
                         &mut t.woken_by,

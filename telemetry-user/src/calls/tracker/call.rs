@@ -28,8 +28,8 @@ pub(super) struct Call {
     pub(super) t1: Option<u64>,
     pub(super) t2: Option<u64>,
     pub(super) t3: Option<u64>,
-    /// The server starts sending the response message (t2 is its HEADERS, which a
-    /// worker may send early): the end of the worker window.
+    /// The server sends the response message (observed when whole; t2 is its HEADERS,
+    /// which a worker may send early): the end of the worker window.
     pub(super) t2_message: Option<u64>,
     /// The server side finished sending the response (its END_STREAM's exit).
     pub(super) server_done: Option<u64>,
@@ -364,12 +364,34 @@ pub(super) fn worker_split(
     if !matches!(call.id, CallId::Stream(_)) || call.conn.role != CallRole::BeamCallsWorker {
         return None;
     }
+    tracing::trace!(
+        t1 = ?call.t1,
+        t2 = ?call.t2,
+        t2_message = ?call.t2_message,
+        server_done = ?call.server_done,
+        "worker window"
+    );
     let t1 = call.t1?;
-    let t2 = call.t2_message.or(call.t2)?;
+    // A response message too large to be decoded from the copied prefix has no
+    // t2_message: the end of the response (its END_STREAM's exit) bounds the window.
+    let t2 = call.t2_message.or(call.server_done).or(call.t2)?;
     if t2 <= t1 {
         return None;
     }
-    let split = activity.split(call.conn.worker_pid, call.worker_tid, t1, t2);
+    // Unary: one message each way, its length is the bytes less the 5-byte prefix.
+    let unary = |msgs: u64, bytes: u64| (msgs <= 1 && bytes >= 5).then(|| bytes - 5);
+    let sizes = crate::worker_time::MessageSizes {
+        request: unary(1, call.req_bytes[0].max(call.req_bytes[1])),
+        response: (!call.is_streaming())
+            .then(|| {
+                unary(
+                    call.resp_msgs[1].max(call.resp_msgs[0]),
+                    call.resp_bytes[0].max(call.resp_bytes[1]),
+                )
+            })
+            .flatten(),
+    };
+    let split = activity.split(call.conn.worker_pid, call.worker_tid, t1, t2, sizes);
     (split.sched.is_some() || split.deserialize.is_some() || split.serialize.is_some())
         .then_some(split)
 }

@@ -1,0 +1,156 @@
+"""Tools whose time split is known by construction (issue "why is this call slow"):
+the agent's serialization and scheduling split is checked against them.
+
+  big_json        returns its `data` parameter (N MB of JSON in, N MB out)
+  cpu_spin        a pure-Python loop for `ms` milliseconds (on CPU)
+  io_wait         a blocking read of the FIFO `fifo` until its writer closes it (I/O)
+  gil_contention  a second thread and this one run Python in turn for `ms` (GIL waits)
+  (sleep is the adapter's own: time.sleep)
+"""
+import threading
+import time
+
+
+def big_json(params, _binary, _ctx):
+    return params.get("data")
+
+
+def cpu_spin(params, _binary, _ctx):
+    end = time.perf_counter() + int(params.get("ms", 200)) / 1000.0
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return {"iterations": n}
+
+
+def io_wait(params, _binary, _ctx):
+    path = str(params["fifo"])
+    total = 0
+    # open() blocks until the test opens the writing end; read() until it closes it.
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            total += len(chunk)
+    return {"bytes": total}
+
+
+def _spin_until(end):
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def gil_contention(params, _binary, _ctx):
+    end = time.perf_counter() + int(params.get("ms", 300)) / 1000.0
+    other = threading.Thread(target=_spin_until, args=(end,), name="gil-hog")
+    other.start()
+    n = _spin_until(end)
+    other.join()
+    return {"iterations": n}
+
+
+TOOLS = (
+    ("big_json", big_json, "Returns its `data` parameter (JSON of any size)", [("data", "any", True)]),
+    ("cpu_spin", cpu_spin, "Pure-Python loop for `ms` milliseconds", [("ms", "integer", False)]),
+    ("io_wait", io_wait, "Reads the FIFO `fifo` until EOF", [("fifo", "string", True)]),
+    (
+        "gil_contention",
+        gil_contention,
+        "Runs Python in this and a second thread for `ms` milliseconds",
+        [("ms", "integer", False)],
+    ),
+)
+
+
+class SerializationClock:
+    """The worker's own ground truth for the split (`SNAKEPIT_DEMO_SPLIT_TRUTH=path`):
+    the time spent in the same protobuf and JSON calls the agent probes, measured with
+    perf_counter_ns, one JSON line per call. The agent never reads it; tests compare."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.pending = {}
+
+    def _entry(self, cid):
+        return self.pending.setdefault(cid, {"decode_ns": 0, "encode_ns": 0})
+
+    def timed_deserializer(self, deserialize):
+        def run(raw):
+            t = time.perf_counter_ns()
+            msg = deserialize(raw)
+            d = time.perf_counter_ns() - t
+            cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
+            with self.lock:
+                self._entry(cid)["decode_ns"] += d
+            return msg
+
+        return run
+
+    def timed_serializer(self, serialize):
+        def run(msg):
+            t = time.perf_counter_ns()
+            raw = serialize(msg)
+            d = time.perf_counter_ns() - t
+            cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
+            with self.lock:
+                e = self.pending.pop(cid, None) or {"decode_ns": 0, "encode_ns": 0}
+                e["encode_ns"] += d
+                e["correlation_id"] = cid
+                e["bytes_out"] = len(raw)
+                with open(self.path, "a") as f:
+                    f.write("%s\n" % _json_line(e))
+            return raw
+
+        return run
+
+    def timed_json(self, fn, direction):
+        """`fn` (json_loads / json_dumps) timed into this thread's running total."""
+
+        def run(value, *args, **kwargs):
+            t = time.perf_counter_ns()
+            try:
+                return fn(value, *args, **kwargs)
+            finally:
+                d = time.perf_counter_ns() - t
+                setattr(self.local, direction, getattr(self.local, direction, 0) + d)
+
+        return run
+
+    def take(self, direction):
+        """This thread's JSON time since the last take."""
+        v = getattr(self.local, direction, 0)
+        setattr(self.local, direction, 0)
+        return v
+
+    def add(self, cid, direction, ns):
+        with self.lock:
+            self._entry(cid)[direction + "_ns"] += ns
+
+
+def _json_line(d):
+    import json
+
+    return json.dumps(d, separators=(",", ":"))
+
+
+def timing_interceptor(clock):
+    """A server interceptor that times ExecuteTool's request decoding and response
+    encoding (it wraps the method handler's (de)serializers)."""
+    import grpc
+
+    class Interceptor(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            handler = continuation(details)
+            if handler is None or not details.method.endswith("/ExecuteTool"):
+                return handler
+            return handler._replace(
+                request_deserializer=clock.timed_deserializer(handler.request_deserializer),
+                response_serializer=clock.timed_serializer(handler.response_serializer),
+            )
+
+    return Interceptor()
