@@ -79,6 +79,24 @@ impl Agent {
     /// Loads and attaches the probes, scans /proc, starts the sink. Must run inside
     /// a tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        // What the user can get wrong (output path, a taken port) fails before the
+        // probes' seconds of verifier time.
+        let out: Box<dyn Write + Send> = match &config.output.path {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating output {}", path.display()))?,
+            )),
+            None => Box::new(std::io::stdout()),
+        };
+        let http_server = if config.http.enabled {
+            Some(
+                sinks::web::Server::bind(config.http.clone())
+                    .await
+                    .context("starting the HTTP endpoint (/metrics, live page)")?,
+            )
+        } else {
+            None
+        };
         kernel::ensure_mounts().context("mounting tracefs/bpffs")?;
         let mut probes = Probes::load(&KernelConfig {
             capture_bytes: config.capture.bytes,
@@ -89,13 +107,6 @@ impl Agent {
         let kernel_rx = probes.events()?;
 
         let bus = Bus::new(1 << 16);
-        let out: Box<dyn Write + Send> = match &config.output.path {
-            Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating output {}", path.display()))?,
-            )),
-            None => Box::new(std::io::stdout()),
-        };
         let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
         // OTLP export: awaited with the stream sink, so it flushes before the agent exits.
         let otlp = tokio::spawn(sinks::otlp::run(config.otlp.clone(), bus.subscribe()));
@@ -112,12 +123,8 @@ impl Agent {
                 slow_call_ms: config.calls.slow_call_ms,
             },
         ));
-        // /metrics and the live page. Bound here so a taken port fails the start; the
-        // server task ends with the runtime.
-        if config.http.enabled {
-            let server = sinks::web::Server::bind(config.http.clone())
-                .await
-                .context("starting the HTTP endpoint (/metrics, live page)")?;
+        // /metrics and the live page (bound above); the server task ends with the runtime.
+        if let Some(server) = http_server {
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {
