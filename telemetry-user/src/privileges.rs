@@ -174,10 +174,46 @@ pub fn check_proc_access(proc_root: &Path, pid: u32) -> Result<(), PrivilegeErro
     Ok(())
 }
 
-/// What `run` needs before it loads anything: every capability, a readable tracefs
-/// (when mounted: a missing one is mounted by the loader when allowed) and /proc
-/// access to pid 1 (another user's process unless we are root).
-pub fn require_for_run(proc_root: &Path) -> Result<(), PrivilegeError> {
+/// A user process other than pid 1 (which sandboxes and LSMs may guard beyond what a
+/// capability grants) owned by another user than `euid` when there is one: what
+/// `check` tests /proc access on when no Snakepit process runs.
+pub fn other_process(proc_root: &Path, euid: u32) -> Option<u32> {
+    let mut fallback = None;
+    let rd = std::fs::read_dir(proc_root).ok()?;
+    for entry in rd.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 1 || pid == std::process::id() {
+            continue;
+        }
+        // Kernel threads have an empty cmdline and no fds worth reading.
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.is_empty() {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok());
+        match uid {
+            Some(uid) if uid != euid => return Some(pid),
+            _ => fallback = fallback.or(Some(pid)),
+        }
+    }
+    fallback
+}
+
+/// What `run` needs before it loads anything: every capability, and a readable
+/// tracefs when it is mounted (a missing one is mounted by the loader when allowed).
+/// Denied /proc reads of the processes it finds are counted and reported by discovery.
+pub fn require_for_run() -> Result<(), PrivilegeError> {
     let miss = missing(effective_caps());
     if !miss.is_empty() {
         return Err(PrivilegeError::MissingCaps(miss));
@@ -185,7 +221,7 @@ pub fn require_for_run(proc_root: &Path) -> Result<(), PrivilegeError> {
     if tracefs_state() == TracefsState::Denied {
         return Err(PrivilegeError::TracefsDenied);
     }
-    check_proc_access(proc_root, 1)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -226,6 +262,20 @@ mod tests {
         assert!(check_proc_access(Path::new("/proc"), std::process::id()).is_ok());
         let err = check_proc_access(Path::new("/nonexistent"), 1).expect_err("no such tree");
         assert!(err.to_string().contains("/nonexistent/1/fd"), "{err}");
+    }
+
+    #[test]
+    fn another_process_is_found_and_never_pid_1_or_ourselves() {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let pid = other_process(Path::new("/proc"), euid).expect("a process");
+        assert!(pid > 1 && pid != std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

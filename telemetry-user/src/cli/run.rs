@@ -73,7 +73,7 @@ impl RunArgs {
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (config, duration) = args.into_config()?;
     // Missing capabilities fail here, by name, not later as a silent 0 connections.
-    crate::privileges::require_for_run(std::path::Path::new("/proc"))?;
+    crate::privileges::require_for_run()?;
     // One thread for the whole pipeline and every sink: each kernel record fans out to
     // several sink tasks, and on a multi-threaded runtime every hand-off was a
     // cross-thread wakeup (a third of the agent's CPU in perf). Blocking work (NVML,
