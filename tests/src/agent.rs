@@ -28,6 +28,14 @@ impl Agent {
 
     /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
     pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
+        let nice_prefix = ["nice".to_string(), "-n".to_string(), nice.to_string()];
+        let prefix: &[String] = if nice != 0 { &nice_prefix } else { &[] };
+        Agent::start_prefixed(dir, prefix, extra_args)
+    }
+
+    /// [`Agent::start`] through a command that execs the agent in its place (e.g.
+    /// `setpriv ... --` to run it as another user with some capabilities).
+    pub fn start_prefixed(dir: &Path, prefix: &[String], extra_args: &[&str]) -> Result<Agent> {
         crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
@@ -38,12 +46,13 @@ impl Agent {
         }
         let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let mut cmd = if nice != 0 {
-            let mut c = Command::new("nice");
-            c.args(["-n", &nice.to_string()]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
         };
         let child = cmd
             .args(["run", "--format", "json", "--output"])
