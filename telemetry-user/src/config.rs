@@ -172,10 +172,8 @@ impl Config {
                 c.sample_rate
             )));
         }
+        // (failure_threshold and crash_threshold 0 mean "off".)
         let positive = [
-            ("calls.failure_threshold", u64::from(c.failure_threshold)),
-            ("calls.crash_threshold", u64::from(c.crash_threshold)),
-            ("calls.crash_window_s", c.crash_window_s),
             (
                 "calls.max_in_flight_per_conn",
                 c.max_in_flight_per_conn as u64,

@@ -108,7 +108,9 @@ fn the_daemonset_matches_the_unit_capabilities_and_mounts() {
     );
     // Every kernel file system the agent reads is mounted from the host, same path.
     let volumes = spec["volumes"].as_sequence().expect("volumes");
-    let mounts = container["volumeMounts"].as_sequence().expect("volumeMounts");
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts");
     for path in ["/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/bpf"] {
         let mount = mounts
             .iter()
@@ -167,5 +169,8 @@ fn the_packaged_config_parses_serves_on_loopback_and_documents_every_key() {
         .into_iter()
         .filter(|k| !documented.contains(k))
         .collect();
-    assert!(missing.is_empty(), "deploy/config.toml does not document {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "deploy/config.toml does not document {missing:?}"
+    );
 }

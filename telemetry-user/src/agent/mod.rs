@@ -2,6 +2,7 @@
 //! accounting -> events on the bus -> sinks. One task owns all mutable state, so no
 //! locks sit on the per-event path.
 pub(crate) mod io_summary;
+pub mod reload;
 pub mod topology_events;
 
 use crate::calls::input::{Lifecycle, Observation};
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 pub struct RunOptions {
     /// Stop after this long (None: until SIGINT/SIGTERM).
     pub duration: Option<Duration>,
+    /// What SIGHUP reloads from (None: SIGHUP is ignored).
+    pub reload: Option<reload::Reloader>,
 }
 
 /// How often pending sockets and listen ports are retried.
@@ -83,8 +86,7 @@ impl Agent {
         // probes' seconds of verifier time.
         let out: Box<dyn Write + Send> = match &config.output.path {
             Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating output {}", path.display()))?,
+                open_output(path).with_context(|| format!("creating output {}", path.display()))?,
             )),
             None => Box::new(std::io::stdout()),
         };
@@ -217,6 +219,7 @@ impl Agent {
         // One SIGINT stream for the whole loop: a `ctrl_c()` future made afresh each
         // iteration misses a signal that lands while an event is being handled.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
         loop {
             tokio::select! {
@@ -244,6 +247,10 @@ impl Agent {
                 _ = &mut deadline => break,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                _ = sighup.recv() => match &opts.reload {
+                    Some(reloader) => self.reload(reloader),
+                    None => tracing::info!("SIGHUP ignored: no configuration to reload"),
+                },
             }
         }
         // Drain what the kernel already delivered, so the final summaries include it;
@@ -638,6 +645,17 @@ impl Agent {
             .meta("probes", per_probe)
             .meta("program_run_time", run)
     }
+}
+
+/// The event file, emptied, in append mode: after logrotate's `copytruncate` the
+/// next line lands at the new end instead of past a hole at the old offset.
+fn open_output(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.set_len(0)?;
+    Ok(file)
 }
 
 fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
