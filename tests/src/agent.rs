@@ -36,7 +36,6 @@ impl Agent {
     /// [`Agent::start`] through a command that execs the agent in its place (e.g.
     /// `setpriv ... --` to run it as another user with some capabilities).
     pub fn start_prefixed(dir: &Path, prefix: &[String], extra_args: &[&str]) -> Result<Agent> {
-        crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -44,16 +43,22 @@ impl Agent {
                 bin.display()
             );
         }
+        let mut command = prefix.to_vec();
+        command.push(bin.display().to_string());
+        Agent::start_command(dir, &command, extra_args)
+    }
+
+    /// [`Agent::start`] with `command` (a program and its first arguments) running the
+    /// agent binary, e.g. an installed one under `setpriv`.
+    pub fn start_command(dir: &Path, command: &[String], extra_args: &[&str]) -> Result<Agent> {
+        crate::require::root_and_bpf();
         let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let mut cmd = match prefix.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
+        let Some((program, args)) = command.split_first() else {
+            bail!("no agent command");
         };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
         let child = cmd
             .args(["run", "--format", "json", "--output"])
             .arg(&output)
@@ -62,7 +67,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {program}"))?;
         let mut agent = Agent { child, output };
         agent.wait_for(Duration::from_secs(60), |e| {
             is_event(e, &["snakepit", "agent", "started"])
