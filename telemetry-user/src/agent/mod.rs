@@ -380,7 +380,8 @@ impl Agent {
     fn apply(&mut self, changes: Vec<TopologyChange>) {
         let now = kernel::monotonic_now_ns();
         for change in &changes {
-            self.bus.publish(topology_events::to_event(change));
+            self.bus
+                .publish(topology_events::to_event_in(change, &self.discovery));
             match change {
                 TopologyChange::ConnectionClosed { conn, .. } => {
                     self.closing.push(Closing {
