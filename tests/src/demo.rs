@@ -25,6 +25,9 @@ pub struct DemoOptions {
     pub nice: i32,
     /// Extra emulator flags for `erl` (e.g. `+sbwt none`).
     pub erl_flags: Vec<String>,
+    /// A command that execs `erl` and its arguments in its place (e.g. one that puts
+    /// the deployment in its own namespaces); empty: `erl` directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -39,6 +42,7 @@ impl Default for DemoOptions {
             init_session_per_call: false,
             nice: 0,
             erl_flags: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -112,13 +116,13 @@ impl Demo {
     pub fn start(opts: &DemoOptions) -> Result<Demo> {
         crate::require::demo_built();
         let root = crate::workspace_root();
-        let mut cmd = if opts.nice != 0 {
-            let mut c = Command::new("nice");
-            c.args(["-n", &opts.nice.to_string(), "erl"]);
-            c
-        } else {
-            Command::new("erl")
-        };
+        let mut program = opts.wrapper.clone();
+        if opts.nice != 0 {
+            program.extend(["nice".into(), "-n".into(), opts.nice.to_string()]);
+        }
+        program.push("erl".into());
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.current_dir(&root)
             .args([
                 "-noshell",

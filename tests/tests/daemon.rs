@@ -288,3 +288,80 @@ fn xtask_demo_with_no_flags_serves_the_page_and_shows_ml_events_in_its_first_min
         "ML events ({ml} in /metrics) not in the event stream"
     );
 }
+
+/// `snakepit-agent run ARGS` as root; (exit success, stderr, seconds taken).
+fn run_agent(args: &[&str]) -> (bool, String, f64) {
+    let started = Instant::now();
+    let out = Command::new(snakepit_testkit::agent::agent_bin())
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("running the agent");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+#[test]
+fn bad_config_values_are_refused_at_start_naming_the_key() {
+    require::root_and_bpf();
+    let dir = scratch_dir("daemon-bad-config");
+    for (toml, key) in [
+        ("[calls]\nsample_rate = -1.0\n", "calls.sample_rate"),
+        ("[calls]\nsample_rate = nan\n", "calls.sample_rate"),
+        ("[otlp]\nendpoint = \"not a url\"\n", "otlp.endpoint"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, toml).expect("config");
+        let (ok, err, secs) =
+            run_agent(&["--config", path.to_str().expect("utf-8"), "--duration", "1"]);
+        assert!(!ok, "{toml:?} accepted");
+        assert!(err.contains(key), "{toml:?}: {err}");
+        assert!(secs < 5.0, "{toml:?} refused only after {secs:.1} s");
+    }
+    // A TOML syntax error: its cause printed once.
+    let path = dir.join("syntax.toml");
+    std::fs::write(&path, "[calls\n").expect("config");
+    let (ok, err, _) = run_agent(&["--config", path.to_str().expect("utf-8")]);
+    assert!(!ok);
+    assert_eq!(err.matches("invalid table header").count(), 1, "{err}");
+}
+
+#[test]
+fn a_bad_output_path_or_a_taken_port_fails_before_the_probes_load() {
+    require::root_and_bpf();
+    let (ok, err, secs) = run_agent(&[
+        "--output",
+        "/nonexistent-dir/events.jsonl",
+        "--duration",
+        "1",
+    ]);
+    assert!(!ok, "a bad --output was accepted");
+    assert!(err.contains("/nonexistent-dir/events.jsonl"), "{err}");
+    assert!(
+        secs < 3.0,
+        "the bad path failed only after {secs:.1} s (probe loading)"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (ok, err, secs) = run_agent(&[
+        "--http-listen",
+        &addr,
+        "--output",
+        "/dev/null",
+        "--duration",
+        "1",
+    ]);
+    assert!(!ok, "a taken port was accepted");
+    assert!(err.contains(&addr), "{err}");
+    assert!(
+        secs < 3.0,
+        "the taken port failed only after {secs:.1} s (probe loading)"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}

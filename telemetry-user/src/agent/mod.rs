@@ -655,7 +655,10 @@ fn open_output(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)?;
-    file.set_len(0)?;
+    // Only a regular file is emptied (a FIFO or /dev/null cannot be).
+    if file.metadata()?.is_file() {
+        file.set_len(0)?;
+    }
     Ok(file)
 }
 
@@ -675,5 +678,29 @@ fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
             core_dumped,
         },
         kernel::ExitStatus::Unknown => ExitInfo::default(),
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::open_output;
+    use std::io::Write;
+
+    #[test]
+    fn the_output_is_emptied_and_survives_copytruncate_without_a_hole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "old run\n").expect("write");
+        let mut f = open_output(&path).expect("open");
+        f.write_all(b"first line\n").expect("write");
+        // logrotate's copytruncate empties the file under the writer.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|t| t.set_len(0))
+            .expect("truncate");
+        f.write_all(b"next\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "next\n");
+        assert!(open_output(std::path::Path::new("/dev/null")).is_ok());
     }
 }
