@@ -16,6 +16,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-pip",
     "prometheus",
     "chromium",
+    // The daemon tests: `systemd-analyze verify`, the package's postinst, namespaces.
+    "systemd",
+    "adduser",
+    "iproute2",
+    "util-linux",
 ];
 const PYPI_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "protobuf", "orjson", "numpy"];
 
