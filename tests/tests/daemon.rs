@@ -365,3 +365,26 @@ fn a_bad_output_path_or_a_taken_port_fails_before_the_probes_load() {
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_stderr_line() {
+    require::root_and_bpf();
+    let (ok, err, _) = run_agent(&[
+        "--log-format",
+        "json",
+        "--duration",
+        "1",
+        "--output",
+        "/dev/null",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("\"started\"")),
+        "no start line: {err}"
+    );
+    for line in lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

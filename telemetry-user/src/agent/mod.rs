@@ -194,6 +194,14 @@ impl Agent {
                 .meta("capture_bytes", agent.config.capture.bytes)
                 .meta("probes", agent.probes.attached()),
         );
+        // One line for the journal: the agent is up (and how much it found).
+        let snap = agent.discovery.snapshot();
+        tracing::info!(
+            probes = agent.probes.attached().len(),
+            deployments = snap.deployments.len(),
+            connections = snap.connections.len(),
+            "started"
+        );
         Ok(agent)
     }
 
