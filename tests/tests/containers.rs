@@ -44,22 +44,24 @@ fn ns_inode(pid: &str, ns: &str) -> u64 {
         .unwrap_or_else(|| panic!("odd ns link {text}"))
 }
 
-/// A wrapper script: into the cgroup, then new pid/mount/net namespaces with
-/// loopback up, then `exec "$@"` (erl becomes pid 1 of the namespace).
-fn wrapper(dir: &Path, cgroup: &Path) -> Vec<String> {
+/// A wrapper script: into `cgroup` (when given), then new pid/mount/net namespaces
+/// with loopback up, then `exec "$@" EXTRA` (erl becomes pid 1 of the namespace).
+fn wrapper(dir: &Path, name: &str, cgroup: Option<&Path>, extra: &str) -> Vec<String> {
     for tool in ["/usr/bin/unshare", "/usr/sbin/ip"] {
         assert!(
             Path::new(tool).exists(),
             "{tool} is missing (util-linux, iproute2): run `cargo xtask setup`"
         );
     }
-    let script = dir.join("container.sh");
+    let join = cgroup
+        .map(|c| format!("echo $$ > {}/cgroup.procs\n", c.display()))
+        .unwrap_or_default();
+    let script = dir.join(name);
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nset -e\necho $$ > {}/cgroup.procs\n\
-             exec unshare --pid --fork --mount-proc --net sh -c 'ip link set lo up && exec \"$@\"' sh \"$@\"\n",
-            cgroup.display()
+            "#!/bin/sh\nset -e\n{join}\
+             exec unshare --pid --fork --mount-proc --net sh -c 'ip link set lo up && exec \"$@\"' sh \"$@\" {extra}\n"
         ),
     )
     .expect("writing the wrapper");
@@ -90,7 +92,7 @@ fn a_namespaced_deployment_is_seen_with_both_pids_its_namespaces_and_its_pod() {
         grpc_workers: 2,
         pipe_workers: 1,
         log: Some(dir.join("beam.log")),
-        wrapper: wrapper(&dir, &cgroup),
+        wrapper: wrapper(&dir, "container.sh", Some(&cgroup), ""),
         ..DemoOptions::default()
     })
     .expect("demo start");
@@ -198,6 +200,82 @@ fn a_namespaced_deployment_is_seen_with_both_pids_its_namespaces_and_its_pod() {
                 host_workers.contains(&p),
                 "a call on worker pid {p}, not a host pid of the namespace's workers: {e}"
             );
+        }
+    }
+}
+
+/// Two deployments in two network namespaces with the same BEAM port: the same
+/// loopback addresses on both sides. Every connection and call must join a BEAM and
+/// a worker of the same namespace.
+#[test]
+fn two_namespaces_with_the_same_loopback_ports_are_not_mixed_up() {
+    require::root_and_bpf();
+    let dir = scratch_dir("containers-two");
+    let agent = Agent::start(&dir, &[]).expect("agent start");
+    let mut demos = Vec::new();
+    for name in ["a", "b"] {
+        let mut demo = Demo::start(&DemoOptions {
+            grpc_workers: 2,
+            pipe_workers: 0,
+            instance_name: format!("ns_{name}"),
+            log: Some(dir.join(format!("beam-{name}.log"))),
+            wrapper: wrapper(&dir, &format!("{name}.sh"), None, "--beam-port 50999"),
+            ..DemoOptions::default()
+        })
+        .expect("demo start");
+        let st = demo
+            .wait_ready(Duration::from_secs(60))
+            .expect("demo ready");
+        assert_eq!(st.beam_port, 50999, "both BEAMs on the same port");
+        demos.push(demo);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let spec = LoadSpec::new(40, 1_500, &[("echo", 3), ("stream", 1)]);
+    let mut calls = 0;
+    for (i, demo) in demos.iter_mut().enumerate() {
+        calls += demo
+            .load_truth(&spec, &dir.join(format!("truth-{i}.jsonl")))
+            .expect("load")
+            .len();
+    }
+    for demo in demos {
+        demo.stop().expect("demo stop");
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    let events = agent.stop().expect("agent stop");
+
+    // pid -> pid namespace, for every BEAM and worker found.
+    let mut ns_of: HashMap<u64, u64> = HashMap::new();
+    for e in events_named(&events, &["snakepit", "agent", "worker_discovered"]) {
+        if let (Some(p), Some(n)) = (meta_u64(e, "worker_pid"), meta_u64(e, "pid_ns")) {
+            ns_of.insert(p, n);
+        }
+    }
+    for e in events_named(&events, &["snakepit", "agent", "beam_discovered"]) {
+        if let (Some(p), Some(n)) = (meta_u64(e, "beam_pid"), meta_u64(e, "pid_ns")) {
+            ns_of.insert(p, n);
+        }
+    }
+    assert_eq!(
+        ns_of.values().collect::<HashSet<_>>().len(),
+        2,
+        "two namespaces: {ns_of:?}"
+    );
+    let same_ns = |e: &Value| {
+        let b = meta_u64(e, "beam_pid").and_then(|p| ns_of.get(&p));
+        let w = meta_u64(e, "worker_pid").and_then(|p| ns_of.get(&p));
+        b.is_some() && b == w
+    };
+    let conns = events_named(&events, &["snakepit", "agent", "connection_opened"]);
+    assert!(conns.len() >= 4, "{} connections", conns.len());
+    for c in &conns {
+        assert!(same_ns(c), "a connection across namespaces: {c}");
+    }
+    let ends: Vec<&Value> = events_named(&events, &["snakepit", "call", "stop"]);
+    assert_eq!(ends.len(), calls, "every call of both loads, once");
+    for e in &ends {
+        if meta_u64(e, "beam_pid").is_some() {
+            assert!(same_ns(e), "a call across namespaces: {e}");
         }
     }
 }
