@@ -8,6 +8,7 @@ use serde_json::Value;
 use snakepit_testkit::agent::{events_named, Agent};
 use snakepit_testkit::demo::{Demo, GroundTruthCall, LoadSpec};
 use snakepit_testkit::http::http_get;
+use snakepit_testkit::otlp_receiver::{OtlpReceiver, KIND_SERVER};
 use snakepit_testkit::privileges::{cap_mask, caps_and_uid, setpriv_prefix, unit_caps};
 use snakepit_testkit::{require, scratch_dir, workspace_root};
 use std::collections::HashSet;
@@ -124,15 +125,16 @@ fn the_deb_installs_and_its_agent_reports_calls_as_its_own_user_and_reloads_on_s
     let caps = unit_caps(&unit);
 
     // The installed agent as the unit runs it: its user, its capabilities, its
-    // config (events to /var/lib/snakepit-agent/events.jsonl, /metrics on loopback).
+    // config (/metrics on loopback).
     let mut command = setpriv_prefix("snakepit-agent", "snakepit-agent", &caps);
     command.push("/usr/bin/snakepit-agent".into());
     let config_arg = ["--config", CONFIG];
-    let state = Path::new(STATE);
-    let mut agent = Agent::start_command(state, &command, &config_arg).expect("installed agent");
+    // Its events and log go to the scratch directory (kept after the purge).
+    let dir = scratch_dir("daemon-deb");
+    snakepit_testkit::privileges::open_up(&dir);
+    let mut agent = Agent::start_command(&dir, &command, &config_arg).expect("installed agent");
     assert_eq!(caps_and_uid(agent.pid()), (cap_mask(&caps), uid));
 
-    let dir = scratch_dir("daemon-deb");
     let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
     std::thread::sleep(Duration::from_millis(500));
     let spec = LoadSpec::new(40, 1_500, &[("echo", 2), ("ml_infer", 2)]);
@@ -146,10 +148,31 @@ fn the_deb_installs_and_its_agent_reports_calls_as_its_own_user_and_reloads_on_s
         "no snakepit metric: {metrics}"
     );
 
-    // SIGHUP with an ML rule added to the packaged config: the rule applies to the
-    // next calls, and the probes (so every call) are kept.
+    // SIGHUP with an ML rule added and OTLP turned on in the packaged config: both
+    // apply to the next calls, and the probes (so every call) are kept.
+    let receiver = OtlpReceiver::start().expect("OTLP receiver");
     let mut config = std::fs::read_to_string(CONFIG).expect("packaged config");
     config = config.replace("ml_rules = []", "");
+    for (packaged, reloaded) in [
+        (
+            "[otlp]\nenabled = false",
+            "[otlp]\nenabled = true".to_string(),
+        ),
+        (
+            "export_interval_ms = 5000",
+            "export_interval_ms = 500".to_string(),
+        ),
+        (
+            "endpoint = \"http://127.0.0.1:4317\"",
+            format!("endpoint = \"{}\"", receiver.endpoint()),
+        ),
+    ] {
+        assert!(
+            config.contains(packaged),
+            "the packaged config lacks {packaged:?}"
+        );
+        config = config.replace(packaged, &reloaded);
+    }
     std::fs::write(CONFIG, format!("{config}{ML_RULE}")).expect("writing the config");
     // SAFETY: kill(2) on the agent's pid (our child).
     unsafe { libc::kill(agent.pid() as i32, libc::SIGHUP) };
@@ -196,10 +219,29 @@ fn the_deb_installs_and_its_agent_reports_calls_as_its_own_user_and_reloads_on_s
         ml,
         "the reloaded rule covers exactly the later calls"
     );
+    // OTLP, started by the reload: one server span per later call, none before.
+    let exported: Vec<String> = receiver
+        .spans()
+        .iter()
+        .filter(|sp| sp.kind == KIND_SERVER)
+        .filter_map(|sp| {
+            sp.attributes
+                .get("snakepit.correlation_id")?
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    let after_ids: HashSet<String> = after.iter().map(|g| g.correlation_id.clone()).collect();
+    let exported_set: HashSet<String> = exported.iter().cloned().collect();
+    assert_eq!(exported.len(), exported_set.len(), "a span exported twice");
+    assert_eq!(
+        exported_set, after_ids,
+        "OTLP spans are exactly the calls after the reload"
+    );
 
     drop(_purge);
     assert!(uid_of("snakepit-agent").is_none(), "purge left the user");
-    assert!(!state.exists(), "purge left {STATE}");
+    assert!(!Path::new(STATE).exists(), "purge left {STATE}");
 }
 
 /// `cargo xtask demo` in its own process group, stopped with SIGINT on drop.

@@ -38,6 +38,7 @@ pub struct Agent {
     discovery: Discovery,
     bus: Bus,
     sink: JoinHandle<()>,
+    otlp: reload::OtlpTask,
     logger: JoinHandle<()>,
     io: IoAccounting,
     /// What was last written to the kernel's watch maps.
@@ -110,12 +111,9 @@ impl Agent {
 
         let bus = Bus::new(1 << 16);
         let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
-        // OTLP export: awaited with the stream sink, so it flushes before the agent exits.
-        let otlp = tokio::spawn(sinks::otlp::run(config.otlp.clone(), bus.subscribe()));
-        let sink = tokio::spawn(async move {
-            stream_sink.await;
-            let _ = otlp.await;
-        });
+        let sink = tokio::spawn(stream_sink);
+        // OTLP export: awaited at the end too, so it flushes before the agent exits.
+        let otlp = reload::OtlpTask::spawn(config.otlp.clone(), &bus);
 
         // The design's Logger handler: slow calls as warnings, exceptions and crashes
         // as errors, the rest at debug (target `snakepit::events`).
@@ -165,6 +163,7 @@ impl Agent {
             discovery,
             bus,
             sink,
+            otlp,
             logger,
             io: IoAccounting::default(),
             watched_pids: HashMap::new(),
@@ -277,6 +276,7 @@ impl Agent {
         // The sink ends when every sender of the bus is gone (the tracker holds one).
         let Agent {
             sink,
+            otlp,
             logger,
             bus,
             tracker,
@@ -287,6 +287,7 @@ impl Agent {
         drop(gpu_workers);
         drop(bus);
         let _ = sink.await;
+        otlp.finish().await;
         let _ = logger.await;
         Ok(())
     }

@@ -1,11 +1,44 @@
 //! SIGHUP: the configuration is read again and what can change on a running agent
 //! is applied without touching the probes: the call tracker's thresholds, sampling
-//! and ML rules, and the logger's slow-call threshold. Sections that need a restart
-//! (capture, discovery, output, http, otlp, gpu) are named in a warning when changed.
+//! and ML rules, the logger's slow-call threshold, and the OTLP exporter (flushed
+//! and replaced). Sections that need a restart (capture, discovery, output, http,
+//! gpu) are named in a warning when changed.
 use super::Agent;
 use crate::config::Config;
-use crate::events::Event;
+use crate::events::{Bus, Event};
 use crate::sinks;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The OTLP sink's task, and what stops it early (a reload replacing it).
+pub struct OtlpTask {
+    handle: JoinHandle<()>,
+    stop: oneshot::Sender<()>,
+}
+
+impl OtlpTask {
+    pub fn spawn(cfg: sinks::otlp::OtlpConfig, bus: &Bus) -> OtlpTask {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(sinks::otlp::run_until(cfg, bus.subscribe(), stopped));
+        OtlpTask { handle, stop }
+    }
+
+    /// Stops it: it exports no event after this, flushes what it holds and ends in
+    /// the background (the agent's loop does not wait for the collector).
+    fn replace(self) {
+        let _ = self.stop.send(());
+        tokio::spawn(async move {
+            let _ = self.handle.await;
+        });
+    }
+
+    /// Waits for its end (the bus closing); it flushes first.
+    pub async fn finish(self) {
+        let OtlpTask { handle, stop } = self;
+        let _ = handle.await;
+        drop(stop);
+    }
+}
 
 /// `["snakepit","agent","reloaded"]`: a SIGHUP was applied (docs/events.md).
 pub const AGENT_RELOADED: &[&str] = &["snakepit", "agent", "reloaded"];
@@ -26,7 +59,6 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("discovery", &old.discovery, &new.discovery),
         ("output", &old.output, &new.output),
         ("http", &old.http, &new.http),
-        ("otlp", &old.otlp, &new.otlp),
         ("gpu", &old.gpu, &new.gpu),
     ] {
         if !same(a, b) {
@@ -68,6 +100,13 @@ impl Agent {
             );
         }
         self.tracker.reconfigure(new.calls.clone());
+        let otlp_changed = erased::Ser::json(&self.config.otlp) != erased::Ser::json(&new.otlp);
+        if otlp_changed {
+            // Stopped before the new one subscribes: no event goes to both.
+            let old =
+                std::mem::replace(&mut self.otlp, OtlpTask::spawn(new.otlp.clone(), &self.bus));
+            old.replace();
+        }
         self.logger.abort();
         self.logger = tokio::spawn(sinks::logger::run(
             self.bus.subscribe(),
@@ -81,10 +120,12 @@ impl Agent {
             "ml_rules": new.calls.ml_rules.len(),
         });
         self.config.calls = new.calls;
+        self.config.otlp = new.otlp;
         tracing::info!("SIGHUP: configuration reloaded (probes kept)");
         self.bus.publish(
             Event::new(AGENT_RELOADED)
                 .meta("calls", applied)
+                .meta("otlp_restarted", otlp_changed)
                 .meta("not_applied", not_applied),
         );
     }
@@ -102,8 +143,13 @@ mod tests {
         new.calls.sample_rate = 0.5;
         new.calls.slow_call_ms = 5;
         assert!(restart_only_changes(&old, &new).is_empty());
-        new.capture.bytes = 100;
         new.otlp.enabled = true;
-        assert_eq!(restart_only_changes(&old, &new), vec!["capture", "otlp"]);
+        assert!(
+            restart_only_changes(&old, &new).is_empty(),
+            "otlp is reloaded"
+        );
+        new.capture.bytes = 100;
+        new.http.enabled = true;
+        assert_eq!(restart_only_changes(&old, &new), vec!["capture", "http"]);
     }
 }
