@@ -148,6 +148,19 @@ fn the_deb_installs_and_its_agent_reports_calls_as_its_own_user_and_reloads_on_s
         "no snakepit metric: {metrics}"
     );
 
+    // Every earlier call handled before the reload (the agent runs a little behind).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = ended(&agent.events());
+        if before.iter().all(|g| seen.contains(&g.correlation_id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first load's calls not all reported"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // SIGHUP with an ML rule added and OTLP turned on in the packaged config: both
     // apply to the next calls, and the probes (so every call) are kept.
     let receiver = OtlpReceiver::start().expect("OTLP receiver");
