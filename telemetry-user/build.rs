@@ -61,6 +61,16 @@ fn clean_command(program: &Path) -> Command {
     cmd
 }
 
+/// `channel` of the `[toolchain]` table (the pinned nightly; xtask setup installs it).
+fn pinned_channel(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "[toolchain]")
+        .find_map(|l| l.strip_prefix("channel"))
+        .and_then(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+}
+
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
     let root = manifest_dir
@@ -77,6 +87,13 @@ fn main() {
     );
     println!("cargo:rerun-if-changed=build.rs");
 
+    let pins = root.join("telemetry-ebpf/rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", pins.display());
+    let channel = std::fs::read_to_string(&pins)
+        .ok()
+        .and_then(|t| pinned_channel(&t))
+        .unwrap_or_else(|| fail("telemetry-ebpf/rust-toolchain.toml names no channel"));
+    let toolchain = format!("+{channel}");
     let cargo = find_in_path("cargo").unwrap_or_else(|| fail("cargo (rustup proxy) not found"));
     if find_in_path("bpf-linker").is_none() {
         fail("bpf-linker is not installed");
@@ -85,7 +102,7 @@ fn main() {
     let sysroot = find_in_path("rustc")
         .and_then(|rustc| {
             clean_command(&rustc)
-                .args(["+nightly", "--print", "sysroot"])
+                .args([toolchain.as_str(), "--print", "sysroot"])
                 .output()
                 .ok()
         })
@@ -93,8 +110,8 @@ fn main() {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     match sysroot {
         Some(s) if s.join("lib/rustlib/src/rust/library/core").is_dir() => {}
-        Some(_) => fail("nightly rust-src is not installed"),
-        None => fail("the nightly toolchain is not installed"),
+        Some(_) => fail(&format!("rust-src of {channel} is not installed")),
+        None => fail(&format!("the pinned toolchain {channel} is not installed")),
     }
 
     let target_dir = match env::var_os("CARGO_TARGET_DIR") {
@@ -113,7 +130,7 @@ fn main() {
     let status = clean_command(&cargo)
         .current_dir(&root)
         .args([
-            "+nightly",
+            toolchain.as_str(),
             "build",
             "-Z",
             "build-std=core",
@@ -133,7 +150,7 @@ fn main() {
             eprintln!("error: building telemetry-ebpf failed ({s}); see the output above");
             exit(1);
         }
-        Err(e) => fail(&format!("cannot run cargo +nightly: {e}")),
+        Err(e) => fail(&format!("cannot run cargo {toolchain}: {e}")),
     }
 
     let obj = target_dir.join("bpfel-unknown-none/release/snakepit-probes");

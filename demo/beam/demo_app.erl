@@ -160,9 +160,12 @@ stats_line(C = #{kind := Kind, closed := Closed}) ->
                             {peer, maps:get(peer, C)}, {send_oct, Send}, {recv_oct, Recv},
                             {opened_mono_ns, maps:get(opened_mono_ns, C)}, {closed, Closed}]}).
 
+%% The background load of `cargo xtask demo`: the default mix plus the ML tools, so
+%% the agent's ML rules (demo/agent.toml) have calls to turn into ML events.
 start_autoload(Rate) ->
+    Mix = maps:merge(demo_load:default_mix(), #{ml_infer => 2, ml_train => 1}),
     spawn(fun() -> demo_load:run(#{rate => Rate, duration_ms => infinity, concurrency => 4,
-                                    mix => demo_load:default_mix()}) end).
+                                    mix => Mix}) end).
 
 stop_autoload(St = #{autoload := undefined}) -> St;
 stop_autoload(St = #{autoload := Pid}) -> Pid ! stop, St#{autoload => undefined}.

@@ -4,15 +4,16 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {path}: {source}")]
+    // The cause is in the message and not a `source`: `{:#}` would print it twice.
+    #[error("reading config {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("parsing config {path}: {source}")]
+    #[error("parsing config {path}: {cause}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("invalid config: {0}")]
     Invalid(String),
@@ -140,23 +141,23 @@ impl Default for OutputConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse {
+            ConfigError::Parse { cause, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
-                source,
+                cause,
             },
             other => other,
         })
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let cfg: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             path: PathBuf::new(),
-            source,
+            cause,
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -179,6 +180,77 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "capture.ring_buffer_bytes must be a power of two >= 4096, got {ring}"
             )));
+        }
+        self.validate_calls()?;
+        self.validate_otlp()?;
+        self.validate_intervals()
+    }
+
+    fn validate_calls(&self) -> Result<(), ConfigError> {
+        let c = &self.calls;
+        // NaN fails every comparison: a NaN rate would silently drop every call.
+        if !(0.0..=1.0).contains(&c.sample_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "calls.sample_rate must be a number in 0.0..=1.0, got {}",
+                c.sample_rate
+            )));
+        }
+        // (failure_threshold and crash_threshold 0 mean "off".)
+        let positive = [
+            (
+                "calls.max_in_flight_per_conn",
+                c.max_in_flight_per_conn as u64,
+            ),
+            ("calls.max_in_flight", c.max_in_flight as u64),
+            ("calls.stale_call_s", c.stale_call_s),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be >= 1, got 0")));
+            }
+        }
+        for (i, rule) in c.ml_rules.iter().enumerate() {
+            if rule.tool.is_none() && rule.library.is_none() && rule.function.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "calls.ml_rules[{i}] matches nothing: set tool, or library/function"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoint is checked even when OTLP is off, so turning it on later (SIGHUP,
+    /// a flag) cannot meet a value that was never looked at.
+    fn validate_otlp(&self) -> Result<(), ConfigError> {
+        let endpoint = &self.otlp.endpoint;
+        let url = url::Url::parse(endpoint).map_err(|e| {
+            ConfigError::Invalid(format!("otlp.endpoint {endpoint:?} is not a URL: {e}"))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "otlp.endpoint {endpoint:?} must be an http:// or https:// URL with a host"
+            )));
+        }
+        self.otlp
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    fn validate_intervals(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "discovery.rescan_interval_ms",
+                self.discovery.rescan_interval_ms,
+            ),
+            (
+                "output.summary_interval_ms",
+                self.output.summary_interval_ms,
+            ),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be >= 1, got 0")));
+            }
         }
         Ok(())
     }
@@ -213,6 +285,39 @@ mod tests {
         let cfg = Config::from_toml(text).expect("docs/snakepit-agent.toml");
         assert_eq!(cfg.http.listen.port(), 9464);
         assert_eq!(cfg.calls.slow_call_ms, 1000);
+    }
+
+    #[test]
+    fn bad_sample_rates_and_otlp_endpoints_are_rejected_with_their_key() {
+        for bad in ["-1.0", "nan", "inf", "1.5"] {
+            let err = Config::from_toml(&format!("[calls]\nsample_rate = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("calls.sample_rate"), "{bad}: {err}");
+        }
+        for ok in ["0.0", "0.25", "1.0"] {
+            assert!(Config::from_toml(&format!("[calls]\nsample_rate = {ok}\n")).is_ok());
+        }
+        for bad in ["not a url", "ftp://x:4317", "localhost:4317", "http://"] {
+            let err = Config::from_toml(&format!("[otlp]\nendpoint = {bad:?}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("otlp.endpoint"), "{bad}: {err}");
+        }
+        assert!(Config::from_toml("[otlp]\nendpoint = \"http://127.0.0.1:4317\"\n").is_ok());
+        let err = Config::from_toml("[calls]\nmax_in_flight = 0\n").expect_err("zero");
+        assert!(err.to_string().contains("calls.max_in_flight"), "{err}");
+        let err = Config::from_toml("[[calls.ml_rules]]\nkind = \"inference\"\n")
+            .expect_err("rule without a match");
+        assert!(err.to_string().contains("ml_rules[0]"), "{err}");
+    }
+
+    #[test]
+    fn a_parse_error_names_its_cause_once() {
+        use std::error::Error as _;
+        let err = Config::from_toml("[capture\n").expect_err("bad toml");
+        assert!(err.source().is_none(), "the cause would print twice");
+        assert!(err.to_string().contains("parsing config"), "{err}");
     }
 
     #[test]

@@ -1,19 +1,13 @@
 use clap::Parser;
-use snakepit_agent::cli::{dispatch, Cli};
+use snakepit_agent::cli::{dispatch, error_line, init_logging, Cli};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("snakepit-agent: {e:#}");
+            eprintln!("snakepit-agent: {}", error_line(&e));
             std::process::exit(1);
         }
     }

@@ -28,7 +28,14 @@ impl Agent {
 
     /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
     pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
-        crate::require::root_and_bpf();
+        let nice_prefix = ["nice".to_string(), "-n".to_string(), nice.to_string()];
+        let prefix: &[String] = if nice != 0 { &nice_prefix } else { &[] };
+        Agent::start_prefixed(dir, prefix, extra_args)
+    }
+
+    /// [`Agent::start`] through a command that execs the agent in its place (e.g.
+    /// `setpriv ... --` to run it as another user with some capabilities).
+    pub fn start_prefixed(dir: &Path, prefix: &[String], extra_args: &[&str]) -> Result<Agent> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -36,15 +43,22 @@ impl Agent {
                 bin.display()
             );
         }
+        let mut command = prefix.to_vec();
+        command.push(bin.display().to_string());
+        Agent::start_command(dir, &command, extra_args)
+    }
+
+    /// [`Agent::start`] with `command` (a program and its first arguments) running the
+    /// agent binary, e.g. an installed one under `setpriv`.
+    pub fn start_command(dir: &Path, command: &[String], extra_args: &[&str]) -> Result<Agent> {
+        crate::require::root_and_bpf();
         let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
-        let mut cmd = if nice != 0 {
-            let mut c = Command::new("nice");
-            c.args(["-n", &nice.to_string()]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
+        let Some((program, args)) = command.split_first() else {
+            bail!("no agent command");
         };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
         let child = cmd
             .args(["run", "--format", "json", "--output"])
             .arg(&output)
@@ -57,7 +71,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {program}"))?;
         let mut agent = Agent { child, output };
         agent.wait_for(Duration::from_secs(60), |e| {
             is_event(e, &["snakepit", "agent", "started"])

@@ -27,6 +27,9 @@ pub struct DemoOptions {
     pub erl_flags: Vec<String>,
     /// Environment of the BEAM, inherited by its workers.
     pub env: Vec<(String, String)>,
+    /// A command that execs `erl` and its arguments in its place (e.g. one that puts
+    /// the deployment in its own namespaces); empty: `erl` directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for DemoOptions {
@@ -42,6 +45,7 @@ impl Default for DemoOptions {
             nice: 0,
             erl_flags: Vec::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -115,13 +119,13 @@ impl Demo {
     pub fn start(opts: &DemoOptions) -> Result<Demo> {
         crate::require::demo_built();
         let root = crate::workspace_root();
-        let mut cmd = if opts.nice != 0 {
-            let mut c = Command::new("nice");
-            c.args(["-n", &opts.nice.to_string(), "erl"]);
-            c
-        } else {
-            Command::new("erl")
-        };
+        let mut program = opts.wrapper.clone();
+        if opts.nice != 0 {
+            program.extend(["nice".into(), "-n".into(), opts.nice.to_string()]);
+        }
+        program.push("erl".into());
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.current_dir(&root)
             .args([
                 "-noshell",

@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod bpf_stats;
 pub mod demo;
+pub mod http;
 pub mod otlp_receiver;
+pub mod privileges;
 pub mod procfs;
 pub mod require;
 

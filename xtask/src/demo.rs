@@ -6,6 +6,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+/// Where the demo serves /metrics and the live page unless given `--http-listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+/// The agent configuration of the demo unless given `--config`: ML rules for the
+/// demo's ML tools.
+pub const DEFAULT_CONFIG: &str = "demo/agent.toml";
+
 pub struct DemoArgs {
     duration_secs: Option<u64>,
     grpc_workers: u32,
@@ -40,6 +46,40 @@ impl DemoArgs {
             }
         }
         Ok(out)
+    }
+
+    /// The arguments of `snakepit-agent run`: the user's, plus the endpoint and the
+    /// demo's config when the user gave none.
+    pub fn agent_args(&self, root: &Path) -> Vec<String> {
+        let given = |flag: &str| {
+            self.agent_args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        let mut args = self.agent_args.clone();
+        if !given("--http-listen") {
+            args.extend(["--http-listen".to_string(), DEFAULT_LISTEN.to_string()]);
+        }
+        if !given("--config") {
+            args.push("--config".to_string());
+            args.push(root.join(DEFAULT_CONFIG).display().to_string());
+        }
+        args
+    }
+
+    /// The address the page is served on (the user's `--http-listen` or the default).
+    pub fn listen(&self) -> String {
+        let mut it = self.agent_args.iter();
+        while let Some(a) = it.next() {
+            if a == "--http-listen" {
+                if let Some(v) = it.next() {
+                    return v.clone();
+                }
+            } else if let Some(v) = a.strip_prefix("--http-listen=") {
+                return v.to_string();
+            }
+        }
+        DEFAULT_LISTEN.to_string()
     }
 }
 
@@ -77,7 +117,11 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     };
 
     let mut cmd = Command::new(&agent);
-    cmd.arg("run").args(&args.agent_args);
+    cmd.arg("run").args(args.agent_args(root));
+    eprintln!(
+        "demo: live page http://{0}/  metrics http://{0}/metrics",
+        args.listen()
+    );
     if let Some(secs) = args.duration_secs {
         cmd.args(["--duration", &secs.to_string()]);
     }
@@ -103,4 +147,55 @@ fn snakepit_deployment_running() -> bool {
             (text.contains("grpc_server.py") || text.contains("grpc_server_threaded.py"))
                 && (text.contains("--snakepit-run-id") || text.contains("--run-id"))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> DemoArgs {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        DemoArgs::parse(&args).expect("parses")
+    }
+
+    #[test]
+    fn no_flags_serve_on_loopback_with_the_demo_config() {
+        let root = Path::new("/r");
+        let a = parse(&[]);
+        assert_eq!(
+            a.agent_args(root),
+            [
+                "--http-listen",
+                DEFAULT_LISTEN,
+                "--config",
+                "/r/demo/agent.toml"
+            ]
+        );
+        assert_eq!(a.listen(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn the_users_endpoint_and_config_win() {
+        let root = Path::new("/r");
+        let a = parse(&[
+            "--duration",
+            "5",
+            "--http-listen",
+            "127.0.0.1:1",
+            "--config",
+            "x.toml",
+        ]);
+        assert_eq!(
+            a.agent_args(root),
+            ["--http-listen", "127.0.0.1:1", "--config", "x.toml"]
+        );
+        assert_eq!(a.listen(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_shipped_demo_config_has_ml_rules_for_the_demo_tools() {
+        let text = std::fs::read_to_string(crate::workspace_root().join(DEFAULT_CONFIG))
+            .expect("demo/agent.toml");
+        assert!(text.contains("tool = \"ml_infer\"") && text.contains("tool = \"ml_train_step\""));
+    }
 }

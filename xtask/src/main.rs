@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | demo | bench | gpu-check | test`.
+//! Project tasks: `cargo xtask setup | demo | bench | gpu-check | package | test`.
 //!
 //! Every task that needs the toolchain, packages or mounts runs `setup` first; setup is
 //! idempotent and cheap when everything is already there.
 mod bench;
 mod demo;
 mod gpu_check;
+mod package;
 mod setup;
 mod test;
 
@@ -22,7 +23,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what the agent, the demo and the tests need (idempotent).
-    Setup,
+    Setup {
+        /// Only the pinned toolchain parts that build the agent (container builds).
+        #[arg(long)]
+        toolchain_only: bool,
+    },
     /// Run the agent against the bundled demo deployment (or the running one).
     ///
     /// Known flags: --duration SECS, --grpc-workers N, --pipe-workers N, --rate CALLS_PER_S.
@@ -71,6 +76,9 @@ enum Task {
     /// memory (CuPy or PyTorch, installed when missing); compares the agent's per-worker
     /// figures with them and prints the differences.
     GpuCheck,
+    /// Build the Debian package (target/debian/snakepit-agent_<version>_<arch>.deb):
+    /// the binary, the systemd unit, /etc/snakepit-agent/config.toml, the system user.
+    Package,
     /// Run every test: Rust unit and end-to-end tests, the demo's own self-tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -83,7 +91,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
-        Task::Setup => setup::run(&root),
+        Task::Setup { toolchain_only } => {
+            if toolchain_only {
+                setup::rust_toolchain(&root)
+            } else {
+                setup::run(&root)
+            }
+        }
+        Task::Package => {
+            setup::rust_toolchain(&root)?;
+            package::run(&root).map(|_| ())
+        }
         Task::Demo { args } => {
             setup::run(&root)?;
             demo::run(&root, demo::DemoArgs::parse(&args)?)

@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::process::Command;
 
-/// bpf-linker 0.10.3 loads rustc's own LLVM; later versions need a system LLVM.
-const BPF_LINKER_VERSION: &str = "0.10.3";
+/// The pins: the nightly channel and the bpf-linker version, in one file that
+/// telemetry-user/build.rs reads too.
+pub const PINS_FILE: &str = "telemetry-ebpf/rust-toolchain.toml";
 const DEBIAN_PACKAGES: &[&str] = &[
     "erlang-base",
     "erlang-dev",
@@ -15,11 +16,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-pip",
     "prometheus",
     "chromium",
+    // The daemon tests: `systemd-analyze verify`, the package's postinst, namespaces.
+    "systemd",
+    "adduser",
+    "iproute2",
+    "util-linux",
 ];
 const PYPI_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "protobuf", "orjson", "numpy"];
 
 pub fn run(root: &Path) -> Result<()> {
-    rust_toolchain()?;
+    rust_toolchain(root)?;
     debian_packages()?;
     python_venv(root)?;
     demo_build(root)?;
@@ -27,34 +33,77 @@ pub fn run(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn rust_toolchain() -> Result<()> {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pins {
+    /// e.g. `nightly-2026-10-30`
+    pub channel: String,
+    pub bpf_linker: String,
+}
+
+/// Reads `channel` under `[toolchain]` and `version` under `[bpf-linker]`.
+pub fn parse_pins(text: &str) -> Option<Pins> {
+    let mut table = "";
+    let (mut channel, mut bpf_linker) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            table = line;
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_string();
+        match (table, key.trim()) {
+            ("[toolchain]", "channel") => channel = Some(value),
+            ("[bpf-linker]", "version") => bpf_linker = Some(value),
+            _ => {}
+        }
+    }
+    Some(Pins {
+        channel: channel?,
+        bpf_linker: bpf_linker?,
+    })
+}
+
+pub fn pins(root: &Path) -> Result<Pins> {
+    let path = root.join(PINS_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {PINS_FILE}"))?;
+    parse_pins(&text)
+        .with_context(|| format!("{PINS_FILE}: no [toolchain] channel or [bpf-linker] version"))
+}
+
+/// The pinned nightly with rust-src, and the pinned bpf-linker.
+pub fn rust_toolchain(root: &Path) -> Result<()> {
+    let pins = pins(root)?;
+    let channel = pins.channel.as_str();
     let have_src = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", channel])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
         .unwrap_or(false);
     if !have_src {
-        eprintln!("setup: installing nightly rust-src");
+        eprintln!("setup: installing {channel} with rust-src");
         run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            channel,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
         ]))?;
     }
+    let version = pins.bpf_linker.as_str();
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == format!("bpf-linker {version}"))
         .unwrap_or(false);
     if !linker_ok {
-        eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION}");
+        eprintln!("setup: installing bpf-linker {version}");
         run_cmd(Command::new("cargo").args([
             "install",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            &format!("bpf-linker@{version}"),
             "--locked",
             "--force",
         ]))?;
@@ -143,4 +192,30 @@ fn mounts() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pins_file_names_a_dated_nightly_and_a_bpf_linker_version() {
+        let pins = pins(&crate::workspace_root()).expect("pins");
+        let date = pins.channel.strip_prefix("nightly-").expect("a nightly");
+        assert_eq!(date.len(), 10, "nightly-YYYY-MM-DD, got {}", pins.channel);
+        assert_eq!(pins.bpf_linker, "0.10.3");
+    }
+
+    #[test]
+    fn pins_need_both_tables() {
+        assert!(parse_pins("[toolchain]\nchannel = \"nightly-2026-10-30\"\n").is_none());
+        let both = "[toolchain]\nchannel = \"x\"\n[bpf-linker]\nversion = \"1\"\n";
+        assert_eq!(
+            parse_pins(both),
+            Some(Pins {
+                channel: "x".into(),
+                bpf_linker: "1".into()
+            })
+        );
+    }
 }

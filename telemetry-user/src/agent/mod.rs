@@ -2,6 +2,7 @@
 //! accounting -> events on the bus -> sinks. One task owns all mutable state, so no
 //! locks sit on the per-event path.
 pub(crate) mod io_summary;
+pub mod reload;
 pub mod topology_events;
 mod worker_probes;
 
@@ -24,6 +25,8 @@ use tokio::task::JoinHandle;
 pub struct RunOptions {
     /// Stop after this long (None: until SIGINT/SIGTERM).
     pub duration: Option<Duration>,
+    /// What SIGHUP reloads from (None: SIGHUP is ignored).
+    pub reload: Option<reload::Reloader>,
 }
 
 /// How often pending sockets and listen ports are retried.
@@ -36,6 +39,7 @@ pub struct Agent {
     discovery: Discovery,
     bus: Bus,
     sink: JoinHandle<()>,
+    otlp: reload::OtlpTask,
     logger: JoinHandle<()>,
     io: IoAccounting,
     /// What was last written to the kernel's watch maps.
@@ -82,6 +86,23 @@ impl Agent {
     /// Loads and attaches the probes, scans /proc, starts the sink. Must run inside
     /// a tokio runtime.
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        // What the user can get wrong (output path, a taken port) fails before the
+        // probes' seconds of verifier time.
+        let out: Box<dyn Write + Send> = match &config.output.path {
+            Some(path) => Box::new(std::io::BufWriter::new(
+                open_output(path).with_context(|| format!("creating output {}", path.display()))?,
+            )),
+            None => Box::new(std::io::stdout()),
+        };
+        let http_server = if config.http.enabled {
+            Some(
+                sinks::web::Server::bind(config.http.clone())
+                    .await
+                    .context("starting the HTTP endpoint (/metrics, live page)")?,
+            )
+        } else {
+            None
+        };
         kernel::ensure_mounts().context("mounting tracefs/bpffs")?;
         let mut probes = Probes::load(&KernelConfig {
             capture_bytes: config.capture.bytes,
@@ -94,20 +115,10 @@ impl Agent {
         let kernel_rx = probes.events()?;
 
         let bus = Bus::new(1 << 16);
-        let out: Box<dyn Write + Send> = match &config.output.path {
-            Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating output {}", path.display()))?,
-            )),
-            None => Box::new(std::io::stdout()),
-        };
         let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
-        // OTLP export: awaited with the stream sink, so it flushes before the agent exits.
-        let otlp = tokio::spawn(sinks::otlp::run(config.otlp.clone(), bus.subscribe()));
-        let sink = tokio::spawn(async move {
-            stream_sink.await;
-            let _ = otlp.await;
-        });
+        let sink = tokio::spawn(stream_sink);
+        // OTLP export: awaited at the end too, so it flushes before the agent exits.
+        let otlp = reload::OtlpTask::spawn(config.otlp.clone(), &bus);
 
         // The design's Logger handler: slow calls as warnings, exceptions and crashes
         // as errors, the rest at debug (target `snakepit::events`).
@@ -117,12 +128,8 @@ impl Agent {
                 slow_call_ms: config.calls.slow_call_ms,
             },
         ));
-        // /metrics and the live page. Bound here so a taken port fails the start; the
-        // server task ends with the runtime.
-        if config.http.enabled {
-            let server = sinks::web::Server::bind(config.http.clone())
-                .await
-                .context("starting the HTTP endpoint (/metrics, live page)")?;
+        // /metrics and the live page (bound above); the server task ends with the runtime.
+        if let Some(server) = http_server {
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {
@@ -161,6 +168,7 @@ impl Agent {
             discovery,
             bus,
             sink,
+            otlp,
             logger,
             io: IoAccounting::default(),
             watched_pids: HashMap::new(),
@@ -191,6 +199,14 @@ impl Agent {
                 .meta("capture_bytes", agent.config.capture.bytes)
                 .meta("probes", agent.probes.attached()),
         );
+        // One line for the journal: the agent is up (and how much it found).
+        let snap = agent.discovery.snapshot();
+        tracing::info!(
+            probes = agent.probes.attached().len(),
+            deployments = snap.deployments.len(),
+            connections = snap.connections.len(),
+            "started"
+        );
         Ok(agent)
     }
 
@@ -216,6 +232,7 @@ impl Agent {
         // One SIGINT stream for the whole loop: a `ctrl_c()` future made afresh each
         // iteration misses a signal that lands while an event is being handled.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
         loop {
             tokio::select! {
@@ -245,6 +262,10 @@ impl Agent {
                 _ = &mut deadline => break,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                _ = sighup.recv() => match &opts.reload {
+                    Some(reloader) => self.reload(reloader),
+                    None => tracing::info!("SIGHUP ignored: no configuration to reload"),
+                },
             }
         }
         // Drain what the kernel already delivered, so the final summaries include it;
@@ -263,6 +284,7 @@ impl Agent {
         // The sink ends when every sender of the bus is gone (the tracker holds one).
         let Agent {
             sink,
+            otlp,
             logger,
             bus,
             tracker,
@@ -273,6 +295,7 @@ impl Agent {
         drop(gpu_workers);
         drop(bus);
         let _ = sink.await;
+        otlp.finish().await;
         let _ = logger.await;
         Ok(())
     }
@@ -378,7 +401,8 @@ impl Agent {
     fn apply(&mut self, changes: Vec<TopologyChange>) {
         let now = kernel::monotonic_now_ns();
         for change in &changes {
-            self.bus.publish(topology_events::to_event(change));
+            self.bus
+                .publish(topology_events::to_event_in(change, &self.discovery));
             match change {
                 TopologyChange::ConnectionClosed { conn, .. } => {
                     self.closing.push(Closing {
@@ -665,6 +689,20 @@ impl Agent {
     }
 }
 
+/// The event file, emptied, in append mode: after logrotate's `copytruncate` the
+/// next line lands at the new end instead of past a hole at the old offset.
+fn open_output(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // Only a regular file is emptied (a FIFO or /dev/null cannot be).
+    if file.metadata()?.is_file() {
+        file.set_len(0)?;
+    }
+    Ok(file)
+}
+
 fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
     match status {
         kernel::ExitStatus::Exited(code) => ExitInfo {
@@ -681,5 +719,29 @@ fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
             core_dumped,
         },
         kernel::ExitStatus::Unknown => ExitInfo::default(),
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::open_output;
+    use std::io::Write;
+
+    #[test]
+    fn the_output_is_emptied_and_survives_copytruncate_without_a_hole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "old run\n").expect("write");
+        let mut f = open_output(&path).expect("open");
+        f.write_all(b"first line\n").expect("write");
+        // logrotate's copytruncate empties the file under the writer.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|t| t.set_len(0))
+            .expect("truncate");
+        f.write_all(b"next\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "next\n");
+        assert!(open_output(std::path::Path::new("/dev/null")).is_ok());
     }
 }

@@ -1,6 +1,30 @@
 //! Topology changes from discovery, as events of the schema.
-use crate::discovery::{ConnInfo, TopologyChange};
+use crate::discovery::{ConnInfo, Discovery, NsIdentity, TopologyChange};
 use crate::events::{schema, Event};
+
+/// [`to_event`], with the namespaces and container identity discovery read for the
+/// BEAM or worker found: `<role>_ns_pid` (its pid inside its pid namespace, when that
+/// is not the host's), `pid_ns`, `net_ns`, `container_id`, `pod_uid`.
+pub fn to_event_in(change: &TopologyChange, discovery: &Discovery) -> Event {
+    let ev = to_event(change);
+    let (role, pid) = match change {
+        TopologyChange::BeamDiscovered { beam_pid, .. } => ("beam_ns_pid", *beam_pid),
+        TopologyChange::WorkerDiscovered(w) => ("worker_ns_pid", w.pid),
+        _ => return ev,
+    };
+    match discovery.identity(pid) {
+        Some(id) => with_identity(ev, role, id),
+        None => ev,
+    }
+}
+
+fn with_identity(ev: Event, ns_pid_key: &str, id: &NsIdentity) -> Event {
+    ev.meta_opt(ns_pid_key, id.ns_pid)
+        .meta_opt("pid_ns", id.pid_ns)
+        .meta_opt("net_ns", id.net_ns)
+        .meta_opt("container_id", id.container_id.clone())
+        .meta_opt("pod_uid", id.pod_uid.clone())
+}
 
 pub fn to_event(change: &TopologyChange) -> Event {
     match change {

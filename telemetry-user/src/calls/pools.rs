@@ -5,6 +5,8 @@ use super::input::ConnContext;
 use crate::events::{AgentEvent, CircuitBreakerOpen, HealthAlert, PoolSize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+mod reload;
+
 /// Exited workers remembered, so a late observation does not bring one back.
 const EXITED_MEMORY: usize = 1024;
 

@@ -26,6 +26,7 @@ mod call;
 mod lifecycle;
 mod matching;
 mod messages;
+mod reload;
 
 use call::*;
 pub use call::{grpc_status_name, is_user_operation};

@@ -1,6 +1,9 @@
 //! `snakepit-agent check`: can the agent run here, and what would it attach?
+use crate::discovery::{Discovery, ProcSource, Selectors};
 use crate::kernel::{self, KernelConfig, Probes};
+use crate::privileges::{self, TracefsState};
 use clap::Args;
+use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
@@ -17,20 +20,52 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     println!("CAP_BPF             {}", yes_no(pf.cap_bpf));
     println!("CAP_PERFMON         {}", yes_no(pf.cap_perfmon));
     println!("CAP_SYS_ADMIN       {}", yes_no(pf.cap_sys_admin));
+    let caps = privileges::effective_caps();
+    for req in privileges::REQUIRED {
+        let ok = privileges::satisfied(req, caps);
+        println!("{:<19} {:<3}  {}", req.name, yes_no(ok), req.why);
+    }
     println!("BTF (vmlinux)       {}", yes_no(pf.btf_present));
-    println!("tracefs mounted     {}", yes_no(pf.tracefs_mounted));
+    let tracefs = privileges::tracefs_state();
+    println!(
+        "tracefs             {}",
+        match tracefs {
+            TracefsState::Readable => "mounted, readable",
+            TracefsState::Denied => "mounted, PERMISSION DENIED",
+            TracefsState::NotMounted => "NOT MOUNTED (the agent mounts it when allowed)",
+        }
+    );
     println!("bpffs mounted       {}", yes_no(pf.bpffs_mounted));
     for (tp, present) in &pf.tracepoints {
-        let state = match present {
-            Some(true) => "present",
-            Some(false) => "MISSING",
-            None => "unknown (tracefs not readable)",
+        let state = match (present, tracefs) {
+            (Some(true), _) => "present",
+            (Some(false), _) => "MISSING",
+            (None, TracefsState::Denied) => "unknown (tracefs: permission denied)",
+            (None, _) => "unknown (tracefs not mounted)",
         };
         println!("tracepoint          {tp:<40} {state}");
     }
     // The GPU is optional: its absence is reported, not a problem.
     println!("GPU (NVML)          {}", crate::gpu::probe().line());
     let mut problems = pf.problems();
+    let missing = privileges::missing(caps);
+    if !missing.is_empty() {
+        problems.push(privileges::PrivilegeError::MissingCaps(missing).to_string());
+    }
+    if tracefs == TracefsState::Denied {
+        problems.push(privileges::PrivilegeError::TracefsDenied.to_string());
+    }
+    // Reading a real target's /proc entries, as discovery will.
+    match proc_target() {
+        Some(target) => match privileges::check_proc_access(Path::new("/proc"), target) {
+            Ok(()) => println!("/proc access        pid {target}: ok"),
+            Err(e) => {
+                println!("/proc access        pid {target}: DENIED");
+                problems.push(e.to_string());
+            }
+        },
+        None => println!("/proc access        no other process to test on"),
+    }
     if !args.no_load && problems.is_empty() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -54,4 +89,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         }
         Ok(2)
     }
+}
+
+/// A Snakepit worker or BEAM when one runs here (what the agent must read), else
+/// another user's process.
+fn proc_target() -> Option<u32> {
+    let mut d = Discovery::new(ProcSource::system(), Selectors::default());
+    d.full_scan();
+    let snap = d.snapshot();
+    snap.deployments
+        .iter()
+        .flat_map(|d| d.pools.iter().flat_map(|p| p.workers.iter().map(|w| w.pid)))
+        .chain(snap.deployments.iter().map(|d| d.beam_pid))
+        .next()
+        // SAFETY: geteuid has no preconditions.
+        .or_else(|| privileges::other_process(Path::new("/proc"), unsafe { libc::geteuid() }))
 }

@@ -4,7 +4,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// TOML configuration file (flags override it).
     #[arg(long)]
@@ -71,7 +71,12 @@ impl RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let reload_args = args.clone();
+    let reload: crate::agent::reload::Reloader =
+        Box::new(move || Ok(reload_args.clone().into_config()?.0));
     let (config, duration) = args.into_config()?;
+    // Missing capabilities fail here, by name, not later as a silent 0 connections.
+    crate::privileges::require_for_run()?;
     // One thread for the whole pipeline and every sink: each kernel record fans out to
     // several sink tasks, and on a multi-threaded runtime every hand-off was a
     // cross-thread wakeup (a third of the agent's CPU in perf). Blocking work (NVML,
@@ -81,7 +86,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         .build()?;
     rt.block_on(async move {
         let agent = Agent::start(config).await?;
-        agent.run(RunOptions { duration }).await
+        agent
+            .run(RunOptions {
+                duration,
+                reload: Some(reload),
+            })
+            .await
     })?;
     Ok(0)
 }

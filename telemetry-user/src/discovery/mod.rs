@@ -12,6 +12,7 @@
 //!   `snapshot` (the snapshot and the kernel watch plan), with `reads` caching
 //!   /proc reads within one call.
 
+pub mod container;
 mod model;
 mod pairing;
 pub mod parse;
@@ -31,6 +32,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use container::NsIdentity;
 pub use model::{
     BeamInfo, CloseReason, ConnInfo, ConnRole, DeploymentSnapshot, ExitInfo, PoolSnapshot,
     ProcessInfo, ProcessRole, ScanStats, TopologyChange, TopologySnapshot, Transport, WatchPlan,

@@ -212,6 +212,8 @@ pub struct TopologySnapshot {
     pub unattached_workers: Vec<WorkerInfo>,
     pub connections: Vec<ConnInfo>,
     pub pending_sockets: usize,
+    /// Namespaces and container identity of each BEAM and worker, by host pid.
+    pub identities: std::collections::BTreeMap<u32, super::container::NsIdentity>,
 }
 
 /// What the last `full_scan` read: the cost of the periodic rescan, which should

@@ -30,6 +30,10 @@ impl Discovery {
         );
         // A worker socket whose peer no BEAM held may be this BEAM's.
         self.settled.retain(|_, s| s.why != SettledWhy::Foreign);
+        let src = &self.src;
+        self.identities
+            .entry(pid)
+            .or_insert_with(|| super::container::NsIdentity::read(src, pid));
         self.beams.entry(pid).or_insert(BeamInfo {
             pid,
             listen_ports: Vec::new(),
@@ -144,6 +148,8 @@ impl Discovery {
             BTreeSet::new()
         };
         let port = pick_port(&listen, wa.port_arg);
+        self.identities
+            .insert(pid, super::container::NsIdentity::read(&self.src, pid));
         let info = WorkerInfo {
             pid,
             beam_pid: beam,
@@ -241,6 +247,7 @@ impl Discovery {
         self.pending.retain(|(t, _), _| *t != pid);
         self.settled.retain(|(t, _), _| *t != pid);
         self.procs.remove(&pid);
+        self.identities.remove(&pid);
         if let Some(w) = self.workers.remove(&pid) {
             changes.push(TopologyChange::WorkerExited {
                 beam_pid: w.info.beam_pid,

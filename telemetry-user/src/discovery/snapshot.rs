@@ -18,6 +18,11 @@ impl Discovery {
         let mut snap = TopologySnapshot {
             connections: self.conns.values().cloned().collect(),
             pending_sockets: self.pending.len(),
+            identities: self
+                .identities
+                .iter()
+                .map(|(pid, id)| (*pid, id.clone()))
+                .collect(),
             ..Default::default()
         };
         for b in self.beams.values() {

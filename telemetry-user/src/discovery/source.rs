@@ -107,7 +107,9 @@ impl ProcSource {
     }
 
     /// Sockets and pipes among the process's fds (other fds are left out). Fds that
-    /// vanish while listing are skipped.
+    /// vanish while listing are skipped; a link we may not read (CAP_DAC_READ_SEARCH
+    /// lists the directory, the links need CAP_SYS_PTRACE) fails the whole call, so
+    /// it is counted and reported instead of looking like a process with no sockets.
     pub fn fds(&self, pid: u32) -> Result<Vec<(u32, FdTarget)>, DiscoveryError> {
         let dir = self.pid_path(pid, "fd");
         let rd = std::fs::read_dir(&dir).map_err(|e| io_err(&dir, e))?;
@@ -116,8 +118,12 @@ impl ProcSource {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let Ok(link) = std::fs::read_link(entry.path()) else {
-                continue;
+            let link = match std::fs::read_link(entry.path()) {
+                Ok(link) => link,
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    return Err(io_err(&entry.path(), e));
+                }
+                Err(_) => continue,
             };
             let t = parse::parse_fd_link(&link.to_string_lossy());
             if !matches!(t, FdTarget::Other(_)) {

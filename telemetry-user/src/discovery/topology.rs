@@ -92,6 +92,8 @@ pub struct Discovery {
     pub(super) fd_denied_total: u64,
     /// Pids already warned about an unreadable fd directory.
     pub(super) fd_denied_warned: HashSet<u32>,
+    /// Namespaces and container identity of each BEAM and worker.
+    pub(super) identities: HashMap<u32, super::container::NsIdentity>,
 }
 
 impl Discovery {
@@ -111,7 +113,14 @@ impl Discovery {
             last_scan: ScanStats::default(),
             fd_denied_total: 0,
             fd_denied_warned: HashSet::new(),
+            identities: HashMap::new(),
         }
+    }
+
+    /// A BEAM's or worker's namespaces and container identity (read once, when it
+    /// was found).
+    pub fn identity(&self, pid: u32) -> Option<&super::container::NsIdentity> {
+        self.identities.get(&pid)
     }
 
     /// What the last `full_scan` read.

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 pub use export::OtlpError;
 
@@ -157,7 +158,27 @@ pub async fn run(cfg: OtlpConfig, rx: BusReceiver) {
 }
 
 /// [`run`] with the caller's counters.
-pub async fn run_with(cfg: OtlpConfig, mut rx: BusReceiver, counters: Arc<OtlpCounters>) {
+pub async fn run_with(cfg: OtlpConfig, rx: BusReceiver, counters: Arc<OtlpCounters>) {
+    run_with_until(cfg, rx, counters, None).await
+}
+
+/// [`run`] that also ends, flushing the same way, when `stop` fires or its sender
+/// is dropped (a SIGHUP replacing the exporter). It is checked before each event,
+/// so no event is exported after the replacement took over.
+pub async fn run_until(cfg: OtlpConfig, rx: BusReceiver, stop: oneshot::Receiver<()>) {
+    run_with_until(cfg, rx, GLOBAL.clone(), Some(stop)).await
+}
+
+async fn run_with_until(
+    cfg: OtlpConfig,
+    mut rx: BusReceiver,
+    counters: Arc<OtlpCounters>,
+    mut stop: Option<oneshot::Receiver<()>>,
+) {
+    let stop_fired = |stop: &mut Option<oneshot::Receiver<()>>| {
+        stop.as_mut()
+            .is_some_and(|s| !matches!(s.try_recv(), Err(oneshot::error::TryRecvError::Empty)))
+    };
     if !cfg.enabled {
         return;
     }
@@ -172,6 +193,7 @@ pub async fn run_with(cfg: OtlpConfig, mut rx: BusReceiver, counters: Arc<OtlpCo
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
+                Some(_) if stop_fired(&mut stop) => break,
                 Some(ev) => sink.on_event(&ev),
                 None => break,
             },
@@ -182,6 +204,7 @@ pub async fn run_with(cfg: OtlpConfig, mut rx: BusReceiver, counters: Arc<OtlpCo
                     sink.report_failures();
                 }
             }
+            _ = async { stop.as_mut().expect("checked").await }, if stop.is_some() => break,
         }
     }
     sink.shutdown().await;
