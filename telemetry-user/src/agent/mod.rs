@@ -56,6 +56,8 @@ pub struct Agent {
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
     counters: Counters,
+    /// What `/healthz` and `/readyz` answer; a failed output ends `run` with an error.
+    health: sinks::health::SharedHealth,
 }
 
 struct Closing {
@@ -87,16 +89,19 @@ impl Agent {
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
+        let health = sinks::health::Health::new();
+        health.set_probes_attached();
 
         let bus = Bus::new(1 << 16);
         let out: Box<dyn Write + Send> = match &config.output.path {
-            Some(path) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(path)
+            Some(path) => Box::new(
+                sinks::output::WholeLines::create(path)
                     .with_context(|| format!("creating output {}", path.display()))?,
-            )),
+            ),
             None => Box::new(std::io::stdout()),
         };
-        let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
+        let stream_sink =
+            sinks::run_stream_sink(config.output.format, bus.subscribe(), out, health.clone());
         // OTLP export: awaited with the stream sink, so it flushes before the agent exits.
         let otlp = tokio::spawn(sinks::otlp::run(config.otlp.clone(), bus.subscribe()));
         let sink = tokio::spawn(async move {
@@ -117,7 +122,8 @@ impl Agent {
         if config.http.enabled {
             let server = sinks::web::Server::bind(config.http.clone())
                 .await
-                .context("starting the HTTP endpoint (/metrics, live page)")?;
+                .context("starting the HTTP endpoint (/metrics, live page)")?
+                .with_health(health.clone());
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {
@@ -175,10 +181,12 @@ impl Agent {
             gpu_workers,
             _gpu: gpu,
             counters: Counters::default(),
+            health,
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
         agent.initial_scan_done = true;
+        agent.health.set_discovery_done();
         agent.bus.publish(
             Event::new(schema::AGENT_STARTED)
                 .meta("version", env!("CARGO_PKG_VERSION"))
@@ -210,6 +218,10 @@ impl Agent {
         // One SIGINT stream for the whole loop: a `ctrl_c()` future made afresh each
         // iteration misses a signal that lands while an event is being handled.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let health = self.health.clone();
+        let output_failed = health.output_failed();
+        tokio::pin!(output_failed);
+        let mut failure = None;
 
         loop {
             tokio::select! {
@@ -237,6 +249,10 @@ impl Agent {
                 _ = &mut deadline => break,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
+                why = &mut output_failed => {
+                    failure = Some(why);
+                    break;
+                }
             }
         }
         // Drain what the kernel already delivered, so the final summaries include it;
@@ -266,7 +282,10 @@ impl Agent {
         drop(bus);
         let _ = sink.await;
         let _ = logger.await;
-        Ok(())
+        match failure.or_else(|| health.output_failure()) {
+            Some(why) => anyhow::bail!("the event output failed: {why}"),
+            None => Ok(()),
+        }
     }
 
     fn on_kernel_event(&mut self, ev: KernelEvent) {
