@@ -26,8 +26,17 @@ impl Agent {
         Agent::start_with(dir, extra_args, 0)
     }
 
+    /// [`Agent::start`] writing its events to `output` (agent.log stays in `dir`).
+    pub fn start_to(dir: &Path, output: &Path, extra_args: &[&str]) -> Result<Agent> {
+        Agent::spawn(dir, output.to_path_buf(), extra_args, 0)
+    }
+
     /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
     pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
+        Agent::spawn(dir, dir.join("events.jsonl"), extra_args, nice)
+    }
+
+    fn spawn(dir: &Path, output: PathBuf, extra_args: &[&str], nice: i32) -> Result<Agent> {
         crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
@@ -36,7 +45,6 @@ impl Agent {
                 bin.display()
             );
         }
-        let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
         let mut cmd = if nice != 0 {
             let mut c = Command::new("nice");
@@ -89,6 +97,18 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; its status, or None.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     /// SIGINT, then waits for a clean exit; returns every event written.

@@ -90,6 +90,9 @@ pub struct CallTracker {
     next_seq: u64,
     pools: Pools,
     stats: TrackerStats,
+    /// Connections closed with calls still open, by close time: those calls end at
+    /// the next tick, unless their worker's exit (same discovery batch) claims them.
+    closed_conns: BTreeMap<u64, u64>,
 }
 
 impl CallTracker {
@@ -105,6 +108,7 @@ impl CallTracker {
             next_seq: 0,
             pools,
             stats: TrackerStats::default(),
+            closed_conns: BTreeMap::new(),
         }
     }
 

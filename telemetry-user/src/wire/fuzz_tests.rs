@@ -141,3 +141,43 @@ fn declared_lengths_do_not_drive_allocation() {
     let mut p = PacketDecoder::new(true);
     let _ = p.feed(&[0x0f, 0xff, 0xff, 0xff, b'{'], 5);
 }
+
+/// Issue 12: 2 MB of random bytes after a real preface, and a frame declaring 16 MB,
+/// were decoded without a single error counted (only gap bytes). Both are now
+/// decode errors by kind.
+#[test]
+fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Preface);
+    let mut stream = http2::PREFACE.to_vec();
+    stream.extend(frame(4, 0, 0, &[]));
+    stream.extend(rng.bytes(2 << 20));
+    feed_randomly(&mut rng, &stream, |c, n| {
+        d.feed(c, n);
+    });
+    assert!(
+        d.stats.total_errors() > 0,
+        "2 MB of garbage counted no error: {:?}",
+        d.stats
+    );
+
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    let mut big = frame(0, 0, 1, &[]);
+    big[..3].copy_from_slice(&[0xff, 0xff, 0xff]); // declares 16 MiB - 1
+    d.feed(&big, big.len());
+    d.feed(&[], 1 << 20);
+    assert_eq!(d.stats.errors(super::ErrorKind::FrameOverPeerLimit), 1);
+
+    // A peer that allowed large frames makes the same frame legal.
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    d.set_max_frame_size((1 << 24) - 1);
+    d.feed(&big, big.len());
+    assert_eq!(d.stats.total_errors(), 0);
+    // Joined mid-stream, the limit is unknown: nothing is assumed.
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    let mut u = frame(0x42, 0, 1, &[0; 8]);
+    u.extend(frame(0x42, 0, 1, &[0; 8]));
+    d.resync_at(0);
+    d.feed(&u, u.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::UnknownFrameType), 2);
+}

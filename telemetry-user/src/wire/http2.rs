@@ -20,6 +20,8 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
 /// Largest length a 24-bit frame length can carry (the protocol maximum).
 const MAX_FRAME_LEN: u32 = (1 << 24) - 1;
+/// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 6.5.2).
+const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// Payload cap for frames we buffer that are not header blocks. SETTINGS with 170
 /// entries fit; GOAWAY debug data beyond it is dropped.
 const CONTROL_CAP: usize = 1024;
@@ -259,6 +261,10 @@ pub struct FrameDecoder {
     /// starts are likely frame starts.
     search_feed_start: usize,
     search_skipped: u64,
+    /// The largest frame the receiving peer allows, when known: 16384 from the
+    /// connection's start until its SETTINGS_MAX_FRAME_SIZE; unknown when joined
+    /// mid-stream. A longer frame is counted (garbage or a broken peer), not refused.
+    peer_limit: Option<u32>,
     pub stats: DecodeStats,
 }
 
@@ -272,6 +278,7 @@ impl FrameDecoder {
             },
             Start::Searching => State::Searching,
         };
+        let peer_limit = (!matches!(start, Start::Searching)).then_some(DEFAULT_MAX_FRAME);
         FrameDecoder {
             cfg,
             state,
@@ -280,6 +287,7 @@ impl FrameDecoder {
             search_buf: Vec::new(),
             search_feed_start: 0,
             search_skipped: 0,
+            peer_limit,
             stats: DecodeStats::default(),
         }
     }
@@ -288,6 +296,9 @@ impl FrameDecoder {
     /// direction: resync candidates may be this large.
     pub fn set_max_frame_size(&mut self, size: u32) {
         self.cfg.resync_max_frame_size = size.clamp(16_384, MAX_FRAME_LEN);
+        if let Some(l) = &mut self.peer_limit {
+            *l = (*l).max(self.cfg.resync_max_frame_size);
+        }
     }
 
     /// True while the decoder is searching for a frame boundary.
@@ -477,6 +488,12 @@ impl FrameDecoder {
                                 use_owned = true;
                                 pos = 0;
                                 continue;
+                            }
+                            if let Some(limit) = self.peer_limit.filter(|l| hdr.len > *l) {
+                                self.stats.record(&WireError::FrameOverPeerLimit {
+                                    len: hdr.len,
+                                    limit,
+                                });
                             }
                             self.start_frame(hdr, out);
                         }
@@ -814,11 +831,15 @@ impl FrameDecoder {
                     .stats
                     .record(&WireError::Protocol("WINDOW_UPDATE length")),
             },
-            _ => out.push(Http2Event::Unknown {
-                frame_type: hdr.ty,
-                stream_id: hdr.stream_id,
-                len: hdr.len,
-            }),
+            _ => {
+                // Legal to ignore, but no gRPC peer sends one: count it (garbage).
+                self.stats.record(&WireError::UnknownFrameType(hdr.ty));
+                out.push(Http2Event::Unknown {
+                    frame_type: hdr.ty,
+                    stream_id: hdr.stream_id,
+                    len: hdr.len,
+                })
+            }
         }
     }
 
@@ -1143,7 +1164,9 @@ mod tests {
         let s = sample_stream();
         let evs = d.feed(&s, s.len());
         check_sample(&evs);
-        assert_eq!(d.stats.total_errors(), 0);
+        // The one error is the unknown frame type 0x42 (no gRPC peer sends one).
+        assert_eq!(d.stats.total_errors(), 1);
+        assert_eq!(d.stats.errors(crate::wire::ErrorKind::UnknownFrameType), 1);
     }
 
     #[test]
@@ -1155,7 +1178,9 @@ mod tests {
             evs.extend(d.feed(std::slice::from_ref(b), 1));
         }
         check_sample(&evs);
-        assert_eq!(d.stats.total_errors(), 0);
+        // The one error is the unknown frame type 0x42 (no gRPC peer sends one).
+        assert_eq!(d.stats.total_errors(), 1);
+        assert_eq!(d.stats.errors(crate::wire::ErrorKind::UnknownFrameType), 1);
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub enum WireError {
     PacketSyncLost,
     #[error("port packet: body is not valid JSON")]
     PacketJson,
+    #[error("http2: unknown frame type {0:#x}")]
+    UnknownFrameType(u8),
+    #[error("http2: frame length {len} over the {limit} bytes the peer allows")]
+    FrameOverPeerLimit { len: u32, limit: u32 },
 }
 
 /// The error kinds, for counters and metric labels.
@@ -85,10 +89,12 @@ pub enum ErrorKind {
     PacketTooLarge,
     PacketSyncLost,
     PacketJson,
+    UnknownFrameType,
+    FrameOverPeerLimit,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 19] = [
         ErrorKind::FrameTooLarge,
         ErrorKind::LostSync,
         ErrorKind::Protocol,
@@ -106,6 +112,8 @@ impl ErrorKind {
         ErrorKind::PacketTooLarge,
         ErrorKind::PacketSyncLost,
         ErrorKind::PacketJson,
+        ErrorKind::UnknownFrameType,
+        ErrorKind::FrameOverPeerLimit,
     ];
 
     /// Stable snake_case label for metrics.
@@ -128,6 +136,8 @@ impl ErrorKind {
             ErrorKind::PacketTooLarge => "packet_too_large",
             ErrorKind::PacketSyncLost => "packet_sync_lost",
             ErrorKind::PacketJson => "packet_json",
+            ErrorKind::UnknownFrameType => "unknown_frame_type",
+            ErrorKind::FrameOverPeerLimit => "frame_over_peer_limit",
         }
     }
 }
@@ -152,6 +162,8 @@ impl WireError {
             WireError::PacketTooLarge(_) => ErrorKind::PacketTooLarge,
             WireError::PacketSyncLost => ErrorKind::PacketSyncLost,
             WireError::PacketJson => ErrorKind::PacketJson,
+            WireError::UnknownFrameType(_) => ErrorKind::UnknownFrameType,
+            WireError::FrameOverPeerLimit { .. } => ErrorKind::FrameOverPeerLimit,
         }
     }
 }

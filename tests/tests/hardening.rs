@@ -1,0 +1,249 @@
+//! End-to-end: the agent under hostile or broken surroundings (issue 12): thousands of
+//! live-page clients that never read, and an `--output` file system that fills up.
+use snakepit_testkit::agent::Agent;
+use snakepit_testkit::demo::{Demo, DemoOptions};
+use snakepit_testkit::{procfs, require, scratch_dir};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn start_demo(dir: &Path, autoload: u32) -> Demo {
+    let mut demo = Demo::start(&DemoOptions {
+        autoload,
+        log: Some(dir.join("beam.log")),
+        ..DemoOptions::default()
+    })
+    .expect("demo start");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
+    demo
+}
+
+/// One request on a fresh connection; the answer ("" when refused or closed).
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Opens `/events` and reads until `n` state messages came, or `timeout`.
+fn stream_states(addr: SocketAddr, n: usize, timeout: Duration) -> usize {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return 0;
+    }
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => seen.extend_from_slice(&buf[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        let count = String::from_utf8_lossy(&seen)
+            .matches("event: state\n")
+            .count();
+        if count >= n {
+            return count;
+        }
+    }
+    String::from_utf8_lossy(&seen)
+        .matches("event: state\n")
+        .count()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn raise_fd_limit(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit with a valid struct; root may raise the hard limit.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        rc, 0,
+        "raising RLIMIT_NOFILE to {n} for 2,000 client sockets"
+    );
+}
+
+/// 2,000 clients open `/events` and never read (the old agent went from 90 MB to
+/// 1.3 GB): the agent's memory stays bounded, the stuck clients are dropped and
+/// counted, and a client that does read still gets live states.
+#[test]
+fn live_stream_clients_that_never_read_keep_memory_bounded() {
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-sse");
+    let addr = free_addr();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nenabled = true\nlisten = \"{addr}\"\npage_update_ms = 100\n\
+             write_stall_timeout_ms = 2000\nheader_read_timeout_ms = 2000\n"
+        ),
+    )
+    .expect("config");
+    let cfg = config.to_string_lossy().into_owned();
+    let agent = Agent::start(&dir, &["--config", &cfg, "--summary-interval-ms", "500"])
+        .expect("agent start");
+    let demo = start_demo(&dir, 60);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        stream_states(addr, 2, Duration::from_secs(10)) >= 2,
+        "a reading client gets live states before the attack"
+    );
+    let baseline = procfs::rss_kib(agent.pid()).expect("agent rss");
+
+    raise_fd_limit(8192);
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            let _ = s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n");
+            idle.push(s); // never read
+        }
+    }
+    assert!(idle.len() >= 1000, "only {} clients connected", idle.len());
+    let mut peak = baseline;
+    let watch_until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < watch_until {
+        peak = peak.max(procfs::rss_kib(agent.pid()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The stuck clients are still connected: a new reader is served all the same.
+    let mut states = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while states < 2 && Instant::now() < deadline {
+        states = stream_states(addr, 2, Duration::from_secs(5));
+        peak = peak.max(procfs::rss_kib(agent.pid()).unwrap_or(0));
+    }
+    assert!(
+        states >= 2,
+        "a reading client got {states} states while 2,000 idle ones hang on"
+    );
+    let metrics = http_get(addr, "/metrics");
+    let dropped = metric(&metrics, "snakepit_agent_http_slow_clients_dropped_total");
+    let refused = metric(&metrics, "snakepit_agent_http_refused_connections_total")
+        + metric(&metrics, "snakepit_agent_http_refused_event_streams_total");
+    drop(idle);
+    std::thread::sleep(Duration::from_secs(5));
+    let after = procfs::rss_kib(agent.pid()).expect("agent rss");
+    eprintln!(
+        "agent RSS: baseline {} MiB, peak {} MiB with 2,000 idle clients, {} MiB after; \
+         slow clients dropped {dropped}, refused {refused}",
+        baseline / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert!(
+        dropped > 0,
+        "stuck readers are dropped and counted: {metrics}"
+    );
+    assert!(refused > 0, "clients over the caps are refused and counted");
+    assert!(
+        peak < baseline + 150 * 1024,
+        "RSS grew {} MiB with 2,000 idle clients (bound 150 MiB)",
+        (peak - baseline) / 1024
+    );
+    assert!(
+        after < baseline + 100 * 1024,
+        "RSS stays {} MiB above the baseline after the clients left",
+        (after.saturating_sub(baseline)) / 1024
+    );
+    assert!(http_get(addr, "/healthz").starts_with("HTTP/1.1 200"));
+    demo.stop().expect("demo stop");
+    agent.stop().expect("agent stop");
+}
+
+/// A tmpfs mount that is unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: PathBuf, size: &str) -> SmallFs {
+        std::fs::create_dir_all(&path).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("running mount");
+        assert!(
+            st.success(),
+            "mount -t tmpfs -o size={size} failed (needs root)"
+        );
+        SmallFs(path)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `--output` on a file system that fills up (it used to log one line, leave a torn
+/// last line and exit 0): every line in the file is whole JSON, the agent says why
+/// and exits non-zero.
+#[test]
+fn a_full_output_file_system_fails_the_run_without_torn_lines() {
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-full-disk");
+    let fs = SmallFs::mount(dir.join("small"), "64k");
+    let output = fs.0.join("events.jsonl");
+    let mut agent =
+        Agent::start_to(&dir, &output, &["--summary-interval-ms", "200"]).expect("agent start");
+    let demo = start_demo(&dir, 60);
+    let status = agent
+        .wait_exit(Duration::from_secs(90))
+        .expect("waiting for the agent");
+    let text = std::fs::read_to_string(&output).expect("output readable");
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    demo.stop().expect("demo stop");
+    let status = status.expect("the agent stops by itself once its output is full");
+    assert!(!status.success(), "exit status {status} must say it failed");
+    assert!(
+        log.contains("No space left on device") && log.contains("output failed"),
+        "the log says why: {log}"
+    );
+    assert!(
+        text.len() > 10_000,
+        "the file was filled ({} bytes)",
+        text.len()
+    );
+    assert!(text.ends_with('\n'), "the last line is whole");
+    for (i, line) in text.lines().enumerate() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "line {i} is not whole JSON: {line:?}"
+        );
+    }
+}
