@@ -28,15 +28,26 @@ impl Agent {
 
     /// [`Agent::start`] writing its events to `output` (agent.log stays in `dir`).
     pub fn start_to(dir: &Path, output: &Path, extra_args: &[&str]) -> Result<Agent> {
-        Agent::spawn(dir, output.to_path_buf(), extra_args, 0)
+        Agent::spawn(dir, output.to_path_buf(), extra_args, 0, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. `LD_LIBRARY_PATH`).
+    pub fn start_env(dir: &Path, extra_args: &[&str], env: &[(&str, &Path)]) -> Result<Agent> {
+        Agent::spawn(dir, dir.join("events.jsonl"), extra_args, 0, env)
     }
 
     /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
     pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
-        Agent::spawn(dir, dir.join("events.jsonl"), extra_args, nice)
+        Agent::spawn(dir, dir.join("events.jsonl"), extra_args, nice, &[])
     }
 
-    fn spawn(dir: &Path, output: PathBuf, extra_args: &[&str], nice: i32) -> Result<Agent> {
+    fn spawn(
+        dir: &Path,
+        output: PathBuf,
+        extra_args: &[&str],
+        nice: i32,
+        env: &[(&str, &Path)],
+    ) -> Result<Agent> {
         crate::require::root_and_bpf();
         let bin = agent_bin();
         if !bin.exists() {
@@ -58,6 +69,7 @@ impl Agent {
             .arg(&output)
             .args(extra_args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -15,6 +15,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-pip",
     "prometheus",
     "chromium",
+    "gcc", // compiles the fake NVML library of tests/tests/gpu_fake_nvml.rs
 ];
 const PYPI_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "protobuf", "orjson", "numpy"];
 
