@@ -282,3 +282,58 @@ fn an_agent_restarted_under_load_reports_calls_within_10_s() {
     }
     demo.stop().expect("demo stop");
 }
+
+/// A 30 MB request used to cost the next call on its connection (`lost_sync` 14): one
+/// worker, so every call shares its connection, uploads of 30 MB between small calls;
+/// every call is reported with its tool.
+#[test]
+fn a_30_mb_request_costs_its_neighbours_nothing() {
+    use snakepit_testkit::agent::events_named;
+    use snakepit_testkit::demo::LoadSpec;
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-30mb");
+    let agent = Agent::start(&dir, &[]).expect("agent start");
+    let (mut demo, _) = Demo::start_ready(&dir, 1, 0).expect("demo start");
+    std::thread::sleep(Duration::from_millis(500));
+    // Concurrent calls: small ones interleave with the big one's frames on the wire.
+    let mut spec = LoadSpec::new(6, 6_000, &[("upload", 1), ("echo", 3)]);
+    spec.concurrency = 4;
+    spec.extra.push("upload_bytes => 31457280".into());
+    let truth = demo
+        .load_truth(&spec, &dir.join("ground_truth.jsonl"))
+        .expect("load");
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_secs(1));
+    let events = agent.stop().expect("agent stop");
+    let uploads = truth.iter().filter(|g| g.tool == "upload").count();
+    assert!(uploads >= 3, "the load made only {uploads} 30 MB calls");
+    let ends: Vec<&serde_json::Value> = events_named(&events, &["snakepit", "call", "stop"])
+        .into_iter()
+        .chain(events_named(&events, &["snakepit", "call", "exception"]))
+        .collect();
+    let mut missing = Vec::new();
+    for g in &truth {
+        let e = ends
+            .iter()
+            .find(|e| e["metadata"]["correlation_id"] == g.correlation_id.as_str());
+        match e {
+            Some(e) => assert_eq!(e["metadata"]["tool"], g.tool.as_str(), "{e}"),
+            None => missing.push(format!("{} #{} {}", g.tool, g.seq, g.correlation_id)),
+        }
+    }
+    let stats = events_named(&events, &["snakepit", "agent", "stats"])
+        .into_iter()
+        .last()
+        .map(|s| s["metadata"]["decode_errors_by_kind"].clone());
+    eprintln!(
+        "{} calls ({uploads} of 30 MB), decode errors {stats:?}",
+        truth.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} of {} calls not reported: {missing:?}; decode errors {stats:?}",
+        missing.len(),
+        truth.len()
+    );
+}

@@ -149,6 +149,7 @@ fn declared_lengths_do_not_drive_allocation() {
 fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut d = FrameDecoder::new(Http2Config::default(), Start::Preface);
+    d.peer_settings(None);
     let mut stream = http2::PREFACE.to_vec();
     stream.extend(frame(4, 0, 0, &[]));
     stream.extend(rng.bytes(2 << 20));
@@ -162,17 +163,23 @@ fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
     );
 
     let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    d.peer_settings(None); // the peer's SETTINGS left the limit at 16384
     let mut big = frame(0, 0, 1, &[]);
     big[..3].copy_from_slice(&[0xff, 0xff, 0xff]); // declares 16 MiB - 1
     d.feed(&big, big.len());
     d.feed(&[], 1 << 20);
     assert_eq!(d.stats.errors(super::ErrorKind::FrameOverPeerLimit), 1);
 
-    // A peer that allowed large frames makes the same frame legal.
-    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
-    d.set_max_frame_size((1 << 24) - 1);
-    d.feed(&big, big.len());
-    assert_eq!(d.stats.total_errors(), 0);
+    // A peer that allowed large frames makes the same frame legal; before its
+    // SETTINGS are decoded nothing is assumed.
+    for settings in [Some(Some((1 << 24) - 1)), None] {
+        let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+        if let Some(s) = settings {
+            d.peer_settings(s);
+        }
+        d.feed(&big, big.len());
+        assert_eq!(d.stats.total_errors(), 0);
+    }
     // Joined mid-stream, the limit is unknown: nothing is assumed.
     let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
     let mut u = frame(0x42, 0, 1, &[0; 8]);

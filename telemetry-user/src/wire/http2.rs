@@ -261,9 +261,10 @@ pub struct FrameDecoder {
     /// starts are likely frame starts.
     search_feed_start: usize,
     search_skipped: u64,
-    /// The largest frame the receiving peer allows, when known: 16384 from the
-    /// connection's start until its SETTINGS_MAX_FRAME_SIZE; unknown when joined
-    /// mid-stream. A longer frame is counted (garbage or a broken peer), not refused.
+    /// The largest frame the receiving peer allows, known once its SETTINGS were
+    /// decoded (16384 unless they raise it). A longer frame is counted (garbage or a
+    /// broken peer), not refused. Unknown before: the two directions are decoded
+    /// independently, so a frame may be decoded before the SETTINGS that allowed it.
     peer_limit: Option<u32>,
     pub stats: DecodeStats,
 }
@@ -278,7 +279,6 @@ impl FrameDecoder {
             },
             Start::Searching => State::Searching,
         };
-        let peer_limit = (!matches!(start, Start::Searching)).then_some(DEFAULT_MAX_FRAME);
         FrameDecoder {
             cfg,
             state,
@@ -287,7 +287,7 @@ impl FrameDecoder {
             search_buf: Vec::new(),
             search_feed_start: 0,
             search_skipped: 0,
-            peer_limit,
+            peer_limit: None,
             stats: DecodeStats::default(),
         }
     }
@@ -296,9 +296,19 @@ impl FrameDecoder {
     /// direction: resync candidates may be this large.
     pub fn set_max_frame_size(&mut self, size: u32) {
         self.cfg.resync_max_frame_size = size.clamp(16_384, MAX_FRAME_LEN);
-        if let Some(l) = &mut self.peer_limit {
-            *l = (*l).max(self.cfg.resync_max_frame_size);
+    }
+
+    /// The receiving peer's SETTINGS (non-ACK) were decoded, with or without a
+    /// SETTINGS_MAX_FRAME_SIZE: from now on its frame limit is known.
+    pub fn peer_settings(&mut self, max_frame_size: Option<u32>) {
+        if let Some(size) = max_frame_size {
+            self.set_max_frame_size(size);
         }
+        let limit = match max_frame_size {
+            Some(size) => size.clamp(DEFAULT_MAX_FRAME, MAX_FRAME_LEN),
+            None => self.peer_limit.unwrap_or(DEFAULT_MAX_FRAME),
+        };
+        self.peer_limit = Some(limit);
     }
 
     /// True while the decoder is searching for a frame boundary.
