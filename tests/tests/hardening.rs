@@ -337,3 +337,90 @@ fn a_30_mb_request_costs_its_neighbours_nothing() {
         truth.len()
     );
 }
+
+/// Garbage on a watched connection (2 MB of random bytes after a real preface, and a
+/// frame declaring 16 MB) used to count no decode error, only gap bytes. A raw TCP
+/// client, declared a BEAM (`--beam-pid`), talks to a real worker's gRPC port.
+#[test]
+fn garbage_frames_are_counted_as_decode_errors_by_kind() {
+    use snakepit_testkit::agent::events_named;
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-garbage");
+    let (demo, status) = Demo::start_ready(&dir, 1, 0).expect("demo start");
+    let port = status
+        .workers
+        .iter()
+        .find_map(|w| w.port)
+        .expect("a gRPC worker port");
+    let me = std::process::id().to_string();
+    let agent = Agent::start(&dir, &["--beam-pid", &me, "--summary-interval-ms", "200"])
+        .expect("agent start");
+    std::thread::sleep(Duration::from_secs(1));
+    let worker: SocketAddr = ([127, 0, 0, 1], port).into();
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    // Connects, lets the agent pair the connection (so its first byte is seen), sends
+    // the preface and SETTINGS, then `rest`.
+    let send = |rest: &[u8]| {
+        let mut s = TcpStream::connect(worker).expect("connect to the worker");
+        std::thread::sleep(Duration::from_millis(1500));
+        s.write_all(PREFACE).expect("preface");
+        s.write_all(&settings).expect("settings");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = s.write_all(rest);
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // The latest stats' error counts by kind, once they differ from `before`.
+    let kinds_after = |agent: &Agent, before: &serde_json::Value| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let events = agent.events();
+            let last = events_named(&events, &["snakepit", "agent", "stats"])
+                .last()
+                .map(|e| e["metadata"]["decode_errors_by_kind"].clone());
+            if let Some(k) = last.filter(|k| k != before) {
+                return Some(k);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    };
+    let n = |kinds: &serde_json::Value, k: &str| kinds[k].as_u64().unwrap_or(0);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let garbage: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    send(&garbage);
+    let after_garbage = kinds_after(&agent, &serde_json::json!({}))
+        .expect("2 MB of random bytes counted no decode error");
+    eprintln!("after 2 MB of random bytes: {after_garbage}");
+    // DATA declaring 16 MiB - 1 on stream 1, which no HEADERS opened; a little of it.
+    let mut big = vec![0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1];
+    big.extend_from_slice(&[0u8; 4096]);
+    send(&big);
+    std::thread::sleep(Duration::from_secs(1));
+    let events = agent.stop().expect("agent stop");
+    demo.stop().expect("demo stop");
+    let stats = events_named(&events, &["snakepit", "agent", "stats"])
+        .into_iter()
+        .last()
+        .expect("stats event");
+    let after_big = stats["metadata"]["decode_errors_by_kind"].clone();
+    eprintln!("after a frame declaring 16 MB: {after_big}");
+    let idle_or_over =
+        |k: &serde_json::Value| n(k, "data_on_idle_stream") + n(k, "frame_over_peer_limit");
+    assert!(
+        idle_or_over(&after_big) > idle_or_over(&after_garbage),
+        "{after_garbage} -> {after_big}"
+    );
+    assert!(stats["measurements"]["decode_errors"].as_u64().unwrap_or(0) > 0);
+}

@@ -178,7 +178,7 @@ fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
             d.peer_settings(s);
         }
         d.feed(&big, big.len());
-        assert_eq!(d.stats.total_errors(), 0);
+        assert_eq!(d.stats.errors(super::ErrorKind::FrameOverPeerLimit), 0);
     }
     // Joined mid-stream, the limit is unknown: nothing is assumed.
     let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
@@ -187,4 +187,27 @@ fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
     d.resync_at(0);
     d.feed(&u, u.len());
     assert_eq!(d.stats.errors(super::ErrorKind::UnknownFrameType), 2);
+
+    // Seen from the start, DATA on a stream no HEADERS opened is garbage; on an
+    // opened one, or after joining mid-stream, it is not.
+    let data = |sid| frame(0, 0, sid, &[0, 0, 0, 0, 1, 7]);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    let mut s = frame(1, 4, 3, &[0x88]);
+    s.extend(data(3));
+    s.extend(data(1));
+    s.extend(data(5));
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::DataOnIdleStream), 1);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    d.resync_at(0);
+    let s = data(5);
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.total_errors(), 0);
+    // Joined, but the first bytes are the connection preface: the start is seen.
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    let mut s = http2::PREFACE.to_vec();
+    s.extend(frame(4, 0, 0, &[]));
+    s.extend(data(5));
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::DataOnIdleStream), 1);
 }

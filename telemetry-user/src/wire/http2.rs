@@ -266,6 +266,11 @@ pub struct FrameDecoder {
     /// broken peer), not refused. Unknown before: the two directions are decoded
     /// independently, so a frame may be decoded before the SETTINGS that allowed it.
     peer_limit: Option<u32>,
+    /// Every frame header since the connection's start was seen (no join mid-way, no
+    /// sync loss): then DATA on a stream above any this sender opened with HEADERS
+    /// is a protocol violation (garbage), not a stream we missed.
+    whole_history: bool,
+    max_headers_stream: u32,
     pub stats: DecodeStats,
 }
 
@@ -288,6 +293,8 @@ impl FrameDecoder {
             search_feed_start: 0,
             search_skipped: 0,
             peer_limit: None,
+            whole_history: !matches!(start, Start::Searching),
+            max_headers_stream: 0,
             stats: DecodeStats::default(),
         }
     }
@@ -404,6 +411,7 @@ impl FrameDecoder {
 
     fn lose_sync(&mut self, err: WireError, out: &mut Vec<Http2Event>) {
         self.stats.record(&err);
+        self.whole_history = false;
         self.flush_piece(false, false, out);
         self.lose_block(None, out);
         out.push(Http2Event::SyncLost);
@@ -700,6 +708,22 @@ impl FrameDecoder {
         {
             self.lose_block(Some(WireError::Protocol("expected CONTINUATION")), out);
         }
+        match hdr.ty {
+            TYPE_HEADERS => self.max_headers_stream = self.max_headers_stream.max(hdr.stream_id),
+            TYPE_DATA
+                if self.whole_history
+                    && (hdr.stream_id == 0 || hdr.stream_id > self.max_headers_stream) =>
+            {
+                self.stats
+                    .record(&WireError::DataOnIdleStream(hdr.stream_id));
+            }
+            // Legal to ignore, but no gRPC peer sends one: counted when its header
+            // is seen (a random "frame" may never end).
+            ty if ty > TYPE_CONTINUATION => {
+                self.stats.record(&WireError::UnknownFrameType(ty));
+            }
+            _ => {}
+        }
         let len = hdr.len as usize;
         match hdr.ty {
             TYPE_DATA => {
@@ -841,15 +865,11 @@ impl FrameDecoder {
                     .stats
                     .record(&WireError::Protocol("WINDOW_UPDATE length")),
             },
-            _ => {
-                // Legal to ignore, but no gRPC peer sends one: count it (garbage).
-                self.stats.record(&WireError::UnknownFrameType(hdr.ty));
-                out.push(Http2Event::Unknown {
-                    frame_type: hdr.ty,
-                    stream_id: hdr.stream_id,
-                    len: hdr.len,
-                })
-            }
+            _ => out.push(Http2Event::Unknown {
+                frame_type: hdr.ty,
+                stream_id: hdr.stream_id,
+                len: hdr.len,
+            }),
         }
     }
 
@@ -1006,6 +1026,8 @@ impl FrameDecoder {
             // Skip past the preface by treating what follows as a candidate start.
             let i = PREFACE.len();
             if buf.len() >= i + FRAME_HEADER_LEN && self.plausible(&buf[i..]).is_some() {
+                // Nothing came before it: every frame header from here on is seen.
+                self.whole_history = self.search_skipped == 0;
                 return Some(i);
             }
         }

@@ -67,6 +67,8 @@ pub enum WireError {
     UnknownFrameType(u8),
     #[error("http2: frame length {len} over the {limit} bytes the peer allows")]
     FrameOverPeerLimit { len: u32, limit: u32 },
+    #[error("http2: DATA on stream {0}, which no HEADERS opened")]
+    DataOnIdleStream(u32),
 }
 
 /// The error kinds, for counters and metric labels.
@@ -91,10 +93,11 @@ pub enum ErrorKind {
     PacketJson,
     UnknownFrameType,
     FrameOverPeerLimit,
+    DataOnIdleStream,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::FrameTooLarge,
         ErrorKind::LostSync,
         ErrorKind::Protocol,
@@ -114,6 +117,7 @@ impl ErrorKind {
         ErrorKind::PacketJson,
         ErrorKind::UnknownFrameType,
         ErrorKind::FrameOverPeerLimit,
+        ErrorKind::DataOnIdleStream,
     ];
 
     /// Stable snake_case label for metrics.
@@ -138,6 +142,7 @@ impl ErrorKind {
             ErrorKind::PacketJson => "packet_json",
             ErrorKind::UnknownFrameType => "unknown_frame_type",
             ErrorKind::FrameOverPeerLimit => "frame_over_peer_limit",
+            ErrorKind::DataOnIdleStream => "data_on_idle_stream",
         }
     }
 }
@@ -164,6 +169,7 @@ impl WireError {
             WireError::PacketJson => ErrorKind::PacketJson,
             WireError::UnknownFrameType(_) => ErrorKind::UnknownFrameType,
             WireError::FrameOverPeerLimit { .. } => ErrorKind::FrameOverPeerLimit,
+            WireError::DataOnIdleStream(_) => ErrorKind::DataOnIdleStream,
         }
     }
 }
