@@ -424,3 +424,107 @@ fn garbage_frames_are_counted_as_decode_errors_by_kind() {
     );
     assert!(stats["measurements"]["decode_errors"].as_u64().unwrap_or(0) > 0);
 }
+
+/// A worker killed with calls in flight: its crash event used to say
+/// `in_flight_calls: 0` (its connection's close ended them first).
+#[test]
+fn a_worker_crash_counts_its_in_flight_calls() {
+    use snakepit_testkit::agent::events_named;
+    use snakepit_testkit::demo::{read_jsonl, GroundTruthCall, LoadSpec};
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-crash");
+    let agent = Agent::start(&dir, &[]).expect("agent start");
+    let (mut demo, status) = Demo::start_ready(&dir, 1, 0).expect("demo start");
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = status.workers[0].clone();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill(2) on the worker pid the demo reported.
+        unsafe { libc::kill(victim.os_pid as i32, libc::SIGKILL) };
+    });
+    let mut spec = LoadSpec::new(4, 1_000, &[("sleep", 1)]);
+    spec.concurrency = 2;
+    spec.extra.push("sleep_ms => 1500".into());
+    let gt = dir.join("ground_truth.jsonl");
+    demo.load(&spec, &gt).expect("load");
+    killer.join().expect("killer");
+    let truth: Vec<GroundTruthCall> = read_jsonl(&gt).expect("ground truth");
+    let in_flight = truth
+        .iter()
+        .filter(|g| g.error_type.as_deref() == Some("exit") && g.stream_id.is_some())
+        .count();
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_secs(1));
+    let events = agent.stop().expect("agent stop");
+    assert!(in_flight > 0, "no call was in flight at the kill");
+    let crash = events_named(&events, &["snakepit", "worker", "crash"])
+        .into_iter()
+        .find(|e| e["metadata"]["worker_id"] == status.workers[0].worker_id.as_str())
+        .expect("a crash event for the killed worker");
+    let counted = crash["measurements"]["in_flight_calls"]
+        .as_u64()
+        .or(crash["metadata"]["in_flight_calls"].as_u64())
+        .unwrap_or(0);
+    // At least the load's calls cut short (internal calls in flight count too).
+    assert!(
+        counted >= in_flight as u64,
+        "{in_flight} calls were in flight at the kill: {crash}"
+    );
+}
+
+/// A tool name or session id cut by the copy limit used to be reported as if whole
+/// (a prefix). With copies so short that the limit falls inside those fields, every
+/// reported tool and session id is the real one; the cut ones are absent.
+#[test]
+fn values_cut_by_the_copy_limit_are_absent_never_wrong() {
+    use snakepit_testkit::agent::events_named;
+    use snakepit_testkit::demo::LoadSpec;
+    require::root_and_bpf();
+    require::demo_built();
+    let dir = scratch_dir("hardening-cut");
+    let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
+    let (mut checked, mut absent) = (0, 0);
+    for bytes in [60u32, 75, 90, 105] {
+        let run = dir.join(format!("c{bytes}"));
+        std::fs::create_dir_all(&run).expect("scratch subdir");
+        let agent =
+            Agent::start(&run, &["--capture-bytes", &bytes.to_string()]).expect("agent start");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut spec = LoadSpec::new(40, 2_000, &[("echo", 2), ("sleep", 1)]);
+        spec.concurrency = 4;
+        let truth = demo
+            .load_truth(&spec, &run.join("ground_truth.jsonl"))
+            .expect("load");
+        std::thread::sleep(Duration::from_millis(500));
+        let events = agent.stop().expect("agent stop");
+        for e in events_named(&events, &["snakepit", "call", "stop"]) {
+            let Some(g) = truth
+                .iter()
+                .find(|g| e["metadata"]["correlation_id"] == g.correlation_id.as_str())
+            else {
+                continue;
+            };
+            checked += 1;
+            for (field, real) in [
+                ("tool", Some(g.tool.as_str())),
+                ("session_id", g.session_id.as_deref()),
+            ] {
+                match e["metadata"][field].as_str() {
+                    None => absent += 1,
+                    Some(v) => assert_eq!(Some(v), real, "capture {bytes}: {field} of {e}"),
+                }
+            }
+        }
+    }
+    demo.stop().expect("demo stop");
+    eprintln!("{checked} calls checked, {absent} cut values absent");
+    assert!(
+        checked > 100,
+        "only {checked} calls matched the ground truth"
+    );
+    assert!(
+        absent > 0,
+        "no copy limit fell inside a tool name or session id"
+    );
+}
