@@ -26,16 +26,36 @@ impl Agent {
         Agent::start_with(dir, extra_args, 0)
     }
 
+    /// [`Agent::start`] writing its events to `output` (agent.log stays in `dir`).
+    pub fn start_to(dir: &Path, output: &Path, extra_args: &[&str]) -> Result<Agent> {
+        Agent::spawn(dir, output.to_path_buf(), &[], extra_args, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. `LD_LIBRARY_PATH`).
+    pub fn start_env(dir: &Path, extra_args: &[&str], env: &[(&str, &Path)]) -> Result<Agent> {
+        Agent::spawn(dir, dir.join("events.jsonl"), &[], extra_args, env)
+    }
+
     /// [`Agent::start`] at scheduling priority `nice` (0 = inherited).
     pub fn start_with(dir: &Path, extra_args: &[&str], nice: i32) -> Result<Agent> {
         let nice_prefix = ["nice".to_string(), "-n".to_string(), nice.to_string()];
         let prefix: &[String] = if nice != 0 { &nice_prefix } else { &[] };
-        Agent::start_prefixed(dir, prefix, extra_args)
+        Agent::spawn(dir, dir.join("events.jsonl"), prefix, extra_args, &[])
     }
 
     /// [`Agent::start`] through a command that execs the agent in its place (e.g.
     /// `setpriv ... --` to run it as another user with some capabilities).
     pub fn start_prefixed(dir: &Path, prefix: &[String], extra_args: &[&str]) -> Result<Agent> {
+        Agent::spawn(dir, dir.join("events.jsonl"), prefix, extra_args, &[])
+    }
+
+    fn spawn(
+        dir: &Path,
+        output: PathBuf,
+        prefix: &[String],
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Agent> {
         let bin = agent_bin();
         if !bin.exists() {
             bail!(
@@ -45,14 +65,23 @@ impl Agent {
         }
         let mut command = prefix.to_vec();
         command.push(bin.display().to_string());
-        Agent::start_command(dir, &command, extra_args)
+        Agent::run_command(dir, output, &command, extra_args, env)
     }
 
     /// [`Agent::start`] with `command` (a program and its first arguments) running the
     /// agent binary, e.g. an installed one under `setpriv`.
     pub fn start_command(dir: &Path, command: &[String], extra_args: &[&str]) -> Result<Agent> {
+        Agent::run_command(dir, dir.join("events.jsonl"), command, extra_args, &[])
+    }
+
+    fn run_command(
+        dir: &Path,
+        output: PathBuf,
+        command: &[String],
+        extra_args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Agent> {
         crate::require::root_and_bpf();
-        let output = dir.join("events.jsonl");
         let log = std::fs::File::create(dir.join("agent.log"))?;
         let Some((program, args)) = command.split_first() else {
             bail!("no agent command");
@@ -68,6 +97,7 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("SNAKEPIT_TEST_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -107,6 +137,18 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself; its status, or None.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(None)
     }
 
     /// SIGINT, then waits for a clean exit; returns every event written.

@@ -21,6 +21,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "adduser",
     "iproute2",
     "util-linux",
+    "gcc", // compiles the fake NVML library of tests/tests/gpu_fake_nvml.rs
 ];
 const PYPI_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "protobuf", "orjson", "numpy"];
 

@@ -63,6 +63,8 @@ pub struct Agent {
     counters: Counters,
     /// Scheduling records and (de)serialization uprobes of the workers.
     worker_probes: worker_probes::WorkerProbes,
+    /// What `/healthz` and `/readyz` answer; a failed output ends `run` with an error.
+    health: sinks::health::SharedHealth,
 }
 
 struct Closing {
@@ -88,17 +90,20 @@ impl Agent {
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
         // What the user can get wrong (output path, a taken port) fails before the
         // probes' seconds of verifier time.
+        // Whole lines or nothing reach the file (a full disk leaves no torn line).
         let out: Box<dyn Write + Send> = match &config.output.path {
-            Some(path) => Box::new(std::io::BufWriter::new(
+            Some(path) => Box::new(sinks::output::WholeLines::new(
                 open_output(path).with_context(|| format!("creating output {}", path.display()))?,
             )),
             None => Box::new(std::io::stdout()),
         };
+        let health = sinks::health::Health::new();
         let http_server = if config.http.enabled {
             Some(
                 sinks::web::Server::bind(config.http.clone())
                     .await
-                    .context("starting the HTTP endpoint (/metrics, live page)")?,
+                    .context("starting the HTTP endpoint (/metrics, live page)")?
+                    .with_health(health.clone()),
             )
         } else {
             None
@@ -113,9 +118,11 @@ impl Agent {
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
+        health.set_probes_attached();
 
         let bus = Bus::new(1 << 16);
-        let stream_sink = sinks::run_stream_sink(config.output.format, bus.subscribe(), out);
+        let stream_sink =
+            sinks::run_stream_sink(config.output.format, bus.subscribe(), out, health.clone());
         let sink = tokio::spawn(stream_sink);
         // OTLP export: awaited at the end too, so it flushes before the agent exits.
         let otlp = reload::OtlpTask::spawn(config.otlp.clone(), &bus);
@@ -189,10 +196,12 @@ impl Agent {
             _gpu: gpu,
             counters: Counters::default(),
             worker_probes: Default::default(),
+            health,
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
         agent.initial_scan_done = true;
+        agent.health.set_discovery_done();
         agent.bus.publish(
             Event::new(schema::AGENT_STARTED)
                 .meta("version", env!("CARGO_PKG_VERSION"))
@@ -233,6 +242,10 @@ impl Agent {
         // iteration misses a signal that lands while an event is being handled.
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let health = self.health.clone();
+        let output_failed = health.output_failed();
+        tokio::pin!(output_failed);
+        let mut failure = None;
 
         loop {
             tokio::select! {
@@ -266,6 +279,10 @@ impl Agent {
                     Some(reloader) => self.reload(reloader),
                     None => tracing::info!("SIGHUP ignored: no configuration to reload"),
                 },
+                why = &mut output_failed => {
+                    failure = Some(why);
+                    break;
+                }
             }
         }
         // Drain what the kernel already delivered, so the final summaries include it;
@@ -297,7 +314,10 @@ impl Agent {
         let _ = sink.await;
         otlp.finish().await;
         let _ = logger.await;
-        Ok(())
+        match failure.or_else(|| health.output_failure()) {
+            Some(why) => anyhow::bail!("the event output failed: {why}"),
+            None => Ok(()),
+        }
     }
 
     fn on_kernel_event(&mut self, ev: KernelEvent) {

@@ -954,6 +954,45 @@ fn in_flight_calls_are_bounded_and_the_oldest_evicted() {
     assert!(stats.late_observations > 0);
 }
 
+/// Discovery reports a dying worker's connections closed just before the worker's
+/// exit: the crash still counts the calls that were in flight on them.
+#[test]
+fn worker_crash_counts_calls_whose_connection_closed_first() {
+    let c = grpc_conn(10);
+    let req = tool_request("sleep", &[]);
+    let (ev, _) = run(cfg(), |t| {
+        t.lifecycle(Lifecycle::WorkerUp {
+            pool: "default".into(),
+            worker_id: "default_worker_1_ab".into(),
+            worker_pid: 4242,
+            beam_pid: Some(100),
+            ts_ns: 10,
+        });
+        request_half(t, &c, 1, Some(PATH_EXEC), &req, M);
+        request_half(t, &c, 3, Some(PATH_EXEC), &req, M);
+        t.lifecycle(Lifecycle::ConnectionClosed {
+            conn_id: 10,
+            ts_ns: 6_900,
+        });
+        t.lifecycle(Lifecycle::WorkerExited {
+            pool: "default".into(),
+            worker_id: "default_worker_1_ab".into(),
+            worker_pid: 4242,
+            exit_code: None,
+            signal: Some(9),
+            oom_killed: false,
+            ts_ns: 7_000,
+        });
+        t.tick(7_100);
+    });
+    let crash = named(&ev, schema::WORKER_CRASH);
+    assert_eq!(crash.len(), 1);
+    assert_eq!(num(crash[0], "in_flight_calls"), Some(2));
+    let ex = named(&ev, schema::CALL_EXCEPTION);
+    assert_eq!(ex.len(), 2, "each call ends once");
+    assert!(ex.iter().all(|e| meta(e, "kind") == Some("exit")));
+}
+
 #[test]
 fn connection_close_ends_in_flight_calls_as_exit() {
     let c = grpc_conn(22);
@@ -964,6 +1003,8 @@ fn connection_close_ends_in_flight_calls_as_exit() {
             conn_id: 22,
             ts_ns: 3_000,
         });
+        // Ended at the next tick (a worker exit in the same batch would claim it).
+        t.tick(3_100);
     });
     let ex = named(&ev, schema::CALL_EXCEPTION);
     assert_eq!(ex.len(), 1);

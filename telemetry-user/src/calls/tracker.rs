@@ -93,6 +93,9 @@ pub struct CallTracker {
     stats: TrackerStats,
     /// The workers' scheduling and (de)serialization: each call's worker split.
     activity: crate::worker_time::WorkerActivity,
+    /// Connections closed with calls still open, by close time: those calls end at
+    /// the next tick, unless their worker's exit (same discovery batch) claims them.
+    closed_conns: BTreeMap<u64, u64>,
 }
 
 impl CallTracker {
@@ -109,6 +112,7 @@ impl CallTracker {
             pools,
             stats: TrackerStats::default(),
             activity: Default::default(),
+            closed_conns: BTreeMap::new(),
         }
     }
 

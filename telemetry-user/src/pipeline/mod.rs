@@ -361,7 +361,9 @@ impl Pipeline {
         retire_timer(&mut self.retired_wire_stats, &mut d.timer);
         if d.decoder_behind {
             d.decoder_behind = false;
-            if let Decoder::Grpc(_) = d.decoder {
+            if let Decoder::Grpc(old) = &d.decoder {
+                // Its counters stay in the totals (they were lost with it).
+                self.retired_wire_stats.merge(&old.stats());
                 d.decoder = Decoder::Grpc(Box::new(GrpcDirectionDecoder::new(
                     self.grpc_config.clone(),
                     Start::Searching,

@@ -11,7 +11,14 @@ pub fn write_event(out: &mut dyn Write, event: &AgentEvent) -> std::io::Result<(
 /// Events written between two flushes at most.
 const BATCH: usize = 512;
 
-pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
+pub async fn run(rx: BusReceiver, out: Box<dyn Write + Send>) {
+    if let Err(e) = try_run(rx, out).await {
+        tracing::error!(error = %e, "writing JSON events failed; the sink stops");
+    }
+}
+
+/// Writes until the bus closes; the first write error ends it (see `run_stream_sink`).
+pub async fn try_run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
     while let Some(first) = rx.recv().await {
         // Whatever is already waiting goes out with it; then one flush, so a reader
         // tailing the file sees events as they happen without a write per event.
@@ -22,11 +29,9 @@ pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
             result = write_event(&mut out, &event);
             n += 1;
         }
-        if let Err(e) = result.and_then(|_| out.flush()) {
-            tracing::error!(error = %e, "writing JSON event failed; the JSON sink stops");
-            return;
-        }
+        result.and_then(|_| out.flush())?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,18 +12,23 @@ pub fn format_event(event: &AgentEvent) -> String {
     line
 }
 
-pub async fn run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) {
+pub async fn run(rx: BusReceiver, out: Box<dyn Write + Send>) {
+    if let Err(e) = try_run(rx, out).await {
+        tracing::error!(error = %e, "writing text events failed; the sink stops");
+    }
+}
+
+/// Writes until the bus closes; the first write error ends it (see `run_stream_sink`).
+pub async fn try_run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
     while let Some(first) = rx.recv().await {
         let mut result = writeln!(out, "{}", format_event(&first));
         while result.is_ok() {
             let Some(event) = rx.try_recv() else { break };
             result = writeln!(out, "{}", format_event(&event));
         }
-        if let Err(e) = result.and_then(|_| out.flush()) {
-            tracing::error!(error = %e, "writing text event failed; the text sink stops");
-            return;
-        }
+        result.and_then(|_| out.flush())?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

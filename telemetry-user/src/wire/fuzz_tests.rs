@@ -141,3 +141,73 @@ fn declared_lengths_do_not_drive_allocation() {
     let mut p = PacketDecoder::new(true);
     let _ = p.feed(&[0x0f, 0xff, 0xff, 0xff, b'{'], 5);
 }
+
+/// Issue 12: 2 MB of random bytes after a real preface, and a frame declaring 16 MB,
+/// were decoded without a single error counted (only gap bytes). Both are now
+/// decode errors by kind.
+#[test]
+fn garbage_and_oversized_frames_are_counted_as_decode_errors() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Preface);
+    d.peer_settings(None);
+    let mut stream = http2::PREFACE.to_vec();
+    stream.extend(frame(4, 0, 0, &[]));
+    stream.extend(rng.bytes(2 << 20));
+    feed_randomly(&mut rng, &stream, |c, n| {
+        d.feed(c, n);
+    });
+    assert!(
+        d.stats.total_errors() > 0,
+        "2 MB of garbage counted no error: {:?}",
+        d.stats
+    );
+
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    d.peer_settings(None); // the peer's SETTINGS left the limit at 16384
+    let mut big = frame(0, 0, 1, &[]);
+    big[..3].copy_from_slice(&[0xff, 0xff, 0xff]); // declares 16 MiB - 1
+    d.feed(&big, big.len());
+    d.feed(&[], 1 << 20);
+    assert_eq!(d.stats.errors(super::ErrorKind::FrameOverPeerLimit), 1);
+
+    // A peer that allowed large frames makes the same frame legal; before its
+    // SETTINGS are decoded nothing is assumed.
+    for settings in [Some(Some((1 << 24) - 1)), None] {
+        let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+        if let Some(s) = settings {
+            d.peer_settings(s);
+        }
+        d.feed(&big, big.len());
+        assert_eq!(d.stats.errors(super::ErrorKind::FrameOverPeerLimit), 0);
+    }
+    // Joined mid-stream, the limit is unknown: nothing is assumed.
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    let mut u = frame(0x42, 0, 1, &[0; 8]);
+    u.extend(frame(0x42, 0, 1, &[0; 8]));
+    d.resync_at(0);
+    d.feed(&u, u.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::UnknownFrameType), 2);
+
+    // Seen from the start, DATA on a stream no HEADERS opened is garbage; on an
+    // opened one, or after joining mid-stream, it is not.
+    let data = |sid| frame(0, 0, sid, &[0, 0, 0, 0, 1, 7]);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::FrameBoundary);
+    let mut s = frame(1, 4, 3, &[0x88]);
+    s.extend(data(3));
+    s.extend(data(1));
+    s.extend(data(5));
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::DataOnIdleStream), 1);
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    d.resync_at(0);
+    let s = data(5);
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.total_errors(), 0);
+    // Joined, but the first bytes are the connection preface: the start is seen.
+    let mut d = FrameDecoder::new(Http2Config::default(), Start::Searching);
+    let mut s = http2::PREFACE.to_vec();
+    s.extend(frame(4, 0, 0, &[]));
+    s.extend(data(5));
+    d.feed(&s, s.len());
+    assert_eq!(d.stats.errors(super::ErrorKind::DataOnIdleStream), 1);
+}

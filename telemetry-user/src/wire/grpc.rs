@@ -390,9 +390,7 @@ impl GrpcDirectionDecoder {
         if let Some(t) = header_table_size {
             self.hpack.set_settings_limit(t as usize);
         }
-        if let Some(f) = max_frame_size {
-            self.frames.set_max_frame_size(f);
-        }
+        self.frames.peer_settings(max_frame_size);
     }
 
     /// A frame header starts `offset` bytes into the next feed (the kernel's frame

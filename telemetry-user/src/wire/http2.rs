@@ -20,6 +20,8 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
 /// Largest length a 24-bit frame length can carry (the protocol maximum).
 const MAX_FRAME_LEN: u32 = (1 << 24) - 1;
+/// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 6.5.2).
+const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// Payload cap for frames we buffer that are not header blocks. SETTINGS with 170
 /// entries fit; GOAWAY debug data beyond it is dropped.
 const CONTROL_CAP: usize = 1024;
@@ -259,6 +261,16 @@ pub struct FrameDecoder {
     /// starts are likely frame starts.
     search_feed_start: usize,
     search_skipped: u64,
+    /// The largest frame the receiving peer allows, known once its SETTINGS were
+    /// decoded (16384 unless they raise it). A longer frame is counted (garbage or a
+    /// broken peer), not refused. Unknown before: the two directions are decoded
+    /// independently, so a frame may be decoded before the SETTINGS that allowed it.
+    peer_limit: Option<u32>,
+    /// Every frame header since the connection's start was seen (no join mid-way, no
+    /// sync loss): then DATA on a stream above any this sender opened with HEADERS
+    /// is a protocol violation (garbage), not a stream we missed.
+    whole_history: bool,
+    max_headers_stream: u32,
     pub stats: DecodeStats,
 }
 
@@ -280,6 +292,9 @@ impl FrameDecoder {
             search_buf: Vec::new(),
             search_feed_start: 0,
             search_skipped: 0,
+            peer_limit: None,
+            whole_history: !matches!(start, Start::Searching),
+            max_headers_stream: 0,
             stats: DecodeStats::default(),
         }
     }
@@ -288,6 +303,19 @@ impl FrameDecoder {
     /// direction: resync candidates may be this large.
     pub fn set_max_frame_size(&mut self, size: u32) {
         self.cfg.resync_max_frame_size = size.clamp(16_384, MAX_FRAME_LEN);
+    }
+
+    /// The receiving peer's SETTINGS (non-ACK) were decoded, with or without a
+    /// SETTINGS_MAX_FRAME_SIZE: from now on its frame limit is known.
+    pub fn peer_settings(&mut self, max_frame_size: Option<u32>) {
+        if let Some(size) = max_frame_size {
+            self.set_max_frame_size(size);
+        }
+        let limit = match max_frame_size {
+            Some(size) => size.clamp(DEFAULT_MAX_FRAME, MAX_FRAME_LEN),
+            None => self.peer_limit.unwrap_or(DEFAULT_MAX_FRAME),
+        };
+        self.peer_limit = Some(limit);
     }
 
     /// True while the decoder is searching for a frame boundary.
@@ -383,6 +411,7 @@ impl FrameDecoder {
 
     fn lose_sync(&mut self, err: WireError, out: &mut Vec<Http2Event>) {
         self.stats.record(&err);
+        self.whole_history = false;
         self.flush_piece(false, false, out);
         self.lose_block(None, out);
         out.push(Http2Event::SyncLost);
@@ -477,6 +506,12 @@ impl FrameDecoder {
                                 use_owned = true;
                                 pos = 0;
                                 continue;
+                            }
+                            if let Some(limit) = self.peer_limit.filter(|l| hdr.len > *l) {
+                                self.stats.record(&WireError::FrameOverPeerLimit {
+                                    len: hdr.len,
+                                    limit,
+                                });
                             }
                             self.start_frame(hdr, out);
                         }
@@ -672,6 +707,22 @@ impl FrameDecoder {
                 || self.block.as_ref().map(|b| b.stream_id) != Some(hdr.stream_id))
         {
             self.lose_block(Some(WireError::Protocol("expected CONTINUATION")), out);
+        }
+        match hdr.ty {
+            TYPE_HEADERS => self.max_headers_stream = self.max_headers_stream.max(hdr.stream_id),
+            TYPE_DATA
+                if self.whole_history
+                    && (hdr.stream_id == 0 || hdr.stream_id > self.max_headers_stream) =>
+            {
+                self.stats
+                    .record(&WireError::DataOnIdleStream(hdr.stream_id));
+            }
+            // Legal to ignore, but no gRPC peer sends one: counted when its header
+            // is seen (a random "frame" may never end).
+            ty if ty > TYPE_CONTINUATION => {
+                self.stats.record(&WireError::UnknownFrameType(ty));
+            }
+            _ => {}
         }
         let len = hdr.len as usize;
         match hdr.ty {
@@ -975,6 +1026,8 @@ impl FrameDecoder {
             // Skip past the preface by treating what follows as a candidate start.
             let i = PREFACE.len();
             if buf.len() >= i + FRAME_HEADER_LEN && self.plausible(&buf[i..]).is_some() {
+                // Nothing came before it: every frame header from here on is seen.
+                self.whole_history = self.search_skipped == 0;
                 return Some(i);
             }
         }
@@ -1143,7 +1196,9 @@ mod tests {
         let s = sample_stream();
         let evs = d.feed(&s, s.len());
         check_sample(&evs);
-        assert_eq!(d.stats.total_errors(), 0);
+        // The one error is the unknown frame type 0x42 (no gRPC peer sends one).
+        assert_eq!(d.stats.total_errors(), 1);
+        assert_eq!(d.stats.errors(crate::wire::ErrorKind::UnknownFrameType), 1);
     }
 
     #[test]
@@ -1155,7 +1210,9 @@ mod tests {
             evs.extend(d.feed(std::slice::from_ref(b), 1));
         }
         check_sample(&evs);
-        assert_eq!(d.stats.total_errors(), 0);
+        // The one error is the unknown frame type 0x42 (no gRPC peer sends one).
+        assert_eq!(d.stats.total_errors(), 1);
+        assert_eq!(d.stats.errors(crate::wire::ErrorKind::UnknownFrameType), 1);
     }
 
     #[test]

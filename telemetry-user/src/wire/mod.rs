@@ -63,6 +63,12 @@ pub enum WireError {
     PacketSyncLost,
     #[error("port packet: body is not valid JSON")]
     PacketJson,
+    #[error("http2: unknown frame type {0:#x}")]
+    UnknownFrameType(u8),
+    #[error("http2: frame length {len} over the {limit} bytes the peer allows")]
+    FrameOverPeerLimit { len: u32, limit: u32 },
+    #[error("http2: DATA on stream {0}, which no HEADERS opened")]
+    DataOnIdleStream(u32),
 }
 
 /// The error kinds, for counters and metric labels.
@@ -85,10 +91,13 @@ pub enum ErrorKind {
     PacketTooLarge,
     PacketSyncLost,
     PacketJson,
+    UnknownFrameType,
+    FrameOverPeerLimit,
+    DataOnIdleStream,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::FrameTooLarge,
         ErrorKind::LostSync,
         ErrorKind::Protocol,
@@ -106,6 +115,9 @@ impl ErrorKind {
         ErrorKind::PacketTooLarge,
         ErrorKind::PacketSyncLost,
         ErrorKind::PacketJson,
+        ErrorKind::UnknownFrameType,
+        ErrorKind::FrameOverPeerLimit,
+        ErrorKind::DataOnIdleStream,
     ];
 
     /// Stable snake_case label for metrics.
@@ -128,6 +140,9 @@ impl ErrorKind {
             ErrorKind::PacketTooLarge => "packet_too_large",
             ErrorKind::PacketSyncLost => "packet_sync_lost",
             ErrorKind::PacketJson => "packet_json",
+            ErrorKind::UnknownFrameType => "unknown_frame_type",
+            ErrorKind::FrameOverPeerLimit => "frame_over_peer_limit",
+            ErrorKind::DataOnIdleStream => "data_on_idle_stream",
         }
     }
 }
@@ -152,6 +167,9 @@ impl WireError {
             WireError::PacketTooLarge(_) => ErrorKind::PacketTooLarge,
             WireError::PacketSyncLost => ErrorKind::PacketSyncLost,
             WireError::PacketJson => ErrorKind::PacketJson,
+            WireError::UnknownFrameType(_) => ErrorKind::UnknownFrameType,
+            WireError::FrameOverPeerLimit { .. } => ErrorKind::FrameOverPeerLimit,
+            WireError::DataOnIdleStream(_) => ErrorKind::DataOnIdleStream,
         }
     }
 }

@@ -521,22 +521,6 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A map entry cut short: key (if complete) and the value bytes present.
-fn cut_map_entry(data: &[u8]) -> Option<(String, Option<&[u8]>)> {
-    let mut key = None;
-    let mut val = None;
-    for f in FieldScanner::new(data) {
-        match (f.number, f.value) {
-            (1, FieldValue::Len { data, declared }) if data.len() == declared => {
-                key = Some(lossy(data))
-            }
-            (2, FieldValue::Len { data, .. }) => val = Some(data),
-            _ => {}
-        }
-    }
-    key.map(|k| (k, val))
-}
-
 fn partial_any(data: &[u8]) -> Any {
     let mut any = Any::default();
     for f in FieldScanner::new(data) {
@@ -550,32 +534,11 @@ fn partial_any(data: &[u8]) -> Any {
 }
 
 /// ExecuteToolRequest (also ExecuteElixirToolRequest) from a possibly cut buffer.
+/// A session id, tool name, parameter or metadata entry cut by the copy limit stays
+/// out (empty / absent, `cut_field` says which): a prefix reported as the value
+/// would be wrong.
 pub fn decode_execute_tool_request(buf: &[u8]) -> Result<Partial<ExecuteToolRequest>, WireError> {
-    let (mut msg, truncated, cut) = decode_complete::<ExecuteToolRequest>(buf)?;
-    if let Some(f) = cut {
-        let data = f.bytes().unwrap_or_default();
-        match f.number {
-            1 => msg.session_id = lossy(data),
-            2 => msg.tool_name = lossy(data),
-            3 => {
-                if let Some((k, v)) = cut_map_entry(data) {
-                    msg.parameters.insert(k, partial_any(v.unwrap_or_default()));
-                }
-            }
-            4 => {
-                if let Some((k, v)) = cut_map_entry(data) {
-                    msg.metadata.insert(k, lossy(v.unwrap_or_default()));
-                }
-            }
-            6 => {
-                if let Some((k, v)) = cut_map_entry(data) {
-                    msg.binary_parameters
-                        .insert(k, v.unwrap_or_default().to_vec());
-                }
-            }
-            _ => {}
-        }
-    }
+    let (msg, truncated, cut) = decode_complete::<ExecuteToolRequest>(buf)?;
     Ok(Partial {
         msg,
         truncated,
@@ -1008,10 +971,63 @@ mod tests {
                 );
             }
         }
-        // Cut inside the tool name: partial text, flagged.
+        // Cut inside the tool name: absent, and `cut_field` says so.
         let p = decode_execute_tool_request(&bytes[..14]).unwrap();
         assert_eq!(p.cut_field, Some(2));
-        assert!("snakebridge.call".starts_with(&p.msg.tool_name));
+        assert_eq!(p.msg.tool_name, "", "a cut name is never reported");
+        assert_eq!(p.msg.session_id, "sess-1");
+        let p = decode_execute_tool_request(&bytes[..5]).unwrap();
+        assert_eq!(p.cut_field, Some(1));
+        assert_eq!(p.msg.session_id, "", "a cut session id is never reported");
+    }
+
+    /// The cases: a 1 MB session id, a 20-character tool name cut after 17,
+    /// a 200k-deep JSON `library`: none of them is reported from a prefix.
+    #[test]
+    fn values_cut_by_the_copy_limit_are_absent_never_wrong() {
+        let mut parameters = HashMap::new();
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        parameters.insert(
+            "library".to_string(),
+            Any {
+                type_url: "type.googleapis.com/google.protobuf.StringValue".into(),
+                value: deep.into_bytes(),
+            },
+        );
+        parameters.insert("function".to_string(), any("\"mean\""));
+        let req = ExecuteToolRequest {
+            session_id: "s".repeat(1 << 20),
+            tool_name: "snakebridge.call".into(),
+            parameters: parameters.clone(),
+            ..Default::default()
+        };
+        let bytes = req.encode_to_vec();
+        let p = decode_execute_tool_request(&bytes[..4096]).unwrap();
+        assert_eq!(p.cut_field, Some(1));
+        assert_eq!(p.msg.session_id, "");
+        assert_eq!(p.msg.tool_name, "");
+
+        let req = ExecuteToolRequest {
+            session_id: "sess".into(),
+            tool_name: "tool_5014_abcdefghij".into(),
+            ..Default::default()
+        };
+        let bytes = req.encode_to_vec();
+        let cut = bytes.len() - 3;
+        let p = decode_execute_tool_request(&bytes[..cut]).unwrap();
+        assert_eq!((p.cut_field, p.msg.tool_name.as_str()), (Some(2), ""));
+
+        let req = ExecuteToolRequest {
+            session_id: "sess".into(),
+            tool_name: "snakebridge.call".into(),
+            parameters,
+            ..Default::default()
+        };
+        let bytes = req.encode_to_vec();
+        let p = decode_execute_tool_request(&bytes[..4096]).unwrap();
+        assert_eq!(p.msg.tool_name, "snakebridge.call");
+        let sb = snakebridge_call(&p.msg).expect("snakebridge call");
+        assert_eq!(sb.library, None, "a cut library is absent");
     }
 
     #[test]

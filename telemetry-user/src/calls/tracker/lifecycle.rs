@@ -96,22 +96,46 @@ impl CallTracker {
                     .collect::<BTreeMap<u64, Key>>()
                     .into_values()
                     .collect();
+                let mut open = false;
                 for k in keys {
                     match self.calls.get(&k).and_then(|c| c.server_done) {
                         Some(done) => {
                             self.stats.worker_only_completions += 1;
                             self.complete(k, done, None);
                         }
-                        None => self.complete(k, ts_ns, Some("connection closed".to_string())),
+                        None => open = true,
                     }
+                }
+                // A dying worker's connections close just before its exit is handled:
+                // its open calls wait for that (they are its in-flight calls).
+                if open {
+                    self.closed_conns.insert(conn_id, ts_ns);
                 }
                 self.conns.remove(&conn_id);
             }
         }
     }
 
+    /// Ends the calls of closed connections no worker exit claimed.
+    fn end_closed_connections(&mut self) {
+        for (conn_id, ts_ns) in std::mem::take(&mut self.closed_conns) {
+            let keys: Vec<Key> = self
+                .calls
+                .iter()
+                .filter(|(k, _)| k.0 == conn_id)
+                .map(|(k, c)| (c.seq, *k))
+                .collect::<BTreeMap<u64, Key>>()
+                .into_values()
+                .collect();
+            for k in keys {
+                self.complete(k, ts_ns, Some("connection closed".to_string()));
+            }
+        }
+    }
+
     /// Time passes: grace periods, stale calls, pool size events.
     pub fn tick(&mut self, now_mono_ns: u64) {
+        self.end_closed_connections();
         let grace = self.cfg.worker_only_grace_ms.saturating_mul(1_000_000);
         let stale = self.cfg.stale_call_s.saturating_mul(1_000_000_000);
         let mut finish = BTreeMap::new();

@@ -2,11 +2,17 @@
 //! Prometheus), `/` (the live page, plain HTML+JS, no external assets), `/events`
 //! (server-sent events carrying the page's state) and `/api/state` (the same state as
 //! JSON). One task consumes the bus and updates both the metrics and the page state.
+//! `/healthz` and `/readyz` answer DaemonSet probes. Hostile clients are bounded
+//! (`guard.rs`); a non-loopback address needs `allow_remote` and takes a bearer token.
+mod auth;
+mod guard;
 pub mod live;
 
 use crate::events::BusReceiver;
+use crate::sinks::health::{Health, SharedHealth};
 use crate::sinks::prometheus::{self, Metrics, MetricsConfig};
 use bytes::Bytes;
+use guard::{Limits, StallGuard};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -15,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -32,6 +39,8 @@ pub enum HttpError {
     },
     #[error("reading the HTTP listener's address: {0}")]
     LocalAddr(std::io::Error),
+    #[error("reading http.bearer_token_file {path}: {reason}")]
+    Token { path: PathBuf, reason: String },
 }
 
 /// The `[http]` table of the agent configuration.
@@ -55,6 +64,20 @@ pub struct HttpConfig {
     pub gpu_samples: usize,
     /// How often the live page receives a new state (when something changed).
     pub page_update_ms: u64,
+    /// Serving on a non-loopback address must be asked for explicitly.
+    pub allow_remote: bool,
+    /// A file holding a token every request but `/healthz` and `/readyz` must carry
+    /// (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for the page's stream).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Open connections at most; more are closed at once (counted).
+    pub max_connections: usize,
+    /// Open live-page streams (`/events`) at most; more get 503 (counted).
+    pub max_event_streams: usize,
+    /// A client has this long to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// A client that reads nothing for this long while the agent has data for it is
+    /// dropped (counted), with whatever was buffered for it.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -68,6 +91,12 @@ impl Default for HttpConfig {
             recent_errors: 50,
             gpu_samples: 600,
             page_update_ms: 500,
+            allow_remote: false,
+            bearer_token_file: None,
+            max_connections: 256,
+            max_event_streams: 64,
+            header_read_timeout_ms: 10_000,
+            write_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -87,6 +116,24 @@ impl HttpConfig {
         if self.recent_calls == 0 || self.recent_errors == 0 || self.gpu_samples < 2 {
             return Err("http.recent_calls/recent_errors must be >= 1, gpu_samples >= 2".into());
         }
+        if !self.listen.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "http.listen {} is not a loopback address: set http.allow_remote = true \
+                 (and http.bearer_token_file) to serve other hosts",
+                self.listen
+            ));
+        }
+        if self.max_connections == 0
+            || self.max_event_streams == 0
+            || self.header_read_timeout_ms == 0
+            || self.write_stall_timeout_ms == 0
+        {
+            return Err(
+                "http.max_connections, max_event_streams, header_read_timeout_ms and \
+                 write_stall_timeout_ms must be at least 1"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -99,8 +146,33 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// The live page's latest state as JSON, refreshed every `page_update_ms`.
-    snapshot: watch::Receiver<Arc<String>>,
+    /// The live page's latest state as one server-sent event (`Snapshot`), refreshed
+    /// every `page_update_ms`; every stream shares its bytes.
+    snapshot: watch::Receiver<Snapshot>,
+    health: SharedHealth,
+    limits: Arc<Limits>,
+    token: Option<auth::Token>,
+    max_event_streams: usize,
+}
+
+/// `event: state\ndata: JSON\n\n`, built once per state: `json()` is a view into it.
+#[derive(Clone)]
+struct Snapshot(Bytes);
+
+const SSE_HEAD: &[u8] = b"event: state\ndata: ";
+
+impl Snapshot {
+    fn new(json: &str) -> Snapshot {
+        let mut b = Vec::with_capacity(SSE_HEAD.len() + json.len() + 2);
+        b.extend_from_slice(SSE_HEAD);
+        b.extend_from_slice(json.as_bytes());
+        b.extend_from_slice(b"\n\n");
+        Snapshot(Bytes::from(b))
+    }
+
+    fn json(&self) -> Bytes {
+        self.0.slice(SSE_HEAD.len()..self.0.len() - 2)
+    }
 }
 
 impl Shared {
@@ -116,10 +188,19 @@ pub struct Server {
     cfg: HttpConfig,
     listener: TcpListener,
     addr: SocketAddr,
+    health: SharedHealth,
+    token: Option<auth::Token>,
 }
 
 impl Server {
     pub async fn bind(cfg: HttpConfig) -> Result<Server, HttpError> {
+        let token = match &cfg.bearer_token_file {
+            Some(path) => Some(auth::Token::read(path).map_err(|reason| HttpError::Token {
+                path: path.clone(),
+                reason,
+            })?),
+            None => None,
+        };
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| HttpError::Bind {
@@ -131,7 +212,21 @@ impl Server {
             cfg,
             listener,
             addr,
+            // Alone (tests, no agent): healthy and ready from the start.
+            health: {
+                let h = Health::new();
+                h.set_probes_attached();
+                h.set_discovery_done();
+                h
+            },
+            token,
         })
+    }
+
+    /// Reports the agent's health on `/healthz` and `/readyz`.
+    pub fn with_health(mut self, health: SharedHealth) -> Server {
+        self.health = health;
+        self
     }
 
     /// The bound address (the real port when `listen` had port 0).
@@ -158,11 +253,16 @@ impl Server {
                 gpu_samples: cfg.gpu_samples,
             }),
         };
-        let first = Arc::new(state.live.snapshot().to_string());
+        let first = Snapshot::new(&state.live.snapshot().to_string());
         let (snap_tx, snap_rx) = watch::channel(first);
+        let limits = Arc::new(Limits::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             snapshot: snap_rx,
+            health: self.health,
+            limits: limits.clone(),
+            token: self.token,
+            max_event_streams: cfg.max_event_streams,
         });
         let mut tasks = JoinSet::new();
         let consumer = shared.clone();
@@ -188,7 +288,7 @@ impl Server {
                     sent = st.live.version();
                     st.live.snapshot().to_string()
                 };
-                if snap_tx.send(Arc::new(json)).is_err() {
+                if snap_tx.send(Snapshot::new(&json)).is_err() {
                     return;
                 }
             }
@@ -201,14 +301,28 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        // Over the cap: the socket closes here, before any buffer exists.
+                        let Some(slot) = limits.take(
+                            |l| &l.connections,
+                            |l| &l.refused_connections,
+                            cfg.max_connections,
+                        ) else {
+                            continue;
+                        };
                         let shared = shared.clone();
+                        let stall = Duration::from_millis(cfg.write_stall_timeout_ms);
+                        let headers = Duration::from_millis(cfg.header_read_timeout_ms);
                         conns.spawn(async move {
+                            let _slot = slot;
+                            let limits = shared.limits.clone();
                             let svc = hyper::service::service_fn(move |req| {
                                 let shared = shared.clone();
                                 async move { Ok::<_, Infallible>(route(&shared, req).await) }
                             });
-                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let io = hyper_util::rt::TokioIo::new(StallGuard::new(stream, stall, limits));
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                                .timer(hyper_util::rt::TokioTimer::new())
+                                .header_read_timeout(headers)
                                 .serve_connection(io, svc)
                                 .await
                             {
@@ -253,22 +367,61 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     match req.uri().path() {
+        // Probes carry no token: they reveal only whether the agent works.
+        "/healthz" => {
+            return match shared.health.healthy() {
+                Ok(()) => plain(StatusCode::OK, "ok\n"),
+                Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
+            }
+        }
+        "/readyz" => {
+            return match shared.health.ready() {
+                Ok(()) => plain(StatusCode::OK, "ready\n"),
+                Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{why}\n")),
+            }
+        }
+        _ => {}
+    }
+    if let Some(token) = &shared.token {
+        if !token.admits(&req) {
+            shared
+                .limits
+                .unauthorized
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut resp = plain(StatusCode::UNAUTHORIZED, "bearer token required\n");
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+    }
+    match req.uri().path() {
         "/metrics" => {
             let text = shared.lock().metrics.encode();
             match text {
-                Ok(t) => full(StatusCode::OK, prometheus::CONTENT_TYPE, t),
+                Ok(t) => {
+                    // The endpoint's own counters go before the registry's `# EOF`.
+                    let body = t.trim_end().strip_suffix("# EOF").unwrap_or(&t);
+                    let t = format!("{body}{}# EOF\n", shared.limits.encode());
+                    full(StatusCode::OK, prometheus::CONTENT_TYPE, t)
+                }
                 Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             }
         }
         "/" | "/index.html" => {
             // The first state is inlined so the page shows data before its stream opens.
-            let json = shared.snapshot.borrow().clone();
-            let page = PAGE.replacen(INITIAL_MARK, &script_safe(&json), 1);
+            let json = shared.snapshot.borrow().json();
+            let page = PAGE.replacen(
+                INITIAL_MARK,
+                &script_safe(&String::from_utf8_lossy(&json)),
+                1,
+            );
             full(StatusCode::OK, "text/html; charset=utf-8", page)
         }
         "/api/state" => {
-            let json = shared.snapshot.borrow().clone();
-            full(StatusCode::OK, "application/json", json.to_string())
+            let json = shared.snapshot.borrow().json();
+            bytes(StatusCode::OK, "application/json", json)
         }
         "/events" => sse(shared),
         // `/?hold=MS` makes the page fetch this, which keeps its load event back MS
@@ -278,7 +431,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             let ms = req
                 .uri()
                 .query()
-                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
                 .min(MAX_HOLD_MS);
@@ -295,7 +448,11 @@ fn script_safe(json: &str) -> String {
 }
 
 fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    bytes(status, content_type, Bytes::from(body))
+}
+
+fn bytes(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body).boxed());
     *resp.status_mut() = status;
     if let Ok(v) = content_type.parse() {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -308,24 +465,39 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 /// `text/event-stream`: the current state at once, then each new one, and a comment
-/// every 15 s so proxies keep the stream open.
+/// every 15 s so proxies keep the stream open. One message waits per client at most
+/// (the states are shared bytes, not copies); a client that stops reading is ended
+/// by the connection's `StallGuard`.
 fn sse(shared: &Arc<Shared>) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let Some(slot) = shared.limits.take(
+        |l| &l.streams,
+        |l| &l.refused_streams,
+        shared.max_event_streams,
+    ) else {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live streams open (http.max_event_streams)\n",
+        );
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
     let mut snapshots = shared.snapshot.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut heartbeat = tokio::time::interval(Duration::from_secs(15));
         heartbeat.tick().await;
-        let mut msg = event_message(&snapshots.borrow_and_update());
+        let mut msg = snapshots.borrow_and_update().0.clone();
         loop {
             if tx.send(msg).await.is_err() {
                 return; // the client went away
             }
             msg = tokio::select! {
                 changed = snapshots.changed() => match changed {
-                    Ok(()) => event_message(&snapshots.borrow_and_update()),
+                    Ok(()) => snapshots.borrow_and_update().0.clone(),
                     Err(_) => return,
                 },
                 _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
+                // The connection ended (client gone or dropped as slow): free the slot now.
+                _ = tx.closed() => return,
             };
         }
     });
@@ -340,10 +512,6 @@ fn sse(shared: &Arc<Shared>) -> Response<Body> {
         hyper::header::HeaderValue::from_static("no-cache"),
     );
     resp
-}
-
-fn event_message(json: &str) -> Bytes {
-    Bytes::from(format!("event: state\ndata: {json}\n\n"))
 }
 
 struct SseBody {
