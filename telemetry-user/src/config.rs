@@ -32,6 +32,8 @@ pub struct Config {
     pub otlp: crate::sinks::otlp::OtlpConfig,
     /// GPU memory sampling (NVML).
     pub gpu: crate::gpu::GpuConfig,
+    /// Repro scripts for failed calls (docs/repro.md).
+    pub repro: crate::repro::ReproConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
