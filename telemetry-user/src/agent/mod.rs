@@ -149,6 +149,7 @@ impl Agent {
         let discovery = Discovery::new(ProcSource::new(d.proc_root.clone()), selectors);
         let tracker_config = config.calls.clone();
         let tracker_bus = bus.clone();
+        let repro_config = config.repro.clone();
         let mut agent = Agent {
             config,
             probes,
@@ -161,11 +162,14 @@ impl Agent {
             watched_pids: HashMap::new(),
             watched_fds: HashSet::new(),
             closing: Vec::new(),
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline::new(crate::repro::grpc_config(&repro_config)),
             tracker: {
-                let mut t = CallTracker::new(tracker_config, tracker_bus);
+                let mut t = CallTracker::new(tracker_config, tracker_bus.clone());
                 if gpu_enabled {
                     t.set_gpu(gpu.clone());
+                }
+                if let Some(r) = crate::repro::Repro::start(repro_config, tracker_bus) {
+                    t.set_repro(r);
                 }
                 t
             },

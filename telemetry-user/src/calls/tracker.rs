@@ -26,6 +26,7 @@ mod call;
 mod lifecycle;
 mod matching;
 mod messages;
+mod repro_hook;
 
 use call::*;
 pub use call::{grpc_status_name, is_user_operation};
@@ -90,6 +91,8 @@ pub struct CallTracker {
     next_seq: u64,
     pools: Pools,
     stats: TrackerStats,
+    /// Repro scripts for failed calls (`[repro]`), when on.
+    repro: Option<crate::repro::Repro>,
 }
 
 impl CallTracker {
@@ -105,6 +108,7 @@ impl CallTracker {
             next_seq: 0,
             pools,
             stats: TrackerStats::default(),
+            repro: None,
         }
     }
 
@@ -188,6 +192,9 @@ impl CallTracker {
                 }
                 if call.correlation_id.is_none() {
                     call.correlation_id = metadata.correlation_id.clone();
+                }
+                if *flow == Flow::Request {
+                    self.repro_headers(key, metadata.grpc_timeout.as_ref());
                 }
                 self.progress(key);
             }
@@ -549,6 +556,7 @@ impl CallTracker {
         };
         let outcome = outcome(&call, exit);
         let duration = duration(&call, end_ns);
+        self.repro_end(&call, Some(&outcome), self.unix(end_ns));
         self.stats.calls_completed += 1;
         match &outcome {
             Outcome::Ok => self.stats.calls_ok += 1,

@@ -235,3 +235,13 @@ pub(crate) mod tests_support {
             .map(|_| "python3".to_string())
     }
 }
+
+/// The gRPC decoder's settings with repro on: messages are kept up to
+/// `max_payload_bytes` from their start (as far as their bytes were captured).
+pub fn grpc_config(cfg: &ReproConfig) -> crate::wire::grpc::GrpcConfig {
+    let mut g = crate::wire::grpc::GrpcConfig::default();
+    if cfg.repro_on_error {
+        g.keep_prefix = g.keep_prefix.max(cfg.max_payload_bytes as usize);
+    }
+    g
+}
