@@ -45,10 +45,17 @@ impl Agent {
         } else {
             Command::new(&bin)
         };
-        let child = cmd
-            .args(["run", "--format", "json", "--output"])
+        cmd.args(["run", "--format", "json", "--output"])
             .arg(&output)
-            .args(extra_args)
+            .args(extra_args);
+        // Repro scripts of the test's failed calls stay in its scratch dir.
+        if !extra_args
+            .iter()
+            .any(|a| *a == "--repro-dir" || *a == "--no-repro")
+        {
+            cmd.arg("--repro-dir").arg(dir.join("repro"));
+        }
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

@@ -160,12 +160,23 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
     for (tool, g) in &calls {
         let w = written_for(&events, &g.correlation_id);
         if w.len() != 1 {
-            problems.push(format!("{tool}: {} scripts for {}", w.len(), g.correlation_id));
+            problems.push(format!(
+                "{tool}: {} scripts for {}",
+                w.len(),
+                g.correlation_id
+            ));
             continue;
         }
         let path = PathBuf::from(meta(w[0], "path").expect("path"));
-        assert!(path.starts_with(&repro_dir), "{} outside the repro dir", path.display());
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(
+            path.starts_with(&repro_dir),
+            "{} outside the repro dir",
+            path.display()
+        );
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         assert!(
             name.starts_with("snakepit_repro_") && name.ends_with(".py"),
             "file name {name}"
@@ -183,8 +194,16 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
         let end = call_end(&events, &g.correlation_id);
         match *tool {
             "repro_exit" => {
-                assert_eq!(run.code, 3, "{tool}: the call ends the script as it ended the worker:\n{}", run.all);
-                assert!(run.all.contains("The worker died during this call"), "{tool}:\n{}", run.all);
+                assert_eq!(
+                    run.code, 3,
+                    "{tool}: the call ends the script as it ended the worker:\n{}",
+                    run.all
+                );
+                assert!(
+                    run.all.contains("The worker died during this call"),
+                    "{tool}:\n{}",
+                    run.all
+                );
             }
             "repro_deadline" => {
                 let want = format!(
@@ -194,7 +213,12 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
                 );
                 assert_eq!(meta(end, "error_type"), Some("DEADLINE_EXCEEDED"));
                 assert_eq!(run.code, 1, "{tool}:\n{}", run.all);
-                assert_eq!(error_line(&run), Some(want.as_str()), "{tool}:\n{}", run.all);
+                assert_eq!(
+                    error_line(&run),
+                    Some(want.as_str()),
+                    "{tool}:\n{}",
+                    run.all
+                );
             }
             _ => {
                 let want = format!(
@@ -203,8 +227,17 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
                     meta(end, "error_message").unwrap_or_default()
                 );
                 assert_eq!(run.code, 1, "{tool}:\n{}", run.all);
-                assert_eq!(error_line(&run), Some(want.as_str()), "{tool}:\n{}", run.all);
-                assert!(run.all.contains("Same as recorded: yes"), "{tool}:\n{}", run.all);
+                assert_eq!(
+                    error_line(&run),
+                    Some(want.as_str()),
+                    "{tool}:\n{}",
+                    run.all
+                );
+                assert!(
+                    run.all.contains("Same as recorded: yes"),
+                    "{tool}:\n{}",
+                    run.all
+                );
             }
         }
     }
@@ -213,6 +246,11 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
         fail_text.contains("redacted: key \"api_key\" matches")
             && fail_text.contains("redacted: key \"authorization\" matches"),
         "the script says where it redacted:\n{fail_text}"
+    );
+    assert!(
+        fail_text.contains("# Traceback sent by the worker:")
+            && fail_text.contains("#   ValueError: repro-boom-"),
+        "the worker's traceback is in the script:\n{fail_text}"
     );
 }
 
@@ -250,7 +288,10 @@ fn a_failure_storm_writes_at_most_max_files_and_a_cut_payload_says_so() {
     let events = agent.stop().expect("agent stop");
 
     let failures = truth.iter().filter(|g| !g.success).count();
-    assert!(failures >= 10_000, "the storm made only {failures} failures");
+    assert!(
+        failures >= 10_000,
+        "the storm made only {failures} failures"
+    );
     let written = events_named(&events, WRITTEN);
     let skipped = events_named(&events, SKIPPED);
     let files = std::fs::read_dir(&repro_dir).expect("dir").count();
@@ -261,7 +302,9 @@ fn a_failure_storm_writes_at_most_max_files_and_a_cut_payload_says_so() {
         failures + 1,
         "every failure is written or counted as skipped"
     );
-    assert!(skipped.iter().all(|e| meta(e, "reason") == Some("max_files")));
+    assert!(skipped
+        .iter()
+        .all(|e| meta(e, "reason") == Some("max_files")));
     assert_no_secret_in(&repro_dir);
 
     // The cut one: says so, and does not pretend to reproduce.

@@ -78,6 +78,15 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
 
     let mut cmd = Command::new(&agent);
     cmd.arg("run").args(&args.agent_args);
+    // Repro scripts of the demo's failed calls go to target/repro (not /var/lib).
+    let repro_flags = ["--repro-dir", "--no-repro", "--config"];
+    if !args
+        .agent_args
+        .iter()
+        .any(|a| repro_flags.contains(&a.as_str()))
+    {
+        cmd.arg("--repro-dir").arg(root.join("target/repro"));
+    }
     if let Some(secs) = args.duration_secs {
         cmd.args(["--duration", &secs.to_string()]);
     }

@@ -115,9 +115,12 @@ impl Agent {
         // /metrics and the live page. Bound here so a taken port fails the start; the
         // server task ends with the runtime.
         if config.http.enabled {
-            let server = sinks::web::Server::bind(config.http.clone())
+            let mut server = sinks::web::Server::bind(config.http.clone())
                 .await
                 .context("starting the HTTP endpoint (/metrics, live page)")?;
+            if config.repro.repro_on_error {
+                server = server.serve_repro(config.repro.directory.clone());
+            }
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {

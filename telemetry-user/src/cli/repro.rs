@@ -83,7 +83,13 @@ fn find<'a>(scripts: &'a [PathBuf], id: &str) -> Option<&'a PathBuf> {
         .or_else(|| {
             let safe: String = id
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             scripts
                 .iter()
@@ -104,7 +110,11 @@ fn header(path: &Path) -> Header {
     let Ok(f) = std::fs::File::open(path) else {
         return h;
     };
-    for line in std::io::BufReader::new(f).lines().take(40).map_while(Result::ok) {
+    for line in std::io::BufReader::new(f)
+        .lines()
+        .take(40)
+        .map_while(Result::ok)
+    {
         if let Some(v) = line.strip_prefix("When: ") {
             h.when = Some(v.to_string());
         } else if let Some(v) = line.strip_prefix("Call: ") {

@@ -160,7 +160,7 @@ impl Repro {
     /// declared length), keyed by the tracker's call sequence number.
     pub fn request(&mut self, seq: u64, worker_pid: u32, data: &[u8], len: usize) {
         self.workers.note(worker_pid);
-        payload::merge_timeout(&mut self.store, seq, data, len);
+        self.store.insert(seq, data, len);
     }
 
     /// The call's `grpc-timeout` request header (a deadline to reproduce).

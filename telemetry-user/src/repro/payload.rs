@@ -5,6 +5,8 @@ use std::collections::HashMap;
 /// Why a stored request is not the whole message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
+    /// No request message seen (yet): the agent joined mid-call, or lost it.
+    NotSeen,
     /// All `len` bytes kept.
     Whole,
     /// The kernel's per-syscall copy (or a capture gap) delivered only a prefix.
@@ -49,8 +51,10 @@ impl PayloadStore {
         }
     }
 
+    /// Stores a request message; a deadline or error text that came first is kept
+    /// (records of the two ends of a connection reach the tracker in either order).
     pub fn insert(&mut self, seq: u64, data: &[u8], len: usize) {
-        self.remove(seq);
+        let old = self.remove(seq);
         let mut keep = data.len().min(self.max_payload as usize);
         let mut cut = if keep < data.len() || (len as u64 > self.max_payload) {
             Cut::PayloadLimit
@@ -73,32 +77,34 @@ impl PayloadStore {
                 len,
                 cut,
                 limit,
-                grpc_timeout: None,
-                error_text: None,
+                grpc_timeout: old.as_ref().and_then(|o| o.grpc_timeout.clone()),
+                error_text: old.and_then(|o| o.error_text),
             },
         );
     }
 
+    /// The entry of `seq`; a placeholder (no message yet) when there is none.
+    fn entry(&mut self, seq: u64) -> &mut StoredRequest {
+        self.calls.entry(seq).or_insert_with(|| StoredRequest {
+            data: Vec::new(),
+            len: 0,
+            cut: Cut::NotSeen,
+            limit: 0,
+            grpc_timeout: None,
+            error_text: None,
+        })
+    }
+
     pub fn set_timeout(&mut self, seq: u64, timeout: &str) {
-        if let Some(s) = self.calls.get_mut(&seq) {
-            s.grpc_timeout = Some(timeout.to_string());
-        } else {
-            // Headers come before the message: a placeholder holds the timeout.
-            self.insert(seq, &[], 0);
-            if let Some(s) = self.calls.get_mut(&seq) {
-                s.grpc_timeout = Some(timeout.to_string());
-            }
-        }
+        self.entry(seq).grpc_timeout = Some(timeout.to_string());
     }
 
     pub fn set_error_text(&mut self, seq: u64, text: &str) {
-        if let Some(s) = self.calls.get_mut(&seq) {
-            let mut end = text.len().min(MAX_ERROR_TEXT);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            s.error_text = Some(text[..end].to_string());
+        let mut end = text.len().min(MAX_ERROR_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
+        self.entry(seq).error_text = Some(text[..end].to_string());
     }
 
     pub fn remove(&mut self, seq: u64) -> Option<StoredRequest> {
@@ -109,15 +115,6 @@ impl PayloadStore {
 
     pub fn held_bytes(&self) -> u64 {
         self.held
-    }
-}
-
-/// A placeholder (timeout only) followed by the message keeps the timeout.
-pub(super) fn merge_timeout(store: &mut PayloadStore, seq: u64, data: &[u8], len: usize) {
-    let timeout = store.calls.get(&seq).and_then(|s| s.grpc_timeout.clone());
-    store.insert(seq, data, len);
-    if let (Some(t), Some(s)) = (timeout, store.calls.get_mut(&seq)) {
-        s.grpc_timeout = Some(t);
     }
 }
 
@@ -145,12 +142,14 @@ mod tests {
     }
 
     #[test]
-    fn timeout_survives_the_message() {
+    fn deadline_and_error_text_survive_the_message() {
         let mut st = PayloadStore::new(100, 100);
         st.set_timeout(7, "30S");
-        merge_timeout(&mut st, 7, b"abc", 3);
+        st.set_error_text(7, "{}");
+        st.insert(7, b"abc", 3);
         let s = st.remove(7).expect("stored");
         assert_eq!(s.grpc_timeout.as_deref(), Some("30S"));
+        assert_eq!(s.error_text.as_deref(), Some("{}"));
         assert_eq!(s.data, b"abc");
         assert_eq!(st.held_bytes(), 0);
     }

@@ -181,7 +181,10 @@ mod tests {
         assert_eq!(r.notes.len(), 3, "{:?}", r.notes);
         // Secrets seen in values are scrubbed from free text as well.
         let t = r.text("bad key sk-live-123456; pw hunter22; auth bearer zzzzzzzzzzzz");
-        assert_eq!(t, "bad key <redacted>; pw <redacted>; auth bearer <redacted>");
+        assert_eq!(
+            t,
+            "bad key <redacted>; pw <redacted>; auth bearer <redacted>"
+        );
     }
 
     #[test]

@@ -109,7 +109,9 @@ fn param_value(any: &sp::Any) -> Value {
 /// The key of a parameter map entry cut by the end of the captured bytes.
 fn cut_parameter(data: &[u8]) -> Option<(String, usize, usize)> {
     let (fields, _) = FieldScanner::collect_all(data);
-    let last = fields.last().filter(|f| f.is_truncated() && f.number == 3)?;
+    let last = fields
+        .last()
+        .filter(|f| f.is_truncated() && f.number == 3)?;
     let entry = last.bytes()?;
     let mut key = None;
     let mut seen = (0, 0);
@@ -154,17 +156,18 @@ pub fn render(
     let empty = StoredRequest {
         data: Vec::new(),
         len: 0,
-        cut: Cut::Whole,
+        cut: Cut::NotSeen,
         limit: 0,
         grpc_timeout: None,
         error_text: None,
     };
     let st = stored.unwrap_or(&empty);
-    if stored.is_none() {
-        missing.push("the request message was not seen (joined mid-call, or not a gRPC tool call)".into());
-    }
     match st.cut {
         Cut::Whole => {}
+        Cut::NotSeen => missing.push(
+            "the request message was not seen (the agent joined mid-call, or its bytes were lost)"
+                .into(),
+        ),
         Cut::NotCaptured => missing.push(format!(
             "bytes {}..{} of the {}-byte request message were not seen (the kernel copies a bounded prefix of each syscall)",
             st.data.len(),
@@ -199,7 +202,11 @@ pub fn render(
         .error_text
         .as_deref()
         .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        .and_then(|v| v.get("traceback").and_then(Value::as_str).map(str::to_string));
+        .and_then(|v| {
+            v.get("traceback")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     let emsg = emsg.map(|m| r.text(&m));
     let deadline = match (&call.failure, st.grpc_timeout.as_deref()) {
         (Failure::Status { error_type, .. }, Some(t)) if error_type == "DEADLINE_EXCEEDED" => {
@@ -251,7 +258,11 @@ pub fn render(
         call.worker_pid,
         worker.adapter.as_deref().unwrap_or("?")
     );
-    let _ = writeln!(s, "Worker's Python: {}", worker.python.as_deref().unwrap_or("?"));
+    let _ = writeln!(
+        s,
+        "Worker's Python: {}",
+        worker.python.as_deref().unwrap_or("?")
+    );
     if truncated {
         s.push_str("TRUNCATED: this script does not reproduce the call; what was not seen:\n");
         for m in &missing {

@@ -22,8 +22,7 @@ fn request(tool: &str, params: &[(&str, &str)]) -> Vec<u8> {
     for (k, v) in params {
         req.parameters.insert(k.to_string(), json_any(v));
     }
-    req.metadata
-        .insert("correlation_id".into(), "c-42".into());
+    req.metadata.insert("correlation_id".into(), "c-42".into());
     req.metadata
         .insert("authorization".into(), "Bearer tok_abcdefghijklmnop".into());
     req.metadata
@@ -71,7 +70,10 @@ fn run_script(text: &str) -> (i32, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("s.py");
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(python()).arg(&path).output().expect("run python");
+    let out = Command::new(python())
+        .arg(&path)
+        .output()
+        .expect("run python");
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -80,7 +82,11 @@ fn run_script(text: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), all)
 }
 
-const SECRETS: [&str; 3] = ["sk-live-SECRET123", "tok_abcdefghijklmnop", "zzzzzzzzzzzzzzzz"];
+const SECRETS: [&str; 3] = [
+    "sk-live-SECRET123",
+    "tok_abcdefghijklmnop",
+    "zzzzzzzzzzzzzzzz",
+];
 
 #[test]
 fn snakebridge_script_reproduces_the_error_and_redacts_secrets() {
@@ -111,15 +117,28 @@ fn snakebridge_script_reproduces_the_error_and_redacts_secrets() {
         &ReproConfig::default().redact_keys,
     );
     for s in SECRETS {
-        assert!(!out.text.contains(s), "secret {s} in the script:\n{}", out.text);
+        assert!(
+            !out.text.contains(s),
+            "secret {s} in the script:\n{}",
+            out.text
+        );
     }
-    assert!(out.text.contains("redacted: key \"api_key\" matches"), "{}", out.text);
+    assert!(
+        out.text.contains("redacted: key \"api_key\" matches"),
+        "{}",
+        out.text
+    );
     assert_eq!(out.redactions, 3);
     assert!(!out.truncated);
-    assert!(out.file_name.starts_with("snakepit_repro_1700000000_sqrt_c-42____x"));
+    assert!(out
+        .file_name
+        .starts_with("snakepit_repro_1700000000_sqrt_c-42____x"));
     let (code, text) = run_script(&out.text);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("Error: ValueError: math domain error\n"), "{text}");
+    assert!(
+        text.contains("Error: ValueError: math domain error\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -148,9 +167,15 @@ fn a_cut_request_says_what_was_not_seen_and_does_not_run() {
         &[],
     );
     assert!(out.truncated);
-    assert!(out.text.contains("TRUNCATED: this script does not reproduce"), "{}", out.text);
     assert!(
-        out.text.contains(&format!("of the {len}-byte request message were not seen")),
+        out.text
+            .contains("TRUNCATED: this script does not reproduce"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text
+            .contains(&format!("of the {len}-byte request message were not seen")),
         "{}",
         out.text
     );
@@ -182,18 +207,35 @@ fn worker_death_and_deadline_are_announced() {
         },
     );
     let out = render(&died, None, &WorkerInfo::default(), &[]);
-    assert!(out.text.contains("WORKER_DIED = \"worker exited with code 3\""), "{}", out.text);
-    assert!(out.text.contains("the request message was not seen"), "{}", out.text);
+    assert!(
+        out.text
+            .contains("WORKER_DIED = \"worker exited with code 3\""),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text.contains("the request message was not seen"),
+        "{}",
+        out.text
+    );
 }
 
 #[test]
 fn names_times_and_timeouts() {
     assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-    assert_eq!(rfc3339(1_700_000_000_123_456_789), "2023-11-14T22:13:20.123456Z");
+    assert_eq!(
+        rfc3339(1_700_000_000_123_456_789),
+        "2023-11-14T22:13:20.123456Z"
+    );
     assert_eq!(timeout_seconds("30S"), Some(30.0));
     assert_eq!(timeout_seconds("500m"), Some(0.5));
     assert_eq!(timeout_seconds("x"), None);
-    let mut c = failed("fail", Failure::WorkerDied { reason: String::new() });
+    let mut c = failed(
+        "fail",
+        Failure::WorkerDied {
+            reason: String::new(),
+        },
+    );
     c.function = None;
     c.correlation_id = None;
     assert_eq!(file_name(&c), "snakepit_repro_1700000000_fail_seq7.py");
@@ -207,7 +249,8 @@ fn files_are_0600_in_a_0700_directory_and_never_replaced() {
     let p1 = writer::write_script(&dir, "snakepit_repro_1_f_c.py", "x").expect("write");
     let p2 = writer::write_script(&dir, "snakepit_repro_1_f_c.py", "y").expect("write");
     assert_ne!(p1, p2);
-    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
     assert_eq!(mode(&p1), 0o600);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(std::fs::read_to_string(&p1).expect("read"), "x");

@@ -103,10 +103,12 @@ impl WorkerCache {
         info.python = args
             .first()
             .filter(|a| a.contains("python"))
-            .map(|a| match (&cwd, Path::new(a).is_relative() && a.contains('/')) {
-                (Some(c), true) => Path::new(c).join(a).display().to_string(),
-                _ => a.clone(),
-            })
+            .map(
+                |a| match (&cwd, Path::new(a).is_relative() && a.contains('/')) {
+                    (Some(c), true) => Path::new(c).join(a).display().to_string(),
+                    _ => a.clone(),
+                },
+            )
             .or_else(|| link("exe"));
         info
     }

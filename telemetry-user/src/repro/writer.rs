@@ -50,7 +50,12 @@ impl WriterHandle {
 }
 
 fn write_job(cfg: &ReproConfig, bus: &Bus, job: Job) {
-    let rendered = render(&job.call, job.stored.as_ref(), &job.worker, &cfg.redact_keys);
+    let rendered = render(
+        &job.call,
+        job.stored.as_ref(),
+        &job.worker,
+        &cfg.redact_keys,
+    );
     let call = &job.call;
     let base = Event::new(super::REPRO_SKIPPED)
         .at(call.time_unix_nano)

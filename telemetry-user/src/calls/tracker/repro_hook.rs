@@ -9,6 +9,11 @@ impl CallTracker {
         self.repro = Some(repro);
     }
 
+    #[cfg(test)]
+    pub(crate) fn bus_for_tests(&self) -> crate::events::Bus {
+        self.bus.clone()
+    }
+
     pub(super) fn repro_request(&mut self, key: Key, message: &GrpcMessage) {
         let (Some(r), Some(call)) = (self.repro.as_mut(), self.calls.get(&key)) else {
             return;

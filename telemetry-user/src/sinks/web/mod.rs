@@ -3,6 +3,7 @@
 //! (server-sent events carrying the page's state) and `/api/state` (the same state as
 //! JSON). One task consumes the bus and updates both the metrics and the page state.
 pub mod live;
+mod repro_files;
 
 use crate::events::BusReceiver;
 use crate::sinks::prometheus::{self, Metrics, MetricsConfig};
@@ -99,6 +100,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Where `/repro/<file>` reads scripts from (None: repro off).
+    repro_dir: Option<std::path::PathBuf>,
     /// The live page's latest state as JSON, refreshed every `page_update_ms`.
     snapshot: watch::Receiver<Arc<String>>,
 }
@@ -116,6 +119,7 @@ pub struct Server {
     cfg: HttpConfig,
     listener: TcpListener,
     addr: SocketAddr,
+    repro_dir: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -131,7 +135,14 @@ impl Server {
             cfg,
             listener,
             addr,
+            repro_dir: None,
         })
+    }
+
+    /// Serves the repro scripts in `dir` at `/repro/<file>` (loopback clients only).
+    pub fn serve_repro(mut self, dir: std::path::PathBuf) -> Self {
+        self.repro_dir = Some(dir);
+        self
     }
 
     /// The bound address (the real port when `listen` had port 0).
@@ -162,6 +173,7 @@ impl Server {
         let (snap_tx, snap_rx) = watch::channel(first);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            repro_dir: self.repro_dir.clone(),
             snapshot: snap_rx,
         });
         let mut tasks = JoinSet::new();
@@ -200,12 +212,15 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let shared = shared.clone();
+                        let loopback = peer.ip().is_loopback();
                         conns.spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 let shared = shared.clone();
-                                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                                async move {
+                                    Ok::<_, Infallible>(route(&shared, req, loopback).await)
+                                }
                             });
                             let io = hyper_util::rt::TokioIo::new(stream);
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -248,9 +263,12 @@ const INITIAL_MARK: &str = "/*INITIAL_STATE*/null";
 const MAX_HOLD_MS: u64 = 30_000;
 const HOLD_SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>"#;
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>, loopback: bool) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    if let Some(name) = req.uri().path().strip_prefix("/repro/") {
+        return repro_files::serve(shared.repro_dir.as_deref(), name, loopback);
     }
     match req.uri().path() {
         "/metrics" => {
