@@ -6,10 +6,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use snakepit_testkit::agent::Agent;
 use snakepit_testkit::demo::{Demo, DemoOptions, LoadSpec};
+use snakepit_testkit::http::get as http_get;
 use snakepit_testkit::{require, scratch_dir, workspace_root};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,23 +19,6 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     l.local_addr().expect("local addr").port()
-}
-
-/// HTTP/1.0 GET (no chunked bodies), returns (status, body).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
 }
 
 fn encode(q: &str) -> String {

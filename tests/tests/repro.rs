@@ -3,8 +3,9 @@
 //! fails the same way. Secrets never reach a file, files are 0600, a failure storm
 //! writes at most `max_files`, and a cut payload is said to be cut.
 use serde_json::Value;
-use snakepit_testkit::agent::{events_named, Agent};
+use snakepit_testkit::agent::{agent_bin, events_named, Agent};
 use snakepit_testkit::demo::{Demo, GroundTruthCall, LoadSpec};
+use snakepit_testkit::http;
 use snakepit_testkit::{require, scratch_dir, workspace_root};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -43,11 +44,31 @@ fn write_config(dir: &Path, repro: &str) -> PathBuf {
     path
 }
 
-fn start_agent(dir: &Path, repro_dir: &Path, repro_cfg: &str) -> Agent {
+fn start_agent(dir: &Path, repro_dir: &Path, repro_cfg: &str, extra: &[&str]) -> Agent {
     let cfg = write_config(dir, repro_cfg);
     let cfg = cfg.display().to_string();
     let rdir = repro_dir.display().to_string();
-    Agent::start(dir, &["--config", &cfg, "--repro-dir", &rdir]).expect("agent start")
+    let mut args = vec!["--config", &cfg, "--repro-dir", &rdir];
+    args.extend_from_slice(extra);
+    Agent::start(dir, &args).expect("agent start")
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// The agent's `repro` subcommand.
+fn agent_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(agent_bin())
+        .arg("repro")
+        .args(args)
+        .output()
+        .expect("running snakepit-agent repro");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn written_for<'a>(events: &'a [Value], corr: &str) -> Vec<&'a Value> {
@@ -128,10 +149,12 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
     require::root_and_bpf();
     let dir = scratch_dir("repro-shapes");
     let repro_dir = dir.join("repro");
+    let addr = free_addr();
     let agent = start_agent(
         &dir,
         &repro_dir,
         "max_payload_bytes = 8388608\nmax_per_minute = 1000\n",
+        &["--http-listen", &addr],
     );
     let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
     std::thread::sleep(Duration::from_millis(500));
@@ -151,6 +174,35 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
         calls.push((*tool, one_call(&mut demo, &dir, tool, extra)));
     }
     std::thread::sleep(Duration::from_millis(2_500));
+    // Where users find them: the counter, the live page's links, the served file.
+    let (status, metrics) = http::get(&addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("snakepit_repro_scripts_total{outcome=\"written\",reason=\"\"} 5"),
+        "{metrics}"
+    );
+    let (_, state) = http::get(&addr, "/api/state").expect("GET /api/state");
+    let state: Value = serde_json::from_str(&state).expect("state JSON");
+    let links: Vec<String> = state["recent_errors"]
+        .as_array()
+        .expect("recent_errors")
+        .iter()
+        .filter_map(|r| r["repro"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        links.len() >= 4,
+        "recent errors link to their scripts: {state}"
+    );
+    let (status, served) = http::get(&addr, &links[0]).expect("GET a script");
+    assert_eq!(status, 200, "{}", links[0]);
+    let name = links[0].trim_start_matches("/repro/");
+    assert_eq!(
+        served,
+        std::fs::read_to_string(repro_dir.join(name)).expect("script"),
+        "the served script is the file"
+    );
+    let (status, _) = http::get(&addr, "/repro/..%2Fagent.toml").expect("GET");
+    assert_eq!(status, 404, "only repro scripts are served");
     demo.stop().expect("demo stop");
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");
@@ -205,6 +257,24 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
                     run.all
                 );
             }
+            "repro_big" => {
+                // The kernel copies a bounded prefix of each syscall: the 3 MiB request
+                // is not seen whole, and the script says exactly what is missing.
+                assert_eq!(
+                    written_for(&events, &g.correlation_id)[0]["metadata"]["truncated"],
+                    Value::Bool(true)
+                );
+                assert_eq!(run.code, 2, "{tool}:\n{}", run.all);
+                assert!(
+                    run.all
+                        .contains("request message were not seen (the kernel copies")
+                        && run.all.contains("parameter \"data\": ")
+                        && run.all.contains("Not reproducing"),
+                    "{tool}:\n{}",
+                    run.all
+                );
+                assert!(error_line(&run).is_none(), "{tool}:\n{}", run.all);
+            }
             "repro_deadline" => {
                 let want = format!(
                     "Error: {}: {}",
@@ -241,7 +311,16 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
             }
         }
     }
+    // `repro list` shows each script; `repro show` finds one by correlation id.
+    let rdir = repro_dir.display().to_string();
+    let (ok, list) = agent_cli(&["list", "--dir", &rdir]);
+    assert!(ok, "repro list failed");
+    assert_eq!(list.lines().count(), calls.len(), "{list}");
+    let fail_corr = &calls[0].1.correlation_id;
+    let (ok, shown) = agent_cli(&["show", fail_corr, "--dir", &rdir]);
+    assert!(ok, "repro show {fail_corr} failed");
     let fail_text = std::fs::read_to_string(&scripts["repro_fail"]).expect("script");
+    assert_eq!(shown, fail_text, "repro show prints the script");
     assert!(
         fail_text.contains("redacted: key \"api_key\" matches")
             && fail_text.contains("redacted: key \"authorization\" matches"),
@@ -271,6 +350,7 @@ fn a_failure_storm_writes_at_most_max_files_and_a_cut_payload_says_so() {
         &dir,
         &repro_dir,
         "max_files = 5\nmax_per_minute = 100000\nmax_payload_bytes = 1024\n",
+        &[],
     );
     let (mut demo, _) = Demo::start_ready(&dir, 2, 0).expect("demo start");
     std::thread::sleep(Duration::from_millis(500));

@@ -70,8 +70,11 @@ impl CallTracker {
             r.discard(call.seq);
             return;
         };
-        if let Some(m) = &call.grpc_message {
-            r.error_text(call.seq, m);
+        // A failing streaming call carries the tool's error JSON in grpc-message.
+        if let (Failure::Status { .. }, Some(m)) = (&failure, &call.grpc_message) {
+            if !m.is_empty() {
+                r.error_text(call.seq, m);
+            }
         }
         r.failed(FailedCall {
             seq: call.seq,
