@@ -218,24 +218,6 @@ impl Repro {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests_support {
-    /// The project's venv Python (what the demo workers run), else `python3` on PATH.
-    pub fn venv_python() -> Option<String> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-        if root.exists() {
-            return Some(root.display().to_string());
-        }
-        std::process::Command::new("python3")
-            .arg("-c")
-            .arg("pass")
-            .status()
-            .ok()
-            .filter(|s| s.success())
-            .map(|_| "python3".to_string())
-    }
-}
-
 /// The gRPC decoder's settings with repro on: messages are kept up to
 /// `max_payload_bytes` from their start (as far as their bytes were captured).
 pub fn grpc_config(cfg: &ReproConfig) -> crate::wire::grpc::GrpcConfig {

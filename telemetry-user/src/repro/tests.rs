@@ -58,9 +58,23 @@ fn failed(tool: &str, failure: Failure) -> FailedCall {
     }
 }
 
+/// The project's venv Python (what the demo workers run), else `python3` on PATH.
+fn venv_python() -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if root.exists() {
+        return Some(root.display().to_string());
+    }
+    Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| "python3".to_string())
+}
+
 fn python() -> String {
-    let venv = crate::repro::tests_support::venv_python();
-    match venv {
+    match venv_python() {
         Some(p) => p,
         None => panic!("no Python: neither .venv/bin/python nor python3 found (cargo xtask setup installs them)"),
     }

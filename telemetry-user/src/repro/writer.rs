@@ -41,10 +41,10 @@ impl WriterHandle {
     }
 
     /// Queues a job; gives it back when the queue is full (or the writer is gone).
-    pub(super) fn send(&self, job: Job) -> Result<(), Job> {
+    pub(super) fn send(&self, job: Job) -> Result<(), Box<Job>> {
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(j),
+            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => Err(Box::new(j)),
         }
     }
 }
