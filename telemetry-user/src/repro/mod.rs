@@ -181,6 +181,11 @@ impl Repro {
     /// A user call failed: queue its script, or count why not.
     pub fn failed(&mut self, call: FailedCall) {
         let stored = self.store.remove(call.seq);
+        // `{packet,4}` port workers have no adapter to import: only gRPC tool calls.
+        if call.operation == crate::calls::PIPE_OPERATION {
+            self.skipped(&call, "pipe_call");
+            return;
+        }
         if let Err(reason) = self.limiter.admit(std::time::Instant::now()) {
             self.skipped(&call, reason);
             return;

@@ -408,7 +408,7 @@ impl Metrics {
         );
         r.register(
             "snakepit_repro_scripts",
-            "Repro scripts of failed calls: written, or skipped (reason: max_files, max_per_minute, queue_full, write_error)",
+            "Repro scripts of failed calls: written, or skipped (reason: max_files, max_per_minute, queue_full, write_error, pipe_call)",
             self.repro_scripts.clone(),
         );
         r.register(
