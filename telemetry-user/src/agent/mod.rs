@@ -56,6 +56,8 @@ pub struct Agent {
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
     counters: Counters,
+    /// Repro: request senders' bytes beyond each record's prefix (chunk records).
+    chunks: crate::repro::chunks::ChunkJoin,
 }
 
 struct Closing {
@@ -84,6 +86,11 @@ impl Agent {
             capture_bytes: config.capture.bytes,
             ring_buffer_bytes: config.capture.ring_buffer_bytes,
             decode_once: config.capture.decode_once,
+            full_capture_bytes: if config.repro.repro_on_error {
+                config.repro.max_payload_bytes
+            } else {
+                0
+            },
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
@@ -182,6 +189,7 @@ impl Agent {
             gpu_workers,
             _gpu: gpu,
             counters: Counters::default(),
+            chunks: Default::default(),
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
@@ -279,7 +287,15 @@ impl Agent {
     fn on_kernel_event(&mut self, ev: KernelEvent) {
         self.counters.kernel_events += 1;
         match ev {
-            KernelEvent::Io(rec) => {
+            KernelEvent::IoChunk {
+                tgid,
+                fd,
+                seq,
+                offset,
+                bytes,
+            } => self.chunks.chunk(tgid, fd, seq, offset, bytes),
+            KernelEvent::Io(mut rec) => {
+                self.chunks.join(&mut rec);
                 if rec.fd >= 0 {
                     self.io.record(
                         rec.tgid,
@@ -370,12 +386,35 @@ impl Agent {
     }
 
     /// Publishes topology changes and brings the kernel's watch maps in line.
+    /// Repro: the request sender of a gRPC connection (the BEAM's end of a worker
+    /// connection, the worker's end of a callback one) is captured whole.
+    fn repro_capture(&mut self, conn: &crate::discovery::ConnInfo, on: bool) {
+        use crate::discovery::ConnRole;
+        if !self.config.repro.repro_on_error {
+            return;
+        }
+        let (pid, fd) = match conn.role {
+            ConnRole::BeamClient => (conn.beam_pid, conn.beam_fd),
+            ConnRole::WorkerCallback => (conn.worker_pid, conn.worker_fd),
+            ConnRole::PipeStdin | ConnRole::PipeStdout => return,
+        };
+        let r = if on {
+            self.probes.capture_whole(pid, fd)
+        } else {
+            self.probes.stop_capture_whole(pid, fd)
+        };
+        if let Err(e) = r {
+            tracing::debug!(pid, fd, error = %e, "repro: full capture not changed");
+        }
+    }
+
     fn apply(&mut self, changes: Vec<TopologyChange>) {
         let now = kernel::monotonic_now_ns();
         for change in &changes {
             self.bus.publish(topology_events::to_event(change));
             match change {
                 TopologyChange::ConnectionClosed { conn, .. } => {
+                    self.repro_capture(conn, false);
                     self.closing.push(Closing {
                         conn: conn.clone(),
                         deadline_mono_ns: now + CLOSE_GRACE_NS,
@@ -386,6 +425,7 @@ impl Agent {
                     });
                 }
                 TopologyChange::ConnectionOpened { conn } => {
+                    self.repro_capture(conn, true);
                     if self.initial_scan_done && conn.transport == crate::discovery::Transport::Pipe
                     {
                         self.pipeline.pipe_is_live(conn);

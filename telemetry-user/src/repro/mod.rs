@@ -9,6 +9,7 @@
 //! `reproduce()` that calls the tool the way the worker does ([`render`]).
 //! Successful calls only free their bytes: the hot path is one copy of the request
 //! message and one hash insert.
+pub mod chunks;
 pub mod limit;
 pub mod payload;
 pub mod pyrepr;
