@@ -673,6 +673,8 @@ impl Agent {
                 self.discovery.fd_permission_errors(),
             )
             .measure("chunks_timed", ps.chunks_timed)
+            .measure("repro_chunk_bytes", self.chunks.joined_bytes)
+            .measure("repro_chunk_orphans", self.chunks.orphans)
             .measure("bus_lagged", self.bus.lagged())
             .measure("watched_fds", self.probes.watched_fd_count() as u64)
             .meta("probes", per_probe)
