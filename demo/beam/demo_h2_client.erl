@@ -3,7 +3,7 @@
 %% both ways, CONTINUATION for big header blocks, GOAWAY/RST_STREAM handling.
 -module(demo_h2_client).
 -behaviour(gen_server).
--export([start/3, request/5, request_async/4, close/1]).
+-export([start/3, request/5, request/6, request_async/4, close/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(OUR_WINDOW, 16777216).
@@ -20,7 +20,11 @@ start(Port, WorkerId, Owner) ->
 
 %% request(Conn, Method, ProtobufBody, CorrelationId, TimeoutMs) -> {ok, Map} | {error, Reason}
 request(Conn, Method, Body, CorrId, Timeout) ->
-    try gen_server:call(Conn, {request, Method, Body, CorrId}, Timeout)
+    request(Conn, Method, Body, CorrId, Timeout, <<"30S">>).
+
+%% request/6: `Deadline` is the grpc-timeout header's value (e.g. <<"300m">>).
+request(Conn, Method, Body, CorrId, Timeout, Deadline) ->
+    try gen_server:call(Conn, {request, Method, Body, CorrId, Deadline}, Timeout)
     catch
         exit:{timeout, _} -> {error, timeout};
         exit:_ -> {error, exit}
@@ -54,6 +58,8 @@ init({Port, WorkerId, Owner}) ->
 
 handle_call({request, Method, Body, CorrId}, From, S) ->
     {noreply, start_stream(Method, Body, CorrId, From, S)};
+handle_call({request, Method, Body, CorrId, Deadline}, From, S) ->
+    {noreply, start_stream(Method, Body, CorrId, From, S, Deadline)};
 handle_call(close, _From, S) ->
     {stop, normal, ok, shutdown(S)}.
 
@@ -107,17 +113,20 @@ reply(#{from := none}, R) ->
 reply(#{from := From}, R) -> gen_server:reply(From, R).
 
 %% ---- sending ----
-start_stream(_Method, _Body, _CorrId, From, S = #s{goaway = true}) ->
+start_stream(Method, Body, CorrId, From, S = #s{}) ->
+    start_stream(Method, Body, CorrId, From, S, <<"30S">>).
+
+start_stream(_Method, _Body, _CorrId, From, S = #s{goaway = true}, _Deadline) ->
     reply(#{from => From}, {error, goaway}), S;
-start_stream(_Method, _Body, _CorrId, From, S = #s{sock = undefined}) ->
+start_stream(_Method, _Body, _CorrId, From, S = #s{sock = undefined}, _Deadline) ->
     reply(#{from => From}, {error, exit}), S;
-start_stream(Method, Body, CorrId, From, S = #s{next_id = Sid, enc = Enc}) ->
+start_stream(Method, Body, CorrId, From, S = #s{next_id = Sid, enc = Enc}, Deadline) ->
     KeepOpen = Method =:= <<"StreamTelemetry">>,
     %% The subscription lives as long as the connection, as Snakepit's does: a
     %% deadline would end it after 30 s and the worker's telemetry with it.
     Timeout = case KeepOpen of
                   true -> [];
-                  false -> [{<<"grpc-timeout">>, <<"30S">>}]
+                  false -> [{<<"grpc-timeout">>, Deadline}]
               end,
     Headers = [{<<":method">>, <<"POST">>}, {<<":scheme">>, <<"http">>},
                {<<":path">>, [<<"/snakepit.bridge.BridgeService/">>, Method]},

@@ -37,8 +37,11 @@ to_bin(B) when is_binary(B) -> B.
 
 now_us() -> erlang:monotonic_time(microsecond).
 
-loop(St = #{end_t := End, stopped := Stopped}) ->
-    case Stopped orelse (End =/= infinity andalso now_us() >= End) of
+loop(St = #{end_t := End, stopped := Stopped, seq := Seq, opts := Opts}) ->
+    %% max_calls: stop after that many calls (a failure storm of an exact size).
+    Max = maps:get(max_calls, Opts, infinity),
+    case Stopped orelse (End =/= infinity andalso now_us() >= End)
+        orelse (Max =/= infinity andalso Seq >= Max) of
         true -> drain(St);
         false -> next(St)
     end.
@@ -149,6 +152,19 @@ grpc_params(ml_infer, Seq, _) ->
                       {<<"seq_len">>, j(16)}], []};
 grpc_params(ml_train, Seq, _) ->
     {<<"ml_train_step">>, [{<<"lr">>, j(0.01)}, {<<"epoch">>, j(1)}, {<<"step">>, j(Seq)}], []};
+%% Repro-script failures (issue 11): each fails in its own way; see repro_call_opts/2.
+grpc_params(repro_fail, Seq, _) ->
+    {<<"fail">>, [{<<"message">>, j(iolist_to_binary(["repro-boom-", integer_to_list(Seq)]))},
+                  {<<"api_key">>, j(<<"sk-demo-5ecret-api-key-0042">>)}], []};
+grpc_params(repro_snakebridge, _, _) ->
+    {<<"snakebridge.call">>,
+     [{<<"library">>, j(<<"math">>)}, {<<"function">>, j(<<"sqrt">>)},
+      {<<"python_module">>, j(<<"math">>)}, {<<"call_type">>, j(<<"function">>)},
+      {<<"args">>, j([-1])}, {<<"kwargs">>, j(#{})}], []};
+grpc_params(repro_deadline, _, O) -> {<<"sleep">>, [{<<"ms">>, j(maps:get(repro_sleep_ms, O, 2000))}], []};
+grpc_params(repro_exit, _, _) -> {<<"exit">>, [{<<"code">>, j(3)}], []};
+grpc_params(repro_big, _, O) ->
+    {<<"reject_blob">>, [{<<"data">>, j(binary:copy(<<"snakepit-">>, maps:get(repro_big_bytes, O, 3145728) div 9))}], []};
 grpc_params(snakebridge, _, _) ->
     {<<"snakebridge.call">>,
      [{<<"library">>, j(<<"numpy">>)}, {<<"function">>, j(<<"mean">>)},
@@ -179,13 +195,16 @@ call(Seq, W = #{transport := grpc, conn := Conn}, Tool, Session, Opts) ->
                           stream -> {<<"ExecuteStreamingTool">>, demo_pb:field(5, bool, true)};
                           _ -> {<<"ExecuteTool">>, []}
                       end,
-    Body = [demo_pb:execute_tool_request(Session, Name, Params, [{<<"correlation_id">>, Corr}], BinParams),
+    {ExtraMeta, Deadline} = repro_call_opts(Tool, Opts),
+    Body = [demo_pb:execute_tool_request(Session, Name, Params, [{<<"correlation_id">>, Corr} | ExtraMeta],
+                                         BinParams),
             Extra],
     {Lib, Fun} = case Tool of
                      snakebridge -> {<<"numpy">>, <<"mean">>};
+                     repro_snakebridge -> {<<"math">>, <<"sqrt">>};
                      _ -> {null, Name}
                  end,
-    R = demo_h2_client:request(Conn, Method, Body, Corr, 120000),
+    R = demo_h2_client:request(Conn, Method, Body, Corr, 120000, Deadline),
     Now = os:perf_counter(nanosecond),
     {Timing, Success, ErrType, GStatus} =
         case R of
@@ -219,6 +238,14 @@ call(Seq, W = #{transport := pipe, pid := Pid}, Tool, Session, Opts) ->
     Corr = case Timing of #{id := Id} -> integer_to_binary(Id); _ -> null end,
     line(Seq, W, <<"pipe">>, <<"pipe">>, Cmd, null, Cmd, Session, Corr, Timing#{stream_id => null},
          Success, ErrType, null).
+
+%% Request metadata and grpc-timeout: repro_fail carries a bearer token (it must never
+%% reach a repro script), repro_deadline a deadline shorter than its sleep.
+repro_call_opts(repro_fail, _) ->
+    {[{<<"authorization">>, <<"Bearer demo-token-7f3c9a1b2e4d">>}], <<"30S">>};
+repro_call_opts(repro_deadline, O) ->
+    {[], iolist_to_binary([integer_to_list(maps:get(repro_deadline_ms, O, 300)), "m"])};
+repro_call_opts(_, _) -> {[], <<"30S">>}.
 
 err_name(exit) -> <<"exit">>;
 err_name(goaway) -> <<"goaway">>;

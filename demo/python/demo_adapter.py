@@ -73,6 +73,13 @@ class DemoAdapter:
                 ],
             ),
             Tool("exit", self.exit, "Kills the worker with os._exit(code)", [("code", "integer", False)]),
+            # Repro-script failures (issue 11): the message depends on every byte of `data`.
+            Tool(
+                "reject_blob",
+                self.reject_blob,
+                "Raises ValueError naming the length and sha256 of string `data`",
+                [("data", "string", True)],
+            ),
             # GPU tools (gpu_tools.py; torch or cupy, only for `cargo xtask gpu-check`).
             Tool("gpu_alloc", self.gpu_tool, "Allocates and holds `mb` MiB of GPU memory", [("mb", "integer", False)]),
             Tool("gpu_free", self.gpu_tool, "Frees what gpu_alloc holds", []),
@@ -219,6 +226,12 @@ class DemoAdapter:
         if not callable(func):
             raise TypeError("%s.%s is not callable" % (module_name, function))
         return to_jsonable(func(*args, **kwargs))
+
+    def reject_blob(self, params, _binary, _ctx):
+        import hashlib
+
+        data = str(params.get("data", "")).encode("utf-8")
+        raise ValueError("rejected %d bytes, sha256 %s" % (len(data), hashlib.sha256(data).hexdigest()[:16]))
 
     def gpu_tool(self, params, _binary, ctx):
         import gpu_tools  # imported on first use: torch/cupy are not demo dependencies

@@ -164,6 +164,8 @@ pub enum RecordKind {
     SchedWake = 22,
     /// A `SerializeEvent`: one (de)serialization call in a worker (uprobe + uretprobe).
     Serialize = 23,
+    /// An `IoChunk`: bytes of an egress syscall beyond its record's prefix (repro).
+    IoChunk = 8,
 }
 
 impl TryFrom<u32> for RecordKind {
@@ -181,6 +183,7 @@ impl TryFrom<u32> for RecordKind {
             21 => RecordKind::SchedIn,
             22 => RecordKind::SchedWake,
             23 => RecordKind::Serialize,
+            8 => RecordKind::IoChunk,
             _ => return Err(v),
         })
     }
@@ -452,6 +455,49 @@ pub struct IoEvent {
 }
 
 pub const IO_HEADER_LEN: usize = core::mem::size_of::<IoEventHeader>();
+
+// ---------------------------------------------------------------------------
+// Request capture for repro scripts: egress syscalls of the fds in FULL_CAPTURE_FDS
+// (request senders, chosen by user space) send the bytes beyond their record's
+// prefix as IoChunk records, just before the record itself.
+
+/// Global (set by the loader): chunks per syscall at most (from `[repro]
+/// max_payload_bytes`, at most MAX_CHUNKS); 0 when repro scripts are off.
+pub const GLOBAL_FULL_CAPTURE: &str = "FULL_CAPTURE";
+/// `FdKey -> u32 (1)`: the request senders whose egress is captured whole.
+pub const MAP_FULL_CAPTURE_FDS: &str = "FULL_CAPTURE_FDS";
+/// Bytes per chunk record.
+pub const CHUNK_BYTES: usize = 4096;
+/// Chunks per syscall at most (8 MiB beyond the prefix): the per-syscall cost stays
+/// bounded by what a repro script may hold.
+pub const MAX_CHUNKS: u32 = 2048;
+pub const MAX_FULL_CAPTURE_FDS: u32 = 4096;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IoChunkHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub fd: i32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+    /// The sequence number of the syscall's IoEvent.
+    pub seq: u64,
+    /// Offset of these bytes in the syscall's bytes.
+    pub offset: u32,
+    /// Bytes that follow the header.
+    pub len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IoChunk {
+    pub header: IoChunkHeader,
+    /// Twice the chunk: masked offsets and lengths stay inside for the verifier.
+    pub data: [u8; 2 * CHUNK_BYTES],
+}
+
+pub const IO_CHUNK_HEADER_LEN: usize = core::mem::size_of::<IoChunkHeader>();
 
 /// fork / exec / exit of a process of interest (exec: every exec on the host whose
 /// comm or lineage may matter; it is rare enough).

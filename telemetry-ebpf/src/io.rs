@@ -356,6 +356,10 @@ fn finish_io(
         marks = follow_frames(state, dir, ev, pending, ret as u64, captured, probe);
     }
 
+    // Repro: a request sender's bytes beyond the prefix go first, as chunk records.
+    if ret > 0 {
+        crate::io_chunks::emit_chunks(&key, pending, ret as u64, captured, seq, probe);
+    }
     // Send only the header, the used part of the prefix and the marks.
     let used = captured as usize + (marks as usize & 127) * MARK_SLOT_LEN;
     let len = IO_HEADER_LEN + (used & (4 * MAX_CAPTURE - 1));

@@ -11,6 +11,7 @@
 #![allow(internal_features)]
 
 mod io;
+mod io_chunks;
 mod lifecycle;
 mod maps;
 mod oom;

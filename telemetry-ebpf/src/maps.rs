@@ -4,9 +4,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use telemetry_common::{
-    CursorHint, FdKey, FdState, IoEvent, PendingIo, SerializePending, MAX_CAPTURE,
-    MAX_CURSOR_HINTS, MAX_PENDING_IO, MAX_SERIALIZE_PENDING, MAX_WATCHED_FDS, MAX_WATCHED_PIDS,
-    SCHED_PID_WORDS, STATS_LEN, STAT_KINDS,
+    CursorHint, FdKey, FdState, IoChunk, IoEvent, PendingIo, MAX_CAPTURE, MAX_CURSOR_HINTS,
+    MAX_FULL_CAPTURE_FDS, MAX_PENDING_IO, MAX_WATCHED_FDS, MAX_WATCHED_PIDS, STATS_LEN, STAT_KINDS,
+    SerializePending, MAX_SERIALIZE_PENDING, SCHED_PID_WORDS,
 };
 
 /// Ring buffer to user space. The loader resizes it (KernelConfig.ring_buffer_bytes).
@@ -49,6 +49,19 @@ pub static IO_SCRATCH: PerCpuArray<IoEvent> = PerCpuArray::with_max_entries(1, 0
 #[map]
 pub static WALK_SCRATCH: PerCpuArray<crate::io::Walk> = PerCpuArray::with_max_entries(1, 0);
 
+/// Request senders whose egress is captured whole for repro scripts (user space
+/// fills it while repro is on; io_chunks.rs).
+#[map]
+pub static FULL_CAPTURE_FDS: HashMap<FdKey, u32> =
+    HashMap::with_max_entries(MAX_FULL_CAPTURE_FDS, 0);
+
+/// The chunk record under construction, and the copy walk's state.
+#[map]
+pub static CHUNK_SCRATCH: PerCpuArray<IoChunk> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static CHUNK_WALK: PerCpuArray<crate::io_chunks::ChunkWalk> =
+    PerCpuArray::with_max_entries(1, 0);
+
 // Globals live in .rodata and are patched by the loader before the programs load.
 // They are read with read_volatile so the compiler cannot fold the defaults in.
 #[no_mangle]
@@ -63,6 +76,8 @@ static TASK_TGID_OFFSET: u32 = u32::MAX;
 static TASK_REAL_PARENT_OFFSET: u32 = u32::MAX;
 #[no_mangle]
 static DECODE_ONCE: u32 = 0;
+#[no_mangle]
+static FULL_CAPTURE: u32 = 0;
 /// Offsets of the first three syscall arguments in `struct pt_regs` (di, si, dx on
 /// x86_64), from BTF; the defaults are the x86_64 layout.
 #[no_mangle]
@@ -101,6 +116,13 @@ pub fn regs_syscall_offset() -> u32 {
 pub fn decode_once() -> bool {
     // SAFETY: a plain read of a loader-patched global.
     unsafe { core::ptr::read_volatile(&DECODE_ONCE) != 0 }
+}
+
+/// Repro scripts: chunks per syscall at most for request senders (0: off).
+#[inline(always)]
+pub fn full_capture_chunks() -> u32 {
+    // SAFETY: a plain read of a loader-patched global.
+    unsafe { core::ptr::read_volatile(&FULL_CAPTURE) }
 }
 
 #[inline(always)]

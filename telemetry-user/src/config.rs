@@ -33,6 +33,8 @@ pub struct Config {
     pub otlp: crate::sinks::otlp::OtlpConfig,
     /// GPU memory sampling (NVML).
     pub gpu: crate::gpu::GpuConfig,
+    /// Repro scripts for failed calls (docs/repro.md).
+    pub repro: crate::repro::ReproConfig,
     /// Inside the workers: the per-call serialization and scheduling split.
     pub profile: ProfileConfig,
 }

@@ -87,11 +87,21 @@ impl Agent {
             bail!("no agent command");
         };
         let mut cmd = Command::new(program);
-        cmd.args(args);
-        let child = cmd
+        cmd.args(args)
             .args(["run", "--format", "json", "--output"])
             .arg(&output)
-            .args(extra_args)
+            .args(extra_args);
+        // Repro scripts of the test's failed calls stay in its scratch dir (root runs
+        // only: an agent run as another user under a prefix keeps its own default).
+        let as_root = program.ends_with("snakepit-agent") || program == "nice";
+        if as_root
+            && !extra_args
+                .iter()
+                .any(|a| *a == "--repro-dir" || *a == "--no-repro")
+        {
+            cmd.arg("--repro-dir").arg(dir.join("repro"));
+        }
+        let child = cmd
             // SNAKEPIT_TEST_AGENT_LOG overrides the agent's log filter (debugging a test).
             .env(
                 "RUST_LOG",

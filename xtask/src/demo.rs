@@ -117,7 +117,15 @@ pub fn run(root: &Path, args: DemoArgs) -> Result<()> {
     };
 
     let mut cmd = Command::new(&agent);
-    cmd.arg("run").args(args.agent_args(root));
+    let agent_args = args.agent_args(root);
+    cmd.arg("run").args(&agent_args);
+    // Repro scripts of the demo's failed calls go to target/repro (not /var/lib).
+    if !agent_args
+        .iter()
+        .any(|a| a.as_str() == "--repro-dir" || a.as_str() == "--no-repro")
+    {
+        cmd.arg("--repro-dir").arg(root.join("target/repro"));
+    }
     eprintln!(
         "demo: live page http://{0}/  metrics http://{0}/metrics",
         args.listen()

@@ -65,6 +65,8 @@ pub struct Agent {
     worker_probes: worker_probes::WorkerProbes,
     /// What `/healthz` and `/readyz` answer; a failed output ends `run` with an error.
     health: sinks::health::SharedHealth,
+    /// Repro: request senders' bytes beyond each record's prefix (chunk records).
+    chunks: crate::repro::chunks::ChunkJoin,
 }
 
 struct Closing {
@@ -115,6 +117,11 @@ impl Agent {
             decode_once: config.capture.decode_once,
             scheduling: config.profile.scheduling,
             serialization: config.profile.serialization,
+            full_capture_bytes: if config.repro.repro_on_error {
+                config.repro.max_payload_bytes
+            } else {
+                0
+            },
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
@@ -136,7 +143,10 @@ impl Agent {
             },
         ));
         // /metrics and the live page (bound above); the server task ends with the runtime.
-        if let Some(server) = http_server {
+        if let Some(mut server) = http_server {
+            if config.repro.repro_on_error {
+                server = server.serve_repro(config.repro.directory.clone());
+            }
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {
@@ -168,6 +178,7 @@ impl Agent {
         let discovery = Discovery::new(ProcSource::new(d.proc_root.clone()), selectors);
         let tracker_config = config.calls.clone();
         let tracker_bus = bus.clone();
+        let repro_config = config.repro.clone();
         let mut agent = Agent {
             config,
             probes,
@@ -181,11 +192,14 @@ impl Agent {
             watched_pids: HashMap::new(),
             watched_fds: HashSet::new(),
             closing: Vec::new(),
-            pipeline: Pipeline::default(),
+            pipeline: Pipeline::new(crate::repro::grpc_config(&repro_config)),
             tracker: {
-                let mut t = CallTracker::new(tracker_config, tracker_bus);
+                let mut t = CallTracker::new(tracker_config, tracker_bus.clone());
                 if gpu_enabled {
                     t.set_gpu(gpu.clone());
+                }
+                if let Some(r) = crate::repro::Repro::start(repro_config, tracker_bus) {
+                    t.set_repro(r);
                 }
                 t
             },
@@ -197,6 +211,7 @@ impl Agent {
             counters: Counters::default(),
             worker_probes: Default::default(),
             health,
+            chunks: Default::default(),
         };
         let changes = agent.discovery.full_scan();
         agent.apply(changes);
@@ -323,7 +338,15 @@ impl Agent {
     fn on_kernel_event(&mut self, ev: KernelEvent) {
         self.counters.kernel_events += 1;
         match ev {
-            KernelEvent::Io(rec) => {
+            KernelEvent::IoChunk {
+                tgid,
+                fd,
+                seq,
+                offset,
+                bytes,
+            } => self.chunks.chunk(tgid, fd, seq, offset, bytes),
+            KernelEvent::Io(mut rec) => {
+                self.chunks.join(&mut rec);
                 if rec.fd >= 0 {
                     self.io.record(
                         rec.tgid,
@@ -418,6 +441,28 @@ impl Agent {
     }
 
     /// Publishes topology changes and brings the kernel's watch maps in line.
+    /// Repro: the request sender of a gRPC connection (the BEAM's end of a worker
+    /// connection, the worker's end of a callback one) is captured whole.
+    fn repro_capture(&mut self, conn: &crate::discovery::ConnInfo, on: bool) {
+        use crate::discovery::ConnRole;
+        if !self.config.repro.repro_on_error {
+            return;
+        }
+        let (pid, fd) = match conn.role {
+            ConnRole::BeamClient => (conn.beam_pid, conn.beam_fd),
+            ConnRole::WorkerCallback => (conn.worker_pid, conn.worker_fd),
+            ConnRole::PipeStdin | ConnRole::PipeStdout => return,
+        };
+        let r = if on {
+            self.probes.capture_whole(pid, fd)
+        } else {
+            self.probes.stop_capture_whole(pid, fd)
+        };
+        if let Err(e) = r {
+            tracing::debug!(pid, fd, error = %e, "repro: full capture not changed");
+        }
+    }
+
     fn apply(&mut self, changes: Vec<TopologyChange>) {
         let now = kernel::monotonic_now_ns();
         for change in &changes {
@@ -425,6 +470,7 @@ impl Agent {
                 .publish(topology_events::to_event_in(change, &self.discovery));
             match change {
                 TopologyChange::ConnectionClosed { conn, .. } => {
+                    self.repro_capture(conn, false);
                     self.closing.push(Closing {
                         conn: conn.clone(),
                         deadline_mono_ns: now + CLOSE_GRACE_NS,
@@ -435,6 +481,7 @@ impl Agent {
                     });
                 }
                 TopologyChange::ConnectionOpened { conn } => {
+                    self.repro_capture(conn, true);
                     if self.initial_scan_done && conn.transport == crate::discovery::Transport::Pipe
                     {
                         self.pipeline.pipe_is_live(conn);
@@ -702,6 +749,8 @@ impl Agent {
                 self.discovery.fd_permission_errors(),
             )
             .measure("chunks_timed", ps.chunks_timed)
+            .measure("repro_chunk_bytes", self.chunks.joined_bytes)
+            .measure("repro_chunk_orphans", self.chunks.orphans)
             .measure("bus_lagged", self.bus.lagged())
             .measure("watched_fds", self.probes.watched_fd_count() as u64)
             .meta("probes", per_probe)

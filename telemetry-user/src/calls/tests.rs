@@ -1225,3 +1225,4 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
 
 mod bench;
 mod golden;
+mod repro;

@@ -27,6 +27,7 @@ mod lifecycle;
 mod matching;
 mod messages;
 mod reload;
+mod repro_hook;
 
 use call::*;
 pub use call::{grpc_status_name, is_user_operation};
@@ -96,6 +97,8 @@ pub struct CallTracker {
     /// Connections closed with calls still open, by close time: those calls end at
     /// the next tick, unless their worker's exit (same discovery batch) claims them.
     closed_conns: BTreeMap<u64, u64>,
+    /// Repro scripts for failed calls (`[repro]`), when on.
+    repro: Option<crate::repro::Repro>,
 }
 
 impl CallTracker {
@@ -113,6 +116,7 @@ impl CallTracker {
             stats: TrackerStats::default(),
             activity: Default::default(),
             closed_conns: BTreeMap::new(),
+            repro: None,
         }
     }
 
@@ -206,6 +210,9 @@ impl CallTracker {
                 }
                 if call.correlation_id.is_none() {
                     call.correlation_id = metadata.correlation_id.clone();
+                }
+                if *flow == Flow::Request {
+                    self.repro_headers(key, metadata.grpc_timeout.as_ref());
                 }
                 self.progress(key);
             }
@@ -568,6 +575,7 @@ impl CallTracker {
         };
         let outcome = outcome(&call, exit);
         let duration = duration(&call, end_ns);
+        self.repro_end(&call, Some(&outcome), self.unix(end_ns));
         self.stats.calls_completed += 1;
         match &outcome {
             Outcome::Ok => self.stats.calls_ok += 1,

@@ -2,6 +2,7 @@
 //! calls the library and prints.
 pub mod check;
 pub mod list;
+pub mod repro;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Preflight: privileges, kernel, BTF, tracefs, and what would be attached.
     Check(check::CheckArgs),
+    /// Repro scripts of failed calls: `repro list`, `repro show ID`.
+    Repro(repro::ReproArgs),
 }
 
 /// Runs the parsed command; the process exit code is the returned one.
@@ -78,6 +81,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(args),
         Command::List(args) => list::run(args),
         Command::Check(args) => check::run(args),
+        Command::Repro(args) => repro::run(args),
     }
 }
 

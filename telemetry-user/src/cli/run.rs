@@ -36,6 +36,12 @@ pub struct RunArgs {
     /// Serve /metrics and the live page on ADDR (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Write repro scripts of failed calls into DIR (`[repro] directory`).
+    #[arg(long, value_name = "DIR")]
+    pub repro_dir: Option<PathBuf>,
+    /// No repro scripts (`[repro] repro_on_error = false`).
+    #[arg(long)]
+    pub no_repro: bool,
 }
 
 impl RunArgs {
@@ -59,6 +65,12 @@ impl RunArgs {
         if let Some(addr) = self.http_listen {
             cfg.http.enabled = true;
             cfg.http.listen = addr;
+        }
+        if let Some(dir) = self.repro_dir {
+            cfg.repro.directory = dir;
+        }
+        if self.no_repro {
+            cfg.repro.repro_on_error = false;
         }
         cfg.discovery
             .worker_cmdline_patterns

@@ -8,8 +8,10 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoEventHeader, ProcEvent, RecordKind, SchedEvent, SerializeEvent,
-    SerializeFn, CURSOR_UNKNOWN, IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
+    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, CHUNK_BYTES,
+    CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE,
+    MAX_MARKS,
+    SchedEvent, SerializeEvent, SerializeFn,
 };
 use thiserror::Error;
 
@@ -173,6 +175,15 @@ pub enum KernelEvent {
         ts_ns: u64,
         totals: FdTotals,
     },
+    /// Bytes of an egress syscall beyond its record's prefix (repro capture): they
+    /// precede the record of the same (tgid, fd, seq) and join it as a mark.
+    IoChunk {
+        tgid: u32,
+        fd: i32,
+        seq: u64,
+        offset: u32,
+        bytes: Bytes,
+    },
     /// A thread of a sched-watched process changed scheduling state.
     Sched(SchedRecord),
     /// A (de)serialization call in a worker finished.
@@ -324,6 +335,27 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let raw_kind = r.u32(0);
     let kind = RecordKind::try_from(raw_kind).map_err(DecodeError::UnknownKind)?;
     match kind {
+        RecordKind::IoChunk => {
+            need(raw_kind, bytes, IO_CHUNK_HEADER_LEN)?;
+            type H = IoChunkHeader;
+            let len = r.u32(offset_of!(H, len)) as usize;
+            let limit = (bytes.len() - IO_CHUNK_HEADER_LEN).min(CHUNK_BYTES);
+            if len > limit {
+                return Err(DecodeError::BadLength {
+                    captured: len,
+                    limit,
+                });
+            }
+            Ok(KernelEvent::IoChunk {
+                tgid: r.u32(offset_of!(H, tgid)),
+                fd: r.u32(offset_of!(H, fd)) as i32,
+                seq: r.u64(offset_of!(H, seq)),
+                offset: r.u32(offset_of!(H, offset)),
+                bytes: Bytes::copy_from_slice(
+                    &bytes[IO_CHUNK_HEADER_LEN..IO_CHUNK_HEADER_LEN + len],
+                ),
+            })
+        }
         RecordKind::Io => {
             need(raw_kind, bytes, IO_HEADER_LEN)?;
             type H = IoEventHeader;

@@ -12,11 +12,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use telemetry_common::{
-    CursorHint, Direction, FdKey, FdState, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
-    GLOBAL_DECODE_ONCE, GLOBAL_PT_REGS_ARG_OFFSETS, GLOBAL_PT_REGS_SYSCALL_OFFSET,
+    CursorHint, Direction, FdKey, FdState, CHUNK_BYTES, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
+    GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_PT_REGS_ARG_OFFSETS,
     GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET,
-    GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS, MAP_SCHED_PIDS, MAP_STATS,
-    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, PROBE_COUNT, STAT_KINDS,
+    GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS, MAP_FULL_CAPTURE_FDS, MAP_STATS,
+    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
+    GLOBAL_PT_REGS_SYSCALL_OFFSET, MAP_SCHED_PIDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -48,6 +49,10 @@ pub struct KernelConfig {
     pub scheduling: bool,
     /// Load the (de)serialization uprobe programs (attached per worker later).
     pub serialization: bool,
+    /// Repro scripts: the fds given to [`Probes::capture_whole`] send up to this many
+    /// egress bytes per syscall beyond the prefix as chunk records (io_chunks.rs);
+    /// 0 = off.
+    pub full_capture_bytes: u64,
 }
 
 impl Default for KernelConfig {
@@ -58,6 +63,7 @@ impl Default for KernelConfig {
             decode_once: true,
             scheduling: true,
             serialization: true,
+            full_capture_bytes: 0,
         }
     }
 }
@@ -266,6 +272,7 @@ pub struct Probes {
     watched_pids: HashMap<MapData, u32, u32>,
     watched_fds: HashMap<MapData, FdKey, FdState>,
     cursor_hints: HashMap<MapData, FdKey, CursorHint>,
+    full_capture_fds: HashMap<MapData, FdKey, u32>,
     stats: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -294,6 +301,10 @@ impl Probes {
         let capture = cfg.capture_bytes.min(MAX_CAPTURE as u32);
         let ring_bytes = ring_size(cfg.ring_buffer_bytes);
         let decode_once = u32::from(cfg.decode_once);
+        let full_capture = cfg
+            .full_capture_bytes
+            .div_ceil(CHUNK_BYTES as u64)
+            .min(MAX_CHUNKS as u64) as u32;
 
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_CAPTURE_BYTES, &capture, true)
@@ -302,6 +313,7 @@ impl Probes {
             .override_global(GLOBAL_TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
             .override_global(GLOBAL_DECODE_ONCE, &decode_once, true)
+            .override_global(GLOBAL_FULL_CAPTURE, &full_capture, true)
             .override_global(GLOBAL_PT_REGS_ARG_OFFSETS, &offsets.regs_args, true)
             .override_global(GLOBAL_PT_REGS_SYSCALL_OFFSET, &offsets.regs_syscall, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
@@ -383,6 +395,8 @@ impl Probes {
             .map_err(map_err(MAP_WATCHED_FDS))?;
         let cursor_hints = HashMap::try_from(take_map(&mut ebpf, MAP_CURSOR_HINTS)?)
             .map_err(map_err(MAP_CURSOR_HINTS))?;
+        let full_capture_fds = HashMap::try_from(take_map(&mut ebpf, MAP_FULL_CAPTURE_FDS)?)
+            .map_err(map_err(MAP_FULL_CAPTURE_FDS))?;
         let stats =
             PerCpuArray::try_from(take_map(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let ring =
@@ -404,6 +418,7 @@ impl Probes {
             watched_pids,
             watched_fds,
             cursor_hints,
+            full_capture_fds,
             stats,
             ring: Some(ring),
             logger,
@@ -487,6 +502,19 @@ impl Probes {
         self.cursor_hints
             .insert(key, hint, 0)
             .map_err(map_err(MAP_CURSOR_HINTS))
+    }
+
+    /// Repro: `fd` of `tgid` sends requests; capture its egress whole (when the probes
+    /// were loaded with `full_capture`).
+    pub fn capture_whole(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
+        self.full_capture_fds
+            .insert(FdKey { tgid, fd }, 1, 0)
+            .map_err(map_err(MAP_FULL_CAPTURE_FDS))
+    }
+
+    pub fn stop_capture_whole(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
+        ignore_missing(self.full_capture_fds.remove(&FdKey { tgid, fd }))
+            .map_err(map_err(MAP_FULL_CAPTURE_FDS))
     }
 
     /// Forgets the hints of a stream that is in sync (or closed).

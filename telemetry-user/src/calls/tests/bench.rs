@@ -4,7 +4,7 @@
 //! port). Prints process CPU time (all threads, getrusage) per call. Run with
 //! `cargo test -p telemetry-user --release --lib per_call_cpu -- --ignored --nocapture`
 //! (`BENCH_CALLS` overrides N; `BENCH_SINKS=json,logger,otlp,web` picks sinks, `none`
-//! for the tracker and bus alone).
+//! for the tracker and bus alone; `BENCH_REPRO=1` turns the repro hook on).
 use super::*;
 use crate::sinks::otlp::{OtlpConfig, OtlpCounters};
 use crate::sinks::prometheus::{Metrics, MetricsConfig};
@@ -82,6 +82,17 @@ fn per_call_cpu() {
             seen
         });
         let mut t = CallTracker::new(cfg(), bus.clone());
+        // BENCH_REPRO=1: the repro hook on (every request kept until its call ends).
+        let repro_dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var("BENCH_REPRO").is_ok_and(|v| v == "1") {
+            let rc = crate::repro::ReproConfig {
+                directory: repro_dir.path().join("repro"),
+                ..Default::default()
+            };
+            if let Some(r) = crate::repro::Repro::start(rc, bus.clone()) {
+                t.set_repro(r);
+            }
+        }
         for i in 0..n {
             unary(&mut t, &c, 1 + 2 * i, &req, &resp, M);
             if i % 256 == 0 {

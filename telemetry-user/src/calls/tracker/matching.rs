@@ -157,7 +157,8 @@ impl CallTracker {
 
     /// Drops a call without an event (memory bound or stale).
     pub(super) fn drop_call(&mut self, key: Key, stale: bool) {
-        if self.take(key).is_some() {
+        if let Some(call) = self.take(key) {
+            self.repro_end(&call, None, 0);
             if stale {
                 self.stats.stale += 1;
             } else {

@@ -36,6 +36,10 @@ impl CallTracker {
                     .unwrap_or_else(|| UNKNOWN_OPERATION.to_string()),
             );
         }
+        self.repro_request(key, message);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         if carries_tool_request(call.method_str()) {
             if let Ok(p) = sp::decode_execute_tool_request(&message.data) {
                 let req = p.msg;
@@ -127,6 +131,9 @@ impl CallTracker {
             }
             if call.correlation_id.is_none() {
                 call.correlation_id = p.msg.metadata.get("correlation_id").cloned();
+            }
+            if !p.msg.success && !p.msg.error_message.is_empty() {
+                self.repro_error_text(key, &p.msg.error_message);
             }
         }
     }

@@ -117,6 +117,13 @@ struct ModelLabels {
     device: String,
 }
 
+/// Repro scripts: `outcome` written or skipped, `reason` why skipped ("" if written).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReproLabels {
+    outcome: &'static str,
+    reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
@@ -200,6 +207,7 @@ pub struct Metrics {
     bus_lagged: Counter,
     export_failures: Family<ExporterLabels, Counter>,
     label_overflow: Family<LabelLabels, Counter>,
+    repro_scripts: Family<ReproLabels, Counter>,
 }
 
 impl Metrics {
@@ -251,6 +259,7 @@ impl Metrics {
             bus_events: Counter::default(),
             ringbuf_drops: Counter::default(),
             decode_errors: Family::default(),
+            repro_scripts: Family::default(),
             unknown_methods: Counter::default(),
             program_runs: Family::default(),
             program_run_seconds: Family::default(),
@@ -447,6 +456,11 @@ impl Metrics {
             self.export_failures.clone(),
         );
         r.register(
+            "snakepit_repro_scripts",
+            "Repro scripts of failed calls: written, or skipped (reason: max_files, max_per_minute, queue_full, write_error, pipe_call)",
+            self.repro_scripts.clone(),
+        );
+        r.register(
             "snakepit_agent_label_overflow",
             "Label values reported as `other` because the label reached its cap",
             self.label_overflow.clone(),
@@ -490,6 +504,16 @@ impl Metrics {
     fn dynamic(&mut self, ev: &Event) {
         if ev.is(schema::AGENT_STATS) {
             self.agent_stats(ev);
+        } else if ev.is(crate::repro::REPRO_WRITTEN) || ev.is(crate::repro::REPRO_SKIPPED) {
+            let (outcome, reason) = if ev.is(crate::repro::REPRO_WRITTEN) {
+                ("written", String::new())
+            } else {
+                let r = ev.metadata.get("reason").and_then(Value::as_str);
+                ("skipped", r.unwrap_or("unknown").to_string())
+            };
+            self.repro_scripts
+                .get_or_create(&ReproLabels { outcome, reason })
+                .inc();
         } else if ends_with(ev, &["memory", "gpu"]) || ends_with(ev, &["memory", "gpu_worker"]) {
             self.gpu_memory(ev);
         } else if ends_with(ev, &["memory", "allocate"]) || ends_with(ev, &["memory", "release"]) {

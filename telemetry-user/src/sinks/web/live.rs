@@ -62,6 +62,10 @@ struct ErrorRow {
     message: String,
     pool: String,
     worker_id: String,
+    #[serde(skip)]
+    correlation_id: Option<String>,
+    /// `/repro/<file>`: the failed call's repro script, once written.
+    repro: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -169,12 +173,38 @@ impl Live {
             self.agent.ringbuf_drops = m("ringbuf_drops");
             self.agent.decode_errors = m("decode_errors") + m("ring_decode_errors");
             self.agent.bus_lagged = m("bus_lagged");
+        } else if ev.is(crate::repro::REPRO_WRITTEN) {
+            return self.repro_written(ev);
         } else if ev.name.len() >= 3 && ev.name.ends_with(&["memory".into(), "gpu".into()]) {
             self.gpu_sample(ev);
         } else {
             return false;
         }
         true
+    }
+
+    /// Links the failed call's row to its script (served at `/repro/<file>`).
+    fn repro_written(&mut self, ev: &Event) -> bool {
+        let (Some(corr), Some(path)) = (meta_str(ev, "correlation_id"), meta_str(ev, "path"))
+        else {
+            return false;
+        };
+        let Some(name) = std::path::Path::new(&path).file_name() else {
+            return false;
+        };
+        let link = format!("/repro/{}", name.to_string_lossy());
+        match self
+            .errors
+            .iter_mut()
+            .rev()
+            .find(|r| r.correlation_id.as_deref() == Some(corr.as_str()))
+        {
+            Some(row) => {
+                row.repro = Some(link);
+                true
+            }
+            None => false,
+        }
     }
 
     fn worker_crash(&mut self, e: &WorkerCrash) {
@@ -189,6 +219,8 @@ impl Live {
             message: text(Some(&e.reason)),
             pool: text(Some(&e.pool)),
             worker_id: text(Some(&e.worker_id)),
+            correlation_id: None,
+            repro: None,
         };
         push(&mut self.errors, row, self.sizes.recent_errors);
     }
@@ -246,6 +278,8 @@ impl Live {
                 message: text(ev.error_message()),
                 pool,
                 worker_id,
+                correlation_id: c.correlation_id.clone(),
+                repro: None,
             };
             push(&mut self.errors, row, self.sizes.recent_errors);
         }

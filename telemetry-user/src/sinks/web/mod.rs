@@ -7,6 +7,7 @@
 mod auth;
 mod guard;
 pub mod live;
+mod repro_files;
 
 use crate::events::BusReceiver;
 use crate::sinks::health::{Health, SharedHealth};
@@ -153,6 +154,8 @@ struct Shared {
     limits: Arc<Limits>,
     token: Option<auth::Token>,
     max_event_streams: usize,
+    /// Where `/repro/<file>` reads scripts from (None: repro off).
+    repro_dir: Option<std::path::PathBuf>,
 }
 
 /// `event: state\ndata: JSON\n\n`, built once per state: `json()` is a view into it.
@@ -190,6 +193,7 @@ pub struct Server {
     addr: SocketAddr,
     health: SharedHealth,
     token: Option<auth::Token>,
+    repro_dir: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -220,12 +224,19 @@ impl Server {
                 h
             },
             token,
+            repro_dir: None,
         })
     }
 
     /// Reports the agent's health on `/healthz` and `/readyz`.
     pub fn with_health(mut self, health: SharedHealth) -> Server {
         self.health = health;
+        self
+    }
+
+    /// Serves the repro scripts in `dir` at `/repro/<file>` (loopback clients only).
+    pub fn serve_repro(mut self, dir: std::path::PathBuf) -> Self {
+        self.repro_dir = Some(dir);
         self
     }
 
@@ -258,6 +269,7 @@ impl Server {
         let limits = Arc::new(Limits::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            repro_dir: self.repro_dir.clone(),
             snapshot: snap_rx,
             health: self.health,
             limits: limits.clone(),
@@ -300,7 +312,7 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         // Over the cap: the socket closes here, before any buffer exists.
                         let Some(slot) = limits.take(
                             |l| &l.connections,
@@ -310,6 +322,7 @@ impl Server {
                             continue;
                         };
                         let shared = shared.clone();
+                        let loopback = peer.ip().is_loopback();
                         let stall = Duration::from_millis(cfg.write_stall_timeout_ms);
                         let headers = Duration::from_millis(cfg.header_read_timeout_ms);
                         conns.spawn(async move {
@@ -317,7 +330,9 @@ impl Server {
                             let limits = shared.limits.clone();
                             let svc = hyper::service::service_fn(move |req| {
                                 let shared = shared.clone();
-                                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                                async move {
+                                    Ok::<_, Infallible>(route(&shared, req, loopback).await)
+                                }
                             });
                             let io = hyper_util::rt::TokioIo::new(StallGuard::new(stream, stall, limits));
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -362,7 +377,7 @@ const INITIAL_MARK: &str = "/*INITIAL_STATE*/null";
 const MAX_HOLD_MS: u64 = 30_000;
 const HOLD_SVG: &str = r#"<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>"#;
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>, loopback: bool) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
@@ -395,6 +410,9 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             );
             return resp;
         }
+    }
+    if let Some(name) = req.uri().path().strip_prefix("/repro/") {
+        return repro_files::serve(shared.repro_dir.as_deref(), name, loopback);
     }
     match req.uri().path() {
         "/metrics" => {
