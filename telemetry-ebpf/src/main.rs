@@ -13,6 +13,8 @@ mod io;
 mod lifecycle;
 mod maps;
 mod oom;
+mod profile;
+mod pystack;
 mod sockets;
 
 /// The kernel only lets GPL-compatible programs call GPL-only helpers such as

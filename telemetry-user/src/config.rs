@@ -32,6 +32,8 @@ pub struct Config {
     pub otlp: crate::sinks::otlp::OtlpConfig,
     /// GPU memory sampling (NVML).
     pub gpu: crate::gpu::GpuConfig,
+    /// Python stack sampling (`sampling`, `sample_hz`, `window_s`).
+    pub profile: crate::profiler::ProfileConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +143,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate().map_err(ConfigError::Invalid)?;
+        self.profile.validate().map_err(ConfigError::Invalid)?;
         self.gpu
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

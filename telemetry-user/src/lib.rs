@@ -14,6 +14,7 @@ pub mod events;
 pub mod gpu;
 pub mod kernel;
 pub mod pipeline;
+pub mod profiler;
 pub mod sinks;
 pub mod streams;
 pub mod wire;

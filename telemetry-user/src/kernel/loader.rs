@@ -547,6 +547,14 @@ impl Probes {
         self.offsets
     }
 
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub(super) fn note_attached(&mut self, target: String) {
+        self.attached.push(target);
+    }
+
     /// Records read and decode failures of the ring-buffer reader.
     pub fn reader_counters(&self) -> (u64, u64) {
         (

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod error;
 pub mod loader;
 pub mod preflight;
+mod profiling;
 mod reader;
 pub mod stats;
 
@@ -24,6 +25,7 @@ pub use decode::{
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
 pub use preflight::{preflight, Preflight};
+pub use profiling::ProfilerMaps;
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};
 pub use telemetry_common::{
     Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE, PID_WATCH_NEW_SOCKETS,
