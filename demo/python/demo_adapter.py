@@ -79,6 +79,13 @@ class DemoAdapter:
             Tool("gpu_info", self.gpu_tool, "GPU backend and MiB held", []),
         ):
             self.tools[tool.name] = tool
+        # Profiler demo (demo_hot.py): a call whose CPU time is ~70 % pure Python
+        # (demo_hot.spin) and ~30 % numpy.dot, by construction.
+        import demo_hot
+
+        self.tools["hot_path"] = Tool(
+            "hot_path", demo_hot.hot_path, "CPU budget `ms`: 70 % demo_hot.spin, 30 % numpy.dot", [("ms", "integer", False)]
+        )
 
     # ---- interface used by grpc_server.py ----
 

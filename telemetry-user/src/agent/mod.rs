@@ -55,6 +55,11 @@ pub struct Agent {
     /// Worker pids for the GPU sampler's attribution.
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
+    /// The Python stack sampler (`[profile] sampling`): workers come and go through it.
+    profiler: Option<(
+        mpsc::UnboundedSender<crate::profiler::Command>,
+        crate::profiler::ProfileHandle,
+    )>,
     counters: Counters,
 }
 
@@ -87,6 +92,21 @@ impl Agent {
         })
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
+        let profiler = if config.profile.sampling {
+            match crate::profiler::start(
+                &mut probes,
+                &config.profile,
+                config.discovery.proc_root.clone(),
+            ) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Python stack sampling unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let bus = Bus::new(1 << 16);
         let out: Box<dyn Write + Send> = match &config.output.path {
@@ -167,6 +187,9 @@ impl Agent {
                 if gpu_enabled {
                     t.set_gpu(gpu.clone());
                 }
+                if let Some((_, h)) = &profiler {
+                    t.set_profile(h.clone());
+                }
                 t
             },
             observations: Vec::new(),
@@ -174,6 +197,7 @@ impl Agent {
             oom_victims: HashSet::new(),
             gpu_workers,
             _gpu: gpu,
+            profiler,
             counters: Counters::default(),
         };
         let changes = agent.discovery.full_scan();
@@ -387,6 +411,10 @@ impl Agent {
                         .connection_opened(conn, &self.discovery, &mut self.observations);
                 }
                 TopologyChange::WorkerDiscovered(w) => {
+                    self.profiler_command(crate::profiler::Command::WorkerUp {
+                        pid: w.pid,
+                        pool: w.pool.clone(),
+                    });
                     self.tracker.lifecycle(Lifecycle::WorkerUp {
                         pool: w.pool.clone(),
                         worker_id: w.worker_id.clone(),
@@ -405,6 +433,7 @@ impl Agent {
                 } => {
                     // Observations decoded before the exit belong before it.
                     self.feed_tracker();
+                    self.profiler_command(crate::profiler::Command::WorkerGone { pid: *pid });
                     self.tracker.lifecycle(Lifecycle::WorkerExited {
                         pool: pool.clone(),
                         worker_id: worker_id.clone(),
@@ -437,6 +466,17 @@ impl Agent {
                 .collect();
             let _ = self.gpu_workers.send(map);
         }
+    }
+
+    fn profiler_command(&self, c: crate::profiler::Command) {
+        if let Some((tx, _)) = &self.profiler {
+            let _ = tx.send(c);
+        }
+    }
+
+    /// The sampler's store, when sampling runs (for `snakepit-agent profile`).
+    pub fn profile(&self) -> Option<crate::profiler::ProfileHandle> {
+        self.profiler.as_ref().map(|(_, h)| h.clone())
     }
 
     /// Frame cursors the decoders know and the kernel does not (streams joined

@@ -83,6 +83,7 @@ pub struct CallTracker {
     bus: Bus,
     /// GPU memory per worker: long calls get before/after figures.
     gpu: Option<crate::gpu::GpuHandle>,
+    profile: Option<crate::profiler::ProfileHandle>,
     conns: HashMap<u64, ConnState>,
     calls: HashMap<Key, Call>,
     /// Every in-flight call by creation order, for eviction of the oldest.
@@ -99,6 +100,7 @@ impl CallTracker {
             cfg,
             bus,
             gpu: None,
+            profile: None,
             conns: HashMap::new(),
             calls: HashMap::new(),
             order: BTreeMap::new(),
@@ -112,6 +114,12 @@ impl CallTracker {
     /// before and after them (`[:snakepit, :memory, :gpu_call]`).
     pub fn set_gpu(&mut self, gpu: crate::gpu::GpuHandle) {
         self.gpu = Some(gpu);
+    }
+
+    /// Calls take the profiler's samples of their worker while they ran
+    /// (`python_samples`, `hot_frame`, `hot_library` in call.stop).
+    pub fn set_profile(&mut self, profile: crate::profiler::ProfileHandle) {
+        self.profile = Some(profile);
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -557,6 +565,19 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
+        // The worker ran the call between reading the request and writing the answer.
+        let profile = self
+            .profile
+            .as_ref()
+            .filter(|_| !call.internal)
+            .and_then(|p| {
+                let (from, to) = match (call.t1, call.t2) {
+                    (Some(t1), Some(t2)) => (t1, t2),
+                    _ => (call.start_ns(), end_ns),
+                };
+                let function = call.function.as_deref().or(call.tool_name.as_deref())?;
+                p.call_finished(call.conn.worker_pid, from, to, function)
+            });
         // Built once, and only when an event needs it (sampled-out calls need none).
         let mut record = None;
         if !call.internal && call.sampled {
@@ -570,7 +591,9 @@ impl CallTracker {
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         if publish_internal && (call.sampled || is_exception) {
             let record = shared_record(&mut record, &call);
-            self.publish(call_end(&call, &outcome, record, t_end, duration));
+            let mut end = call_end(&call, &outcome, record, t_end, duration);
+            end.profile = profile;
+            self.publish(end);
         }
         let long =
             |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();

@@ -2,6 +2,7 @@
 //! calls the library and prints.
 pub mod check;
 pub mod list;
+pub mod profile;
 pub mod run;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Preflight: privileges, kernel, BTF, tracefs, and what would be attached.
     Check(check::CheckArgs),
+    /// Sample the workers' Python stacks for a while and write a profile.
+    Profile(profile::ProfileArgs),
 }
 
 /// Runs the parsed command; the process exit code is the returned one.
@@ -33,5 +36,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(args),
         Command::List(args) => list::run(args),
         Command::Check(args) => check::run(args),
+        Command::Profile(args) => profile::run(args),
     }
 }

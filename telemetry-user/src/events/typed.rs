@@ -150,6 +150,8 @@ pub struct CallEnd {
     /// Streaming calls: response messages.
     pub chunks: Option<u64>,
     pub grpc_status: Option<u32>,
+    /// What the profiler's samples of the call say (`[profile] sampling`).
+    pub profile: Option<crate::profiler::CallProfile>,
 }
 
 impl CallEnd {
@@ -442,6 +444,11 @@ fn visit_end<'a>(e: &'a CallEnd, v: &mut dyn Visitor<'a>) {
         if let Some(x) = x {
             v.measure(k, Val::U64(x));
         }
+    }
+    if let Some(p) = &e.profile {
+        v.measure(f::PYTHON_SAMPLES, Val::U64(p.python_samples));
+        v.meta(f::HOT_FRAME, Val::Str(&p.hot_frame));
+        v.meta(f::HOT_LIBRARY, Val::Str(&p.hot_library));
     }
     e.call.visit(v);
     match &e.outcome {

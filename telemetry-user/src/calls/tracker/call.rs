@@ -335,6 +335,7 @@ pub(super) fn call_end(
             .is_streaming()
             .then(|| call.resp_msgs[0].max(call.resp_msgs[1])),
         grpc_status: call.grpc_status,
+        profile: None,
     }
 }
 
