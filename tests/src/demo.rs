@@ -25,6 +25,8 @@ pub struct DemoOptions {
     pub nice: i32,
     /// Extra emulator flags for `erl` (e.g. `+sbwt none`).
     pub erl_flags: Vec<String>,
+    /// The workers' interpreter (None: the project venv's `.venv/bin/python`).
+    pub python: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -39,6 +41,7 @@ impl Default for DemoOptions {
             init_session_per_call: false,
             nice: 0,
             erl_flags: Vec::new(),
+            python: None,
         }
     }
 }
@@ -131,7 +134,11 @@ impl Demo {
             .args(&opts.erl_flags)
             .arg("-extra")
             .arg("--python")
-            .arg(root.join(".venv/bin/python"))
+            .arg(
+                opts.python
+                    .clone()
+                    .unwrap_or_else(|| root.join(".venv/bin/python")),
+            )
             .args(["--grpc-workers", &opts.grpc_workers.to_string()])
             .args(["--pipe-workers", &opts.pipe_workers.to_string()])
             .args(["--instance-name", &opts.instance_name])

@@ -6,6 +6,7 @@ mod bench;
 mod demo;
 mod gpu_check;
 mod setup;
+mod setup_pyversions;
 mod test;
 
 use anyhow::Result;

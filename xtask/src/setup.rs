@@ -22,6 +22,7 @@ pub fn run(root: &Path) -> Result<()> {
     rust_toolchain()?;
     debian_packages()?;
     python_venv(root)?;
+    crate::setup_pyversions::run(root)?;
     demo_build(root)?;
     mounts()?;
     Ok(())

@@ -565,16 +565,15 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
-        // The worker ran the call between reading the request and writing the answer.
+        // The worker's samples from its read of the request to the call's end (t2 can
+        // be the response headers' write, sent before the tool runs).
         let profile = self
             .profile
             .as_ref()
             .filter(|_| !call.internal)
             .and_then(|p| {
-                let (from, to) = match (call.t1, call.t2) {
-                    (Some(t1), Some(t2)) => (t1, t2),
-                    _ => (call.start_ns(), end_ns),
-                };
+                let from = call.t1.unwrap_or(call.start_ns());
+                let to = end_ns.max(call.t2.unwrap_or(0));
                 let function = call.function.as_deref().or(call.tool_name.as_deref())?;
                 p.call_finished(call.conn.worker_pid, from, to, function)
             });
