@@ -273,6 +273,15 @@ fn push_byte_counts(ev: &CallEnd, a: &mut Vec<KeyValue>) {
     if let Some(c) = ev.chunks {
         a.push(KeyValue::new("snakepit.chunks", c as i64));
     }
+    // The profiler's view of the call (docs/profiler.md).
+    if let Some(p) = &ev.profile {
+        a.push(KeyValue::new(
+            "snakepit.python_samples",
+            p.python_samples as i64,
+        ));
+        a.push(KeyValue::new("snakepit.hot_frame", p.hot_frame.clone()));
+        a.push(KeyValue::new("snakepit.hot_library", p.hot_library.clone()));
+    }
 }
 
 fn exception_type(ev: &CallEnd) -> Option<&str> {

@@ -98,6 +98,12 @@ struct MemoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SampleLabels {
+    function: String,
+    hot_library: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
     device: String,
@@ -151,6 +157,7 @@ pub struct Metrics {
     call_duration: HistFamily<FunctionLabels>,
     queue_time: HistFamily<FunctionLabels>,
     python_time: HistFamily<FunctionLabels>,
+    python_samples: Family<SampleLabels, Counter>,
     exceptions: Family<ErrorLabels, Counter>,
     pool_size: Family<PoolLabels, Gauge>,
     pool_idle: Family<PoolLabels, Gauge>,
@@ -206,6 +213,7 @@ impl Metrics {
             call_duration: hist(),
             queue_time: hist(),
             python_time: hist(),
+            python_samples: Family::default(),
             exceptions: Family::default(),
             pool_size: Family::default(),
             pool_idle: Family::default(),
@@ -261,6 +269,11 @@ impl Metrics {
             "snakepit_call_python_time_seconds",
             "Time the worker spent on a call (t1..t2)",
             self.python_time.clone(),
+        );
+        r.register(
+            "snakepit_python_samples",
+            "CPU samples of the workers' Python stacks during calls, by function and the call's hot library",
+            self.python_samples.clone(),
         );
         r.register(
             "snakepit_call_exceptions",
@@ -484,6 +497,15 @@ impl Metrics {
                 result,
             })
             .inc();
+        if let Some(p) = &ev.profile {
+            let hot_library = self.label_ref("hot_library", &p.hot_library);
+            self.python_samples
+                .get_or_create(&SampleLabels {
+                    function: function.clone(),
+                    hot_library,
+                })
+                .inc_by(p.python_samples);
+        }
         let fl = FunctionLabels {
             library: library.clone(),
             function,
