@@ -399,3 +399,82 @@ fn pprof_and_svg_outputs_are_valid() {
     }
     demo.stop().expect("demo stop");
 }
+
+/// GET over plain HTTP/1.1; (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent's HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn http_endpoint_serves_pprof_and_flame_graphs() {
+    use prost::Message;
+    use std::io::Read;
+    let dir = scratch_dir("profiler-http");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
+        .expect("agent start");
+    let mut demo = demo_on(&dir, None);
+    std::thread::sleep(Duration::from_millis(800));
+    let a = addr.clone();
+    let fetch = std::thread::spawn(move || {
+        http_get(&a, "/debug/pprof/profile?seconds=5&function=hot_path")
+    });
+    hot_load(&mut demo, &dir, 7000);
+    let (status, body) = fetch.join().expect("fetch thread");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut raw)
+        .expect("gzip");
+    let p = pprof::Profile::decode(&raw[..]).expect("pprof");
+    let total: i64 = p.sample.iter().map(|s| s.value[0]).sum();
+    // 5 s of a busy worker at 99 Hz.
+    assert!(
+        total >= 250,
+        "only {total} samples in a 5 s profile of hot_path"
+    );
+    assert!(p.string_table.iter().any(|s| s == "demo_hot.spin"));
+
+    let (status, body) = http_get(&addr, "/debug/pprof/functions");
+    assert_eq!(status, 200);
+    let fns: Value = serde_json::from_slice(&body).expect("functions JSON");
+    assert!(
+        fns.as_array()
+            .is_some_and(|a| a.iter().any(|f| f["function"] == "hot_path")),
+        "{fns}"
+    );
+    let (status, body) = http_get(
+        &addr,
+        "/debug/pprof/flamegraph.svg?seconds=60&function=hot_path",
+    );
+    assert_eq!(status, 200);
+    let svg = String::from_utf8_lossy(&body);
+    assert!(svg.contains("<svg") && svg.contains("demo_hot.spin"));
+    demo.stop().expect("demo stop");
+    agent.stop().expect("agent stop");
+}

@@ -137,7 +137,8 @@ impl Agent {
         if config.http.enabled {
             let server = sinks::web::Server::bind(config.http.clone())
                 .await
-                .context("starting the HTTP endpoint (/metrics, live page)")?;
+                .context("starting the HTTP endpoint (/metrics, live page)")?
+                .with_profile(profiler.as_ref().map(|(_, h)| h.clone()));
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {

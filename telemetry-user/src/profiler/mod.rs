@@ -74,6 +74,24 @@ impl ProfileHandle {
         self.with(|s| s.call_finished(pid, start_ns, end_ns, function))
     }
 
+    /// Functions with attributed samples since `since_ns`, most samples first.
+    pub fn function_counts(&self, since_ns: u64) -> Vec<(String, u64)> {
+        self.with(|s| {
+            let mut m: HashMap<String, u64> = HashMap::new();
+            for (_, x) in s.select(&Filter {
+                since_ns,
+                ..Filter::default()
+            }) {
+                if let Some(f) = &x.function {
+                    *m.entry(f.clone()).or_default() += 1;
+                }
+            }
+            let mut v: Vec<(String, u64)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v
+        })
+    }
+
     /// Root-first stacks of the samples matching `f`.
     pub fn stacks(&self, f: &Filter) -> Vec<Arc<[Frame]>> {
         self.with(|s| {

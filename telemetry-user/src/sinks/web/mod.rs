@@ -3,6 +3,7 @@
 //! (server-sent events carrying the page's state) and `/api/state` (the same state as
 //! JSON). One task consumes the bus and updates both the metrics and the page state.
 pub mod live;
+mod profile;
 
 use crate::events::BusReceiver;
 use crate::sinks::prometheus::{self, Metrics, MetricsConfig};
@@ -101,6 +102,8 @@ struct Shared {
     state: Mutex<State>,
     /// The live page's latest state as JSON, refreshed every `page_update_ms`.
     snapshot: watch::Receiver<Arc<String>>,
+    /// The Python stack sampler's samples, when it runs (`/debug/pprof/...`).
+    profile: Option<crate::profiler::ProfileHandle>,
 }
 
 impl Shared {
@@ -116,6 +119,7 @@ pub struct Server {
     cfg: HttpConfig,
     listener: TcpListener,
     addr: SocketAddr,
+    profile: Option<crate::profiler::ProfileHandle>,
 }
 
 impl Server {
@@ -131,7 +135,14 @@ impl Server {
             cfg,
             listener,
             addr,
+            profile: None,
         })
+    }
+
+    /// Serves the profiler's samples under `/debug/pprof/`.
+    pub fn with_profile(mut self, profile: Option<crate::profiler::ProfileHandle>) -> Self {
+        self.profile = profile;
+        self
     }
 
     /// The bound address (the real port when `listen` had port 0).
@@ -163,6 +174,7 @@ impl Server {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             snapshot: snap_rx,
+            profile: self.profile.clone(),
         });
         let mut tasks = JoinSet::new();
         let consumer = shared.clone();
@@ -271,6 +283,31 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             full(StatusCode::OK, "application/json", json.to_string())
         }
         "/events" => sse(shared),
+        p if p.starts_with("/debug/pprof/") => {
+            let Some(h) = &shared.profile else {
+                return plain(StatusCode::NOT_FOUND, "Python stack sampling is off\n");
+            };
+            let q = req.uri().query();
+            let reply = match p {
+                "/debug/pprof/profile" => profile::pprof_profile(h, q).await,
+                "/debug/pprof/flamegraph.svg" => profile::flamegraph(h, q),
+                "/debug/pprof/functions" => profile::functions(h),
+                _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
+            };
+            match reply {
+                profile::Reply::Ok(ct, body) => {
+                    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+                    if let Ok(v) = ct.parse() {
+                        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                    }
+                    resp
+                }
+                profile::Reply::Err(code, text) => plain(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &text,
+                ),
+            }
+        }
         // `/?hold=MS` makes the page fetch this, which keeps its load event back MS
         // milliseconds: headless browsers dump the DOM at load, and a test wants the
         // page to have received live updates by then.
