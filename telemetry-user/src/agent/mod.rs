@@ -671,6 +671,12 @@ impl Agent {
             .measure("watched_fds", self.probes.watched_fd_count() as u64)
             .meta("probes", per_probe)
             .meta("program_run_time", run)
+            .meta_opt(
+                "profiler",
+                self.profiler
+                    .as_ref()
+                    .map(|(_, h)| serde_json::Value::Object(h.stats())),
+            )
     }
 }
 

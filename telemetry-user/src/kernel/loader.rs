@@ -527,7 +527,10 @@ impl Probes {
     pub fn prog_run_stats(&self) -> Vec<ProgRunStats> {
         PROGRAMS
             .iter()
-            .filter_map(|&(name, _)| {
+            .map(|&(name, _)| name)
+            // The sampler, when it was started (an unloaded program has no info).
+            .chain([telemetry_common::PROG_PROFILE])
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgRunStats {
                     name: name.to_string(),

@@ -45,6 +45,8 @@ use tokio::sync::mpsc;
 pub struct ProfileHandle {
     store: Arc<Mutex<SampleStore>>,
     pub sample_hz: u64,
+    /// The kernel's counters (PSTAT_NAMES order, summed over CPUs) and user space's.
+    stats: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ProfileHandle {
@@ -52,6 +54,7 @@ impl ProfileHandle {
         ProfileHandle {
             store: Arc::new(Mutex::new(store)),
             sample_hz,
+            stats: Arc::default(),
         }
     }
 
@@ -61,6 +64,11 @@ impl ProfileHandle {
             Err(p) => p.into_inner(),
         };
         f(&mut g)
+    }
+
+    /// The sampler's counters, for `agent.stats` (`profiler`).
+    pub fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.stats.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Per-call attribution (see `SampleStore::call_finished`).
@@ -162,6 +170,7 @@ impl Profiler {
     pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = Instant::now();
         loop {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -171,10 +180,37 @@ impl Profiler {
                 _ = poll.tick() => {
                     self.retry_pending();
                     self.drain();
+                    if last_stats.elapsed() >= Duration::from_secs(1) {
+                        self.publish_stats();
+                        last_stats = Instant::now();
+                    }
                 }
             }
         }
         self.drain();
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        let mut m = serde_json::Map::new();
+        for (i, name) in telemetry_common::PSTAT_NAMES.iter().enumerate() {
+            let v: u64 = self
+                .maps
+                .stats
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            m.insert((*name).into(), v.into());
+        }
+        let (total, attributed) = self.handle.with(|s| (s.total_samples, s.attributed));
+        m.insert("resolved".into(), total.into());
+        m.insert("attributed".into(), attributed.into());
+        m.insert("code_read_errors".into(), self.code.read_errors.into());
+        m.insert("record_errors".into(), self.decode_errors.into());
+        m.insert("workers".into(), self.procs.len().into());
+        if let Ok(mut s) = self.handle.stats.lock() {
+            *s = m;
+        }
     }
 
     fn command(&mut self, c: Command) {
