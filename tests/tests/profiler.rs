@@ -123,6 +123,23 @@ fn shares(folded: &str) -> (u64, u64, u64, u64) {
 fn profile_hot_path_on(python: Option<PathBuf>, want_version: &str) {
     let dir = scratch_dir(&format!("profiler-{want_version}"));
     let mut demo = demo_on(&dir, python);
+    // `check` reports the worker's interpreter and where its layout came from.
+    let check = Command::new(agent_bin())
+        .arg("check")
+        .output()
+        .expect("snakepit-agent check");
+    let check = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check
+            .lines()
+            .any(|l| l.starts_with("python worker")
+                && l.contains(&format!("CPython {want_version}."))),
+        "check did not report a CPython {want_version} worker:\n{check}"
+    );
+    assert!(
+        check.contains("perf_event:cpu-clock"),
+        "check: no sampler\n{check}"
+    );
     let out = dir.join("hot.folded");
     let out_s = out.to_string_lossy().to_string();
     let child = start_profile(
