@@ -3,6 +3,7 @@
 //! its stdin/stdout control protocol, and the agent binary with its JSON-lines output.
 pub mod agent;
 pub mod bpf_stats;
+pub mod chromium;
 pub mod demo;
 pub mod otlp_receiver;
 pub mod procfs;

@@ -2,40 +2,11 @@
 //! a demo load. The tables fill and update, the pool and GPU cards are there, and a
 //! screenshot is taken; all checked on the DOM Chromium dumps, not by eye.
 use snakepit_testkit::agent::Agent;
+use snakepit_testkit::chromium::chromium;
 use snakepit_testkit::demo::{Demo, DemoOptions, LoadSpec};
 use snakepit_testkit::{require, scratch_dir};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn chromium(dir: &Path, profile: &str, mode: &[String], url: &str) -> String {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's `chromium` package (cargo xtask setup)"
-    );
-    let out = Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1400,1600",
-        ])
-        .arg(format!("--user-data-dir={}", dir.join(profile).display()))
-        .args(mode)
-        .arg(url)
-        .stderr(Stdio::null())
-        .output()
-        .expect("running chromium");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn attr(dom: &str, name: &str) -> Option<u64> {
     let rest = dom.split(&format!("{name}=\"")).nth(1)?;

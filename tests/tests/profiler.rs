@@ -492,6 +492,28 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
     assert_eq!(status, 200);
     let svg = String::from_utf8_lossy(&body);
     assert!(svg.contains("<svg") && svg.contains("demo_hot.spin"));
+
+    // The live page draws it: headless Chromium's DOM, the page held 3 s (see /hold).
+    let dom = snakepit_testkit::chromium::chromium(
+        &dir,
+        "flames",
+        &["--dump-dom".into()],
+        &format!("http://{addr}/?hold=3000"),
+    );
+    let fig = dom
+        .split("<figure data-function=\"hot_path\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no flame graph figure for hot_path on the live page:\n{dom}"));
+    let fig = fig.split("</figure>").next().unwrap_or_default();
+    assert!(
+        fig.contains("/debug/pprof/flamegraph.svg?seconds=60&amp;function=hot_path")
+            || fig.contains("/debug/pprof/flamegraph.svg?seconds=60&function=hot_path"),
+        "the hot_path figure does not show its flame graph: {fig}"
+    );
+    assert!(
+        !dom.contains("id=\"flames-note\""),
+        "the page still says it has no samples"
+    );
     demo.stop().expect("demo stop");
     agent.stop().expect("agent stop");
 }
