@@ -530,6 +530,32 @@ mod tests {
     }
 
     #[test]
+    fn the_profilers_view_is_on_the_call_span() {
+        let ev = grpc_stop()
+            .measure("python_samples", 21u64)
+            .meta("hot_frame", "demo_hot.spin")
+            .meta("hot_library", "demo_hot");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(
+            attr(client, "snakepit.python_samples"),
+            Some(&opentelemetry::Value::I64(21))
+        );
+        assert_eq!(
+            attr(client, "snakepit.hot_frame").map(|v| v.as_str().to_string()),
+            Some("demo_hot.spin".to_string())
+        );
+        assert_eq!(
+            attr(client, "snakepit.hot_library").map(|v| v.as_str().to_string()),
+            Some("demo_hot".to_string())
+        );
+        // Without samples there is nothing to say.
+        let spans =
+            call_spans(&to_typed(&grpc_stop()), &CallContext::default(), &scope()).expect("spans");
+        assert!(attr(by_kind(&spans, SpanKind::Client)[0], "snakepit.hot_frame").is_none());
+    }
+
+    #[test]
     fn a_pipe_call_has_no_server_span_and_a_per_worker_trace() {
         let ev = Event::new(schema::CALL_STOP)
             .at(5_000_000)
