@@ -75,9 +75,19 @@ pub struct PyProcInfo {
     pub frame_previous_off: u32,
     /// `prev_instr` (3.11, 3.12) or `instr_ptr` (3.13).
     pub frame_instr_off: u32,
+    /// `u32::MAX`: frames have no owner byte (3.10's `PyFrameObject`).
     pub frame_owner_off: u32,
+    /// How a thread state names its thread: `TID_NATIVE` (`native_thread_id` == the
+    /// kernel tid, u32; 3.11+) or `TID_PTHREAD` (`thread_id` == pthread_self(), which
+    /// on x86_64 glibc is the thread's fs base, u64; 3.10).
+    pub tid_match: u32,
+    /// Offset of `task_struct.thread.fsbase` (from BTF), for `TID_PTHREAD`.
+    pub task_fsbase_off: u32,
     pub _pad: u32,
 }
+
+pub const TID_NATIVE: u32 = 0;
+pub const TID_PTHREAD: u32 = 1;
 
 /// One Python frame as the kernel saw it: resolved in user space.
 #[repr(C)]

@@ -1,19 +1,21 @@
-//! CPython frame walk (3.11-3.13), callable from any program that runs in the context
+//! CPython frame walk (3.10-3.13), callable from any program that runs in the context
 //! of the thread to walk (perf_event samples now; sched_switch for off-CPU stacks).
 //!
 //! thread state: the `PY_TSTATES` cache (one read checks it), else a bounded walk of
-//! `_PyRuntime.interpreters.head->threads` matching `native_thread_id`. Frames: the
-//! `_PyInterpreterFrame` chain from the thread's current frame, at most
+//! `_PyRuntime.interpreters.head->threads` matching `native_thread_id` (3.10: the
+//! pthread id `thread_id` against the task's fs base). Frames: the
+//! `_PyInterpreterFrame` chain (3.10: `PyFrameObject.f_back`) from the thread's
+//! current frame, at most
 //! `PY_MAX_FRAMES`, four user reads per frame. The layout comes from `PY_PROCS`
 //! (filled by user space per process, after checking the interpreter's version).
 use aya_ebpf::{
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap},
 };
 use telemetry_common::{
     PyProcInfo, PySample, MAX_PY_PROCS, MAX_PY_TSTATES, PY_MAX_FRAMES, PY_MAX_THREADS,
-    SAMPLE_NO_FRAME, SAMPLE_NO_TSTATE, SAMPLE_READ_ERROR, SAMPLE_TRUNCATED,
+    SAMPLE_NO_FRAME, SAMPLE_NO_TSTATE, SAMPLE_READ_ERROR, SAMPLE_TRUNCATED, TID_PTHREAD,
 };
 
 #[map]
@@ -40,14 +42,39 @@ fn read_u8(addr: u64) -> Result<u8, ()> {
     unsafe { bpf_probe_read_user(addr as *const u8) }.map_err(|_| ())
 }
 
+/// What the current thread's state holds at `tstate_native_tid_off`: its tid (3.11+),
+/// or its pthread id, i.e. the fs base of the current task (3.10).
+#[inline(always)]
+fn thread_key(info: &PyProcInfo, tid: u32) -> Result<u64, ()> {
+    if info.tid_match != TID_PTHREAD {
+        return Ok(u64::from(tid));
+    }
+    // SAFETY: the current task pointer, read with bpf_probe_read_kernel.
+    unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel((task + info.task_fsbase_off as u64) as *const u64).map_err(|_| ())
+    }
+}
+
+#[inline(always)]
+fn key_at(info: &PyProcInfo, ts: u64) -> Result<u64, ()> {
+    let at = ts + info.tstate_native_tid_off as u64;
+    if info.tid_match == TID_PTHREAD {
+        read_u64(at)
+    } else {
+        read_u32(at).map(u64::from)
+    }
+}
+
 /// The thread state of thread `tid` of a process with layout `info`, or 0.
 #[inline(always)]
 fn thread_state(info: &PyProcInfo, tid: u32) -> Result<u64, ()> {
+    let key = thread_key(info, tid)?;
     if let Some(ts) = PY_TSTATES.get_ptr(tid) {
         // SAFETY: a value pointer of the map, valid during this program.
         let ts = unsafe { *ts };
         // A dead thread's state may be freed and its tid reused: check it still matches.
-        if ts != 0 && read_u32(ts + info.tstate_native_tid_off as u64) == Ok(tid) {
+        if ts != 0 && key_at(info, ts) == Ok(key) {
             return Ok(ts);
         }
     }
@@ -61,7 +88,7 @@ fn thread_state(info: &PyProcInfo, tid: u32) -> Result<u64, ()> {
         if ts == 0 {
             return Ok(0);
         }
-        if read_u32(ts + info.tstate_native_tid_off as u64)? == tid {
+        if key_at(info, ts)? == key {
             let _ = PY_TSTATES.insert(tid, ts, 0);
             return Ok(ts);
         }
@@ -112,7 +139,11 @@ fn walk_frames(info: &PyProcInfo, ts: u64, s: &mut PySample) -> Result<(), ()> {
     for i in 0..PY_MAX_FRAMES {
         let code = read_u64(frame + info.frame_code_off as u64)?;
         let instr = read_u64(frame + info.frame_instr_off as u64)?;
-        let owner = read_u8(frame + info.frame_owner_off as u64)?;
+        let owner = if info.frame_owner_off == u32::MAX {
+            0
+        } else {
+            read_u8(frame + info.frame_owner_off as u64)?
+        };
         let f = &mut s.frames[i];
         f.code = code;
         f.instr = instr;

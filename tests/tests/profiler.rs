@@ -133,7 +133,7 @@ fn profile_hot_path_on(python: Option<PathBuf>, want_version: &str) {
         check
             .lines()
             .any(|l| l.starts_with("python worker")
-                && l.contains(&format!("CPython {want_version}."))),
+                && l.contains(&format!("CPython {want_version}"))),
         "check did not report a CPython {want_version} worker:\n{check}"
     );
     assert!(
@@ -244,6 +244,11 @@ fn venv_python(minor: u32) -> PathBuf {
         p.display()
     );
     p
+}
+
+#[test]
+fn hot_path_profile_on_cpython_3_10() {
+    profile_hot_path_on(Some(venv_python(10)), "3.10");
 }
 
 #[test]

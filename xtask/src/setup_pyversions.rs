@@ -1,5 +1,5 @@
 //! Per-version Python venvs for the profiler's end-to-end tests: the demo worker runs
-//! on CPython 3.11, 3.12 and 3.13 (pyenv's builds), each venv with the worker's PyPI
+//! on CPython 3.10, 3.11, 3.12 and 3.13 (pyenv's builds), each venv with the worker's PyPI
 //! packages. A version whose interpreter is missing is reported here, and its test
 //! fails saying so.
 use crate::{cmd_ok, run_cmd};
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Minor versions of CPython 3 the profiler is tested on.
-pub const PROFILER_MINORS: &[u32] = &[11, 12, 13];
+pub const PROFILER_MINORS: &[u32] = &[10, 11, 12, 13];
 const PACKAGES: &[&str] = &["grpcio", "protobuf", "orjson", "numpy"];
 
 /// The newest pyenv build of 3.`minor` (~/.pyenv or /root/.pyenv).

@@ -14,6 +14,8 @@ pub struct CodeInfo {
     pub filename: String,
     pub firstlineno: u32,
     linetable: Vec<u8>,
+    /// The 3.10 table format (and `units` are instruction indexes there too).
+    legacy_310: bool,
 }
 
 impl CodeInfo {
@@ -24,6 +26,7 @@ impl CodeInfo {
             filename,
             firstlineno,
             linetable,
+            legacy_310: false,
         }
     }
 
@@ -43,6 +46,10 @@ impl CodeInfo {
 
     /// Source line of the instruction `units` code units into the bytecode.
     pub fn line(&self, units: i64) -> u32 {
+        if self.legacy_310 {
+            return line_for_310(&self.linetable, self.firstlineno, units.max(0) as u64 * 2)
+                .unwrap_or(self.firstlineno);
+        }
         line_for(&self.linetable, self.firstlineno, units.max(0) as u64).unwrap_or(self.firstlineno)
     }
 }
@@ -121,6 +128,26 @@ pub fn line_for(table: &[u8], firstlineno: u32, units: u64) -> Option<u32> {
             return has_line.then_some(line.max(0) as u32);
         }
         pc += len;
+    }
+    None
+}
+
+/// The line of bytecode byte `addr` in a 3.10 line table: (byte delta, signed line
+/// delta) pairs, a line delta of -128 meaning no line.
+pub fn line_for_310(table: &[u8], firstlineno: u32, addr: u64) -> Option<u32> {
+    let mut line = i64::from(firstlineno);
+    let mut end = 0u64;
+    for pair in table.chunks_exact(2) {
+        let start = end;
+        end += u64::from(pair[0]);
+        let delta = pair[1] as i8;
+        let has_line = delta != -128;
+        if has_line {
+            line += i64::from(delta);
+        }
+        if start <= addr && addr < end {
+            return has_line.then_some(line.max(0) as u32);
+        }
     }
     None
 }
@@ -233,12 +260,9 @@ impl CodeCache {
         let lt = mem.u64(addr + l.linetable)?;
         let lt_len = mem.i64(lt + 16)?.clamp(0, 1 << 20) as usize;
         let linetable = mem.bytes(lt + 32, lt_len)?;
-        Ok(Some(CodeInfo::new(
-            qualname,
-            filename,
-            firstlineno,
-            linetable,
-        )))
+        let mut info = CodeInfo::new(qualname, filename, firstlineno, linetable);
+        info.legacy_310 = l.legacy_310;
+        Ok(Some(info))
     }
 }
 
@@ -291,6 +315,13 @@ mod tests {
         assert_eq!(line_for(&table, 1, 3), Some(3));
         assert_eq!(line_for(&table, 1, 5), None);
         assert_eq!(line_for(&table, 1, 9), None);
+        // 3.10: 6 bytes at line 1, 4 bytes without a line, 2 bytes at line 3.
+        let t310 = [6u8, 0, 4, 0x80, 2, 2];
+        assert_eq!(line_for_310(&t310, 1, 0), Some(1));
+        assert_eq!(line_for_310(&t310, 1, 5), Some(1));
+        assert_eq!(line_for_310(&t310, 1, 6), None);
+        assert_eq!(line_for_310(&t310, 1, 10), Some(3));
+        assert_eq!(line_for_310(&t310, 1, 12), None);
         // Long form with a negative delta.
         let long = [0x80 | (14 << 3), 0x03, 0x02, 0x01, 0x01];
         assert_eq!(line_for(&long, 10, 0), Some(9));

@@ -14,7 +14,7 @@ pub enum ProfilerError {
     #[error("{path}: not a readable ELF file: {reason}")]
     Elf { path: PathBuf, reason: String },
     #[error(
-        "process {pid}: CPython {version} has no known frame layout (supported: 3.11, 3.12, 3.13)"
+        "process {pid}: CPython {version} has no known frame layout (supported: 3.10 to 3.13)"
     )]
     UnsupportedVersion { pid: u32, version: String },
     #[error("process {pid}: CPython {version} layout check failed: {what}")]

@@ -1,7 +1,7 @@
-//! Which CPython runs in a worker and where its frames are: the interpreter's file,
+//! Which CPython (3.10-3.13) runs in a worker and where its frames are: the interpreter's file,
 //! `_PyRuntime`, `Py_Version`, and the layout of its structs. 3.13 publishes its
 //! offsets (`_Py_DebugOffsets`, read and cross-checked here); 3.11 and 3.12 use the
-//! tables below (from the versions' own headers, `offsetof` on x86_64), checked
+//! tables below (3.10 too; from the versions' own headers, `offsetof` on x86_64), checked
 //! against the live process before any sampling.
 use super::elf::{read_maps, ElfSymbols, Mapping};
 use super::error::ProfilerError;
@@ -21,6 +21,9 @@ pub struct CodeLayout {
     /// sizeof(PyASCIIObject) / sizeof(PyCompactUnicodeObject).
     pub ascii_size: u64,
     pub compact_size: u64,
+    /// 3.10: frames hold `f_lasti` (an instruction index), not a pointer, the location
+    /// table is the 3.10 format, and code objects have no `co_qualname`.
+    pub legacy_310: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +39,10 @@ pub struct Layout {
     pub frame_code: u64,
     pub frame_previous: u64,
     pub frame_instr: u64,
-    pub frame_owner: u64,
+    /// None: frames have no owner byte (3.10).
+    pub frame_owner: Option<u64>,
+    /// Thread states name their thread by pthread id (3.10), not by kernel tid.
+    pub pthread_ids: bool,
     pub code: CodeLayout,
 }
 
@@ -51,8 +57,34 @@ pub fn table(minor: u32) -> Option<Layout> {
         code_adaptive,
         ascii_size,
         compact_size,
+        legacy_310: false,
     };
     Some(match minor {
+        10 => Layout {
+            interpreters_head: 32,
+            threads_head: 8,
+            tstate_next: 8,
+            tstate_interp: 16,
+            tstate_native_tid: 176,
+            tstate_cframe: None,
+            current_frame: 24,
+            frame_code: 32,
+            frame_previous: 24,
+            frame_instr: 96,
+            frame_owner: None,
+            pthread_ids: true,
+            code: CodeLayout {
+                filename: 104,
+                name: 112,
+                qualname: 112,
+                linetable: 120,
+                firstlineno: 40,
+                code_adaptive: 0,
+                ascii_size: 48,
+                compact_size: 72,
+                legacy_310: true,
+            },
+        },
         11 => Layout {
             interpreters_head: 40,
             threads_head: 16,
@@ -64,7 +96,8 @@ pub fn table(minor: u32) -> Option<Layout> {
             frame_code: 32,
             frame_previous: 48,
             frame_instr: 56,
-            frame_owner: 69,
+            frame_owner: Some(69),
+            pthread_ids: false,
             code: code(72, 184, 48, 72),
         },
         12 => Layout {
@@ -78,7 +111,8 @@ pub fn table(minor: u32) -> Option<Layout> {
             frame_code: 0,
             frame_previous: 8,
             frame_instr: 56,
-            frame_owner: 70,
+            frame_owner: Some(70),
+            pthread_ids: false,
             code: code(68, 192, 40, 56),
         },
         13 => Layout {
@@ -92,7 +126,8 @@ pub fn table(minor: u32) -> Option<Layout> {
             frame_code: 0,
             frame_previous: 8,
             frame_instr: 56,
-            frame_owner: 70,
+            frame_owner: Some(70),
+            pthread_ids: false,
             code: code(68, 200, 40, 56),
         },
         _ => return None,
@@ -100,7 +135,8 @@ pub fn table(minor: u32) -> Option<Layout> {
 }
 
 impl Layout {
-    pub fn proc_info(&self, runtime_addr: u64) -> PyProcInfo {
+    /// `task_fsbase_off`: `task_struct.thread.fsbase` (BTF), needed for 3.10.
+    pub fn proc_info(&self, runtime_addr: u64, task_fsbase_off: u32) -> PyProcInfo {
         PyProcInfo {
             interp_head_addr: runtime_addr + self.interpreters_head,
             threads_head_off: self.threads_head as u32,
@@ -111,7 +147,13 @@ impl Layout {
             frame_code_off: self.frame_code as u32,
             frame_previous_off: self.frame_previous as u32,
             frame_instr_off: self.frame_instr as u32,
-            frame_owner_off: self.frame_owner as u32,
+            frame_owner_off: self.frame_owner.map_or(u32::MAX, |o| o as u32),
+            tid_match: if self.pthread_ids {
+                telemetry_common::TID_PTHREAD
+            } else {
+                telemetry_common::TID_NATIVE
+            },
+            task_fsbase_off,
             _pad: 0,
         }
     }
@@ -133,7 +175,9 @@ const DEBUG_OFFSETS_313: &[(usize, &str, Getter)] = &[
     (28, "interpreter_frame.previous", |l| l.frame_previous),
     (29, "interpreter_frame.executable", |l| l.frame_code),
     (30, "interpreter_frame.instr_ptr", |l| l.frame_instr),
-    (32, "interpreter_frame.owner", |l| l.frame_owner),
+    (32, "interpreter_frame.owner", |l| {
+        l.frame_owner.unwrap_or(0)
+    }),
     (34, "code_object.filename", |l| l.code.filename),
     (35, "code_object.name", |l| l.code.name),
     (36, "code_object.qualname", |l| l.code.qualname),
@@ -155,6 +199,16 @@ pub struct Interpreter {
     pub layout: Layout,
     /// "table" or "_Py_DebugOffsets".
     pub layout_source: &'static str,
+}
+
+/// `libpython3.10.so.1.0` / `python3.10` -> 10.
+fn minor_from_name(p: &Path) -> Option<u32> {
+    let name = p.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("libpython3.")
+        .or_else(|| name.strip_prefix("python3."))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 fn is_interpreter_file(p: &Path) -> bool {
@@ -192,21 +246,24 @@ pub fn inspect(proc_root: &Path, pid: u32) -> Result<Interpreter, ProfilerError>
     }
     let (syms, runtime_addr, bias) = found.ok_or(ProfilerError::NoInterpreter { pid })?;
     let mem = ProcMem::open(proc_root, pid)?;
-    let hex = match syms.symbol("Py_Version") {
-        Some(a) => mem.u64(a.wrapping_add(bias))?,
-        None => {
-            return Err(ProfilerError::UnsupportedVersion {
-                pid,
-                version: format!("older than 3.11 ({})", syms.path.display()),
-            })
+    // `Py_Version` exists from 3.11; before, the file's name says the minor version.
+    let (hex, version) = match syms.symbol("Py_Version") {
+        Some(a) => {
+            let hex = mem.u64(a.wrapping_add(bias))?;
+            let v = format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+            (hex, v)
         }
+        None => match minor_from_name(&syms.path) {
+            Some(minor) => (0x0300_0000 | u64::from(minor) << 16, format!("3.{minor}")),
+            None => {
+                return Err(ProfilerError::UnsupportedVersion {
+                    pid,
+                    version: format!("unknown ({})", syms.path.display()),
+                })
+            }
+        },
     };
-    let (major, minor, micro) = (
-        (hex >> 24) as u32,
-        ((hex >> 16) & 0xff) as u32,
-        ((hex >> 8) & 0xff) as u32,
-    );
-    let version = format!("{major}.{minor}.{micro}");
+    let (major, minor) = ((hex >> 24) as u32, ((hex >> 16) & 0xff) as u32);
     let unsupported = || ProfilerError::UnsupportedVersion {
         pid,
         version: version.clone(),
@@ -286,6 +343,13 @@ fn check_live(
             "thread state {ts:#x} points to interpreter {back:#x}, not {interp:#x}"
         ));
     }
+    if l.pthread_ids {
+        // 3.10: a pthread id (an address), not a tid.
+        return match mem.u64(ts + l.tstate_native_tid).map_err(e)? {
+            0 => Err("thread state without a thread id".into()),
+            _ => Ok(()),
+        };
+    }
     let tid = mem.u32(ts + l.tstate_native_tid).map_err(e)?;
     let task = proc_root
         .join(pid.to_string())
@@ -305,13 +369,23 @@ mod tests {
 
     #[test]
     fn every_table_is_consistent() {
-        for minor in 11..=13 {
+        for minor in 10..=13 {
             let l = table(minor).expect("table");
-            let info = l.proc_info(0x1000);
+            let info = l.proc_info(0x1000, 5000);
             assert_eq!(info.interp_head_addr, 0x1000 + l.interpreters_head);
-            assert_eq!(info.tstate_cframe_off == u32::MAX, minor >= 13);
+            assert_eq!(
+                info.tstate_cframe_off == u32::MAX,
+                minor >= 13 || minor == 10
+            );
+            assert_eq!(info.tid_match == telemetry_common::TID_PTHREAD, minor == 10);
+            assert_eq!(info.frame_owner_off == u32::MAX, minor == 10);
         }
-        assert!(table(10).is_none());
+        assert!(table(9).is_none());
+        assert_eq!(
+            minor_from_name(Path::new("/x/libpython3.10.so.1.0")),
+            Some(10)
+        );
+        assert_eq!(minor_from_name(Path::new("/usr/bin/python3.9")), Some(9));
         assert!(table(14).is_none());
     }
 

@@ -144,6 +144,23 @@ pub struct Profiler {
     /// Interpreters by pid, for `check` and the started event.
     pub interpreters: Arc<Mutex<HashMap<u32, Result<String, String>>>>,
     decode_errors: u64,
+    /// `task_struct.thread.fsbase` (BTF), or u32::MAX.
+    task_fsbase_off: u32,
+}
+
+/// Offset of `task_struct.thread.fsbase`: a 3.10 thread state names its thread by
+/// pthread id, which is the thread's fs base on x86_64 glibc.
+fn task_fsbase_off() -> u32 {
+    let Ok(btf) = crate::kernel::btf::Btf::from_sys() else {
+        return u32::MAX;
+    };
+    match (
+        btf.member_offset("task_struct", "thread"),
+        btf.member_offset("thread_struct", "fsbase"),
+    ) {
+        (Ok(a), Ok(b)) => a + b,
+        _ => u32::MAX,
+    }
 }
 
 impl Profiler {
@@ -159,6 +176,7 @@ impl Profiler {
             handle: ProfileHandle::new(store, cfg.sample_hz),
             interpreters: Arc::default(),
             decode_errors: 0,
+            task_fsbase_off: task_fsbase_off(),
         }
     }
 
@@ -277,7 +295,16 @@ impl Profiler {
     fn attach(&mut self, pid: u32) -> Result<(), ProfilerError> {
         let interp = layout::inspect(&self.proc_root, pid)?;
         let mem = ProcMem::open(&self.proc_root, pid)?;
-        let info = interp.layout.proc_info(interp.runtime_addr);
+        if interp.layout.pthread_ids && self.task_fsbase_off == u32::MAX {
+            return Err(ProfilerError::LayoutMismatch {
+                pid,
+                version: interp.version,
+                what: "task_struct.thread.fsbase unknown (no kernel BTF): 3.10 threads cannot be matched".into(),
+            });
+        }
+        let info = interp
+            .layout
+            .proc_info(interp.runtime_addr, self.task_fsbase_off);
         self.maps
             .py_procs
             .insert(pid, info, 0)
@@ -325,7 +352,12 @@ impl Profiler {
             let Some(code) = self.code.get(&p.mem, s.tgid, &l, f.code) else {
                 continue;
             };
-            let units = (f.instr as i64 - (f.code + l.code_adaptive) as i64) / 2;
+            let units = if l.legacy_310 {
+                // f_lasti, an int (the low half of the 8 bytes read).
+                i64::from(f.instr as u32 as i32)
+            } else {
+                (f.instr as i64 - (f.code + l.code_adaptive) as i64) / 2
+            };
             python.push(Frame::python(&code, code.line(units)));
         }
         let nd = (s.native_depth as usize).min(s.native.len());
