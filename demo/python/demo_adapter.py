@@ -84,7 +84,8 @@ class DemoAdapter:
         import demo_hot
 
         self.tools["hot_path"] = Tool(
-            "hot_path", demo_hot.hot_path, "CPU budget `ms`: 70 % demo_hot.spin, 30 % numpy.dot", [("ms", "integer", False)]
+            "hot_path", demo_hot.hot_path, "CPU budget `ms`: `python_share` (0.7) in demo_hot.spin, the rest in numpy.dot",
+            [("ms", "integer", False), ("python_share", "float", False)],
         )
 
     # ---- interface used by grpc_server.py ----

@@ -1,7 +1,7 @@
 """Profiler demo (tool `hot_path`): where a call's CPU time goes is known by
-construction. Of each call's thread CPU time budget (`ms`, default 200), about 70 %
-is spent in the pure-Python loop `spin` and 30 % in `numpy.dot` on a 256 x 256 matrix
-(BLAS). The split is measured with the thread's own CPU clock, so it holds on a loaded
+construction. Of each call's thread CPU time budget (`ms`, default 200), a share
+(`python_share`, default 0.7) is spent in the pure-Python loop `spin` and the rest in
+`numpy.dot` on a 256 x 256 matrix (BLAS). The split is measured with the thread's own CPU clock, so it holds on a loaded
 machine too.
 
 OpenBLAS is kept to the calling thread (OPENBLAS_NUM_THREADS=1, set before numpy is
@@ -51,8 +51,9 @@ def matmul(until):
 
 def hot_path(params, _binary=None, _ctx=None):
     budget = max(1, int(params.get("ms", 200))) / 1000.0
+    share = min(1.0, max(0.0, float(params.get("python_share", PYTHON_SHARE))))
     _matrices()
     start = time.thread_time()
-    spin(start + PYTHON_SHARE * budget)
+    spin(start + share * budget)
     products = matmul(start + budget)
     return {"cpu_ms": round((time.thread_time() - start) * 1000, 3), "products": products}

@@ -88,8 +88,15 @@ fn demo_on(dir: &Path, python: Option<PathBuf>) -> Demo {
 
 /// `hot_path` calls back to back for `ms` (each a 200 ms CPU budget).
 fn hot_load(demo: &mut Demo, dir: &Path, ms: u64) {
+    hot_load_share(demo, dir, ms, 0.7);
+}
+
+/// The same with `python_share` of each call's CPU in demo_hot.spin, the rest numpy.
+fn hot_load_share(demo: &mut Demo, dir: &Path, ms: u64, python_share: f64) {
     let mut spec = LoadSpec::new(4, ms, &[("hot_path", 1)]);
     spec.concurrency = 1;
+    spec.extra
+        .push(format!("hot_python_share => {python_share:.2}"));
     demo.load(&spec, &dir.join("truth.jsonl"))
         .expect("hot_path load");
 }
@@ -521,4 +528,42 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
     );
     demo.stop().expect("demo stop");
     agent.stop().expect("agent stop");
+}
+
+/// Calls whose CPU is mostly numpy.dot (20 % Python): their hot library is numpy and
+/// their hot frame the Python function that called numpy.dot.
+#[test]
+fn numpy_heavy_calls_name_numpy_as_their_hot_library() {
+    let dir = scratch_dir("profiler-numpy-heavy");
+    let agent = snakepit_testkit::agent::Agent::start(&dir, &[]).expect("agent start");
+    let mut demo = demo_on(&dir, None);
+    std::thread::sleep(Duration::from_millis(800));
+    hot_load_share(&mut demo, &dir, 5000, 0.2);
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = agent.stop().expect("agent stop");
+    let sampled: Vec<&Value> = events_named(&events, &["snakepit", "call", "stop"])
+        .into_iter()
+        .filter(|e| e["metadata"]["tool"] == "hot_path")
+        .filter(|e| e["measurements"]["python_samples"].as_u64().unwrap_or(0) >= 5)
+        .collect();
+    assert!(
+        sampled.len() >= 10,
+        "only {} sampled hot_path calls",
+        sampled.len()
+    );
+    let numpy = sampled
+        .iter()
+        .filter(|e| {
+            e["metadata"]["hot_library"] == "numpy"
+                && e["metadata"]["hot_frame"] == "demo_hot.matmul"
+        })
+        .count();
+    assert!(
+        numpy * 10 >= sampled.len() * 8,
+        "only {numpy} of {} numpy-heavy calls have hot_library numpy and hot_frame \
+         demo_hot.matmul; first: {}",
+        sampled.len(),
+        sampled[0]
+    );
 }
