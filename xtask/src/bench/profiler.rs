@@ -8,7 +8,6 @@
 use super::BenchArgs;
 use anyhow::{Context, Result};
 use snakepit_testkit::agent::{events_named, Agent};
-use snakepit_testkit::bpf_stats;
 use snakepit_testkit::demo::{Demo, DemoOptions, LoadSpec};
 use snakepit_testkit::procfs;
 use std::path::Path;
@@ -35,11 +34,8 @@ fn phase(
     let cfg_s = cfg.to_string_lossy().to_string();
     let run_dir = dir.join(if on { "on" } else { "off" });
     std::fs::create_dir_all(&run_dir)?;
-    let before = bpf_stats::snapshot();
     let agent = Agent::start_with(&run_dir, &["--config", &cfg_s], nice)?;
-    let ids = bpf_stats::new_programs(&before, &bpf_stats::snapshot());
     std::thread::sleep(Duration::from_millis(500));
-    let _ = ids;
     let c0 = procfs::cpu_time(worker).unwrap_or_default();
     let mut spec = LoadSpec::new(0, secs * 1000, &[("cpu", 1)]);
     spec.concurrency = 1;
