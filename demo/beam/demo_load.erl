@@ -146,6 +146,9 @@ grpc_params(stream, _, O) ->
     {<<"stream">>, [{<<"count">>, j(maps:get(stream_count, O, 5))},
                     {<<"chunk_bytes">>, j(maps:get(stream_chunk_bytes, O, 1024))}], []};
 grpc_params(numpy, _, O) -> {<<"numpy_mean">>, [{<<"n">>, j(maps:get(numpy_n, O, 10000))}], []};
+grpc_params(hot_path, _, O) ->
+    {<<"hot_path">>, [{<<"ms">>, j(maps:get(hot_ms, O, 200))},
+                      {<<"python_share">>, j(maps:get(hot_python_share, O, 0.7))}], []};
 %% Batch size and step follow the call's sequence number, so tests can recompute them.
 grpc_params(ml_infer, Seq, _) ->
     {<<"ml_infer">>, [{<<"model">>, j(<<"tiny-mlp">>)}, {<<"batch_size">>, j(1 + Seq rem 8)},

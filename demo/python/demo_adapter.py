@@ -91,6 +91,14 @@ class DemoAdapter:
 
         for name, func, description, params in demo_split_tools.TOOLS:
             self.tools[name] = Tool(name, func, description, params)
+        # Profiler demo (demo_hot.py): a call whose CPU time is ~70 % pure Python
+        # (demo_hot.spin) and ~30 % numpy.dot, by construction.
+        import demo_hot
+
+        self.tools["hot_path"] = Tool(
+            "hot_path", demo_hot.hot_path, "CPU budget `ms`: `python_share` (0.7) in demo_hot.spin, the rest in numpy.dot",
+            [("ms", "integer", False), ("python_share", "float", False)],
+        )
 
     # ---- interface used by grpc_server.py ----
 

@@ -4,6 +4,9 @@
 //! (`telemetry_user::kernel::decode`).
 #![no_std]
 
+mod profile;
+pub use profile::*;
+
 // ---------------------------------------------------------------------------
 // Map and program names (the loader looks them up by these strings).
 // ---------------------------------------------------------------------------

@@ -15,6 +15,8 @@ mod io_chunks;
 mod lifecycle;
 mod maps;
 mod oom;
+mod profile;
+mod pystack;
 mod sched;
 mod serialize;
 mod sockets;

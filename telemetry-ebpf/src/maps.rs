@@ -4,9 +4,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use telemetry_common::{
-    CursorHint, FdKey, FdState, IoChunk, IoEvent, PendingIo, MAX_CAPTURE, MAX_CURSOR_HINTS,
-    MAX_FULL_CAPTURE_FDS, MAX_PENDING_IO, MAX_WATCHED_FDS, MAX_WATCHED_PIDS, STATS_LEN, STAT_KINDS,
-    SerializePending, MAX_SERIALIZE_PENDING, SCHED_PID_WORDS,
+    CursorHint, FdKey, FdState, IoChunk, IoEvent, PendingIo, SerializePending, MAX_CAPTURE,
+    MAX_CURSOR_HINTS, MAX_FULL_CAPTURE_FDS, MAX_PENDING_IO, MAX_SERIALIZE_PENDING, MAX_WATCHED_FDS,
+    MAX_WATCHED_PIDS, SCHED_PID_WORDS, STATS_LEN, STAT_KINDS,
 };
 
 /// Ring buffer to user space. The loader resizes it (KernelConfig.ring_buffer_bytes).

@@ -35,29 +35,10 @@ pub struct Config {
     pub gpu: crate::gpu::GpuConfig,
     /// Repro scripts for failed calls (docs/repro.md).
     pub repro: crate::repro::ReproConfig,
-    /// Inside the workers: the per-call serialization and scheduling split.
-    pub profile: ProfileConfig,
-}
-
-/// `[profile]`: what the agent looks at inside the worker processes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ProfileConfig {
-    /// Uprobes on protobuf (upb) and orjson in the workers: `deserialize_time`,
-    /// `serialize_time` and `[:snakepit, :serialize, :stop]`.
-    pub serialization: bool,
-    /// sched_switch/sched_waking of the workers' threads: on-CPU, runqueue and
-    /// off-CPU time by reason per call, and the `bound` verdict.
-    pub scheduling: bool,
-}
-
-impl Default for ProfileConfig {
-    fn default() -> Self {
-        ProfileConfig {
-            serialization: true,
-            scheduling: true,
-        }
-    }
+    /// Inside the workers: Python stack sampling (`sampling`, `sample_hz`, `window_s`)
+    /// and the per-call serialization and scheduling split (`serialization`,
+    /// `scheduling`).
+    pub profile: crate::profiler::ProfileConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -167,6 +148,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.validate().map_err(ConfigError::Invalid)?;
+        self.profile.validate().map_err(ConfigError::Invalid)?;
         self.gpu
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

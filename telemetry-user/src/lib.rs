@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod kernel;
 pub mod pipeline;
 pub mod privileges;
+pub mod profiler;
 pub mod repro;
 pub mod sinks;
 pub mod streams;

@@ -30,6 +30,8 @@ pub struct DemoOptions {
     /// A command that execs `erl` and its arguments in its place (e.g. one that puts
     /// the deployment in its own namespaces); empty: `erl` directly.
     pub wrapper: Vec<String>,
+    /// The workers' interpreter (None: the project venv's `.venv/bin/python`).
+    pub python: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -46,6 +48,7 @@ impl Default for DemoOptions {
             erl_flags: Vec::new(),
             env: Vec::new(),
             wrapper: Vec::new(),
+            python: None,
         }
     }
 }
@@ -138,7 +141,11 @@ impl Demo {
             .args(&opts.erl_flags)
             .arg("-extra")
             .arg("--python")
-            .arg(root.join(".venv/bin/python"))
+            .arg(
+                opts.python
+                    .clone()
+                    .unwrap_or_else(|| root.join(".venv/bin/python")),
+            )
             .args(["--grpc-workers", &opts.grpc_workers.to_string()])
             .args(["--pipe-workers", &opts.pipe_workers.to_string()])
             .args(["--instance-name", &opts.instance_name])

@@ -7,6 +7,7 @@ mod demo;
 mod gpu_check;
 mod package;
 mod setup;
+mod setup_pyversions;
 mod test;
 
 use anyhow::Result;
@@ -71,6 +72,10 @@ enum Task {
         /// Write the results and the machine description to docs/benchmarks.md.
         #[arg(long)]
         write_doc: bool,
+        /// Measure the Python stack sampler instead: a worker's CPU per call with
+        /// sampling on vs off, and the sampler's eBPF run time per sample.
+        #[arg(long)]
+        profiler: bool,
     },
     /// On a machine with an NVIDIA GPU: a demo worker allocates known amounts of GPU
     /// memory (CuPy or PyTorch, installed when missing); compares the agent's per-worker
@@ -117,6 +122,7 @@ fn main() -> Result<()> {
             no_session_callbacks,
             warmup_seconds,
             write_doc,
+            profiler,
         } => {
             setup::run(&root)?;
             bench::run(
@@ -132,6 +138,7 @@ fn main() -> Result<()> {
                     no_session_callbacks,
                     warmup_seconds,
                     write_doc,
+                    profiler,
                 },
             )
         }

@@ -29,6 +29,7 @@ pub fn run(root: &Path) -> Result<()> {
     rust_toolchain(root)?;
     debian_packages()?;
     python_venv(root)?;
+    crate::setup_pyversions::run(root)?;
     demo_build(root)?;
     mounts()?;
     Ok(())

@@ -60,6 +60,11 @@ pub struct Agent {
     /// Worker pids for the GPU sampler's attribution.
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
+    /// The Python stack sampler (`[profile] sampling`): workers come and go through it.
+    profiler: Option<(
+        mpsc::UnboundedSender<crate::profiler::Command>,
+        crate::profiler::ProfileHandle,
+    )>,
     counters: Counters,
     /// Scheduling records and (de)serialization uprobes of the workers.
     worker_probes: worker_probes::WorkerProbes,
@@ -126,6 +131,21 @@ impl Agent {
         .context("loading the eBPF probes (see `snakepit-agent check`)")?;
         let kernel_rx = probes.events()?;
         health.set_probes_attached();
+        let profiler = if config.profile.sampling {
+            match crate::profiler::start(
+                &mut probes,
+                &config.profile,
+                config.discovery.proc_root.clone(),
+            ) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Python stack sampling unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let bus = Bus::new(1 << 16);
         let stream_sink =
@@ -147,6 +167,7 @@ impl Agent {
             if config.repro.repro_on_error {
                 server = server.serve_repro(config.repro.directory.clone());
             }
+            let server = server.with_profile(profiler.as_ref().map(|(_, h)| h.clone()));
             let rx = bus.subscribe();
             tokio::spawn(async move {
                 if let Err(e) = server.run(rx, std::future::pending()).await {
@@ -201,6 +222,9 @@ impl Agent {
                 if let Some(r) = crate::repro::Repro::start(repro_config, tracker_bus) {
                     t.set_repro(r);
                 }
+                if let Some((_, h)) = &profiler {
+                    t.set_profile(h.clone());
+                }
                 t
             },
             observations: Vec::new(),
@@ -208,6 +232,7 @@ impl Agent {
             oom_victims: HashSet::new(),
             gpu_workers,
             _gpu: gpu,
+            profiler,
             counters: Counters::default(),
             worker_probes: Default::default(),
             health,
@@ -490,6 +515,10 @@ impl Agent {
                         .connection_opened(conn, &self.discovery, &mut self.observations);
                 }
                 TopologyChange::WorkerDiscovered(w) => {
+                    self.profiler_command(crate::profiler::Command::WorkerUp {
+                        pid: w.pid,
+                        pool: w.pool.clone(),
+                    });
                     self.tracker.lifecycle(Lifecycle::WorkerUp {
                         pool: w.pool.clone(),
                         worker_id: w.worker_id.clone(),
@@ -508,6 +537,7 @@ impl Agent {
                 } => {
                     // Observations decoded before the exit belong before it.
                     self.feed_tracker();
+                    self.profiler_command(crate::profiler::Command::WorkerGone { pid: *pid });
                     self.tracker.lifecycle(Lifecycle::WorkerExited {
                         pool: pool.clone(),
                         worker_id: worker_id.clone(),
@@ -540,6 +570,17 @@ impl Agent {
                 .collect();
             let _ = self.gpu_workers.send(map);
         }
+    }
+
+    fn profiler_command(&self, c: crate::profiler::Command) {
+        if let Some((tx, _)) = &self.profiler {
+            let _ = tx.send(c);
+        }
+    }
+
+    /// The sampler's store, when sampling runs (for `snakepit-agent profile`).
+    pub fn profile(&self) -> Option<crate::profiler::ProfileHandle> {
+        self.profiler.as_ref().map(|(_, h)| h.clone())
     }
 
     /// Frame cursors the decoders know and the kernel does not (streams joined
@@ -653,8 +694,7 @@ impl Agent {
             &mut self.tracker,
             &self.config.discovery.proc_root,
             &workers,
-            self.config.profile.scheduling,
-            self.config.profile.serialization,
+            &self.config.profile,
             kernel::monotonic_now_ns(),
         );
     }
@@ -755,6 +795,12 @@ impl Agent {
             .measure("watched_fds", self.probes.watched_fd_count() as u64)
             .meta("probes", per_probe)
             .meta("program_run_time", run)
+            .meta_opt(
+                "profiler",
+                self.profiler
+                    .as_ref()
+                    .map(|(_, h)| serde_json::Value::Object(h.stats())),
+            )
     }
 }
 

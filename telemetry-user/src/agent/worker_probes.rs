@@ -50,10 +50,10 @@ impl WorkerProbes {
         tracker: &mut CallTracker,
         proc_root: &Path,
         workers: &[u32],
-        scheduling: bool,
-        serialization: bool,
+        cfg: &crate::profiler::ProfileConfig,
         now_ns: u64,
     ) {
+        let (scheduling, serialization) = (cfg.scheduling, cfg.serialization);
         for &pid in workers {
             let w = self.workers.entry(pid).or_default();
             if scheduling && !w.sched {

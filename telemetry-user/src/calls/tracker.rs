@@ -85,6 +85,7 @@ pub struct CallTracker {
     bus: Bus,
     /// GPU memory per worker: long calls get before/after figures.
     gpu: Option<crate::gpu::GpuHandle>,
+    profile: Option<crate::profiler::ProfileHandle>,
     conns: HashMap<u64, ConnState>,
     calls: HashMap<Key, Call>,
     /// Every in-flight call by creation order, for eviction of the oldest.
@@ -108,6 +109,7 @@ impl CallTracker {
             cfg,
             bus,
             gpu: None,
+            profile: None,
             conns: HashMap::new(),
             calls: HashMap::new(),
             order: BTreeMap::new(),
@@ -134,6 +136,12 @@ impl CallTracker {
 
     pub fn activity(&self) -> &crate::worker_time::WorkerActivity {
         &self.activity
+    }
+
+    /// Calls take the profiler's samples of their worker while they ran
+    /// (`python_samples`, `hot_frame`, `hot_library` in call.stop).
+    pub fn set_profile(&mut self, profile: crate::profiler::ProfileHandle) {
+        self.profile = Some(profile);
     }
 
     pub fn config(&self) -> &TrackerConfig {
@@ -584,6 +592,18 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
+        // The worker's samples from its read of the request to the call's end (t2 can
+        // be the response headers' write, sent before the tool runs).
+        let profile = self
+            .profile
+            .as_ref()
+            .filter(|_| !call.internal)
+            .and_then(|p| {
+                let from = call.t1.unwrap_or(call.start_ns());
+                let to = end_ns.max(call.t2.unwrap_or(0));
+                let function = call.function.as_deref().or(call.tool_name.as_deref())?;
+                p.call_finished(call.conn.worker_pid, from, to, function)
+            });
         // Built once, and only when an event needs it (sampled-out calls need none).
         let mut record = None;
         if !call.internal && call.sampled {
@@ -603,7 +623,9 @@ impl CallTracker {
                     self.publish(ev);
                 }
             }
-            self.publish(call_end(&call, &outcome, record, t_end, duration, split));
+            let mut end = call_end(&call, &outcome, record, t_end, duration, split);
+            end.profile = profile;
+            self.publish(end);
         }
         let long =
             |g: &crate::gpu::GpuHandle| duration as u128 >= g.long_call_threshold().as_nanos();

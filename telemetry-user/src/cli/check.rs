@@ -72,7 +72,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             .build()?;
         let loaded = rt.block_on(async { Probes::load(&KernelConfig::default()) });
         match loaded {
-            Ok(probes) => {
+            Ok(mut probes) => {
+                if let Err(e) = probes.start_profiler(99) {
+                    println!("Python sampling     NO ({e})");
+                }
                 for p in probes.attached() {
                     println!("would attach        {p}");
                 }
@@ -80,6 +83,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             Err(e) => problems.push(format!("loading the probes failed: {e}")),
         }
     }
+    python_workers();
     if problems.is_empty() {
         println!("ok: the agent can run here");
         Ok(0)
@@ -104,4 +108,34 @@ fn proc_target() -> Option<u32> {
         .next()
         // SAFETY: geteuid has no preconditions.
         .or_else(|| privileges::other_process(Path::new("/proc"), unsafe { libc::geteuid() }))
+}
+
+/// The interpreter and frame layout of every worker found now (what the Python stack
+/// sampler would use, or why it would refuse the worker).
+fn python_workers() {
+    use crate::discovery::{Discovery, ProcSource, Selectors};
+    let proc_root = std::path::Path::new("/proc");
+    let mut discovery = Discovery::new(
+        ProcSource::new(proc_root.to_path_buf()),
+        Selectors::default(),
+    );
+    discovery.full_scan();
+    let snap = discovery.snapshot();
+    let workers = snap
+        .deployments
+        .iter()
+        .flat_map(|d| d.pools.iter().flat_map(|p| p.workers.iter()))
+        .chain(snap.unattached_workers.iter());
+    for w in workers {
+        match crate::profiler::layout::inspect(proc_root, w.pid) {
+            Ok(i) => println!(
+                "python worker       {:<8} CPython {} ({}, layout from {})",
+                w.pid,
+                i.version,
+                i.path.display(),
+                i.layout_source
+            ),
+            Err(e) => println!("python worker       {:<8} not profiled: {e}", w.pid),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! calls the library and prints.
 pub mod check;
 pub mod list;
+pub mod profile;
 pub mod repro;
 pub mod run;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Repro scripts of failed calls: `repro list`, `repro show ID`.
     Repro(repro::ReproArgs),
+    /// Sample the workers' Python stacks for a while and write a profile.
+    Profile(profile::ProfileArgs),
 }
 
 /// Runs the parsed command; the process exit code is the returned one.
@@ -81,6 +84,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run::run(args),
         Command::List(args) => list::run(args),
         Command::Check(args) => check::run(args),
+        Command::Profile(args) => profile::run(args),
         Command::Repro(args) => repro::run(args),
     }
 }

@@ -78,6 +78,11 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
                     serving_tid: None,
                 })
             }),
+            profile: m(f::PYTHON_SAMPLES).map(|n| crate::profiler::CallProfile {
+                python_samples: n,
+                hot_frame: s(f::HOT_FRAME).unwrap_or_default(),
+                hot_library: s(f::HOT_LIBRARY).unwrap_or_default(),
+            }),
         })
     } else if e.is(schema::POOL_CHECKIN) {
         AgentEvent::PoolCheckin(PoolCheckin {

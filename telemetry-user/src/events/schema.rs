@@ -71,6 +71,11 @@ pub mod field {
     pub const RESPONSE_BYTES: &str = "response_bytes";
     pub const QUEUE_TIME: &str = "queue_time";
     pub const PYTHON_TIME: &str = "python_time";
+    /// Profiler (call.stop): CPU samples of the call's worker during the call, the
+    /// innermost frame and the library most of them were in.
+    pub const PYTHON_SAMPLES: &str = "python_samples";
+    pub const HOT_FRAME: &str = "hot_frame";
+    pub const HOT_LIBRARY: &str = "hot_library";
     pub const CHUNKS: &str = "chunks";
     pub const BUSY_TIME: &str = "busy_time";
     pub const SIZE: &str = "size";

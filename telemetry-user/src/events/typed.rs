@@ -150,6 +150,8 @@ pub struct CallEnd {
     /// Streaming calls: response messages.
     pub chunks: Option<u64>,
     pub grpc_status: Option<u32>,
+    /// What the profiler's samples of the call say (`[profile] sampling`).
+    pub profile: Option<crate::profiler::CallProfile>,
     /// Where the worker's time went (serialization and scheduling split), when its
     /// window `[t1, t2]` is known and the worker probes saw it.
     pub split: Option<Box<WorkerSplit>>,
@@ -558,6 +560,11 @@ fn visit_end<'a>(e: &'a CallEnd, v: &mut dyn Visitor<'a>) {
     }
     if let Some(split) = &e.split {
         visit_split(split, v);
+    }
+    if let Some(p) = &e.profile {
+        v.measure(f::PYTHON_SAMPLES, Val::U64(p.python_samples));
+        v.meta(f::HOT_FRAME, Val::Str(&p.hot_frame));
+        v.meta(f::HOT_LIBRARY, Val::Str(&p.hot_library));
     }
     e.call.visit(v);
     match &e.outcome {

@@ -8,10 +8,9 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, CHUNK_BYTES,
-    CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE,
-    MAX_MARKS,
-    SchedEvent, SerializeEvent, SerializeFn,
+    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedEvent,
+    SerializeEvent, SerializeFn, CHUNK_BYTES, CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN,
+    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
 };
 use thiserror::Error;
 

@@ -14,10 +14,10 @@ use aya::{
 use telemetry_common::{
     CursorHint, Direction, FdKey, FdState, CHUNK_BYTES, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
     GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_PT_REGS_ARG_OFFSETS,
-    GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET,
-    GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS, MAP_FULL_CAPTURE_FDS, MAP_STATS,
-    MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
-    GLOBAL_PT_REGS_SYSCALL_OFFSET, MAP_SCHED_PIDS,
+    GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
+    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
+    MAP_FULL_CAPTURE_FDS, MAP_SCHED_PIDS, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS,
+    MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -616,7 +616,10 @@ impl Probes {
     pub fn prog_run_stats(&self) -> Vec<ProgRunStats> {
         PROGRAMS
             .iter()
-            .filter_map(|&(name, _)| {
+            .map(|&(name, _)| name)
+            // The sampler, when it was started (an unloaded program has no info).
+            .chain([telemetry_common::PROG_PROFILE])
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgRunStats {
                     name: name.to_string(),
@@ -634,6 +637,14 @@ impl Probes {
 
     pub fn task_offsets(&self) -> TaskOffsets {
         self.offsets
+    }
+
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub(super) fn note_attached(&mut self, target: String) {
+        self.attached.push(target);
     }
 
     /// Records read and decode failures of the ring-buffer reader.

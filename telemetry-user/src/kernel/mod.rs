@@ -15,6 +15,7 @@ pub mod decode;
 pub mod error;
 pub mod loader;
 pub mod preflight;
+mod profiling;
 mod reader;
 pub mod stats;
 mod workers;
@@ -26,6 +27,7 @@ pub use decode::{
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
 pub use preflight::{preflight, Preflight};
+pub use profiling::ProfilerMaps;
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};
 pub use telemetry_common::{
     SerializeFn, SizeFrom, Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE,

@@ -10,6 +10,7 @@
 mod doc;
 mod miss;
 mod phase;
+mod profiler;
 mod report;
 
 use anyhow::Result;
@@ -35,6 +36,8 @@ pub struct BenchArgs {
     pub no_session_callbacks: bool,
     pub warmup_seconds: u64,
     pub write_doc: bool,
+    /// The Python stack sampler's cost instead (see `profiler.rs`).
+    pub profiler: bool,
 }
 
 pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
@@ -47,6 +50,9 @@ pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     let dir = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    if args.profiler {
+        return profiler::run(&dir, &args);
+    }
     let machine = report::Machine::describe();
     let mut bench = Bench::start(&dir, &args)?;
     let mut report = Report::new(&args, machine);

@@ -352,6 +352,7 @@ pub(super) fn call_end(
             .then(|| call.resp_msgs[0].max(call.resp_msgs[1])),
         grpc_status: call.grpc_status,
         split: split.map(Box::new),
+        profile: None,
     }
 }
 

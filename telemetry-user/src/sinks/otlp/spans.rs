@@ -273,6 +273,15 @@ fn push_byte_counts(ev: &CallEnd, a: &mut Vec<KeyValue>) {
     if let Some(c) = ev.chunks {
         a.push(KeyValue::new("snakepit.chunks", c as i64));
     }
+    // The profiler's view of the call (docs/profiler.md).
+    if let Some(p) = &ev.profile {
+        a.push(KeyValue::new(
+            "snakepit.python_samples",
+            p.python_samples as i64,
+        ));
+        a.push(KeyValue::new("snakepit.hot_frame", p.hot_frame.clone()));
+        a.push(KeyValue::new("snakepit.hot_library", p.hot_library.clone()));
+    }
 }
 
 fn exception_type(ev: &CallEnd) -> Option<&str> {
@@ -518,6 +527,32 @@ mod tests {
         let client = by_kind(&spans, SpanKind::Client)[0];
         assert_eq!(client.status, Status::error("exit: worker died"));
         assert_eq!(client.events.events.len(), 1);
+    }
+
+    #[test]
+    fn the_profilers_view_is_on_the_call_span() {
+        let ev = grpc_stop()
+            .measure("python_samples", 21u64)
+            .meta("hot_frame", "demo_hot.spin")
+            .meta("hot_library", "demo_hot");
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
+        let client = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(
+            attr(client, "snakepit.python_samples"),
+            Some(&opentelemetry::Value::I64(21))
+        );
+        assert_eq!(
+            attr(client, "snakepit.hot_frame").map(|v| v.as_str().to_string()),
+            Some("demo_hot.spin".to_string())
+        );
+        assert_eq!(
+            attr(client, "snakepit.hot_library").map(|v| v.as_str().to_string()),
+            Some("demo_hot".to_string())
+        );
+        // Without samples there is nothing to say.
+        let spans =
+            call_spans(&to_typed(&grpc_stop()), &CallContext::default(), &scope()).expect("spans");
+        assert!(attr(by_kind(&spans, SpanKind::Client)[0], "snakepit.hot_frame").is_none());
     }
 
     #[test]

@@ -112,6 +112,12 @@ struct MemoryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SampleLabels {
+    function: String,
+    hot_library: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
     device: String,
@@ -177,6 +183,7 @@ pub struct Metrics {
     serialize_time: HistFamily<FunctionLabels>,
     sched_time: HistFamily<SchedLabels>,
     bound: Family<BoundLabels, Counter>,
+    python_samples: Family<SampleLabels, Counter>,
     exceptions: Family<ErrorLabels, Counter>,
     pool_size: Family<PoolLabels, Gauge>,
     pool_idle: Family<PoolLabels, Gauge>,
@@ -238,6 +245,7 @@ impl Metrics {
             serialize_time: hist(),
             sched_time: Family::new_with_constructor(buckets.clone()),
             bound: Family::default(),
+            python_samples: Family::default(),
             exceptions: Family::default(),
             pool_size: Family::default(),
             pool_idle: Family::default(),
@@ -319,6 +327,11 @@ impl Metrics {
             "snakepit_call_bound",
             "Calls by verdict (the largest part of the worker window): cpu, cpu_starved, io, gil, lock, sleep, gpu",
             self.bound.clone(),
+        );
+        r.register(
+            "snakepit_python_samples",
+            "CPU samples of the workers' Python stacks during calls, by function and the call's hot library",
+            self.python_samples.clone(),
         );
         r.register(
             "snakepit_call_exceptions",
@@ -560,6 +573,15 @@ impl Metrics {
                 result,
             })
             .inc();
+        if let Some(p) = &ev.profile {
+            let hot_library = self.label_ref("hot_library", &p.hot_library);
+            self.python_samples
+                .get_or_create(&SampleLabels {
+                    function: function.clone(),
+                    hot_library,
+                })
+                .inc_by(p.python_samples);
+        }
         let fl = FunctionLabels {
             library: library.clone(),
             function,

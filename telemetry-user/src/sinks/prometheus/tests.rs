@@ -324,3 +324,28 @@ fn custom_buckets_are_used_sorted() {
         .collect();
     assert_eq!(buckets, vec!["0.01", "0.1", "1.0", "+Inf"]);
 }
+
+#[test]
+fn python_samples_count_by_function_and_hot_library() {
+    let mut m = Metrics::new(&MetricsConfig::default());
+    let profiled = |n: u64, lib: &str| {
+        stop("hot_path", "ok", 1_000_000)
+            .measure("python_samples", n)
+            .meta("hot_frame", "demo_hot.spin")
+            .meta("hot_library", lib)
+    };
+    m.observe(&to_typed(&profiled(20, "demo_hot")));
+    m.observe(&to_typed(&profiled(5, "demo_hot")));
+    m.observe(&to_typed(&profiled(7, "numpy")));
+    // A call without samples adds nothing.
+    m.observe(&to_typed(&stop("hot_path", "ok", 1_000_000)));
+    let s = render(&m);
+    let get = |lib: &str| {
+        s.get(&format!(
+            "snakepit_python_samples_total{{function=\"hot_path\",hot_library=\"{lib}\"}}"
+        ))
+        .copied()
+    };
+    assert_eq!(get("demo_hot"), Some(25.0));
+    assert_eq!(get("numpy"), Some(7.0));
+}

@@ -7,6 +7,7 @@
 mod auth;
 mod guard;
 pub mod live;
+mod profile;
 mod repro_files;
 
 use crate::events::BusReceiver;
@@ -156,6 +157,8 @@ struct Shared {
     max_event_streams: usize,
     /// Where `/repro/<file>` reads scripts from (None: repro off).
     repro_dir: Option<std::path::PathBuf>,
+    /// The Python stack sampler's samples, when it runs (`/debug/pprof/...`).
+    profile: Option<crate::profiler::ProfileHandle>,
 }
 
 /// `event: state\ndata: JSON\n\n`, built once per state: `json()` is a view into it.
@@ -194,6 +197,7 @@ pub struct Server {
     health: SharedHealth,
     token: Option<auth::Token>,
     repro_dir: Option<std::path::PathBuf>,
+    profile: Option<crate::profiler::ProfileHandle>,
 }
 
 impl Server {
@@ -225,6 +229,7 @@ impl Server {
             },
             token,
             repro_dir: None,
+            profile: None,
         })
     }
 
@@ -237,6 +242,12 @@ impl Server {
     /// Serves the repro scripts in `dir` at `/repro/<file>` (loopback clients only).
     pub fn serve_repro(mut self, dir: std::path::PathBuf) -> Self {
         self.repro_dir = Some(dir);
+        self
+    }
+
+    /// Serves the profiler's samples under `/debug/pprof/`.
+    pub fn with_profile(mut self, profile: Option<crate::profiler::ProfileHandle>) -> Self {
+        self.profile = profile;
         self
     }
 
@@ -275,6 +286,7 @@ impl Server {
             limits: limits.clone(),
             token: self.token,
             max_event_streams: cfg.max_event_streams,
+            profile: self.profile.clone(),
         });
         let mut tasks = JoinSet::new();
         let consumer = shared.clone();
@@ -442,6 +454,31 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, loopback: bool) -> 
             bytes(StatusCode::OK, "application/json", json)
         }
         "/events" => sse(shared),
+        p if p.starts_with("/debug/pprof/") => {
+            let Some(h) = &shared.profile else {
+                return plain(StatusCode::NOT_FOUND, "Python stack sampling is off\n");
+            };
+            let q = req.uri().query();
+            let reply = match p {
+                "/debug/pprof/profile" => profile::pprof_profile(h, q).await,
+                "/debug/pprof/flamegraph.svg" => profile::flamegraph(h, q),
+                "/debug/pprof/functions" => profile::functions(h),
+                _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
+            };
+            match reply {
+                profile::Reply::Ok(ct, body) => {
+                    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+                    if let Ok(v) = ct.parse() {
+                        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+                    }
+                    resp
+                }
+                profile::Reply::Err(code, text) => plain(
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    &text,
+                ),
+            }
+        }
         // `/?hold=MS` makes the page fetch this, which keeps its load event back MS
         // milliseconds: headless browsers dump the DOM at load, and a test wants the
         // page to have received live updates by then.

@@ -1,0 +1,43 @@
+use serde::{Deserialize, Serialize};
+
+/// `[profile]`: the Python stack sampler.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// CPU-clock sampling of the workers' Python stacks.
+    pub sampling: bool,
+    /// Samples per second per CPU (perf_event frequency).
+    pub sample_hz: u64,
+    /// How long resolved samples are kept for per-call attribution and profiles.
+    pub window_s: u64,
+    /// Uprobes on protobuf (upb) and orjson / stdlib json in the workers:
+    /// `deserialize_time`, `serialize_time` and `[:snakepit, :serialize, :stop]`.
+    pub serialization: bool,
+    /// sched_switch/sched_waking of the workers' threads: on-CPU, runqueue and off-CPU
+    /// time by reason per call, and the `bound` verdict.
+    pub scheduling: bool,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            sampling: true,
+            sample_hz: 99,
+            window_s: 120,
+            serialization: true,
+            scheduling: true,
+        }
+    }
+}
+
+impl ProfileConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sampling && !(1..=10_000).contains(&self.sample_hz) {
+            return Err(format!(
+                "[profile] sample_hz {} not in 1..=10000",
+                self.sample_hz
+            ));
+        }
+        Ok(())
+    }
+}

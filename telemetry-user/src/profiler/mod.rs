@@ -1,0 +1,394 @@
+//! The Python stack profiler (issue 9): CPU-clock samples of the workers' threads
+//! taken in the kernel (telemetry-ebpf `profile.rs` / `pystack.rs`), resolved here to
+//! Python functions and native frames, kept per worker for a window, attributed to the
+//! calls the worker served, and written as folded stacks, flame graphs or pprof.
+//!
+//! - `layout`: which CPython a worker runs and the offsets of its structs (checked).
+//! - `code`: code objects -> module.qualname / file / line (bounded cache).
+//! - `native`, `elf`: native frames -> object and symbol.
+//! - `stacks`: merging Python and native frames; the sample's library.
+//! - `store`: the samples' window, per-call summaries, selections for outputs.
+//! - `output`, `pprof`: folded / SVG / pprof.
+pub mod code;
+pub mod config;
+pub mod elf;
+pub mod error;
+pub mod layout;
+pub mod mem;
+pub mod native;
+pub mod output;
+pub mod pprof;
+pub mod stacks;
+pub mod store;
+
+pub use config::ProfileConfig;
+pub use error::ProfilerError;
+pub use output::ProfileFormat;
+pub use store::{CallProfile, Filter, SampleStore};
+
+use crate::kernel::ProfilerMaps;
+use code::CodeCache;
+use layout::Interpreter;
+use mem::ProcMem;
+use native::Symbolizer;
+use stacks::Frame;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use telemetry_common::{PySample, PY_FRAME_OWNED_BY_CSTACK, PY_SAMPLE_LEN, SAMPLE_TRUNCATED};
+use tokio::sync::mpsc;
+
+/// The samples, shared by the profiler task (writer), the call tracker (per-call
+/// attribution) and the outputs.
+#[derive(Clone)]
+pub struct ProfileHandle {
+    store: Arc<Mutex<SampleStore>>,
+    pub sample_hz: u64,
+    /// The kernel's counters (PSTAT_NAMES order, summed over CPUs) and user space's.
+    stats: Arc<Mutex<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl ProfileHandle {
+    pub fn new(store: SampleStore, sample_hz: u64) -> Self {
+        ProfileHandle {
+            store: Arc::new(Mutex::new(store)),
+            sample_hz,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut SampleStore) -> R) -> R {
+        let mut g = match self.store.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    /// The sampler's counters, for `agent.stats` (`profiler`).
+    pub fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.stats.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Per-call attribution (see `SampleStore::call_finished`).
+    pub fn call_finished(
+        &self,
+        pid: u32,
+        start_ns: u64,
+        end_ns: u64,
+        function: &str,
+    ) -> Option<CallProfile> {
+        self.with(|s| s.call_finished(pid, start_ns, end_ns, function))
+    }
+
+    /// Functions with attributed samples since `since_ns`, most samples first.
+    pub fn function_counts(&self, since_ns: u64) -> Vec<(String, u64)> {
+        self.with(|s| {
+            let mut m: HashMap<String, u64> = HashMap::new();
+            for (_, x) in s.select(&Filter {
+                since_ns,
+                ..Filter::default()
+            }) {
+                if let Some(f) = &x.function {
+                    *m.entry(f.clone()).or_default() += 1;
+                }
+            }
+            let mut v: Vec<(String, u64)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v
+        })
+    }
+
+    /// Root-first stacks of the samples matching `f`.
+    pub fn stacks(&self, f: &Filter) -> Vec<Arc<[Frame]>> {
+        self.with(|s| {
+            s.select(f)
+                .into_iter()
+                .map(|(_, x)| x.stack.frames.clone())
+                .collect()
+        })
+    }
+}
+
+/// What the agent tells the profiler.
+#[derive(Debug)]
+pub enum Command {
+    WorkerUp { pid: u32, pool: String },
+    WorkerGone { pid: u32 },
+}
+
+struct Proc {
+    interp: Interpreter,
+    mem: ProcMem,
+}
+
+struct Pending {
+    pool: String,
+    since: Instant,
+    last_error: String,
+}
+
+/// How long a new worker's interpreter may take to come up before it is given up.
+const INSPECT_PATIENCE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(10);
+
+pub struct Profiler {
+    proc_root: PathBuf,
+    maps: ProfilerMaps,
+    procs: HashMap<u32, Proc>,
+    pending: HashMap<u32, Pending>,
+    code: CodeCache,
+    native: Symbolizer,
+    handle: ProfileHandle,
+    /// Interpreters by pid, for `check` and the started event.
+    pub interpreters: Arc<Mutex<HashMap<u32, Result<String, String>>>>,
+    decode_errors: u64,
+    /// `task_struct.thread.fsbase` (BTF), or u32::MAX.
+    task_fsbase_off: u32,
+}
+
+/// Offset of `task_struct.thread.fsbase`: a 3.10 thread state names its thread by
+/// pthread id, which is the thread's fs base on x86_64 glibc.
+fn task_fsbase_off() -> u32 {
+    let Ok(btf) = crate::kernel::btf::Btf::from_sys() else {
+        return u32::MAX;
+    };
+    match (
+        btf.member_offset("task_struct", "thread"),
+        btf.member_offset("thread_struct", "fsbase"),
+    ) {
+        (Ok(a), Ok(b)) => a + b,
+        _ => u32::MAX,
+    }
+}
+
+impl Profiler {
+    pub fn new(maps: ProfilerMaps, cfg: &ProfileConfig, proc_root: PathBuf) -> Profiler {
+        let store = SampleStore::new(cfg.window_s.max(1) * 1_000_000_000, 200_000);
+        Profiler {
+            native: Symbolizer::new(&proc_root),
+            proc_root,
+            maps,
+            procs: HashMap::new(),
+            pending: HashMap::new(),
+            code: CodeCache::new(65_536),
+            handle: ProfileHandle::new(store, cfg.sample_hz),
+            interpreters: Arc::default(),
+            decode_errors: 0,
+            task_fsbase_off: task_fsbase_off(),
+        }
+    }
+
+    pub fn handle(&self) -> ProfileHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until the command channel closes.
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_stats = Instant::now();
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = poll.tick() => {
+                    self.retry_pending();
+                    self.drain();
+                    if last_stats.elapsed() >= Duration::from_secs(1) {
+                        self.publish_stats();
+                        last_stats = Instant::now();
+                    }
+                }
+            }
+        }
+        self.drain();
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        let mut m = serde_json::Map::new();
+        for (i, name) in telemetry_common::PSTAT_NAMES.iter().enumerate() {
+            let v: u64 = self
+                .maps
+                .stats
+                .get(&(i as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            m.insert((*name).into(), v.into());
+        }
+        let (total, attributed) = self.handle.with(|s| (s.total_samples, s.attributed));
+        m.insert("resolved".into(), total.into());
+        m.insert("attributed".into(), attributed.into());
+        m.insert("code_read_errors".into(), self.code.read_errors.into());
+        m.insert("record_errors".into(), self.decode_errors.into());
+        m.insert("workers".into(), self.procs.len().into());
+        if let Ok(mut s) = self.handle.stats.lock() {
+            *s = m;
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::WorkerUp { pid, pool } => {
+                self.handle.with(|s| s.add_worker(pid, &pool));
+                self.pending.insert(
+                    pid,
+                    Pending {
+                        pool,
+                        since: Instant::now(),
+                        last_error: String::new(),
+                    },
+                );
+                self.retry_pending();
+            }
+            Command::WorkerGone { pid } => {
+                self.drain();
+                let _ = self.maps.py_procs.remove(&pid);
+                self.procs.remove(&pid);
+                self.pending.remove(&pid);
+                self.code.forget(pid);
+                self.native.forget(pid);
+                self.handle.with(|s| s.remove_worker(pid));
+            }
+        }
+    }
+
+    fn retry_pending(&mut self) {
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            match self.attach(pid) {
+                Ok(()) => {
+                    self.pending.remove(&pid);
+                }
+                Err(e) => {
+                    let Some(p) = self.pending.get_mut(&pid) else {
+                        continue;
+                    };
+                    let msg = e.to_string();
+                    let permanent = matches!(
+                        e,
+                        ProfilerError::UnsupportedVersion { .. }
+                            | ProfilerError::NoInterpreter { .. }
+                    ) && p.since.elapsed() > Duration::from_secs(2);
+                    if permanent || p.since.elapsed() > INSPECT_PATIENCE {
+                        tracing::warn!(pid, pool = %p.pool, error = %msg, "worker not profiled");
+                        self.record(pid, Err(msg));
+                        self.pending.remove(&pid);
+                    } else {
+                        p.last_error = msg;
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&self, pid: u32, r: Result<String, String>) {
+        if let Ok(mut m) = self.interpreters.lock() {
+            m.insert(pid, r);
+        }
+    }
+
+    fn attach(&mut self, pid: u32) -> Result<(), ProfilerError> {
+        let interp = layout::inspect(&self.proc_root, pid)?;
+        let mem = ProcMem::open(&self.proc_root, pid)?;
+        if interp.layout.pthread_ids && self.task_fsbase_off == u32::MAX {
+            return Err(ProfilerError::LayoutMismatch {
+                pid,
+                version: interp.version,
+                what: "task_struct.thread.fsbase unknown (no kernel BTF): 3.10 threads cannot be matched".into(),
+            });
+        }
+        let info = interp
+            .layout
+            .proc_info(interp.runtime_addr, self.task_fsbase_off);
+        self.maps
+            .py_procs
+            .insert(pid, info, 0)
+            .map_err(|e| ProfilerError::Kernel(e.to_string()))?;
+        let desc = format!(
+            "CPython {} ({}, layout from {})",
+            interp.version,
+            interp.path.display(),
+            interp.layout_source
+        );
+        tracing::info!(pid, interpreter = %desc, "profiling worker");
+        self.record(pid, Ok(desc));
+        self.procs.insert(pid, Proc { interp, mem });
+        Ok(())
+    }
+
+    /// Takes every sample the kernel has queued.
+    fn drain(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(item) = self.maps.ring.next() {
+            if item.len() < PY_SAMPLE_LEN {
+                self.decode_errors += 1;
+                continue;
+            }
+            // SAFETY: length checked; PySample is plain old data, read unaligned.
+            let s: PySample = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PySample) };
+            batch.push(s);
+        }
+        for s in &batch {
+            self.on_sample(s);
+        }
+    }
+
+    fn on_sample(&mut self, s: &PySample) {
+        let Some(p) = self.procs.get(&s.tgid) else {
+            return;
+        };
+        let l = p.interp.layout.code;
+        let depth = (s.py_depth as usize).min(s.frames.len());
+        let mut python = Vec::with_capacity(depth);
+        for f in &s.frames[..depth] {
+            if f.owner == PY_FRAME_OWNED_BY_CSTACK || f.code == 0 {
+                continue;
+            }
+            let Some(code) = self.code.get(&p.mem, s.tgid, &l, f.code) else {
+                continue;
+            };
+            let units = if l.legacy_310 {
+                // f_lasti, an int (the low half of the 8 bytes read).
+                i64::from(f.instr as u32 as i32)
+            } else {
+                (f.instr as i64 - (f.code + l.code_adaptive) as i64) / 2
+            };
+            python.push(Frame::python(&code, code.line(units)));
+        }
+        let nd = (s.native_depth as usize).min(s.native.len());
+        let native: Vec<_> = s.native[..nd]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| self.native.resolve(s.tgid, *a, i > 0))
+            .collect();
+        let stack = stacks::merge(
+            s.tid,
+            python,
+            &native,
+            &p.interp.path,
+            s.flags & SAMPLE_TRUNCATED != 0,
+        );
+        self.handle.with(|st| st.push(s.tgid, s.ts_ns, stack));
+    }
+}
+
+/// Starts the sampler on the loaded probes. The returned sender feeds it workers.
+pub fn start(
+    probes: &mut crate::kernel::Probes,
+    cfg: &ProfileConfig,
+    proc_root: PathBuf,
+) -> Result<(mpsc::UnboundedSender<Command>, ProfileHandle), ProfilerError> {
+    let maps = probes
+        .start_profiler(cfg.sample_hz)
+        .map_err(|e| ProfilerError::Kernel(e.to_string()))?;
+    let profiler = Profiler::new(maps, cfg, proc_root);
+    let handle = profiler.handle();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(profiler.run(rx));
+    Ok((tx, handle))
+}

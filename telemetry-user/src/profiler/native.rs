@@ -1,0 +1,113 @@
+//! Native user frames -> (object file, symbol), through the process's mappings and the
+//! files' ELF symbol tables (`.symtab` where present, else `.dynsym`).
+use super::elf::{read_maps, ElfSymbols, Mapping};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeFrame {
+    pub addr: u64,
+    pub path: Arc<PathBuf>,
+    pub symbol: Option<String>,
+}
+
+impl NativeFrame {
+    pub fn object(&self) -> &str {
+        self.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+    }
+
+    /// `symbol [object]`, or `object+0xoffset` when no symbol covers the address.
+    pub fn name(&self) -> String {
+        match &self.symbol {
+            Some(s) => format!("{s} [{}]", self.object()),
+            None => format!("[{}]", self.object()),
+        }
+    }
+}
+
+struct ProcMaps {
+    maps: Vec<Mapping>,
+    read_at: Instant,
+}
+
+/// Files whose symbols are kept at most (each may be tens of thousands of symbols).
+const MAX_FILES: usize = 256;
+/// A miss re-reads the maps at most this often (new libraries loaded by the worker).
+const MAPS_REFRESH: Duration = Duration::from_secs(1);
+
+pub struct Symbolizer {
+    proc_root: PathBuf,
+    procs: HashMap<u32, ProcMaps>,
+    files: HashMap<PathBuf, Option<Arc<ElfSymbols>>>,
+}
+
+impl Symbolizer {
+    pub fn new(proc_root: &Path) -> Self {
+        Symbolizer {
+            proc_root: proc_root.to_path_buf(),
+            procs: HashMap::new(),
+            files: HashMap::new(),
+        }
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    fn mapping(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
+        let find = |p: &ProcMaps| {
+            p.maps
+                .iter()
+                .find(|m| m.exec && m.start <= addr && addr < m.end)
+                .cloned()
+        };
+        if let Some(m) = self.procs.get(&pid).and_then(find) {
+            return Some(m);
+        }
+        let stale = self
+            .procs
+            .get(&pid)
+            .is_none_or(|p| p.read_at.elapsed() >= MAPS_REFRESH);
+        if !stale {
+            return None;
+        }
+        let maps = read_maps(&self.proc_root, pid).ok()?;
+        let p = ProcMaps {
+            maps,
+            read_at: Instant::now(),
+        };
+        let m = find(&p);
+        self.procs.insert(pid, p);
+        m
+    }
+
+    /// `caller`: the address is a return address (every frame but the innermost), so
+    /// the call instruction is the byte before it.
+    pub fn resolve(&mut self, pid: u32, addr: u64, caller: bool) -> Option<NativeFrame> {
+        let m = self.mapping(pid, addr)?;
+        if self.files.len() >= MAX_FILES && !self.files.contains_key(&m.path) {
+            self.files.clear();
+        }
+        let root = self.proc_root.join(pid.to_string()).join("root");
+        let syms = self
+            .files
+            .entry(m.path.clone())
+            .or_insert_with(|| ElfSymbols::load(&m.path, Some(&root)).ok().map(Arc::new))
+            .clone();
+        let symbol = syms.as_ref().and_then(|s| {
+            let bias = s.bias(&m)?;
+            let lookup = addr.wrapping_sub(bias).wrapping_sub(u64::from(caller));
+            s.lookup(lookup).map(str::to_string)
+        });
+        Some(NativeFrame {
+            addr,
+            path: Arc::new(m.path),
+            symbol,
+        })
+    }
+}

@@ -1,0 +1,240 @@
+//! One merged stack per sample: the Python frames (root first) and, below the
+//! innermost one, the native frames of the C extension it called into (numpy's
+//! kernels, upb, orjson, ...). A thread with no Python frame keeps its native stack.
+use super::code::CodeInfo;
+use super::native::NativeFrame;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Frame {
+    Python {
+        /// `module.qualname`.
+        function: String,
+        library: String,
+        file: String,
+        line: u32,
+    },
+    Native {
+        /// `symbol [object]`.
+        name: String,
+        library: String,
+    },
+}
+
+impl Frame {
+    pub fn python(code: &CodeInfo, line: u32) -> Frame {
+        Frame::Python {
+            function: code.function(),
+            library: code.library().to_string(),
+            file: code.filename.clone(),
+            line,
+        }
+    }
+
+    pub fn native(f: &NativeFrame) -> Frame {
+        Frame::Native {
+            name: f.name(),
+            library: native_library(&f.path),
+        }
+    }
+
+    /// The name in folded stacks and flame graphs.
+    pub fn name(&self) -> &str {
+        match self {
+            Frame::Python { function, .. } => function,
+            Frame::Native { name, .. } => name,
+        }
+    }
+
+    pub fn library(&self) -> &str {
+        match self {
+            Frame::Python { library, .. } | Frame::Native { library, .. } => library,
+        }
+    }
+
+    pub fn is_python(&self) -> bool {
+        matches!(self, Frame::Python { .. })
+    }
+}
+
+/// Library of a native object: its package when installed in site-packages
+/// (`numpy/_core/_multiarray_umath...so` and `numpy.libs/libscipy_openblas...so`
+/// are both `numpy`), else the file name without version suffixes (`libc`).
+pub fn native_library(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    for marker in ["/site-packages/", "/dist-packages/"] {
+        if let Some((_, rest)) = s.rsplit_once(marker) {
+            let top = rest.split('/').next().unwrap_or(rest);
+            let top = top.strip_suffix(".libs").unwrap_or(top);
+            let top = top.split('.').next().unwrap_or(top);
+            return top.to_string();
+        }
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    name.split(".so").next().unwrap_or(name).to_string()
+}
+
+/// Objects that are the runtime, not a library a user would blame.
+fn is_runtime(library: &str) -> bool {
+    library.starts_with("libpython")
+        || library.starts_with("python3")
+        || library.starts_with("libc")
+        || library.starts_with("ld-linux")
+        || library == "libm"
+        || library == "libpthread"
+}
+
+/// A sample after resolution.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub tid: u32,
+    /// Root first.
+    pub frames: Arc<[Frame]>,
+    /// The frame a user would name: innermost Python frame, else innermost native.
+    pub hot_frame: String,
+    /// Innermost non-runtime native library (numpy for BLAS kernels), else the
+    /// innermost Python frame's package.
+    pub library: String,
+    pub truncated: bool,
+}
+
+/// Merges `python` (innermost first, resolved) and `native` (innermost first).
+/// `interpreter` is the file that holds the interpreter loop: native frames from the
+/// leaf up to the first frame inside it belong below the innermost Python frame.
+pub fn merge(
+    tid: u32,
+    python: Vec<Frame>,
+    native: &[NativeFrame],
+    interpreter: &Path,
+    truncated: bool,
+) -> Stack {
+    let mut frames: Vec<Frame> = python.iter().rev().cloned().collect();
+    let extension: Vec<&NativeFrame> = if python.is_empty() {
+        native.iter().collect()
+    } else {
+        native
+            .iter()
+            .take_while(|f| f.path.as_path() != interpreter)
+            .collect()
+    };
+    // When the unwinder never reached the interpreter (no frame pointers in the
+    // library), only the leaf is certain.
+    let reached = python.is_empty() || extension.len() < native.len();
+    let extension: &[&NativeFrame] = if reached {
+        &extension
+    } else {
+        &extension[..extension.len().min(1)]
+    };
+    frames.extend(extension.iter().rev().map(|f| Frame::native(f)));
+    let library = extension
+        .iter()
+        .map(|f| native_library(&f.path))
+        .find(|l| !is_runtime(l))
+        .or_else(|| python.first().map(|f| f.library().to_string()))
+        .or_else(|| extension.first().map(|f| native_library(&f.path)))
+        .unwrap_or_else(|| "unknown".into());
+    let hot_frame = python
+        .first()
+        .or(frames.last())
+        .map(|f| f.name().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    Stack {
+        tid,
+        frames: frames.into(),
+        hot_frame,
+        library,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn nf(path: &str, sym: &str) -> NativeFrame {
+        NativeFrame {
+            addr: 1,
+            path: Arc::new(PathBuf::from(path)),
+            symbol: Some(sym.into()),
+        }
+    }
+
+    fn py(function: &str, library: &str) -> Frame {
+        Frame::Python {
+            function: function.into(),
+            library: library.into(),
+            file: String::new(),
+            line: 1,
+        }
+    }
+
+    const LIBPY: &str = "/py/lib/libpython3.11.so.1.0";
+    const BLAS: &str =
+        "/v/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-ff651d7f.so";
+    const UMATH: &str = "/v/lib/python3.11/site-packages/numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so";
+
+    #[test]
+    fn extension_frames_go_below_the_innermost_python_frame() {
+        let python = vec![
+            py("demo_hot.matmul", "demo_hot"),
+            py("demo_hot.hot_path", "demo_hot"),
+        ];
+        let native = vec![
+            nf(BLAS, "dgemm_kernel"),
+            nf(UMATH, "cblas_matrixproduct"),
+            nf(LIBPY, "_PyEval_EvalFrameDefault"),
+            nf(LIBPY, "PyObject_Call"),
+        ];
+        let s = merge(7, python, &native, std::path::Path::new(LIBPY), false);
+        let names: Vec<&str> = s.frames.iter().map(Frame::name).collect();
+        assert_eq!(
+            names,
+            [
+                "demo_hot.hot_path",
+                "demo_hot.matmul",
+                "cblas_matrixproduct [_multiarray_umath.cpython-311-x86_64-linux-gnu.so]",
+                "dgemm_kernel [libscipy_openblas64_-ff651d7f.so]",
+            ]
+        );
+        assert_eq!(s.library, "numpy");
+        assert_eq!(s.hot_frame, "demo_hot.matmul");
+    }
+
+    #[test]
+    fn pure_python_time_is_the_modules() {
+        let python = vec![py("demo_hot.spin", "demo_hot")];
+        let native = vec![nf(LIBPY, "_PyEval_EvalFrameDefault"), nf(LIBPY, "main")];
+        let s = merge(7, python, &native, std::path::Path::new(LIBPY), false);
+        assert_eq!(s.frames.len(), 1);
+        assert_eq!(s.library, "demo_hot");
+        assert_eq!(s.hot_frame, "demo_hot.spin");
+    }
+
+    #[test]
+    fn a_native_thread_keeps_its_native_stack() {
+        let native = vec![
+            nf(BLAS, "dgemm_kernel"),
+            nf("/lib/libc.so.6", "start_thread"),
+        ];
+        let s = merge(9, vec![], &native, std::path::Path::new(LIBPY), false);
+        assert_eq!(s.frames.len(), 2);
+        assert_eq!(s.frames[0].name(), "start_thread [libc.so.6]");
+        assert_eq!(s.library, "numpy");
+    }
+
+    #[test]
+    fn libraries_of_native_objects() {
+        assert_eq!(native_library(Path::new(BLAS)), "numpy");
+        assert_eq!(native_library(Path::new(UMATH)), "numpy");
+        assert_eq!(
+            native_library(Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
+            "libc"
+        );
+        assert_eq!(
+            native_library(Path::new("/v/site-packages/google/_upb/_message.abi3.so")),
+            "google"
+        );
+    }
+}
