@@ -50,10 +50,34 @@ fn time_split(e: &CallEnd) -> String {
         let _ = write!(s, "python {:.1} ms, ", ms(p));
     }
     if let (Some(q), Some(p)) = (e.queue_time, e.python_time) {
-        let other = e.duration.saturating_sub(q.saturating_add(p));
+        let ser = e.split.as_ref().map_or(0, |x| {
+            let t = |p: &Option<crate::events::SerializeSplit>| p.as_ref().map_or(0, |p| p.time);
+            t(&x.deserialize) + t(&x.serialize)
+        });
+        let other = e
+            .duration
+            .saturating_sub(q.saturating_add(p).saturating_add(ser));
         let _ = write!(s, "other {:.1} ms, ", ms(other));
     }
+    if let Some(x) = &e.split {
+        if let Some(d) = &x.deserialize {
+            let _ = write!(s, "decode {:.1} ms, ", ms(d.time));
+        }
+        if let Some(d) = &x.serialize {
+            let _ = write!(s, "encode {:.1} ms, ", ms(d.time));
+        }
+    }
     s.trim_end_matches(", ").to_string()
+}
+
+/// `, cpu bound 92 %`: the scheduling verdict of the worker window, when known.
+fn bound_text(e: &CallEnd) -> String {
+    e.split
+        .as_ref()
+        .and_then(|x| x.sched.as_ref())
+        .and_then(|s| s.bound())
+        .map(|(b, share)| format!(", {b} bound {:.0} %", share * 100.0))
+        .unwrap_or_default()
 }
 
 fn generic(e: &AgentEvent) -> String {
@@ -103,8 +127,9 @@ fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> (Level, String) {
         return (
             Level::WARN,
             format!(
-                "slow Python call: {name} took {:.1} ms{split}, result={result}{err} {whom}",
-                ms(d)
+                "slow Python call: {name} took {:.1} ms{bound}{split}, result={result}{err} {whom}",
+                ms(d),
+                bound = bound_text(e),
             ),
         );
     }
@@ -225,6 +250,28 @@ mod tests {
         assert_eq!(level, Level::DEBUG);
         let (level, _) = render(&to_typed(&stop(20)), &LoggerConfig { slow_call_ms: 10 });
         assert_eq!(level, Level::WARN);
+    }
+
+    #[test]
+    fn slow_calls_say_what_bound_them_and_their_serialization() {
+        let ev = stop(1200)
+            .measure("worker_time", 1_196_000_000u64)
+            .measure("deserialize_time", 3_000_000u64)
+            .measure("serialize_time", 1_000_000u64)
+            .measure("on_cpu_time", 1_100_000_000u64)
+            .measure("runqueue_time", 50_000_000u64)
+            .measure("io_wait_time", 46_000_000u64)
+            .measure("gil_wait_time", 0u64)
+            .measure("lock_wait_time", 0u64)
+            .measure("sleep_time", 0u64)
+            .measure("gpu_wait_time", 0u64);
+        let (level, line) = render(&to_typed(&ev), &LoggerConfig::default());
+        assert_eq!(level, Level::WARN);
+        assert!(
+            line.contains("numpy.mean took 1200.0 ms, cpu bound 92 %"),
+            "{line}"
+        );
+        assert!(line.contains("decode 3.0 ms, encode 1.0 ms"), "{line}");
     }
 
     #[test]
