@@ -137,5 +137,31 @@ fn python_workers() {
             ),
             Err(e) => println!("python worker       {:<8} not profiled: {e}", w.pid),
         }
+        // The worker split's probes: what would be attached, and what is missing.
+        let plan = crate::worker_time::targets::plan(proc_root, w.pid, None);
+        for t in &plan.targets {
+            println!(
+                "worker uprobe       {:<8} {:?} {} in {}",
+                w.pid,
+                t.function,
+                t.symbol,
+                t.path.display()
+            );
+        }
+        if let Some(r) = &plan.waits.gil {
+            println!(
+                "worker gil          {:<8} _PyRuntime {:#x}..{:#x}{}",
+                w.pid,
+                r.start,
+                r.end,
+                plan.interpreter
+                    .as_ref()
+                    .map(|p| format!(" in {}", p.display()))
+                    .unwrap_or_default()
+            );
+        }
+        for m in &plan.missing {
+            println!("worker split        {:<8} missing: {m}", w.pid);
+        }
     }
 }

@@ -53,7 +53,10 @@ pub fn call_spans(
     let end = ev.time_unix_nano;
     let duration = ev.duration;
     let queue = ev.queue_time;
-    let python = ev.python_time;
+    // The worker window: the whole split window when known (python_time is then the
+    // tool's own part of it), else t1..t2.
+    let split = ev.split.as_deref();
+    let python = split.map(|s| s.worker_time).or(ev.python_time);
 
     // Timeline: t0..t3 is the BEAM's view; t1..t2 the worker's.
     let (t0, t1, t2) = match (queue, python) {
@@ -146,11 +149,48 @@ pub fn call_spans(
                 .push(KeyValue::new("thread.id", tid as i64));
         }
         server.status = status.clone();
-        let mut py = make("python", SpanKind::Internal, span_id("server"), t1, t2);
+        push_split_attributes(split, &mut server.attributes);
+        // Children: deserialize, the tool itself (`snakepit.python`), serialize.
+        let dec = split
+            .and_then(|s| s.deserialize.as_ref())
+            .map_or(0, |d| d.time);
+        let enc = split
+            .and_then(|s| s.serialize.as_ref())
+            .map_or(0, |d| d.time);
+        let (exec_from, exec_to) = (t1 + dec, t2.saturating_sub(enc).max(t1 + dec));
+        let mut py = make(
+            "python",
+            SpanKind::Internal,
+            span_id("server"),
+            exec_from,
+            exec_to,
+        );
         py.name = "snakepit.python".into();
         py.attributes = snakepit_attributes(ev);
         spans.push(server);
         spans.push(py);
+        if dec > 0 {
+            let mut d = make(
+                "deserialize",
+                SpanKind::Internal,
+                span_id("server"),
+                t1,
+                t1 + dec,
+            );
+            d.name = "snakepit.deserialize".into();
+            spans.push(d);
+        }
+        if enc > 0 {
+            let mut e = make(
+                "serialize",
+                SpanKind::Internal,
+                span_id("server"),
+                exec_to,
+                t2,
+            );
+            e.name = "snakepit.serialize".into();
+            spans.push(e);
+        }
     }
     // The exception event goes on the span where the failure happened: the worker's
     // when it was seen, else the client's.
@@ -168,6 +208,37 @@ pub fn call_spans(
         }
     }
     Some(spans)
+}
+
+/// The scheduling split of the worker window as server-span attributes (ns), and its
+/// verdict.
+fn push_split_attributes(split: Option<&crate::events::WorkerSplit>, a: &mut Vec<KeyValue>) {
+    let Some(s) = split else {
+        return;
+    };
+    if let Some(d) = &s.deserialize {
+        a.push(KeyValue::new("snakepit.deserialize_time", d.time as i64));
+    }
+    if let Some(d) = &s.serialize {
+        a.push(KeyValue::new("snakepit.serialize_time", d.time as i64));
+    }
+    let Some(sc) = &s.sched else {
+        return;
+    };
+    for (k, v) in [
+        ("snakepit.on_cpu_time", sc.on_cpu),
+        ("snakepit.runqueue_time", sc.runqueue),
+        ("snakepit.io_wait_time", sc.io_wait),
+        ("snakepit.gil_wait_time", sc.gil_wait),
+        ("snakepit.lock_wait_time", sc.lock_wait),
+        ("snakepit.sleep_time", sc.sleep),
+        ("snakepit.gpu_wait_time", sc.gpu_wait),
+    ] {
+        a.push(KeyValue::new(k, v as i64));
+    }
+    if let Some((bound, _)) = sc.bound() {
+        a.push(KeyValue::new("snakepit.bound", bound));
+    }
 }
 
 /// `{rpc.service}/{rpc.method}`, the RPC conventions' span name.
@@ -409,6 +480,52 @@ mod tests {
 
     fn by_kind(spans: &[SpanData], kind: SpanKind) -> Vec<&SpanData> {
         spans.iter().filter(|s| s.span_kind == kind).collect()
+    }
+
+    #[test]
+    fn the_worker_split_gives_deserialize_execute_serialize_children() {
+        let ev = grpc_stop()
+            .measure("worker_time", 2_600_000u64)
+            .measure("python_time", 2_000_000u64)
+            .measure("deserialize_time", 400_000u64)
+            .measure("serialize_time", 200_000u64)
+            .measure("on_cpu_time", 2_000_000u64)
+            .measure("runqueue_time", 100_000u64)
+            .measure("io_wait_time", 500_000u64)
+            .measure("gil_wait_time", 0u64)
+            .measure("lock_wait_time", 0u64)
+            .measure("sleep_time", 0u64)
+            .measure("gpu_wait_time", 0u64);
+        let spans = call_spans(&to_typed(&ev), &CallContext::default(), &scope()).expect("spans");
+        let named = |n: &str| spans.iter().find(|s| s.name == n).expect(n);
+        let server = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .expect("server");
+        let (dec, py, enc) = (
+            named("snakepit.deserialize"),
+            named("snakepit.python"),
+            named("snakepit.serialize"),
+        );
+        for child in [dec, py, enc] {
+            assert_eq!(child.parent_span_id, server.span_context.span_id());
+        }
+        let ns = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        };
+        assert_eq!(ns(server.end_time) - ns(server.start_time), 2_600_000);
+        assert_eq!(ns(dec.start_time), ns(server.start_time));
+        assert_eq!(ns(dec.end_time), ns(py.start_time));
+        assert_eq!(ns(py.end_time), ns(enc.start_time));
+        assert_eq!(ns(enc.end_time), ns(server.end_time));
+        assert_eq!(ns(py.end_time) - ns(py.start_time), 2_000_000);
+        assert_eq!(
+            attr(server, "snakepit.bound").map(|v| v.as_str().to_string()),
+            Some("cpu".to_string())
+        );
+        assert!(attr(server, "snakepit.io_wait_time").is_some());
     }
 
     #[test]
