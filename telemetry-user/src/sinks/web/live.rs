@@ -51,6 +51,11 @@ struct CallRow {
     result: String,
     pool: String,
     worker_id: String,
+    /// Where the worker's time went (the stacked bar), when the worker probes saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    split: Option<super::functions::SplitMs>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bound: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +92,8 @@ pub struct Live {
     errors: VecDeque<ErrorRow>,
     total_calls: u64,
     total_errors: u64,
+    /// Per (library, function): rate, percentiles, error share, mean split.
+    functions: super::functions::Functions,
     agent: AgentRow,
     /// Bumped on every change: the SSE broadcaster sends only when it moved.
     version: u64,
@@ -106,6 +113,7 @@ impl Live {
             errors: VecDeque::new(),
             total_calls: 0,
             total_errors: 0,
+            functions: Default::default(),
             agent: AgentRow::default(),
             version: 0,
         }
@@ -267,7 +275,15 @@ impl Live {
             result: if ok { "ok" } else { "error" }.into(),
             pool: pool.clone(),
             worker_id: worker_id.clone(),
+            split: super::functions::SplitMs::of(ev),
+            bound: ev
+                .split
+                .as_deref()
+                .and_then(|s| s.sched.as_ref())
+                .and_then(|s| s.bound())
+                .map(|b| b.0),
         };
+        self.functions.record(&library, &function, ev);
         push(&mut self.calls, row, self.sizes.recent_calls);
         if !ok {
             let row = ErrorRow {
@@ -321,6 +337,7 @@ impl Live {
             "gpu": self.gpu.values().collect::<Vec<_>>(),
             "recent_calls": self.calls.iter().rev().collect::<Vec<_>>(),
             "recent_errors": self.errors.iter().rev().collect::<Vec<_>>(),
+            "functions": self.functions.rows(crate::events::now_unix_nano() / 1_000_000),
             "totals": {"calls": self.total_calls, "errors": self.total_errors},
             "agent": self.agent,
             "sizes": {

@@ -5,6 +5,7 @@
 //! `/healthz` and `/readyz` answer DaemonSet probes. Hostile clients are bounded
 //! (`guard.rs`); a non-loopback address needs `allow_remote` and takes a bearer token.
 mod auth;
+mod functions;
 mod guard;
 pub mod live;
 mod profile;
