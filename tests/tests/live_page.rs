@@ -101,6 +101,20 @@ fn live_page_fills_and_updates_during_a_load() {
             calls.iter().any(|r| r.contains("class=\"error\"")),
             "no failed call"
         );
+        // The worker split: a stacked bar on gRPC calls, and the per-function table.
+        assert!(
+            calls
+                .iter()
+                .any(|r| r.contains("class=\"splitbar\"") && r.contains("class=\"seg ")),
+            "no call with a worker-split bar"
+        );
+        let functions = rows(dom, "functions");
+        assert!(
+            functions
+                .iter()
+                .any(|r| r.contains(">echo<") && r.contains("class=\"splitbar\"")),
+            "no echo row with a mean split in the functions table"
+        );
         let errors = rows(dom, "errors");
         assert!(!errors.is_empty(), "recent errors empty");
         assert!(
