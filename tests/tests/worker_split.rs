@@ -338,3 +338,95 @@ fn scheduling_split_gives_each_tool_its_verdict() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+fn venv_python(minor: u32) -> std::path::PathBuf {
+    let p = snakepit_testkit::workspace_root().join(format!(".venv-py3.{minor}/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing (a CPython 3.{minor} venv with grpcio, protobuf, orjson): run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
+/// The split on another interpreter: its GIL (`_PyRuntime` of that version), its
+/// orjson and upb wheels.
+fn split_on_cpython(minor: u32) {
+    require::root_and_bpf();
+    let dir = scratch_dir(&format!("split-py3{minor}"));
+    let agent = Agent::start(&dir, &[]).expect("agent start");
+    let mut demo = Demo::start(&DemoOptions {
+        grpc_workers: 1,
+        pipe_workers: 0,
+        log: Some(dir.join("beam.log")),
+        python: Some(venv_python(minor)),
+        ..DemoOptions::default()
+    })
+    .expect("demo start");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
+    std::thread::sleep(Duration::from_millis(2_500));
+    run(
+        &mut demo,
+        &dir,
+        "cpu_spin",
+        3,
+        2,
+        &["spin_ms => 200".into()],
+    );
+    run(
+        &mut demo,
+        &dir,
+        "gil_contention",
+        2,
+        1,
+        &["spin_ms => 400".into()],
+    );
+    run(
+        &mut demo,
+        &dir,
+        "big_json",
+        3,
+        2,
+        &[format!("big_json_bytes => {}", 1u64 << 20)],
+    );
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_millis(1_000));
+    let events = agent.stop().expect("agent stop");
+    let share = |e: &Value, k: &str| m(e, k) / m(e, "python_time");
+    let mut problems = Vec::new();
+    for e in stops_of(&events, "cpu_spin") {
+        if !(parts_sum(e) && e["metadata"]["bound"] == "cpu") {
+            problems.push(format!("cpu_spin not cpu-bound: {e}"));
+        }
+    }
+    for e in stops_of(&events, "gil_contention") {
+        if !(parts_sum(e) && share(e, "gil_wait_time") >= 0.3) {
+            problems.push(format!("gil_contention without >= 30 % GIL wait: {e}"));
+        }
+    }
+    let big = stops_of(&events, "big_json");
+    if big.len() < 3 {
+        problems.push(format!("{} big_json calls reported", big.len()));
+    }
+    for e in big {
+        if !(m(e, "deserialize_time") > 1e6 && m(e, "serialize_time") > 1e5) {
+            problems.push(format!("big_json without its (de)serialization: {e}"));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "CPython 3.{minor}:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn split_on_cpython_3_12() {
+    split_on_cpython(12);
+}
+
+#[test]
+fn split_on_cpython_3_13() {
+    split_on_cpython(13);
+}
