@@ -9,7 +9,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_DIR = os.path.join(HERE, "proto")
-OUT_DIR = os.path.join(HERE, "generated")
+# SNAKEPIT_DEMO_GENERATED: another stubs directory (a venv with another protobuf major
+# needs stubs from its own protoc: the generated code checks the runtime major).
+OUT_DIR = os.path.join(HERE, os.environ.get("SNAKEPIT_DEMO_GENERATED", "generated"))
 
 
 def main() -> int:

@@ -25,7 +25,7 @@ import uuid
 from concurrent import futures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "generated"))
+sys.path.insert(0, os.path.join(HERE, os.environ.get("SNAKEPIT_DEMO_GENERATED", "generated")))
 sys.path.insert(0, HERE)
 
 import grpc  # noqa: E402

@@ -430,3 +430,78 @@ fn split_on_cpython_3_12() {
 fn split_on_cpython_3_13() {
     split_on_cpython(13);
 }
+
+/// The same probes on protobuf's previous major (6.x: `.venv-pb6`, its own stubs).
+#[test]
+fn serialization_split_on_protobuf_6() {
+    require::root_and_bpf();
+    let root = snakepit_testkit::workspace_root();
+    let python = root.join(".venv-pb6/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing (CPython 3.11 with protobuf 6.x): run `cargo xtask setup`",
+        python.display()
+    );
+    let dir = scratch_dir("split-pb6");
+    let truth_path = dir.join("split_truth.jsonl");
+    let agent = Agent::start(&dir, &[]).expect("agent start");
+    let mut demo = Demo::start(&DemoOptions {
+        grpc_workers: 1,
+        pipe_workers: 0,
+        log: Some(dir.join("beam.log")),
+        python: Some(python),
+        env: vec![
+            ("SNAKEPIT_DEMO_GENERATED".into(), "generated-pb6".into()),
+            (
+                "SNAKEPIT_DEMO_SPLIT_TRUTH".into(),
+                truth_path.display().to_string(),
+            ),
+        ],
+        ..DemoOptions::default()
+    })
+    .expect("demo start");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
+    std::thread::sleep(Duration::from_millis(2_500));
+    run(
+        &mut demo,
+        &dir,
+        "big_json",
+        6,
+        2,
+        &[format!("big_json_bytes => {}", 1u64 << 20)],
+    );
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_millis(1_000));
+    let events = agent.stop().expect("agent stop");
+    let truth: HashMap<String, Value> = std::fs::read_to_string(&truth_path)
+        .expect("the worker's ground truth")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Some((v["correlation_id"].as_str()?.to_string(), v)))
+        .collect();
+    let stops = stops_of(&events, "big_json");
+    assert!(stops.len() >= 5, "{} big_json calls reported", stops.len());
+    let mut good = 0;
+    for e in &stops {
+        let cid = e["metadata"]["correlation_id"]
+            .as_str()
+            .expect("correlation");
+        let t = &truth[cid];
+        let close = |a: f64, b: f64| (a - b).abs() <= (0.1 * b).max(200_000.0);
+        if close(
+            m(e, "deserialize_time"),
+            t["decode_ns"].as_f64().unwrap_or(0.0),
+        ) && close(
+            m(e, "serialize_time"),
+            t["encode_ns"].as_f64().unwrap_or(0.0),
+        ) {
+            good += 1;
+        }
+    }
+    assert!(
+        good as f64 >= 0.8 * stops.len() as f64,
+        "protobuf 6: {good} of {} calls within 10 % or 200 us of the worker's timing",
+        stops.len()
+    );
+}

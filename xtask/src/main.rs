@@ -7,6 +7,7 @@ mod demo;
 mod gpu_check;
 mod package;
 mod setup;
+mod setup_protobuf6;
 mod setup_pyversions;
 mod test;
 

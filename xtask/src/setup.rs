@@ -31,6 +31,7 @@ pub fn run(root: &Path) -> Result<()> {
     python_venv(root)?;
     crate::setup_pyversions::run(root)?;
     demo_build(root)?;
+    crate::setup_protobuf6::run(root)?;
     mounts()?;
     Ok(())
 }
