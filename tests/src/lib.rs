@@ -4,7 +4,7 @@
 pub mod agent;
 pub mod bpf_stats;
 pub mod browser;
-pub mod chromium;
+
 pub mod demo;
 pub mod http;
 pub mod otlp_receiver;

@@ -506,7 +506,7 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
     assert!(svg.contains("<svg") && svg.contains("demo_hot.spin"));
 
     // The live page draws it: headless Chromium's DOM, the page held 3 s (see /hold).
-    let dom = snakepit_testkit::chromium::chromium(
+    let dom = snakepit_testkit::browser::chromium(
         &dir,
         "flames",
         &["--dump-dom".into()],
