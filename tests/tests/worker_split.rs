@@ -13,6 +13,16 @@ use std::time::Duration;
 
 const MS: f64 = 1e6;
 
+/// The worker's own (de)serialization clock, by correlation id.
+fn read_truth(path: &Path) -> HashMap<String, Value> {
+    std::fs::read_to_string(path)
+        .expect("the worker's ground truth")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Some((v["correlation_id"].as_str()?.to_string(), v)))
+        .collect()
+}
+
 fn start_demo(dir: &Path, env: &[(&str, String)]) -> (Demo, u32) {
     let mut demo = Demo::start(&DemoOptions {
         grpc_workers: 1,
@@ -105,12 +115,7 @@ fn serialization_matches_ground_truth(json: &str) {
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");
 
-    let truth: HashMap<String, Value> = std::fs::read_to_string(&truth_path)
-        .expect("the worker's ground truth")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["correlation_id"].as_str()?.to_string(), v)))
-        .collect();
+    let truth = read_truth(&truth_path);
     let stops = stops_of(&events, "big_json");
     let expected: u32 = sizes.iter().map(|s| s.1).sum();
     // (A call lost next to a huge message is issue 12's; here only the split matters.)
@@ -474,12 +479,7 @@ fn serialization_split_on_protobuf_6() {
     demo.stop().expect("demo stop");
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");
-    let truth: HashMap<String, Value> = std::fs::read_to_string(&truth_path)
-        .expect("the worker's ground truth")
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["correlation_id"].as_str()?.to_string(), v)))
-        .collect();
+    let truth = read_truth(&truth_path);
     let stops = stops_of(&events, "big_json");
     assert!(stops.len() >= 5, "{} big_json calls reported", stops.len());
     let mut good = 0;
