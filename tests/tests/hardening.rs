@@ -489,7 +489,13 @@ fn values_cut_by_the_copy_limit_are_absent_never_wrong() {
         let run = dir.join(format!("c{bytes}"));
         std::fs::create_dir_all(&run).expect("scratch subdir");
         let agent =
-            Agent::start(&run, &["--capture-bytes", &bytes.to_string()]).expect("agent start");
+            // Repro off: with it on, the request senders' bytes beyond the copy limit
+            // arrive as chunks and nothing is cut.
+            Agent::start(
+                &run,
+                &["--capture-bytes", &bytes.to_string(), "--no-repro"],
+            )
+            .expect("agent start");
         std::thread::sleep(Duration::from_millis(500));
         let mut spec = LoadSpec::new(40, 2_000, &[("echo", 2), ("sleep", 1)]);
         spec.concurrency = 4;
