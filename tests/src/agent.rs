@@ -101,6 +101,13 @@ impl Agent {
         {
             cmd.arg("--repro-dir").arg(dir.join("repro"));
         }
+        // SNAKEPIT_TEST_AGENT_CONFIG: a config for every agent a test starts without one
+        // (debugging a test, e.g. with a subsystem turned off).
+        if let Ok(config) = std::env::var("SNAKEPIT_TEST_AGENT_CONFIG") {
+            if !extra_args.contains(&"--config") {
+                cmd.arg("--config").arg(config);
+            }
+        }
         let child = cmd
             // SNAKEPIT_TEST_AGENT_LOG overrides the agent's log filter (debugging a test).
             .env(

@@ -135,7 +135,10 @@ impl Probes {
         self.worker_links.by_pid.keys().copied().collect()
     }
 
+    /// Detaches `links` off the agent's loop: a uprobe's unregistration waits for an RCU
+    /// grace period (tens of ms each), and a worker has eight of them.
     fn detach_links(&mut self, links: Vec<(bool, UProbeLinkId)>) {
+        let mut owned = Vec::with_capacity(links.len());
         for (is_enter, id) in links {
             let name = if is_enter {
                 SERIALIZE_ENTER
@@ -144,7 +147,17 @@ impl Probes {
             };
             if let Some(Ok(p)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
                 // The process may be gone already; its links are then stale and go.
-                let _ = p.detach(id);
+                if let Ok(link) = p.take_link(id) {
+                    owned.push(link);
+                }
+            }
+        }
+        if !owned.is_empty() {
+            let spawned = std::thread::Builder::new()
+                .name("uprobe-detach".into())
+                .spawn(move || drop(owned));
+            if let Err(e) = spawned {
+                log::warn!("detaching uprobes inline: {e}");
             }
         }
     }

@@ -85,6 +85,38 @@ type SymbolTable = BTreeMap<String, (u64, u64)>;
 
 /// The `wanted` symbols of the object at `path`, and its first segment's page address.
 fn symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> {
+    // Every worker of a deployment maps the same objects (libpython is ~25 MB): read and
+    // parse each file once, keyed by its identity, not per worker and plan.
+    use std::os::unix::fs::MetadataExt;
+    type Key = (u64, u64, u64, i64, String);
+    static CACHE: std::sync::Mutex<Option<std::collections::HashMap<Key, (SymbolTable, u64)>>> =
+        std::sync::Mutex::new(None);
+    let meta = std::fs::metadata(path)?;
+    let key: Key = (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        wanted.join(","),
+    );
+    if let Ok(cache) = CACHE.lock() {
+        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key)) {
+            return Ok(hit.clone());
+        }
+    }
+    let parsed = parse_symbols(path, wanted)?;
+    if let Ok(mut cache) = CACHE.lock() {
+        let c = cache.get_or_insert_with(Default::default);
+        // Bounded: a deployment maps a handful of such objects.
+        if c.len() >= 256 {
+            c.clear();
+        }
+        c.insert(key, parsed.clone());
+    }
+    Ok(parsed)
+}
+
+fn parse_symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> {
     let data = std::fs::read(path)?;
     let file = object::File::parse(&*data)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
