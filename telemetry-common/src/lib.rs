@@ -158,13 +158,9 @@ pub enum RecordKind {
     FdClose = 6,
     /// A `ProcEvent` whose `tgid` the OOM killer chose (oom/mark_victim).
     OomKill = 7,
-    /// A `SchedEvent`: a sched-watched thread left the CPU (sched_switch, prev).
-    SchedOut = 20,
-    /// A `SchedEvent`: a sched-watched thread got the CPU (sched_switch, next).
-    SchedIn = 21,
-    /// A `SchedEvent`: a sched-watched thread was made runnable (sched_waking,
-    /// sched_wakeup_new), with its waker.
-    SchedWake = 22,
+    /// A `SchedSlice`: one episode of a sched-watched thread off the CPU, sent when it
+    /// gets the CPU back (sched_switch; its wakeup from sched_waking).
+    SchedSlice = 20,
     /// A `SerializeEvent`: one (de)serialization call in a worker (uprobe + uretprobe).
     Serialize = 23,
     /// An `IoChunk`: bytes of an egress syscall beyond its record's prefix (repro).
@@ -182,9 +178,7 @@ impl TryFrom<u32> for RecordKind {
             5 => RecordKind::FdOpen,
             6 => RecordKind::FdClose,
             7 => RecordKind::OomKill,
-            20 => RecordKind::SchedOut,
-            21 => RecordKind::SchedIn,
-            22 => RecordKind::SchedWake,
+            20 => RecordKind::SchedSlice,
             23 => RecordKind::Serialize,
             8 => RecordKind::IoChunk,
             _ => return Err(v),
@@ -631,26 +625,37 @@ pub const GLOBAL_PT_REGS_SYSCALL_OFFSET: &str = "PT_REGS_SYSCALL_OFFSET";
 pub const MAP_SERIALIZE_PENDING: &str = "SERIALIZE_PENDING";
 pub const MAX_SERIALIZE_PENDING: u32 = 4096;
 
-/// One scheduling record (RecordKind SchedOut, SchedIn, SchedWake).
-/// - SchedOut: `tid` left the CPU at `ts_ns`; `state` is its task state (0 =
-///   preempted, still runnable), `syscall` the syscall it is in (-1 none) and `arg0`
-///   that syscall's first argument (a futex address, an fd).
-/// - SchedIn: `tid` got the CPU at `ts_ns`.
-/// - SchedWake: `tid` was made runnable at `ts_ns` by `waker_tid` of `waker_tgid`
-///   (`state` 1 for a new thread's first wakeup).
+/// `tid (u32) -> scheduling state of a sched-watched thread` (kernel-private: where it
+/// left the CPU, when it was woken and by whom, the off-CPU walk's rate limit). An LRU
+/// map: a thread that exited is forgotten when room is needed.
+pub const MAP_SCHED_THREADS: &str = "SCHED_THREADS";
+pub const MAX_SCHED_THREADS: u32 = 16384;
+
+/// One episode of a sched-watched thread off the CPU (RecordKind SchedSlice), sent
+/// when the thread gets a CPU again. The kernel joins the three edges (out, waking, in)
+/// so that user space gets one record per episode instead of three.
+/// - `out_ns`: it left the CPU; 0 when this is the first time the kernel sees the
+///   thread (it has been running since `in_ns`; nothing else is valid).
+/// - `state`: its task state then (0: preempted or yielded, still runnable), `syscall`
+///   the syscall it blocked in (-1 none) and `arg0` that syscall's first argument.
+/// - `wake_ns`: it was made runnable (== `out_ns` when preempted; 0 when no wakeup was
+///   seen, e.g. it was woken before the agent attached); `waker_tid`: the thread of
+///   the same process that woke it, 0 when another process, a kernel thread or an
+///   interrupt did.
+/// - `in_ns`: it got a CPU again.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SchedEvent {
+pub struct SchedSlice {
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
     pub waker_tid: u32,
-    pub ts_ns: u64,
+    pub out_ns: u64,
+    pub wake_ns: u64,
+    pub in_ns: u64,
     pub arg0: u64,
     pub syscall: i32,
     pub state: u32,
-    pub waker_tgid: u32,
-    pub _pad: u32,
 }
 
 /// Which (de)serialization function a uprobe sits on (its attach cookie).

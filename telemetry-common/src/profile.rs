@@ -34,6 +34,22 @@ pub const SAMPLE_NO_TSTATE: u32 = 2;
 pub const SAMPLE_READ_ERROR: u32 = 4;
 /// The thread had a state but no Python frame was running (idle in C).
 pub const SAMPLE_NO_FRAME: u32 = 8;
+/// An off-CPU sample: the stack where the thread blocked (sched_switch), weighted by
+/// `PySample.off_cpu_ns`, the time until it ran again.
+pub const SAMPLE_OFF_CPU: u32 = 16;
+
+/// `PySample.off_cpu_syscall` of a sample taken outside a syscall.
+pub const NO_SYSCALL: i32 = -1;
+/// Off-CPU walks of one thread: at most one per sampling period on average, in
+/// bursts of up to this many (a thread that blocks rarely is walked every time).
+pub const OFF_CPU_BURST: u64 = 16;
+/// Threads with an off-CPU sample waiting for their wakeup, at most.
+pub const MAX_OFF_CPU_PENDING: u32 = 1024;
+/// `tid (u32) -> PySample`: the off-CPU sample of a thread that is blocked now.
+pub const MAP_OFF_CPU_PENDING: &str = "OFF_CPU_PENDING";
+/// Global (set by the loader): the sampling period in ns for off-CPU walks; 0 turns
+/// off-CPU sampling off.
+pub const GLOBAL_OFF_CPU_PERIOD_NS: &str = "OFF_CPU_PERIOD_NS";
 
 /// `PyFrameRef.owner` of a C-stack shim frame (3.12+); user space drops them.
 pub const PY_FRAME_OWNED_BY_CSTACK: u8 = 3;
@@ -44,7 +60,11 @@ pub const PSTAT_READ_ERRORS: u32 = 2;
 pub const PSTAT_NO_TSTATE: u32 = 3;
 pub const PSTAT_TRUNCATED: u32 = 4;
 pub const PSTAT_TSTATE_WALKS: u32 = 5;
-pub const PSTAT_LEN: u32 = 6;
+/// Off-CPU samples sent (not counted in `PSTAT_SAMPLES`, which counts CPU-clock ones).
+pub const PSTAT_OFF_CPU_SAMPLES: u32 = 6;
+/// Off-CPU walks skipped by the per-thread rate limit.
+pub const PSTAT_OFF_CPU_SKIPPED: u32 = 7;
+pub const PSTAT_LEN: u32 = 8;
 pub const PSTAT_NAMES: [&str; PSTAT_LEN as usize] = [
     "samples",
     "ringbuf_drops",
@@ -52,6 +72,8 @@ pub const PSTAT_NAMES: [&str; PSTAT_LEN as usize] = [
     "no_thread_state",
     "truncated",
     "thread_state_walks",
+    "off_cpu_samples",
+    "off_cpu_skipped",
 ];
 
 /// Where the frames of one process's interpreter are (from the version's layout,
@@ -118,6 +140,13 @@ pub struct PySample {
     /// Valid entries of `native`, innermost first.
     pub native_depth: u32,
     pub tstate: u64,
+    /// Off-CPU samples (`SAMPLE_OFF_CPU`): ns from leaving the CPU (`ts_ns`) to running
+    /// again. 0 for CPU-clock samples (each stands for one sampling period).
+    pub off_cpu_ns: u64,
+    /// Off-CPU samples: the syscall the thread blocked in (x86_64 number), or
+    /// `NO_SYSCALL`; `off_cpu_state` its task state (0: preempted).
+    pub off_cpu_syscall: i32,
+    pub off_cpu_state: u32,
     pub frames: [PyFrameRef; PY_MAX_FRAMES],
     pub native: [u64; NATIVE_MAX_FRAMES],
 }

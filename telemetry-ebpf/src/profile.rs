@@ -55,10 +55,23 @@ pub fn sample_current<C: EbpfContext>(ctx: &C, info: &telemetry_common::PyProcIn
         pstat(PSTAT_RINGBUF_DROPS);
         return;
     };
-    let s = entry.as_mut_ptr();
-    // SAFETY: the reserved entry is exactly one PySample; every field read later is
-    // written first (frames only up to py_depth, native only up to native_depth).
-    let s = unsafe { &mut *s };
+    // SAFETY: the reserved entry is exactly one PySample; `fill_sample` writes every
+    // field read later (frames only up to py_depth, native only up to native_depth).
+    let s = unsafe { &mut *entry.as_mut_ptr() };
+    fill_sample(ctx, info, pid_tgid, s);
+    pstat(PSTAT_SAMPLES);
+    entry.submit(BPF_RB_NO_WAKEUP);
+}
+
+/// Fills `s` with the current thread's stack (Python frames, then the native user
+/// stack) and counts its flags. `ctx` is only needed by `bpf_get_stack`.
+#[inline(always)]
+pub fn fill_sample<C: EbpfContext>(
+    ctx: &C,
+    info: &telemetry_common::PyProcInfo,
+    pid_tgid: u64,
+    s: &mut PySample,
+) {
     // SAFETY: helper calls without arguments.
     s.ts_ns = unsafe { bpf_ktime_get_ns() };
     s.tgid = (pid_tgid >> 32) as u32;
@@ -68,8 +81,11 @@ pub fn sample_current<C: EbpfContext>(ctx: &C, info: &telemetry_common::PyProcIn
     s.flags = 0;
     s.tstate = 0;
     s.native_depth = 0;
+    s.off_cpu_ns = 0;
+    s.off_cpu_syscall = telemetry_common::NO_SYSCALL;
+    s.off_cpu_state = 0;
     walk_python(info, s.tid, s);
-    // SAFETY: `native` is a writable buffer of the stated size inside the entry.
+    // SAFETY: `native` is a writable buffer of the stated size inside `s`.
     let n = unsafe {
         aya_ebpf::helpers::generated::bpf_get_stack(
             ctx.as_ptr(),
@@ -81,7 +97,6 @@ pub fn sample_current<C: EbpfContext>(ctx: &C, info: &telemetry_common::PyProcIn
     if n > 0 {
         s.native_depth = (n as u32) / 8;
     }
-    pstat(PSTAT_SAMPLES);
     if s.flags & SAMPLE_READ_ERROR != 0 {
         pstat(PSTAT_READ_ERRORS);
     }
@@ -91,5 +106,4 @@ pub fn sample_current<C: EbpfContext>(ctx: &C, info: &telemetry_common::PyProcIn
     if s.flags & SAMPLE_TRUNCATED != 0 {
         pstat(PSTAT_TRUNCATED);
     }
-    entry.submit(BPF_RB_NO_WAKEUP);
 }

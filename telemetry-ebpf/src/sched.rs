@@ -1,26 +1,89 @@
 //! Scheduling of sched-watched threads (the Python workers): when each leaves the CPU
-//! and why (its task state and the syscall it blocks in), when it gets the CPU back,
-//! and who made it runnable. User space turns these edges into each call's on-CPU,
-//! runqueue and off-CPU-by-reason split (calls/sched). The kernel keeps no per-thread
-//! state: three small records per context switch of a watched thread.
+//! and why (its task state and the syscall it blocks in), when it is made runnable and
+//! by whom, and when it gets the CPU back. The kernel joins these three edges in a
+//! per-thread map and sends one `SchedSlice` per off-CPU episode, when the thread runs
+//! again; user space turns them into each call's on-CPU, runqueue and off-CPU-by-reason
+//! split (worker_time).
+//!
+//! Where the profiler watches the process too (`PY_PROCS`) and off-CPU sampling is on,
+//! a thread that blocks also has its stack walked at the switch (it is still `current`
+//! there), and the sample is sent with its blocked time when it runs again.
 //!
 //! The miss path runs on every context switch and wakeup of the host, so it is kept to
 //! helper-free bitmap tests (SCHED_PIDS is an array, its lookup is inlined) plus one
 //! kernel read of the next task's tgid.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
-    macros::raw_tracepoint,
+    macros::{map, raw_tracepoint},
+    maps::{LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use telemetry_common::{
-    RecordKind, SchedEvent, PROBE_SCHED_SWITCH, PROBE_SCHED_WAKE, STAT_EVENTS, STAT_READ_ERRORS,
-    STAT_RINGBUF_DROPS,
+    PySample, RecordKind, SchedSlice, MAX_OFF_CPU_PENDING, MAX_SCHED_THREADS, NO_SYSCALL,
+    OFF_CPU_BURST, PROBE_SCHED_SWITCH, PROBE_SCHED_WAKE, PSTAT_OFF_CPU_SAMPLES,
+    PSTAT_OFF_CPU_SKIPPED, PSTAT_RINGBUF_DROPS, SAMPLE_OFF_CPU, STAT_EVENTS, STAT_MAP_FULL,
+    STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
     regs_arg_offsets, regs_syscall_offset, stat_add, task_pid_offset, task_tgid_offset,
     BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
 };
+use crate::profile::{fill_sample, pstat, PROFILE_EVENTS};
+use crate::pystack::PY_PROCS;
+
+/// Where a watched thread is in its current off-CPU episode (kernel-private).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SchedThread {
+    /// Left the CPU; 0 while it runs.
+    out_ns: u64,
+    /// Made runnable; 0 while blocked.
+    wake_ns: u64,
+    arg0: u64,
+    /// Off-CPU walks: the rate limit's theoretical arrival time (GCRA).
+    walk_tat_ns: u64,
+    syscall: i32,
+    state: u32,
+    waker_tid: u32,
+    /// An off-CPU sample of this episode waits in OFF_CPU_PENDING.
+    walk_pending: u32,
+}
+
+const IDLE_THREAD: SchedThread = SchedThread {
+    out_ns: 0,
+    wake_ns: 0,
+    arg0: 0,
+    walk_tat_ns: 0,
+    syscall: NO_SYSCALL,
+    state: 0,
+    waker_tid: 0,
+    walk_pending: 0,
+};
+
+#[map]
+pub static SCHED_THREADS: LruHashMap<u32, SchedThread> =
+    LruHashMap::with_max_entries(MAX_SCHED_THREADS, 0);
+
+/// Off-CPU samples of blocked threads, sent when they run again.
+#[map]
+pub static OFF_CPU_PENDING: LruHashMap<u32, PySample> =
+    LruHashMap::with_max_entries(MAX_OFF_CPU_PENDING, 0);
+
+/// Room to build one off-CPU sample (too large for the BPF stack).
+#[map]
+static OFF_CPU_SCRATCH: PerCpuArray<PySample> = PerCpuArray::with_max_entries(1, 0);
+
+/// Off-CPU walks: one per this many ns per thread on average (set by the loader from
+/// `[profile] sample_hz`); 0: off-CPU sampling is off.
+#[no_mangle]
+static OFF_CPU_PERIOD_NS: u64 = 0;
+
+#[inline(always)]
+fn off_cpu_period_ns() -> u64 {
+    // SAFETY: a plain read of a loader-patched global.
+    unsafe { core::ptr::read_volatile(&OFF_CPU_PERIOD_NS) }
+}
 
 /// Is `tgid` sched-watched? One inlined array lookup and a bit test.
 #[inline(always)]
@@ -47,12 +110,17 @@ fn read_u64(base: u64, off: u32) -> Option<u64> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.ok()
 }
 
+/// The thread's state slot, created idle on first sight.
 #[inline(always)]
-fn emit(ev: &SchedEvent, probe: u32) {
-    match EVENTS.output::<SchedEvent>(ev, BPF_RB_NO_WAKEUP) {
-        Ok(()) => stat_add(probe, STAT_EVENTS, 1),
-        Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
+fn thread_slot(tid: u32) -> Option<*mut SchedThread> {
+    if let Some(p) = SCHED_THREADS.get_ptr_mut(&tid) {
+        return Some(p);
     }
+    if SCHED_THREADS.insert(&tid, &IDLE_THREAD, 0).is_err() {
+        stat_add(PROBE_SCHED_SWITCH, STAT_MAP_FULL, 1);
+        return None;
+    }
+    SCHED_THREADS.get_ptr_mut(&tid)
 }
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next,
@@ -69,18 +137,9 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let next: u64 = ctx.arg(2);
     if let Some(next_tgid) = read_u32(next, task_tgid_offset()) {
         if sched_watched(next_tgid) {
-            let tid = read_u32(next, task_pid_offset()).unwrap_or(0);
-            emit(
-                &SchedEvent {
-                    kind: RecordKind::SchedIn as u32,
-                    tgid: next_tgid,
-                    tid,
-                    ts_ns: now,
-                    syscall: -1,
-                    ..SchedEvent::default()
-                },
-                PROBE_SCHED_SWITCH,
-            );
+            if let Some(tid) = read_u32(next, task_pid_offset()) {
+                switch_in(next_tgid, tid, now);
+            }
         }
     }
     0
@@ -93,69 +152,166 @@ fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64) {
     let preempt: u64 = ctx.arg(0);
     let state: u64 = ctx.arg(3);
     let state = if preempt & 0xff != 0 { 0 } else { state as u32 };
-    let mut ev = SchedEvent {
-        kind: RecordKind::SchedOut as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        ts_ns: now,
-        syscall: -1,
-        state,
-        ..SchedEvent::default()
+    let Some(t) = thread_slot(pid_tgid as u32) else {
+        return;
     };
-    if state != 0 {
-        // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
-        let regs =
-            unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
-        match read_u64(regs, regs_syscall_offset()) {
-            Some(nr) => {
-                ev.syscall = nr as i64 as i32;
-                ev.arg0 = read_u64(regs, regs_arg_offsets()[0]).unwrap_or(0);
-            }
-            None => stat_add(PROBE_SCHED_SWITCH, STAT_READ_ERRORS, 1),
-        }
+    // SAFETY: a value pointer of the map, valid during this program; racing writers
+    // are the same thread's own edges, which the scheduler serialises.
+    let t = unsafe { &mut *t };
+    t.out_ns = now;
+    t.state = state;
+    t.waker_tid = 0;
+    t.syscall = NO_SYSCALL;
+    t.arg0 = 0;
+    t.walk_pending = 0;
+    if state == 0 {
+        t.wake_ns = now;
+        return;
     }
-    emit(&ev, PROBE_SCHED_SWITCH);
+    t.wake_ns = 0;
+    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    match read_u64(regs, regs_syscall_offset()) {
+        Some(nr) => {
+            t.syscall = nr as i64 as i32;
+            t.arg0 = read_u64(regs, regs_arg_offsets()[0]).unwrap_or(0);
+        }
+        None => stat_add(PROBE_SCHED_SWITCH, STAT_READ_ERRORS, 1),
+    }
+    walk_off_cpu(ctx, pid_tgid, now, t);
+}
+
+/// The stack of a thread that blocks, kept until it runs again. At most one walk per
+/// period per thread on average (bursts of OFF_CPU_BURST): the event loop of a busy
+/// worker blocks thousands of times a second, a thread that blocks rarely is walked
+/// every time.
+#[inline(always)]
+fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut SchedThread) {
+    let period = off_cpu_period_ns();
+    if period == 0 {
+        return;
+    }
+    let Some(info) = PY_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
+        return;
+    };
+    // GCRA: a walk is allowed while the arrival time is less than a burst ahead.
+    let tat = if t.walk_tat_ns > now {
+        t.walk_tat_ns
+    } else {
+        now
+    };
+    if tat > now + period * OFF_CPU_BURST {
+        pstat(PSTAT_OFF_CPU_SKIPPED);
+        return;
+    }
+    t.walk_tat_ns = tat + period;
+    let Some(s) = OFF_CPU_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot and a value pointer of PY_PROCS, both valid
+    // during this program.
+    let (s, info) = unsafe { (&mut *s, &*info) };
+    fill_sample(ctx, info, pid_tgid, s);
+    s.ts_ns = now;
+    s.flags |= SAMPLE_OFF_CPU;
+    s.off_cpu_syscall = t.syscall;
+    s.off_cpu_state = t.state;
+    let tid = pid_tgid as u32;
+    if OFF_CPU_PENDING.insert(&tid, s, 0).is_ok() {
+        t.walk_pending = 1;
+    } else {
+        stat_add(PROBE_SCHED_SWITCH, STAT_MAP_FULL, 1);
+    }
+}
+
+/// A watched thread gets the CPU: its episode off the CPU is complete.
+#[inline(always)]
+fn switch_in(tgid: u32, tid: u32, now: u64) {
+    let first_sight = SCHED_THREADS.get_ptr_mut(&tid).is_none();
+    let Some(t) = thread_slot(tid) else {
+        return;
+    };
+    // SAFETY: a value pointer of the map, valid during this program.
+    let t = unsafe { &mut *t };
+    if t.out_ns == 0 && !first_sight {
+        return;
+    }
+    let slice = SchedSlice {
+        kind: RecordKind::SchedSlice as u32,
+        tgid,
+        tid,
+        waker_tid: t.waker_tid,
+        out_ns: t.out_ns,
+        wake_ns: t.wake_ns,
+        in_ns: now,
+        arg0: t.arg0,
+        syscall: t.syscall,
+        state: t.state,
+    };
+    match EVENTS.output::<SchedSlice>(&slice, BPF_RB_NO_WAKEUP) {
+        Ok(()) => stat_add(PROBE_SCHED_SWITCH, STAT_EVENTS, 1),
+        Err(_) => stat_add(PROBE_SCHED_SWITCH, STAT_RINGBUF_DROPS, 1),
+    }
+    if t.walk_pending != 0 {
+        send_off_cpu(tid, now - t.out_ns);
+        t.walk_pending = 0;
+    }
+    t.out_ns = 0;
+    t.wake_ns = 0;
+    t.waker_tid = 0;
+}
+
+#[inline(always)]
+fn send_off_cpu(tid: u32, off_cpu_ns: u64) {
+    let Some(s) = OFF_CPU_PENDING.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: a value pointer of the map, valid during this program.
+    let s = unsafe { &mut *s };
+    s.off_cpu_ns = off_cpu_ns;
+    match PROFILE_EVENTS.output::<PySample>(s, BPF_RB_NO_WAKEUP) {
+        Ok(()) => pstat(PSTAT_OFF_CPU_SAMPLES),
+        Err(_) => pstat(PSTAT_RINGBUF_DROPS),
+    }
+    let _ = OFF_CPU_PENDING.remove(&tid);
 }
 
 /// TP_PROTO(struct task_struct *p): fires in the waker's context (unlike
 /// sched_wakeup, which may run on the wakee's CPU from an IPI).
 #[raw_tracepoint(tracepoint = "sched_waking")]
 pub fn sched_waking(ctx: RawTracePointContext) -> i32 {
-    wake(&ctx, 0);
+    wake(&ctx);
     0
 }
 
-/// TP_PROTO(struct task_struct *p): a new thread's first wakeup.
-#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
-    wake(&ctx, 1);
-    0
-}
-
+/// A blocked watched thread is made runnable: the first wakeup of the episode counts.
+/// (A new thread's first wakeup, sched_wakeup_new, needs nothing: the thread is seen
+/// when it first runs.)
 #[inline(always)]
-fn wake(ctx: &RawTracePointContext, new: u32) {
+fn wake(ctx: &RawTracePointContext) {
     let p: u64 = ctx.arg(0);
-    let tgid = match read_u32(p, task_tgid_offset()) {
-        Some(t) => t,
-        None => return,
+    let Some(tgid) = read_u32(p, task_tgid_offset()) else {
+        return;
     };
     if !sched_watched(tgid) {
         return;
     }
+    let Some(tid) = read_u32(p, task_pid_offset()) else {
+        return;
+    };
+    let Some(t) = SCHED_THREADS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: a value pointer of the map, valid during this program.
+    let t = unsafe { &mut *t };
+    if t.out_ns == 0 || t.wake_ns != 0 {
+        return;
+    }
+    // SAFETY: a helper call without arguments.
+    t.wake_ns = unsafe { bpf_ktime_get_ns() };
     let waker = bpf_get_current_pid_tgid();
-    emit(
-        &SchedEvent {
-            kind: RecordKind::SchedWake as u32,
-            tgid,
-            tid: read_u32(p, task_pid_offset()).unwrap_or(0),
-            waker_tid: waker as u32,
-            waker_tgid: (waker >> 32) as u32,
-            // SAFETY: a helper call without arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            syscall: -1,
-            state: new,
-            ..SchedEvent::default()
-        },
-        PROBE_SCHED_WAKE,
-    );
+    if (waker >> 32) as u32 == tgid {
+        t.waker_tid = waker as u32;
+    }
+    stat_add(PROBE_SCHED_WAKE, STAT_EVENTS, 1);
 }

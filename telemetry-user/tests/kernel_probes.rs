@@ -136,8 +136,8 @@ fn capture_lifecycle_and_stats() {
 async fn capture_lifecycle_and_stats_body() {
     let mut probes = load_full();
     let mut rx = probes.events().expect("events");
-    // 21 syscall, lifecycle and OOM programs, and the 3 scheduling ones of the worker split.
-    assert_eq!(probes.attached().len(), 24, "{:?}", probes.attached());
+    // 21 syscall, lifecycle and OOM programs, and the 2 scheduling ones of the worker split.
+    assert_eq!(probes.attached().len(), 23, "{:?}", probes.attached());
 
     // --- sockets of a watched child ---
     let (mut child, mut out) = spawn_python(CHILD);

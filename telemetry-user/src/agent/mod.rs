@@ -122,6 +122,7 @@ impl Agent {
             decode_once: config.capture.decode_once,
             scheduling: config.profile.scheduling,
             serialization: config.profile.serialization,
+            off_cpu_period_ns: config.profile.off_cpu_period_ns(),
             full_capture_bytes: if config.repro.repro_on_error {
                 config.repro.max_payload_bytes
             } else {
@@ -387,7 +388,7 @@ impl Agent {
                     self.pass_cursor_hints();
                 }
             }
-            KernelEvent::Sched(rec) => self.tracker.activity_mut().on_sched(&rec),
+            KernelEvent::Sched(ep) => self.tracker.activity_mut().on_episode(&ep),
             KernelEvent::Serialize(rec) => self.tracker.activity_mut().on_serialize(&rec),
             KernelEvent::Exec { tgid, .. } => {
                 let changes = self.discovery.on_exec(tgid);

@@ -8,7 +8,7 @@ use std::mem::{offset_of, size_of};
 use bytes::Bytes;
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedEvent,
+    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedSlice,
     SerializeEvent, SerializeFn, CHUNK_BYTES, CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN,
     MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
 };
@@ -183,13 +183,76 @@ pub enum KernelEvent {
         offset: u32,
         bytes: Bytes,
     },
-    /// A thread of a sched-watched process changed scheduling state.
-    Sched(SchedRecord),
+    /// A thread of a sched-watched process got the CPU back.
+    Sched(SchedEpisode),
     /// A (de)serialization call in a worker finished.
     Serialize(SerializeRecord),
 }
 
-/// One scheduling edge of a worker thread (see telemetry_common::SchedEvent).
+/// A worker thread got the CPU at `in_ns`, after an episode off it (see
+/// telemetry_common::SchedSlice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedEpisode {
+    pub tgid: u32,
+    pub tid: u32,
+    /// None: the first time the kernel sees the thread (it runs from `in_ns`).
+    pub off: Option<OffCpu>,
+    pub in_ns: u64,
+}
+
+/// How a thread spent an episode off the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpu {
+    pub out_ns: u64,
+    /// 0: preempted (runnable from `out_ns`).
+    pub state: u32,
+    pub syscall: Option<u32>,
+    pub arg0: u64,
+    /// Made runnable (None: no wakeup seen, it counts as blocked until `in_ns`).
+    pub wake_ns: Option<u64>,
+    /// The thread of the same process that woke it.
+    pub waker_tid: Option<u32>,
+}
+
+impl SchedEpisode {
+    /// The episode as the scheduling edges it joins, in time order.
+    pub fn edges(&self) -> impl Iterator<Item = SchedRecord> {
+        let (tgid, tid) = (self.tgid, self.tid);
+        let edge = move |ts_ns, edge| SchedRecord {
+            tgid,
+            tid,
+            ts_ns,
+            edge,
+        };
+        let out = self.off.map(|o| {
+            edge(
+                o.out_ns,
+                SchedEdge::Out {
+                    state: o.state,
+                    syscall: o.syscall,
+                    arg0: o.arg0,
+                },
+            )
+        });
+        // A preempted thread is runnable from the switch: no wakeup edge.
+        let wake = self.off.and_then(|o| {
+            let w = o.wake_ns.filter(|_| o.state != 0)?;
+            Some(edge(
+                w,
+                SchedEdge::Wake {
+                    waker_tgid: if o.waker_tid.is_some() { tgid } else { 0 },
+                    waker_tid: o.waker_tid.unwrap_or(0),
+                    new_thread: false,
+                },
+            ))
+        });
+        out.into_iter()
+            .chain(wake)
+            .chain(std::iter::once(edge(self.in_ns, SchedEdge::In)))
+    }
+}
+
+/// One scheduling edge of a worker thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SchedRecord {
     pub tgid: u32,
@@ -431,27 +494,26 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 },
             })
         }
-        RecordKind::SchedOut | RecordKind::SchedIn | RecordKind::SchedWake => {
-            need(raw_kind, bytes, size_of::<SchedEvent>())?;
-            type S = SchedEvent;
-            let edge = match kind {
-                RecordKind::SchedOut => SchedEdge::Out {
+        RecordKind::SchedSlice => {
+            need(raw_kind, bytes, size_of::<SchedSlice>())?;
+            type S = SchedSlice;
+            let out_ns = r.u64(offset_of!(S, out_ns));
+            let wake_ns = r.u64(offset_of!(S, wake_ns));
+            Ok(KernelEvent::Sched(SchedEpisode {
+                tgid: r.u32(offset_of!(S, tgid)),
+                tid: r.u32(offset_of!(S, tid)),
+                off: (out_ns != 0).then(|| OffCpu {
+                    out_ns,
                     state: r.u32(offset_of!(S, state)),
                     syscall: u32::try_from(r.u32(offset_of!(S, syscall)) as i32).ok(),
                     arg0: r.u64(offset_of!(S, arg0)),
-                },
-                RecordKind::SchedIn => SchedEdge::In,
-                _ => SchedEdge::Wake {
-                    waker_tgid: r.u32(offset_of!(S, waker_tgid)),
-                    waker_tid: r.u32(offset_of!(S, waker_tid)),
-                    new_thread: r.u32(offset_of!(S, state)) != 0,
-                },
-            };
-            Ok(KernelEvent::Sched(SchedRecord {
-                tgid: r.u32(offset_of!(S, tgid)),
-                tid: r.u32(offset_of!(S, tid)),
-                ts_ns: r.u64(offset_of!(S, ts_ns)),
-                edge,
+                    wake_ns: (wake_ns != 0).then_some(wake_ns),
+                    waker_tid: match r.u32(offset_of!(S, waker_tid)) {
+                        0 => None,
+                        t => Some(t),
+                    },
+                }),
+                in_ns: r.u64(offset_of!(S, in_ns)),
             }))
         }
         RecordKind::Serialize => {

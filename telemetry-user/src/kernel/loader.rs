@@ -13,7 +13,7 @@ use aya::{
 };
 use telemetry_common::{
     CursorHint, Direction, FdKey, FdState, CHUNK_BYTES, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
-    GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_PT_REGS_ARG_OFFSETS,
+    GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_OFF_CPU_PERIOD_NS, GLOBAL_PT_REGS_ARG_OFFSETS,
     GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
     GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
     MAP_FULL_CAPTURE_FDS, MAP_SCHED_PIDS, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS,
@@ -44,9 +44,12 @@ pub struct KernelConfig {
     /// Decode each direction of an HTTP/2 connection from the sender's writes only;
     /// the receiver's reads carry frame headers for the timing (see `Capture`).
     pub decode_once: bool,
-    /// Attach the scheduling probes (sched_switch, sched_waking, sched_wakeup_new)
-    /// for the per-call on-CPU / off-CPU split.
+    /// Attach the scheduling probes (sched_switch, sched_waking) for the per-call
+    /// on-CPU / off-CPU split.
     pub scheduling: bool,
+    /// Off-CPU stacks of profiled workers: one walk per this many ns per thread on
+    /// average (0: off). Needs `scheduling`.
+    pub off_cpu_period_ns: u64,
     /// Load the (de)serialization uprobe programs (attached per worker later).
     pub serialization: bool,
     /// Repro scripts: the fds given to [`Probes::capture_whole`] send up to this many
@@ -63,6 +66,7 @@ impl Default for KernelConfig {
             decode_once: true,
             scheduling: true,
             serialization: true,
+            off_cpu_period_ns: 0,
             full_capture_bytes: 0,
         }
     }
@@ -117,11 +121,10 @@ const PROGRAMS: &[(&str, Hook)] = &[
     ("oom_mark_victim", Hook::Tp("oom", "mark_victim")),
     ("sched_switch", Hook::Raw("sched_switch")),
     ("sched_waking", Hook::Raw("sched_waking")),
-    ("sched_wakeup_new", Hook::Raw("sched_wakeup_new")),
 ];
 
 /// The programs of the per-call scheduling split (attached only with `scheduling`).
-const SCHED_PROGRAMS: &[&str] = &["sched_switch", "sched_waking", "sched_wakeup_new"];
+const SCHED_PROGRAMS: &[&str] = &["sched_switch", "sched_waking"];
 
 /// The tracepoints the probes need, as "category/name" (raw ones as "raw:name").
 pub fn required_tracepoints() -> Vec<String> {
@@ -316,6 +319,7 @@ impl Probes {
             .override_global(GLOBAL_FULL_CAPTURE, &full_capture, true)
             .override_global(GLOBAL_PT_REGS_ARG_OFFSETS, &offsets.regs_args, true)
             .override_global(GLOBAL_PT_REGS_SYSCALL_OFFSET, &offsets.regs_syscall, true)
+            .override_global(GLOBAL_OFF_CPU_PERIOD_NS, &cfg.off_cpu_period_ns, true)
             .map_max_entries(MAP_EVENTS, ring_bytes)
             .load(PROBES_OBJ)
             .map_err(KernelError::Load)?;

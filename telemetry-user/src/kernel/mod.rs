@@ -22,7 +22,7 @@ mod workers;
 
 pub use decode::{
     decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus,
-    IoRecord, KernelEvent, SchedEdge, SchedRecord, SerializeRecord,
+    IoRecord, KernelEvent, OffCpu, SchedEdge, SchedEpisode, SchedRecord, SerializeRecord,
 };
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};

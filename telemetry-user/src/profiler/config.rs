@@ -16,6 +16,10 @@ pub struct ProfileConfig {
     /// sched_switch/sched_waking of the workers' threads: on-CPU, runqueue and off-CPU
     /// time by reason per call, and the `bound` verdict.
     pub scheduling: bool,
+    /// Off-CPU stacks: where a worker thread blocks, weighted by the time until it runs
+    /// again (needs `sampling` and `scheduling`; at most `sample_hz` walks per second
+    /// per thread on average).
+    pub off_cpu: bool,
 }
 
 impl Default for ProfileConfig {
@@ -26,11 +30,21 @@ impl Default for ProfileConfig {
             window_s: 120,
             serialization: true,
             scheduling: true,
+            off_cpu: true,
         }
     }
 }
 
 impl ProfileConfig {
+    /// The kernel's off-CPU walk period (ns per walk per thread), 0 when off.
+    pub fn off_cpu_period_ns(&self) -> u64 {
+        if self.sampling && self.scheduling && self.off_cpu && self.sample_hz > 0 {
+            1_000_000_000 / self.sample_hz
+        } else {
+            0
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.sampling && !(1..=10_000).contains(&self.sample_hz) {
             return Err(format!(

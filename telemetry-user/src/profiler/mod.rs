@@ -339,6 +339,10 @@ impl Profiler {
     }
 
     fn on_sample(&mut self, s: &PySample) {
+        // Off-CPU samples (sched_switch) are not folded into the CPU profile.
+        if s.flags & telemetry_common::SAMPLE_OFF_CPU != 0 {
+            return;
+        }
         let Some(p) = self.procs.get(&s.tgid) else {
             return;
         };

@@ -20,7 +20,7 @@ pub mod timeline;
 mod tests;
 
 use crate::events::WorkerSplit;
-use crate::kernel::{SchedRecord, SerializeRecord};
+use crate::kernel::{SchedEpisode, SchedRecord, SerializeRecord};
 pub use serialization::{MessageSizes, SerializeHits};
 pub use timeline::{ProcessWaits, Timelines, WaitReason};
 
@@ -37,6 +37,13 @@ pub struct WorkerActivity {
 impl WorkerActivity {
     pub fn on_sched(&mut self, rec: &SchedRecord) {
         self.timelines.push(rec);
+    }
+
+    /// A thread's episode off the CPU, as the kernel joined it.
+    pub fn on_episode(&mut self, ep: &SchedEpisode) {
+        for rec in ep.edges() {
+            self.timelines.push(&rec);
+        }
     }
 
     pub fn on_serialize(&mut self, rec: &SerializeRecord) {
