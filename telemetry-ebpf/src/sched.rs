@@ -21,8 +21,8 @@ use aya_ebpf::{
 use telemetry_common::{
     PySample, RecordKind, SchedSlice, MAX_OFF_CPU_PENDING, MAX_SCHED_THREADS, NO_SYSCALL,
     OFF_CPU_BURST, PROBE_SCHED_SWITCH, PROBE_SCHED_WAKE, PSTAT_OFF_CPU_SAMPLES,
-    PSTAT_OFF_CPU_SKIPPED, PSTAT_RINGBUF_DROPS, SAMPLE_OFF_CPU, STAT_EVENTS, STAT_MAP_FULL,
-    STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+    PSTAT_OFF_CPU_SKIPPED, PSTAT_RINGBUF_DROPS, SAMPLE_NO_TSTATE, SAMPLE_OFF_CPU, STAT_EVENTS,
+    STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
@@ -74,8 +74,11 @@ pub static OFF_CPU_PENDING: LruHashMap<u32, PySample> =
 #[map]
 static OFF_CPU_SCRATCH: PerCpuArray<PySample> = PerCpuArray::with_max_entries(1, 0);
 
+/// A thread found without a Python thread state is not walked again for this long.
+const NO_PYTHON_RETRY_NS: u64 = 1_000_000_000;
+
 /// Off-CPU walks: one per this many ns per thread on average (set by the loader from
-/// `[profile] sample_hz`); 0: off-CPU sampling is off.
+/// `[profile] off_cpu_hz`); 0: off-CPU sampling is off.
 #[no_mangle]
 static OFF_CPU_PERIOD_NS: u64 = 0;
 
@@ -183,8 +186,8 @@ fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64) {
 
 /// The stack of a thread that blocks, kept until it runs again. At most one walk per
 /// period per thread on average (bursts of OFF_CPU_BURST): the event loop of a busy
-/// worker blocks thousands of times a second, a thread that blocks rarely is walked
-/// every time.
+/// worker blocks thousands of times a second (each walk costs microseconds), a thread
+/// that blocks rarely is walked every time.
 #[inline(always)]
 fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut SchedThread) {
     let period = off_cpu_period_ns();
@@ -212,6 +215,13 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
     // during this program.
     let (s, info) = unsafe { (&mut *s, &*info) };
     fill_sample(ctx, info, pid_tgid, s);
+    if s.flags & SAMPLE_NO_TSTATE != 0 {
+        // A thread without a Python thread state (grpc's C threads, BLAS pools): its
+        // walk looked through every thread of the interpreter for nothing. Look
+        // again in a second (C threads that call into Python get a state later).
+        t.walk_tat_ns = now + NO_PYTHON_RETRY_NS + period * OFF_CPU_BURST;
+        return;
+    }
     s.ts_ns = now;
     s.flags |= SAMPLE_OFF_CPU;
     s.off_cpu_syscall = t.syscall;
@@ -227,31 +237,35 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
 /// A watched thread gets the CPU: its episode off the CPU is complete.
 #[inline(always)]
 fn switch_in(tgid: u32, tid: u32, now: u64) {
-    let first_sight = SCHED_THREADS.get_ptr_mut(&tid).is_none();
-    let Some(t) = thread_slot(tid) else {
+    let mut slice = SchedSlice {
+        kind: RecordKind::SchedSlice as u32,
+        tgid,
+        tid,
+        in_ns: now,
+        syscall: NO_SYSCALL,
+        ..SchedSlice::default()
+    };
+    let Some(t) = SCHED_THREADS.get_ptr_mut(&tid) else {
+        // First sight (it was running or blocked before the process was watched): the
+        // slice only says it runs from now.
+        if SCHED_THREADS.insert(&tid, &IDLE_THREAD, 0).is_err() {
+            stat_add(PROBE_SCHED_SWITCH, STAT_MAP_FULL, 1);
+        }
+        emit_slice(&slice);
         return;
     };
     // SAFETY: a value pointer of the map, valid during this program.
     let t = unsafe { &mut *t };
-    if t.out_ns == 0 && !first_sight {
+    if t.out_ns == 0 {
         return;
     }
-    let slice = SchedSlice {
-        kind: RecordKind::SchedSlice as u32,
-        tgid,
-        tid,
-        waker_tid: t.waker_tid,
-        out_ns: t.out_ns,
-        wake_ns: t.wake_ns,
-        in_ns: now,
-        arg0: t.arg0,
-        syscall: t.syscall,
-        state: t.state,
-    };
-    match EVENTS.output::<SchedSlice>(&slice, BPF_RB_NO_WAKEUP) {
-        Ok(()) => stat_add(PROBE_SCHED_SWITCH, STAT_EVENTS, 1),
-        Err(_) => stat_add(PROBE_SCHED_SWITCH, STAT_RINGBUF_DROPS, 1),
-    }
+    slice.waker_tid = t.waker_tid;
+    slice.out_ns = t.out_ns;
+    slice.wake_ns = t.wake_ns;
+    slice.arg0 = t.arg0;
+    slice.syscall = t.syscall;
+    slice.state = t.state;
+    emit_slice(&slice);
     if t.walk_pending != 0 {
         send_off_cpu(tid, now - t.out_ns);
         t.walk_pending = 0;
@@ -259,6 +273,14 @@ fn switch_in(tgid: u32, tid: u32, now: u64) {
     t.out_ns = 0;
     t.wake_ns = 0;
     t.waker_tid = 0;
+}
+
+#[inline(always)]
+fn emit_slice(slice: &SchedSlice) {
+    match EVENTS.output::<SchedSlice>(slice, BPF_RB_NO_WAKEUP) {
+        Ok(()) => stat_add(PROBE_SCHED_SWITCH, STAT_EVENTS, 1),
+        Err(_) => stat_add(PROBE_SCHED_SWITCH, STAT_RINGBUF_DROPS, 1),
+    }
 }
 
 #[inline(always)]

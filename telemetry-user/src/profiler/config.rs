@@ -17,9 +17,12 @@ pub struct ProfileConfig {
     /// time by reason per call, and the `bound` verdict.
     pub scheduling: bool,
     /// Off-CPU stacks: where a worker thread blocks, weighted by the time until it runs
-    /// again (needs `sampling` and `scheduling`; at most `sample_hz` walks per second
-    /// per thread on average).
+    /// again (needs `sampling` and `scheduling`).
     pub off_cpu: bool,
+    /// Off-CPU stack walks per second per thread at most, on average (bursts of 4): a
+    /// busy event loop blocks thousands of times a second and each walk costs a few
+    /// microseconds in the kernel.
+    pub off_cpu_hz: u64,
 }
 
 impl Default for ProfileConfig {
@@ -31,6 +34,7 @@ impl Default for ProfileConfig {
             serialization: true,
             scheduling: true,
             off_cpu: true,
+            off_cpu_hz: 5,
         }
     }
 }
@@ -38,8 +42,8 @@ impl Default for ProfileConfig {
 impl ProfileConfig {
     /// The kernel's off-CPU walk period (ns per walk per thread), 0 when off.
     pub fn off_cpu_period_ns(&self) -> u64 {
-        if self.sampling && self.scheduling && self.off_cpu && self.sample_hz > 0 {
-            1_000_000_000 / self.sample_hz
+        if self.sampling && self.scheduling && self.off_cpu && self.off_cpu_hz > 0 {
+            1_000_000_000 / self.off_cpu_hz
         } else {
             0
         }
@@ -50,6 +54,12 @@ impl ProfileConfig {
             return Err(format!(
                 "[profile] sample_hz {} not in 1..=10000",
                 self.sample_hz
+            ));
+        }
+        if self.off_cpu && !(1..=10_000).contains(&self.off_cpu_hz) {
+            return Err(format!(
+                "[profile] off_cpu_hz {} not in 1..=10000",
+                self.off_cpu_hz
             ));
         }
         Ok(())
