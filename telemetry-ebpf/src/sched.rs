@@ -194,10 +194,8 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
     if period == 0 {
         return;
     }
-    let Some(info) = PY_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
-        return;
-    };
-    // GCRA: a walk is allowed while the arrival time is less than a burst ahead.
+    // GCRA: a walk is allowed while the arrival time is less than a burst ahead. (Tested
+    // before the process lookup: most blocks of a busy thread end here.)
     let tat = if t.walk_tat_ns > now {
         t.walk_tat_ns
     } else {
@@ -207,6 +205,9 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
         pstat(PSTAT_OFF_CPU_SKIPPED);
         return;
     }
+    let Some(info) = PY_PROCS.get_ptr((pid_tgid >> 32) as u32) else {
+        return;
+    };
     t.walk_tat_ns = tat + period;
     let Some(s) = OFF_CPU_SCRATCH.get_ptr_mut(0) else {
         return;
