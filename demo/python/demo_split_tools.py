@@ -7,6 +7,8 @@ the agent's serialization and scheduling split is checked against them.
   gil_contention  a second thread and this one run Python in turn for `ms` (GIL waits)
   (sleep is the adapter's own: time.sleep)
 """
+import gc
+import sys
 import threading
 import time
 
@@ -76,14 +78,36 @@ class SerializationClock:
         self.local = threading.local()
         self.pending = {}
 
+    @staticmethod
+    def _clocked(fn, arg, *args, **kwargs):
+        """(fn's result, ns it took), with what would land in this clock but not in the
+        call held off meanwhile:
+        - the cyclic GC: a pass that the call's allocations trigger runs inside the C
+          call (3.11) or right after it returns, before the clock is read (3.12+, at the
+          next eval-breaker check). Held off, it runs after both clocks.
+        - the GIL hand-over: a call longer than the switch interval (5 ms) returns to
+          an eval loop asked to drop the GIL, and this thread waits for another to give
+          it back before it reads the clock. A long interval keeps the GIL here until
+          the clock is read."""
+        was_on = gc.isenabled()
+        interval = sys.getswitchinterval()
+        gc.disable()
+        sys.setswitchinterval(10.0)
+        try:
+            t = time.perf_counter_ns()
+            out = fn(arg, *args, **kwargs)
+            return out, time.perf_counter_ns() - t
+        finally:
+            sys.setswitchinterval(interval)
+            if was_on:
+                gc.enable()
+
     def _entry(self, cid):
         return self.pending.setdefault(cid, {"decode_ns": 0, "encode_ns": 0})
 
     def timed_deserializer(self, deserialize):
         def run(raw):
-            t = time.perf_counter_ns()
-            msg = deserialize(raw)
-            d = time.perf_counter_ns() - t
+            msg, d = self._clocked(deserialize, raw)
             cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
             with self.lock:
                 self._entry(cid)["decode_ns"] += d
@@ -93,9 +117,7 @@ class SerializationClock:
 
     def timed_serializer(self, serialize):
         def run(msg):
-            t = time.perf_counter_ns()
-            raw = serialize(msg)
-            d = time.perf_counter_ns() - t
+            raw, d = self._clocked(serialize, msg)
             cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
             with self.lock:
                 e = self.pending.pop(cid, None) or {"decode_ns": 0, "encode_ns": 0}
@@ -112,11 +134,11 @@ class SerializationClock:
         """`fn` (json_loads / json_dumps) timed into this thread's running total."""
 
         def run(value, *args, **kwargs):
-            t = time.perf_counter_ns()
+            d = 0
             try:
-                return fn(value, *args, **kwargs)
+                out, d = self._clocked(fn, value, *args, **kwargs)
+                return out
             finally:
-                d = time.perf_counter_ns() - t
                 setattr(self.local, direction, getattr(self.local, direction, 0) + d)
 
         return run
