@@ -84,6 +84,32 @@ pub fn demo_on(dir: &Path, python: Option<PathBuf>) -> Demo {
     demo
 }
 
+/// GET over plain HTTP/1.1; (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent's HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (status, raw[split + 4..].to_vec())
+}
+
 /// Only the fields read here of perftools.profiles.Profile (field numbers from
 /// google/pprof proto/profile.proto), decoded independently of the agent's encoder.
 pub mod pprof {

@@ -130,6 +130,9 @@ struct Figures {
     switch_cpu: Vec<f64>,
     switch_off_cpu: Vec<f64>,
     per_walk: Vec<f64>,
+    /// The walks' added sched_switch time over the worker's CPU time (the program
+    /// runs in the context of the thread that switches out: the worker's).
+    walk_share: Vec<f64>,
     off_cpu_samples: Vec<f64>,
 }
 
@@ -158,6 +161,8 @@ impl Figures {
         self.switch_cpu.push(per(s1, n1));
         self.switch_off_cpu.push(per(s2, n2));
         self.per_walk.push(walk);
+        self.walk_share
+            .push(walk * full.off_cpu_samples as f64 / full.worker_cpu_ns.max(1) as f64);
         self.off_cpu_samples.push(full.off_cpu_samples as f64);
     }
 }
@@ -209,7 +214,8 @@ pub fn run(dir: &Path, args: &BenchArgs) -> Result<()> {
          profile_cpu run time per sample taken, misses included: {:.0} ns\n  \
          profile_cpu run time / the worker's CPU time: {:.3} %\n  \
          sched_switch run time per run, off-CPU walks off / on: {:.0} / {:.0} ns\n  \
-         sched_switch time added per off-CPU sample: {:.0} ns ({:.0} off-CPU samples per phase)",
+         sched_switch time added per off-CPU sample: {:.0} ns ({:.0} off-CPU samples per phase)\n  \
+         off-CPU walks' time / the worker's CPU time: {:.3} %",
         args.rounds.max(1),
         args.seconds,
         median(fig.ratio_cpu),
@@ -221,6 +227,7 @@ pub fn run(dir: &Path, args: &BenchArgs) -> Result<()> {
         median(fig.switch_off_cpu),
         median(fig.per_walk),
         median(fig.off_cpu_samples),
+        median(fig.walk_share) * 100.0,
     );
     Ok(())
 }
