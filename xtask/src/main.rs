@@ -73,8 +73,10 @@ enum Task {
         /// Write the results and the machine description to docs/benchmarks.md.
         #[arg(long)]
         write_doc: bool,
-        /// Measure the Python stack sampler instead: a worker's CPU per call with
-        /// sampling on vs off, and the sampler's eBPF run time per sample.
+        /// Measure the Python stack profiler instead: a worker's CPU per call with
+        /// sampling off, on, and on with off-CPU stacks (`--rate`: calls/s, else back
+        /// to back), the sampler's eBPF run time per sample and sched_switch's per
+        /// off-CPU sample.
         #[arg(long)]
         profiler: bool,
     },

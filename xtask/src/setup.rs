@@ -23,7 +23,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "gcc", // compiles the fake NVML library of tests/tests/gpu_fake_nvml.rs
 ];
-const PYPI_PACKAGES: &[&str] = &["grpcio", "grpcio-tools", "protobuf", "orjson", "numpy"];
+/// py-spy: the off-CPU profile's cross-check (tests/tests/offcpu.rs), a binary in the
+/// venv's bin/.
+const PYPI_PACKAGES: &[&str] = &[
+    "grpcio",
+    "grpcio-tools",
+    "protobuf",
+    "orjson",
+    "numpy",
+    "py-spy",
+];
 
 pub fn run(root: &Path) -> Result<()> {
     rust_toolchain(root)?;
@@ -149,7 +158,7 @@ fn python_venv(root: &Path) -> Result<()> {
     let imports_ok = cmd_ok(Command::new(&python).args([
         "-c",
         "import grpc, grpc_tools, google.protobuf, orjson, numpy",
-    ]));
+    ])) && venv.join("bin/py-spy").exists();
     if !imports_ok {
         eprintln!("setup: pip install {}", PYPI_PACKAGES.join(" "));
         run_cmd(

@@ -592,6 +592,14 @@ impl CallTracker {
         }
         let publish_internal = !call.internal || self.cfg.include_internal;
         let t_end = self.unix(end_ns);
+        // Exceptions are never thinned: they are what an operator looks for.
+        let is_exception = matches!(outcome, Outcome::Exception { .. });
+        let publish = publish_internal && (call.sampled || is_exception);
+        let profiled = self.profile.is_some() && !call.internal;
+        // The split also names the serving thread, whose off-CPU samples are the call's.
+        let split = (publish || profiled)
+            .then(|| worker_split(&call, &self.activity))
+            .flatten();
         // The worker's samples from its read of the request to the call's end (t2 can
         // be the response headers' write, sent before the tool runs).
         let profile = self
@@ -602,7 +610,8 @@ impl CallTracker {
                 let from = call.t1.unwrap_or(call.start_ns());
                 let to = end_ns.max(call.t2.unwrap_or(0));
                 let function = call.function.as_deref().or(call.tool_name.as_deref())?;
-                p.call_finished(call.conn.worker_pid, from, to, function)
+                let serving = split.as_ref().and_then(|s| s.serving_tid);
+                p.call_finished(call.conn.worker_pid, from, to, function, serving)
             });
         // Built once, and only when an event needs it (sampled-out calls need none).
         let mut record = None;
@@ -613,11 +622,8 @@ impl CallTracker {
                 busy_time: duration,
             });
         }
-        // Exceptions are never thinned: they are what an operator looks for.
-        let is_exception = matches!(outcome, Outcome::Exception { .. });
-        if publish_internal && (call.sampled || is_exception) {
+        if publish {
             let record = shared_record(&mut record, &call);
-            let split = worker_split(&call, &self.activity);
             if let Some(split) = &split {
                 for ev in serialize_events(split, &record, |m| self.unix(m), call.t1) {
                     self.publish(ev);

@@ -1,9 +1,11 @@
 //! `snakepit-agent profile`: runs the agent with the Python stack sampler for a while
 //! and writes what the workers' CPUs did, optionally only during calls of one function
-//! or on one pool, as pprof, folded stacks or an SVG flame graph.
+//! or on one pool, as pprof, folded stacks or an SVG flame graph; or, with
+//! `--mode off-cpu`, where their threads waited (off-CPU stacks weighted by the time
+//! blocked).
 use crate::agent::{Agent, RunOptions};
 use crate::config::Config;
-use crate::profiler::{output, pprof, Filter, ProfileFormat};
+use crate::profiler::{output, pprof, Filter, ProfileFormat, ProfileMode};
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -22,6 +24,12 @@ pub struct ProfileArgs {
     pub pool: Option<String>,
     #[arg(long, value_enum, default_value = "pprof")]
     pub format: ProfileFormat,
+    /// `cpu`: where the workers' threads run (CPU-clock samples); `off-cpu`: where
+    /// they block, each stack weighted by the time until the thread ran again, below a
+    /// leaf `[off-cpu: SYSCALL]` (folded/svg in microseconds, pprof `off_cpu`
+    /// nanoseconds). Off-CPU needs `[profile] scheduling` and `off_cpu`.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub mode: ProfileMode,
     /// Where the profile goes.
     #[arg(long, value_name = "FILE")]
     pub output: PathBuf,
@@ -45,6 +53,9 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
         None => Config::default(),
     };
     cfg.profile.sampling = true;
+    if args.mode == ProfileMode::OffCpu && cfg.profile.off_cpu_period_ns() == 0 {
+        anyhow::bail!("--mode off-cpu needs [profile] scheduling = true and off_cpu = true");
+    }
     if let Some(hz) = args.sample_hz {
         cfg.profile.sample_hz = hz;
     }
@@ -65,6 +76,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
         function: args.function.clone(),
         pool: args.pool.clone(),
         since_ns: 0,
+        mode: args.mode,
     };
     let duration = Duration::from_secs(args.duration);
     let stacks = rt.block_on(async move {
@@ -82,7 +94,8 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
     })?;
     if stacks.is_empty() {
         anyhow::bail!(
-            "no samples{}{}: were workers busy on the CPU?",
+            "no {} samples{}{}: were workers {}?",
+            args.mode.as_str(),
             args.function
                 .as_deref()
                 .map(|f| format!(" of function {f}"))
@@ -91,20 +104,30 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
                 .as_deref()
                 .map(|p| format!(" on pool {p}"))
                 .unwrap_or_default(),
+            match args.mode {
+                ProfileMode::Cpu => "busy on the CPU",
+                ProfileMode::OffCpu => "blocking",
+            }
         );
     }
-    let frames = || stacks.iter().map(|s| &s[..]);
+    let frames = || stacks.iter().map(|(s, w)| (&s[..], *w));
+    let mode = args.mode;
     let bytes = match args.format {
-        ProfileFormat::Folded => output::folded(frames()).into_bytes(),
+        ProfileFormat::Folded => output::folded_in(frames(), mode).into_bytes(),
         ProfileFormat::Svg => {
-            let title = match &args.function {
-                Some(f) => format!("{f}: {} samples", stacks.len()),
-                None => format!("workers: {} samples", stacks.len()),
+            let what = match mode {
+                ProfileMode::Cpu => "",
+                ProfileMode::OffCpu => " off-CPU",
             };
-            output::svg(&output::folded(frames()), &title)?
+            let title = match &args.function {
+                Some(f) => format!("{f}: {}{what} samples", stacks.len()),
+                None => format!("workers: {}{what} samples", stacks.len()),
+            };
+            output::svg(&output::folded_in(frames(), mode), &title, mode)?
         }
         ProfileFormat::Pprof => {
-            let p = pprof::build(frames(), hz, started, args.duration * 1_000_000_000);
+            let ns = args.duration * 1_000_000_000;
+            let p = pprof::build(frames(), mode, hz, started, ns);
             pprof::encode_gz(&p)?
         }
     };
@@ -115,5 +138,9 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
         stacks.len(),
         args.output.display()
     );
+    if mode == ProfileMode::OffCpu {
+        let us: u64 = stacks.iter().map(|(_, ns)| output::off_cpu_us(*ns)).sum();
+        eprintln!("{us} us off CPU in those samples");
+    }
     Ok(0)
 }

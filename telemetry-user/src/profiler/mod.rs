@@ -7,6 +7,7 @@
 //! - `code`: code objects -> module.qualname / file / line (bounded cache).
 //! - `native`, `elf`: native frames -> object and symbol.
 //! - `stacks`: merging Python and native frames; the sample's library.
+//! - `offcpu`: off-CPU samples (sched_switch): why the thread blocked, the modes.
 //! - `store`: the samples' window, per-call summaries, selections for outputs.
 //! - `output`, `pprof`: folded / SVG / pprof.
 pub mod code;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod layout;
 pub mod mem;
 pub mod native;
+pub mod offcpu;
 pub mod output;
 pub mod pprof;
 pub mod stacks;
@@ -23,6 +25,7 @@ pub mod store;
 
 pub use config::ProfileConfig;
 pub use error::ProfilerError;
+pub use offcpu::ProfileMode;
 pub use output::ProfileFormat;
 pub use store::{CallProfile, Filter, SampleStore};
 
@@ -36,7 +39,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use telemetry_common::{PySample, PY_FRAME_OWNED_BY_CSTACK, PY_SAMPLE_LEN, SAMPLE_TRUNCATED};
+use telemetry_common::{
+    PySample, PY_FRAME_OWNED_BY_CSTACK, PY_SAMPLE_LEN, SAMPLE_OFF_CPU, SAMPLE_TRUNCATED,
+};
 use tokio::sync::mpsc;
 
 /// The samples, shared by the profiler task (writer), the call tracker (per-call
@@ -78,37 +83,64 @@ impl ProfileHandle {
         start_ns: u64,
         end_ns: u64,
         function: &str,
+        serving_tid: Option<u32>,
     ) -> Option<CallProfile> {
-        self.with(|s| s.call_finished(pid, start_ns, end_ns, function))
+        self.with(|s| s.call_finished(pid, start_ns, end_ns, function, serving_tid))
     }
 
-    /// Functions with attributed samples since `since_ns`, most samples first.
-    pub fn function_counts(&self, since_ns: u64) -> Vec<(String, u64)> {
+    /// Functions with attributed samples since `since_ns`: CPU samples, then off-CPU
+    /// nanoseconds, most CPU samples first (functions that only wait come last).
+    pub fn function_counts(&self, since_ns: u64) -> Vec<FunctionCount> {
         self.with(|s| {
-            let mut m: HashMap<String, u64> = HashMap::new();
-            for (_, x) in s.select(&Filter {
-                since_ns,
-                ..Filter::default()
-            }) {
-                if let Some(f) = &x.function {
-                    *m.entry(f.clone()).or_default() += 1;
+            let mut m: HashMap<String, FunctionCount> = HashMap::new();
+            for mode in [ProfileMode::Cpu, ProfileMode::OffCpu] {
+                let f = Filter {
+                    since_ns,
+                    mode,
+                    ..Filter::default()
+                };
+                for (_, x) in s.select(&f) {
+                    let Some(name) = &x.function else { continue };
+                    let c = m.entry(name.clone()).or_insert_with(|| FunctionCount {
+                        function: name.clone(),
+                        ..FunctionCount::default()
+                    });
+                    match mode {
+                        ProfileMode::Cpu => c.samples += 1,
+                        ProfileMode::OffCpu => c.off_cpu_ns += x.weight(),
+                    }
                 }
             }
-            let mut v: Vec<(String, u64)> = m.into_iter().collect();
-            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut v: Vec<FunctionCount> = m.into_values().collect();
+            v.sort_by(|a, b| {
+                (b.samples, b.off_cpu_ns)
+                    .cmp(&(a.samples, a.off_cpu_ns))
+                    .then(a.function.cmp(&b.function))
+            });
             v
         })
     }
 
-    /// Root-first stacks of the samples matching `f`.
-    pub fn stacks(&self, f: &Filter) -> Vec<Arc<[Frame]>> {
+    /// Root-first stacks of the samples matching `f`, with their weights (1 per CPU
+    /// sample, the blocked nanoseconds of an off-CPU sample).
+    pub fn stacks(&self, f: &Filter) -> Vec<(Arc<[Frame]>, u64)> {
         self.with(|s| {
             s.select(f)
                 .into_iter()
-                .map(|(_, x)| x.stack.frames.clone())
+                .map(|(_, x)| (x.stack.frames.clone(), x.weight()))
                 .collect()
         })
     }
+}
+
+/// A function's share of the window (`/debug/pprof/functions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FunctionCount {
+    pub function: String,
+    /// CPU samples.
+    pub samples: u64,
+    /// Off-CPU time of its calls' serving threads in the off-CPU samples.
+    pub off_cpu_ns: u64,
 }
 
 /// What the agent tells the profiler.
@@ -220,8 +252,11 @@ impl Profiler {
                 .unwrap_or(0);
             m.insert((*name).into(), v.into());
         }
-        let (total, attributed) = self.handle.with(|s| (s.total_samples, s.attributed));
+        let (total, attributed, off_cpu) = self
+            .handle
+            .with(|s| (s.total_samples, s.attributed, s.off_cpu_samples));
         m.insert("resolved".into(), total.into());
+        m.insert("off_cpu_resolved".into(), off_cpu.into());
         m.insert("attributed".into(), attributed.into());
         m.insert("code_read_errors".into(), self.code.read_errors.into());
         m.insert("record_errors".into(), self.decode_errors.into());
@@ -339,10 +374,6 @@ impl Profiler {
     }
 
     fn on_sample(&mut self, s: &PySample) {
-        // Off-CPU samples (sched_switch) are not folded into the CPU profile.
-        if s.flags & telemetry_common::SAMPLE_OFF_CPU != 0 {
-            return;
-        }
         let Some(p) = self.procs.get(&s.tgid) else {
             return;
         };
@@ -370,13 +401,23 @@ impl Profiler {
             .enumerate()
             .filter_map(|(i, a)| self.native.resolve(s.tgid, *a, i > 0))
             .collect();
-        let stack = stacks::merge(
+        let mut stack = stacks::merge(
             s.tid,
             python,
             &native,
             &p.interp.path,
             s.flags & SAMPLE_TRUNCATED != 0,
         );
+        // Off-CPU samples (sched_switch) go to their own profile, below a leaf that
+        // says why the thread left the CPU.
+        if s.flags & SAMPLE_OFF_CPU != 0 {
+            let mut frames = stack.frames.to_vec();
+            frames.push(offcpu::reason_frame(s.off_cpu_syscall, s.off_cpu_state));
+            stack.frames = frames.into();
+            self.handle
+                .with(|st| st.push_off_cpu(s.tgid, s.ts_ns, s.off_cpu_ns, stack));
+            return;
+        }
         self.handle.with(|st| st.push(s.tgid, s.ts_ns, stack));
     }
 }

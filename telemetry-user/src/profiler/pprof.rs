@@ -1,6 +1,7 @@
 //! pprof output: the `perftools.profiles.Profile` message (google/pprof
 //! `proto/profile.proto`; only the fields written here, same numbers and types),
 //! encoded with prost and gzipped as pprof tools expect.
+use super::offcpu::ProfileMode;
 use super::stacks::Frame;
 use std::collections::HashMap;
 
@@ -126,47 +127,61 @@ impl Builder {
     }
 }
 
-/// A CPU profile of `stacks` (root first), each sample worth one period of
-/// `1/sample_hz` s. Values: [samples count, cpu nanoseconds].
+/// A profile of `stacks` (root first, with their weights: see
+/// `ProfileHandle::stacks`). CPU: each sample worth one period of `1/sample_hz` s,
+/// values [samples count, cpu nanoseconds]. Off-CPU: values [samples count, off_cpu
+/// nanoseconds] (the time the threads spent blocked there).
 pub fn build<'a>(
-    stacks: impl Iterator<Item = &'a [Frame]>,
+    stacks: impl Iterator<Item = (&'a [Frame], u64)>,
+    mode: ProfileMode,
     sample_hz: u64,
     time_unix_ns: u64,
     duration_ns: u64,
 ) -> Profile {
     let mut b = Builder::default();
     b.s("");
-    let period = 1_000_000_000 / sample_hz.max(1) as i64;
+    let period = match mode {
+        ProfileMode::Cpu => 1_000_000_000 / sample_hz.max(1) as i64,
+        ProfileMode::OffCpu => 1,
+    };
     let samples = (b.s("samples"), b.s("count"));
-    let cpu = (b.s("cpu"), b.s("nanoseconds"));
+    let value = match mode {
+        ProfileMode::Cpu => (b.s("cpu"), b.s("nanoseconds")),
+        ProfileMode::OffCpu => (b.s("off_cpu"), b.s("nanoseconds")),
+    };
     b.p.sample_type = vec![
         ValueType {
             r#type: samples.0,
             unit: samples.1,
         },
         ValueType {
-            r#type: cpu.0,
-            unit: cpu.1,
+            r#type: value.0,
+            unit: value.1,
         },
     ];
     b.p.period_type = Some(ValueType {
-        r#type: cpu.0,
-        unit: cpu.1,
+        r#type: value.0,
+        unit: value.1,
     });
     b.p.period = period;
     b.p.time_nanos = time_unix_ns as i64;
     b.p.duration_nanos = duration_ns as i64;
-    let mut merged: HashMap<Vec<u64>, i64> = HashMap::new();
-    for frames in stacks {
+    let mut merged: HashMap<Vec<u64>, (i64, i64)> = HashMap::new();
+    for (frames, weight) in stacks {
         let ids: Vec<u64> = frames.iter().rev().map(|f| b.location(f)).collect();
-        *merged.entry(ids).or_default() += 1;
+        let v = merged.entry(ids).or_default();
+        v.0 += 1;
+        v.1 += match mode {
+            ProfileMode::Cpu => period,
+            ProfileMode::OffCpu => weight as i64,
+        };
     }
-    let mut rows: Vec<(Vec<u64>, i64)> = merged.into_iter().collect();
+    let mut rows: Vec<(Vec<u64>, (i64, i64))> = merged.into_iter().collect();
     rows.sort();
-    for (ids, n) in rows {
+    for (ids, (n, v)) in rows {
         b.p.sample.push(Sample {
             location_id: ids,
-            value: vec![n, n * period],
+            value: vec![n, v],
         });
     }
     b.p
@@ -211,7 +226,7 @@ mod tests {
             },
         ];
         let stacks = [a.as_slice(), a.as_slice(), b.as_slice()];
-        let p = build(stacks.iter().copied(), 100, 1, 2);
+        let p = build(stacks.iter().map(|s| (*s, 1)), ProfileMode::Cpu, 100, 1, 2);
         let gz = encode_gz(&p).expect("encode");
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -235,5 +250,20 @@ mod tests {
         let func = &back.function[(loc.line[0].function_id - 1) as usize];
         assert_eq!(back.string_table[func.name as usize], "demo_hot.spin");
         assert_eq!(back.string_table[0], "");
+    }
+
+    #[test]
+    fn off_cpu_profiles_carry_the_blocked_nanoseconds() {
+        let a = vec![Frame::Native {
+            name: "[off-cpu: read]".into(),
+            library: "kernel".into(),
+        }];
+        let stacks = [(a.as_slice(), 7_000), (a.as_slice(), 3_000)];
+        let p = build(stacks.iter().copied(), ProfileMode::OffCpu, 99, 1, 2);
+        let st = &p.string_table;
+        assert_eq!(st[p.sample_type[1].r#type as usize], "off_cpu");
+        assert_eq!(st[p.sample_type[1].unit as usize], "nanoseconds");
+        assert_eq!(p.sample.len(), 1);
+        assert_eq!(p.sample[0].value, vec![2, 10_000]);
     }
 }

@@ -1,15 +1,32 @@
 //! Resolved samples kept for a window, per worker; per-call attribution (the calls a
-//! worker served and when) and per-(pool, function) profiles read from it.
+//! worker served and when) and per-(pool, function) profiles read from it. CPU-clock
+//! samples and off-CPU samples are kept apart: the call summaries count CPU samples
+//! only.
+use super::offcpu::ProfileMode;
 use super::stacks::Stack;
 use std::collections::{HashMap, VecDeque};
 
 /// A sample as stored: when, which worker, and its stack.
 #[derive(Clone, Debug)]
 pub struct StoredSample {
+    /// CPU samples: when taken; off-CPU samples: when the thread left the CPU.
     pub ts_ns: u64,
     pub stack: Stack,
     /// The call it fell in, once that call finished: (function, call's pool).
     pub function: Option<String>,
+    /// Off-CPU samples: the time until the thread ran again (0 for CPU samples).
+    pub off_cpu_ns: u64,
+}
+
+impl StoredSample {
+    /// One CPU sample counts 1; an off-CPU sample its blocked nanoseconds.
+    pub fn weight(&self) -> u64 {
+        if self.off_cpu_ns > 0 {
+            self.off_cpu_ns
+        } else {
+            1
+        }
+    }
 }
 
 /// What the samples of one call say (call.stop metadata).
@@ -20,10 +37,31 @@ pub struct CallProfile {
     pub hot_library: String,
 }
 
+/// A finished call, kept a while for the off-CPU samples that arrive after it ended
+/// (the kernel sends one when the thread runs again).
+struct RecentCall {
+    start_ns: u64,
+    end_ns: u64,
+    function: String,
+    serving_tid: Option<u32>,
+}
+
+impl RecentCall {
+    fn holds(&self, ts_ns: u64, tid: u32) -> bool {
+        (self.start_ns..=self.end_ns).contains(&ts_ns) && self.serving_tid.is_none_or(|t| t == tid)
+    }
+}
+
+/// Finished calls remembered per worker for late off-CPU samples.
+const RECENT_CALLS: usize = 256;
+
 #[derive(Default)]
 struct Worker {
     pool: String,
     samples: VecDeque<StoredSample>,
+    /// Sorted by `ts_ns` (they arrive out of order: when the thread runs again).
+    off_cpu: VecDeque<StoredSample>,
+    recent: VecDeque<RecentCall>,
 }
 
 /// Which samples to take.
@@ -33,6 +71,8 @@ pub struct Filter {
     pub pool: Option<String>,
     /// CLOCK_MONOTONIC ns; samples at or after.
     pub since_ns: u64,
+    /// CPU-clock or off-CPU samples.
+    pub mode: ProfileMode,
 }
 
 pub struct SampleStore {
@@ -41,6 +81,7 @@ pub struct SampleStore {
     max_per_worker: usize,
     pub total_samples: u64,
     pub attributed: u64,
+    pub off_cpu_samples: u64,
 }
 
 impl SampleStore {
@@ -51,6 +92,7 @@ impl SampleStore {
             max_per_worker,
             total_samples: 0,
             attributed: 0,
+            off_cpu_samples: 0,
         }
     }
 
@@ -75,6 +117,7 @@ impl SampleStore {
             ts_ns,
             stack,
             function: None,
+            off_cpu_ns: 0,
         });
         let oldest = ts_ns.saturating_sub(self.window_ns);
         while w
@@ -86,16 +129,73 @@ impl SampleStore {
         }
     }
 
+    /// An off-CPU sample: the thread left the CPU at `ts_ns` for `off_cpu_ns`. It
+    /// belongs to a call already finished when that call's serving thread blocked
+    /// during it.
+    pub fn push_off_cpu(&mut self, pid: u32, ts_ns: u64, off_cpu_ns: u64, stack: Stack) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        self.off_cpu_samples += 1;
+        let function = w
+            .recent
+            .iter()
+            .rev()
+            .find(|c| c.holds(ts_ns, stack.tid))
+            .map(|c| c.function.clone());
+        let at = w.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
+        w.off_cpu.insert(
+            at,
+            StoredSample {
+                ts_ns,
+                stack,
+                function,
+                off_cpu_ns: off_cpu_ns.max(1),
+            },
+        );
+        let newest = w.off_cpu.back().map_or(ts_ns, |s| s.ts_ns);
+        let oldest = newest.saturating_sub(self.window_ns);
+        while w
+            .off_cpu
+            .front()
+            .is_some_and(|s| s.ts_ns < oldest || w.off_cpu.len() > self.max_per_worker)
+        {
+            w.off_cpu.pop_front();
+        }
+    }
+
     /// A call of `function` ran on worker `pid` over [start_ns, end_ns]: its samples
-    /// are marked with the function, and summarised. None when it had none.
+    /// are marked with the function, and its CPU samples summarised (None when it had
+    /// none). Off-CPU samples count when the serving thread (when known) blocked
+    /// during the call, including those still to come.
     pub fn call_finished(
         &mut self,
         pid: u32,
         start_ns: u64,
         end_ns: u64,
         function: &str,
+        serving_tid: Option<u32>,
     ) -> Option<CallProfile> {
         let w = self.workers.get_mut(&pid)?;
+        let call = RecentCall {
+            start_ns,
+            end_ns,
+            function: function.to_string(),
+            serving_tid,
+        };
+        let first = w.off_cpu.partition_point(|s| s.ts_ns < start_ns);
+        for s in w.off_cpu.range_mut(first..) {
+            if s.ts_ns > end_ns {
+                break;
+            }
+            if call.holds(s.ts_ns, s.stack.tid) {
+                s.function = Some(function.to_string());
+            }
+        }
+        if w.recent.len() >= RECENT_CALLS {
+            w.recent.pop_front();
+        }
+        w.recent.push_back(call);
         let first = w.samples.partition_point(|s| s.ts_ns < start_ns);
         let mut n = 0u64;
         let mut frames: HashMap<&str, u64> = HashMap::new();
@@ -133,11 +233,18 @@ impl SampleStore {
 
     /// Samples matching `f`, oldest first.
     pub fn select(&self, f: &Filter) -> Vec<(u32, &StoredSample)> {
+        let mode = f.mode;
         let mut out: Vec<(u32, &StoredSample)> = self
             .workers
             .iter()
             .filter(|(_, w)| f.pool.as_ref().is_none_or(|p| *p == w.pool))
-            .flat_map(|(pid, w)| w.samples.iter().map(move |s| (*pid, s)))
+            .flat_map(|(pid, w)| {
+                let samples = match mode {
+                    ProfileMode::Cpu => &w.samples,
+                    ProfileMode::OffCpu => &w.off_cpu,
+                };
+                samples.iter().map(move |s| (*pid, s))
+            })
             .filter(|(_, s)| s.ts_ns >= f.since_ns)
             .filter(|(_, s)| {
                 f.function
@@ -156,8 +263,12 @@ mod tests {
     use crate::profiler::stacks::Frame;
 
     fn stack(hot: &str, lib: &str) -> Stack {
+        stack_of(1, hot, lib)
+    }
+
+    fn stack_of(tid: u32, hot: &str, lib: &str) -> Stack {
         Stack {
-            tid: 1,
+            tid,
             frames: vec![Frame::Native {
                 name: hot.into(),
                 library: lib.into(),
@@ -182,11 +293,13 @@ mod tests {
             st.push(5, 100 + t, stack(h, l));
         }
         st.push(6, 100, stack("x", "y")); // not a worker: ignored
-        let p = st.call_finished(5, 100, 109, "hot_path").expect("samples");
+        let p = st
+            .call_finished(5, 100, 109, "hot_path", None)
+            .expect("samples");
         assert_eq!(p.python_samples, 10);
         assert_eq!(p.hot_frame, "demo_hot.spin");
         assert_eq!(p.hot_library, "demo_hot");
-        assert!(st.call_finished(5, 200, 300, "other").is_none());
+        assert!(st.call_finished(5, 200, 300, "other", None).is_none());
         let f = Filter {
             function: Some("hot_path".into()),
             ..Default::default()
@@ -207,5 +320,81 @@ mod tests {
             st.push(1, 1000 + t, stack("a", "b"));
         }
         assert_eq!(st.select(&Filter::default()).len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod off_cpu_tests {
+    use super::*;
+    use crate::profiler::stacks::Frame;
+
+    fn stack(tid: u32, leaf: &str) -> Stack {
+        Stack {
+            tid,
+            frames: vec![Frame::Native {
+                name: leaf.into(),
+                library: "kernel".into(),
+            }]
+            .into(),
+            hot_frame: leaf.into(),
+            library: "kernel".into(),
+            truncated: false,
+        }
+    }
+
+    fn off(f: Option<&str>) -> Filter {
+        Filter {
+            function: f.map(String::from),
+            mode: ProfileMode::OffCpu,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn off_cpu_samples_stay_apart_from_the_calls_cpu_summary() {
+        let mut st = SampleStore::new(1_000_000, 1000);
+        st.add_worker(5, "default");
+        st.push(5, 100, stack(7, "spin"));
+        // The serving thread (7) blocked in the call; the poller (8) too, not its.
+        st.push_off_cpu(5, 110, 5_000, stack(7, "[off-cpu: read]"));
+        st.push_off_cpu(5, 120, 9_000, stack(8, "[off-cpu: epoll_wait]"));
+        let p = st.call_finished(5, 100, 200, "io", Some(7)).expect("cpu");
+        assert_eq!(
+            p.python_samples, 1,
+            "off-CPU samples are not python_samples"
+        );
+        // Sent when the thread ran again, after the call ended; older than the last.
+        st.push_off_cpu(5, 150, 40, stack(7, "[off-cpu: write]"));
+        st.push_off_cpu(5, 300, 40, stack(7, "[off-cpu: futex]"));
+        let io = st.select(&off(Some("io")));
+        let got: Vec<(u64, u64)> = io.iter().map(|(_, s)| (s.ts_ns, s.weight())).collect();
+        assert_eq!(got, [(110, 5_000), (150, 40)]);
+        let all: Vec<u64> = st.select(&off(None)).iter().map(|(_, s)| s.ts_ns).collect();
+        assert_eq!(all, [110, 120, 150, 300], "sorted by when they blocked");
+        assert_eq!(st.select(&Filter::default()).len(), 1, "CPU samples only");
+        assert_eq!(st.off_cpu_samples, 4);
+    }
+
+    #[test]
+    fn without_a_serving_thread_every_thread_counts() {
+        let mut st = SampleStore::new(1_000_000, 1000);
+        st.add_worker(5, "default");
+        st.push_off_cpu(5, 110, 5, stack(7, "a"));
+        st.push_off_cpu(5, 120, 5, stack(8, "b"));
+        assert!(st.call_finished(5, 100, 200, "io", None).is_none());
+        assert_eq!(st.select(&off(Some("io"))).len(), 2);
+    }
+
+    #[test]
+    fn the_off_cpu_window_is_bounded() {
+        let mut st = SampleStore::new(100, 5);
+        st.add_worker(1, "p");
+        for t in 0..50 {
+            st.push_off_cpu(1, 1000 + t, 3, stack(1, "a"));
+        }
+        st.push_off_cpu(1, 10, 3, stack(1, "old"));
+        let got = st.select(&off(None));
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|(_, s)| s.ts_ns >= 1045));
     }
 }

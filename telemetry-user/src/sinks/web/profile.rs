@@ -4,8 +4,10 @@
 //!   `net/http/pprof` does, so `go tool pprof` and Pyroscope/Grafana tooling read it;
 //! - `/debug/pprof/flamegraph.svg?seconds=N&function=F`: an SVG flame graph of the
 //!   last N seconds (default 60) of samples, drawn at once (the live page's graphs);
+//! - both take `mode=cpu` (default) or `mode=off-cpu` (where the threads blocked,
+//!   weighted by the time blocked);
 //! - `/debug/pprof/functions`: functions with samples in the last minute, JSON.
-use crate::profiler::{output, pprof, Filter, ProfileHandle};
+use crate::profiler::{output, pprof, Filter, ProfileHandle, ProfileMode};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -40,12 +42,17 @@ fn decode(v: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn filter(q: &BTreeMap<String, String>, since_ns: u64) -> Filter {
-    Filter {
+fn filter(q: &BTreeMap<String, String>, since_ns: u64) -> Result<Filter, Reply> {
+    let mode = q.get("mode").map_or("", String::as_str);
+    let Some(mode) = ProfileMode::parse(mode) else {
+        return Err(Reply::Err(400, format!("mode {mode:?}: cpu or off-cpu\n")));
+    };
+    Ok(Filter {
         function: q.get("function").filter(|f| !f.is_empty()).cloned(),
         pool: q.get("pool").filter(|p| !p.is_empty()).cloned(),
         since_ns,
-    }
+        mode,
+    })
 }
 
 fn seconds(q: &BTreeMap<String, String>, default: u64, max: u64) -> u64 {
@@ -66,12 +73,17 @@ pub async fn pprof_profile(h: &ProfileHandle, q: Option<&str>) -> Reply {
     let secs = seconds(&q, 30, 300);
     let since = crate::kernel::monotonic_now_ns();
     let start_unix = crate::kernel::monotonic_to_unix_ns(since);
+    let f = match filter(&q, since) {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
     tokio::time::sleep(Duration::from_secs(secs)).await;
     // Calls that ended just now are attributed a moment later.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stacks = h.stacks(&filter(&q, since));
+    let stacks = h.stacks(&f);
     let p = pprof::build(
-        stacks.iter().map(|s| &s[..]),
+        stacks.iter().map(|(s, w)| (&s[..], *w)),
+        f.mode,
         h.sample_hz,
         start_unix,
         secs * 1_000_000_000,
@@ -86,18 +98,25 @@ pub fn flamegraph(h: &ProfileHandle, q: Option<&str>) -> Reply {
     let q = query(q);
     let secs = seconds(&q, 60, 3600);
     let since = crate::kernel::monotonic_now_ns().saturating_sub(secs * 1_000_000_000);
-    let f = filter(&q, since);
+    let f = match filter(&q, since) {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
     let stacks = h.stacks(&f);
     let title = format!(
-        "{} ({} samples, last {secs} s)",
+        "{}{} ({} samples, last {secs} s)",
         f.function.as_deref().unwrap_or("all workers"),
+        match f.mode {
+            ProfileMode::Cpu => "",
+            ProfileMode::OffCpu => " off CPU",
+        },
         stacks.len()
     );
-    let folded = output::folded(stacks.iter().map(|s| &s[..]));
+    let folded = output::folded_in(stacks.iter().map(|(s, w)| (&s[..], *w)), f.mode);
     if folded.is_empty() {
         return Reply::Err(404, "no samples\n".into());
     }
-    match output::svg(&folded, &title) {
+    match output::svg(&folded, &title, f.mode) {
         Ok(b) => Reply::Ok("image/svg+xml", b),
         Err(e) => Reply::Err(500, format!("{e}\n")),
     }
@@ -106,11 +125,10 @@ pub fn flamegraph(h: &ProfileHandle, q: Option<&str>) -> Reply {
 pub fn functions(h: &ProfileHandle) -> Reply {
     let since = crate::kernel::monotonic_now_ns().saturating_sub(60_000_000_000);
     let counts = h.function_counts(since);
-    let json = serde_json::json!(counts
-        .into_iter()
-        .map(|(f, n)| serde_json::json!({"function": f, "samples": n}))
-        .collect::<Vec<_>>());
-    Reply::Ok("application/json", json.to_string().into_bytes())
+    match serde_json::to_vec(&counts) {
+        Ok(b) => Reply::Ok("application/json", b),
+        Err(e) => Reply::Err(500, format!("{e}\n")),
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +144,8 @@ mod tests {
         assert_eq!(seconds(&q, 30, 300), 5);
         assert_eq!(seconds(&query(Some("seconds=9999")), 30, 300), 300);
         assert_eq!(decode("100%"), "100%");
+        let f = filter(&query(Some("mode=off-cpu&function=io")), 0);
+        assert!(f.is_ok_and(|f| f.mode == ProfileMode::OffCpu));
+        assert!(filter(&query(Some("mode=wall")), 0).is_err());
     }
 }

@@ -1,0 +1,377 @@
+//! Off-CPU stacks against py-spy: the demo tool `io_wait` blocks a worker thread in a
+//! read of a FIFO this test holds open; while it is blocked, `py-spy dump` (PyPI,
+//! installed by `cargo xtask setup`) prints that thread's Python stack; then the test
+//! releases the FIFO, and the agent's off-CPU profile of `io_wait` (the stack the
+//! kernel walked when the thread blocked, sent when it ran again) must be the same
+//! stack, frame for frame (qualified name, file, line), below a `[off-cpu: read]`
+//! leaf, weighted by the time the thread was blocked.
+mod common;
+
+use common::{demo_on, http_get, pprof, start_profile, wait_success};
+use serde_json::Value;
+use snakepit_testkit::demo::{Demo, LoadSpec};
+use snakepit_testkit::{scratch_dir, workspace_root};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long the test keeps the worker blocked.
+const HOLD: Duration = Duration::from_millis(2500);
+
+#[derive(Debug, Clone, PartialEq)]
+struct PyFrame {
+    name: String,
+    file: String,
+    line: i64,
+}
+
+fn py_spy() -> PathBuf {
+    let p = workspace_root().join(".venv/bin/py-spy");
+    assert!(
+        p.exists(),
+        "{} is missing (PyPI py-spy, the cross-check): run `cargo xtask setup`",
+        p.display()
+    );
+    p
+}
+
+/// `py-spy dump --json` of `pid` without pausing it: the Python frames (innermost
+/// first) of the thread whose stack holds `function`, and its OS thread id.
+fn py_spy_stack(pid: u32, function: &str) -> (u64, Vec<PyFrame>) {
+    let out = Command::new(py_spy())
+        .args([
+            "dump",
+            "--json",
+            "--full-filenames",
+            "--nonblocking",
+            "--pid",
+        ])
+        .arg(pid.to_string())
+        .output()
+        .expect("running py-spy");
+    assert!(
+        out.status.success(),
+        "py-spy dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let threads: Value = serde_json::from_slice(&out.stdout).expect("py-spy JSON");
+    let threads = threads.as_array().expect("py-spy: a list of threads");
+    let t = threads
+        .iter()
+        .find(|t| {
+            t["frames"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f["name"].as_str().is_some_and(|n| n.ends_with(function)))
+            })
+        })
+        .unwrap_or_else(|| panic!("py-spy shows no thread in {function}: {threads:?}"));
+    let frames = t["frames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| PyFrame {
+            name: f["name"].as_str().unwrap_or_default().to_string(),
+            file: f["filename"].as_str().unwrap_or_default().to_string(),
+            line: f["line"].as_i64().unwrap_or(0),
+        })
+        .collect();
+    (t["os_thread_id"].as_u64().unwrap_or(0), frames)
+}
+
+/// The agent's off-CPU samples from its pprof output (gzipped): (frames innermost
+/// first, count, off-CPU nanoseconds).
+fn agent_stacks(bytes: &[u8]) -> Vec<(Vec<PyFrame>, i64, i64)> {
+    use prost::Message;
+    use std::io::Read;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut raw)
+        .expect("pprof output is gzip");
+    let p = pprof::Profile::decode(&raw[..]).expect("pprof decodes");
+    let st = &p.string_table;
+    assert_eq!(st[p.sample_type[1].r#type as usize], "off_cpu");
+    assert_eq!(st[p.sample_type[1].unit as usize], "nanoseconds");
+    let frame = |id: u64| {
+        let l = p.location.iter().find(|l| l.id == id).expect("location");
+        let f = p
+            .function
+            .iter()
+            .find(|f| f.id == l.line[0].function_id)
+            .expect("function");
+        PyFrame {
+            name: st[f.name as usize].clone(),
+            file: st[f.filename as usize].clone(),
+            line: l.line[0].line,
+        }
+    };
+    p.sample
+        .iter()
+        .map(|s| {
+            let frames = s.location_id.iter().map(|id| frame(*id)).collect();
+            (frames, s.value[0], s.value[1])
+        })
+        .collect()
+}
+
+/// The heaviest stack of `io_wait` blocked in a read: (frames, off-CPU ns).
+fn blocked_read(stacks: &[(Vec<PyFrame>, i64, i64)]) -> (&[PyFrame], i64) {
+    stacks
+        .iter()
+        .filter(|(f, _, _)| f.first().is_some_and(|l| l.name == "[off-cpu: read]"))
+        .filter(|(f, _, _)| f.iter().any(|x| x.name.ends_with(".io_wait")))
+        .max_by_key(|(_, _, ns)| *ns)
+        .map(|(f, _, ns)| (&f[..], *ns))
+        .unwrap_or_else(|| {
+            panic!(
+                "no off-CPU stack of io_wait blocked in read in the agent's profile: {stacks:#?}"
+            )
+        })
+}
+
+/// The write end of a FIFO, held by a thread: it opens (pairing with the tool's open
+/// for reading), says so, and writes and closes when released.
+struct HeldFifo {
+    opened: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+    writer: JoinHandle<()>,
+}
+
+impl HeldFifo {
+    fn new(path: &Path) -> HeldFifo {
+        let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0, "mkfifo");
+        let (opened_tx, opened) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let path = path.to_path_buf();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("opening the FIFO for writing");
+            let _ = opened_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+            std::io::Write::write_all(&mut f, b"snakepit").expect("writing the FIFO");
+        });
+        HeldFifo {
+            opened,
+            release,
+            writer,
+        }
+    }
+
+    fn wait_opened(&self) {
+        self.opened
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the io_wait tool never opened the FIFO");
+    }
+
+    fn release(self) {
+        self.release.send(()).expect("release");
+        self.writer.join().expect("FIFO writer");
+    }
+}
+
+/// One `io_wait` call on `fifo`, in a thread (it returns when the FIFO is released).
+fn io_wait_call(mut demo: Demo, dir: &Path, fifo: &Path) -> JoinHandle<Demo> {
+    let mut spec = LoadSpec::new(1, 1000, &[("io_wait", 1)]);
+    spec.concurrency = 1;
+    spec.extra = vec![
+        format!("io_fifo => \"{}\"", fifo.display()),
+        "max_calls => 1".into(),
+    ];
+    let truth = dir.join("truth.jsonl");
+    std::thread::spawn(move || {
+        demo.load(&spec, &truth).expect("io_wait load");
+        demo
+    })
+}
+
+/// A Python frame of the agent's (its file is a path or `<frozen ...>`; native frames
+/// name their library).
+fn is_python(f: &PyFrame) -> bool {
+    f.file.contains('/') || f.file.starts_with('<')
+}
+
+/// The agent names frames `module.qualname`, py-spy `qualname`.
+fn same_function(agent: &str, spy: &str) -> bool {
+    agent == spy || agent.ends_with(&format!(".{spy}"))
+}
+
+/// Waits for the profiler's attach line for `pid` in the agent's log.
+fn wait_profiled(dir: &Path, pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = format!("pid={pid}");
+    loop {
+        let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+        if log
+            .lines()
+            .any(|l| l.contains("profiling worker") && l.contains(&want))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not attach the profiler to worker {pid} within 30 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn off_cpu_stack_of_a_blocked_worker_matches_py_spy() {
+    let _ = py_spy();
+    let dir = scratch_dir("offcpu-py-spy");
+    let mut demo = demo_on(&dir, None);
+    let worker = demo.status().expect("demo status").workers[0].os_pid;
+    let out = dir.join("io_wait.pb.gz");
+    let out_s = out.to_string_lossy().to_string();
+    let child = start_profile(
+        &dir,
+        &[
+            "--duration",
+            "20",
+            "--mode",
+            "off-cpu",
+            "--function",
+            "io_wait",
+            "--format",
+            "pprof",
+            "--output",
+            &out_s,
+        ],
+    );
+    wait_profiled(&dir, worker);
+    // The worker's sched probes are planned with its other probes: give them a moment.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let fifo = dir.join("io.fifo");
+    let held = HeldFifo::new(&fifo);
+    let load = io_wait_call(demo, &dir, &fifo);
+    held.wait_opened();
+    // Blocked in read() now (the open returned): what py-spy sees.
+    std::thread::sleep(Duration::from_millis(800));
+    let (spy_tid, spy) = py_spy_stack(worker, "io_wait");
+    std::thread::sleep(HOLD.saturating_sub(Duration::from_millis(800)));
+    held.release();
+    let demo = load.join().expect("load thread");
+    wait_success(child, &dir);
+    demo.stop().expect("demo stop");
+    eprintln!("py-spy, thread {spy_tid}: {spy:#?}");
+
+    let stacks = agent_stacks(&std::fs::read(&out).expect("the agent's pprof output"));
+    let (frames, ns) = blocked_read(&stacks);
+    eprintln!(
+        "agent: {} off-CPU stacks of io_wait; blocked in read {ns} ns: {frames:#?}",
+        stacks.len()
+    );
+    assert!(
+        ns as f64 >= HOLD.as_nanos() as f64 * 0.8,
+        "the blocked read weighs {ns} ns, the thread was held {HOLD:?}"
+    );
+    let python: Vec<&PyFrame> = frames.iter().skip_while(|f| !is_python(f)).collect();
+    assert!(
+        frames[1..frames.len() - python.len()]
+            .iter()
+            .all(|f| !is_python(f)),
+        "only native frames lie below the innermost Python frame: {frames:#?}"
+    );
+    assert_eq!(
+        python.len(),
+        spy.len(),
+        "the agent's stack has {} Python frames, py-spy's {}:\nagent {python:#?}\npy-spy {spy:#?}",
+        python.len(),
+        spy.len()
+    );
+    for (i, (a, s)) in python.iter().zip(&spy).enumerate() {
+        assert!(
+            same_function(&a.name, &s.name) && a.file == s.file,
+            "frame {i} differs: agent {a:?}, py-spy {s:?}"
+        );
+        if a.line > 0 && s.line > 0 {
+            assert_eq!(a.line, s.line, "frame {i} ({}): lines differ", s.name);
+        }
+    }
+}
+
+/// The HTTP endpoint's off-CPU profile, flame graph and function list, and the live
+/// page's off-CPU flame graph next to the on-CPU one.
+#[test]
+fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
+    let dir = scratch_dir("offcpu-http");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
+        .expect("agent start");
+    let mut demo = demo_on(&dir, None);
+    let worker = demo.status().expect("demo status").workers[0].os_pid;
+    wait_profiled(&dir, worker);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = addr.clone();
+    let fetch = std::thread::spawn(move || {
+        http_get(
+            &a,
+            "/debug/pprof/profile?seconds=6&function=io_wait&mode=off-cpu",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fifo = dir.join("io.fifo");
+    let held = HeldFifo::new(&fifo);
+    let load = io_wait_call(demo, &dir, &fifo);
+    held.wait_opened();
+    std::thread::sleep(Duration::from_millis(1500));
+    held.release();
+    let demo = load.join().expect("load thread");
+    let (status, body) = fetch.join().expect("fetch thread");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (_, ns) = blocked_read(&agent_stacks(&body));
+    assert!(ns >= 1_200_000_000, "io_wait blocked {ns} ns, held 1.5 s");
+
+    let (status, body) = http_get(&addr, "/debug/pprof/functions");
+    assert_eq!(status, 200);
+    let fns: Value = serde_json::from_slice(&body).expect("functions JSON");
+    let io = fns
+        .as_array()
+        .and_then(|a| a.iter().find(|f| f["function"] == "io_wait"))
+        .unwrap_or_else(|| panic!("io_wait not in /debug/pprof/functions: {fns}"));
+    assert!(
+        io["off_cpu_ns"].as_u64().unwrap_or(0) >= 1_200_000_000,
+        "io_wait's off-CPU time: {io}"
+    );
+    let (status, body) = http_get(
+        &addr,
+        "/debug/pprof/flamegraph.svg?seconds=60&function=io_wait&mode=off-cpu",
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let svg = String::from_utf8_lossy(&body);
+    assert!(
+        svg.contains("<svg") && svg.contains("io_wait") && svg.contains("[off-cpu: read]"),
+        "the off-CPU flame graph lacks io_wait blocked in read"
+    );
+    let (status, _) = http_get(&addr, "/debug/pprof/flamegraph.svg?mode=wall");
+    assert_eq!(status, 400, "an unknown mode is refused");
+
+    let dom = snakepit_testkit::browser::chromium(
+        &dir,
+        "flames",
+        &["--dump-dom".into()],
+        &format!("http://{addr}/?hold=3000"),
+    );
+    let fig = dom
+        .split("<figure data-function=\"io_wait\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no flame graph figure for io_wait on the live page:\n{dom}"));
+    let fig = fig.split("</figure>").next().unwrap_or_default();
+    assert!(
+        fig.contains("function=io_wait&amp;mode=off-cpu")
+            || fig.contains("function=io_wait&mode=off-cpu"),
+        "the io_wait figure does not show its off-CPU flame graph: {fig}"
+    );
+    demo.stop().expect("demo stop");
+    agent.stop().expect("agent stop");
+}
