@@ -42,7 +42,7 @@ pub const SAMPLE_OFF_CPU: u32 = 16;
 pub const NO_SYSCALL: i32 = -1;
 /// Off-CPU walks of one thread: at most `[profile] off_cpu_hz` per second on average,
 /// in bursts of up to this many (a thread that blocks rarely is walked every time).
-pub const OFF_CPU_BURST: u64 = 4;
+pub const OFF_CPU_BURST: u64 = 16;
 /// Threads with an off-CPU sample waiting for their wakeup, at most.
 pub const MAX_OFF_CPU_PENDING: u32 = 1024;
 /// `tid (u32) -> PySample`: the off-CPU sample of a thread that is blocked now.

@@ -19,7 +19,7 @@ pub struct ProfileConfig {
     /// Off-CPU stacks: where a worker thread blocks, weighted by the time until it runs
     /// again (needs `sampling` and `scheduling`).
     pub off_cpu: bool,
-    /// Off-CPU stack walks per second per thread at most, on average (bursts of 4): a
+    /// Off-CPU stack walks per second per thread at most, on average (bursts of 16): a
     /// busy event loop blocks thousands of times a second and each walk costs a few
     /// microseconds in the kernel.
     pub off_cpu_hz: u64,
