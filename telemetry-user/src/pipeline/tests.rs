@@ -508,6 +508,14 @@ fn lean_record_errors_are_counted_and_survive_the_timer() {
             .errors(crate::wire::ErrorKind::BadMessagePrefix)
     };
     assert_eq!(bad(&p), 1);
+    // The request's header block was read without its payload (a lean record): timed,
+    // not decoded, and no error.
+    assert_eq!(
+        p.wire_stats()
+            .errors(crate::wire::ErrorKind::HeaderBlockGap),
+        0,
+        "a lean record's header block is no gap"
+    );
     // A full record on the same stream retires the timer: its count stays.
     let more = frame(4, 0, 0, &[]);
     let mut rec = full_records(WORKER_IN, &more, &[0], &[more.len()], 1, 20);
@@ -518,5 +526,35 @@ fn lean_record_errors_are_counted_and_survive_the_timer() {
         p.wire_stats().gap_bytes,
         0,
         "a lean record's payload is no gap"
+    );
+}
+
+#[test]
+fn lean_header_blocks_longer_than_a_mark_are_no_decode_error() {
+    let dir = directory();
+    let mut p = live_pipeline(&dir);
+    // Real request headers run to a few hundred bytes: the kernel's mark of the
+    // HEADERS frame holds its first 64 bytes; the rest is a gap by design.
+    let long = "a".repeat(300);
+    let mut req = PREFACE.to_vec();
+    let h_headers = req.len();
+    req.extend(frame(
+        1,
+        0x4,
+        1,
+        &block(&[(":path", TOOL_PATH), ("x-long", long.as_str())]),
+    ));
+    let h_data = req.len();
+    req.extend(frame(0, 0x1, 1, &[0, 0, 0, 0, 1, 42]));
+    let _ = feed(
+        &mut p,
+        &dir,
+        lean_records(WORKER_IN, &req, &[h_headers, h_data], &[req.len()], 10),
+    );
+    assert_eq!(
+        p.wire_stats().total_errors(),
+        0,
+        "{:?}",
+        p.wire_stats().error_counts().collect::<Vec<_>>()
     );
 }

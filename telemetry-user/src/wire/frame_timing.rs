@@ -10,7 +10,7 @@
 //! that), so they are fed to the frame decoder as a gap of known length.
 use super::grpc::MessageReassembler;
 use super::http2::{FrameDecoder, Http2Config, Http2Event, Start};
-use super::DecodeStats;
+use super::{DecodeStats, ErrorKind};
 use std::collections::HashMap;
 
 /// A frame of interest ended in the syscall being fed.
@@ -59,12 +59,16 @@ impl FrameTimer {
         }
     }
 
-    /// Its counters, less the gap bytes: a lean record's missing payload is by design.
+    /// Its counters, less the gap bytes and the header blocks lost in gaps: a lean
+    /// record's missing payload (header blocks included: they are timed, never
+    /// decoded here) is by design, not a decode error.
     pub fn stats(&self) -> DecodeStats {
-        DecodeStats {
+        let mut s = DecodeStats {
             gap_bytes: 0,
             ..self.frames.stats.clone()
-        }
+        };
+        s.clear(ErrorKind::HeaderBlockGap);
+        s
     }
 
     /// Feeds one lean record: the syscall moved `len` bytes starting at stream

@@ -198,6 +198,11 @@ impl DecodeStats {
         self.errors[kind as usize]
     }
 
+    /// Forgets the errors of one kind (a kind that is expected where it was counted).
+    pub fn clear(&mut self, kind: ErrorKind) {
+        self.errors[kind as usize] = 0;
+    }
+
     pub fn total_errors(&self) -> u64 {
         self.errors.iter().sum()
     }
