@@ -7,7 +7,7 @@
 //! leaf, weighted by the time the thread was blocked.
 mod common;
 
-use common::{demo_on, http_get, pprof, start_profile, wait_success};
+use common::{demo_on, http_get, live_page_figure, pprof, start_profile, wait_success};
 use serde_json::Value;
 use snakepit_testkit::demo::{Demo, LoadSpec};
 use snakepit_testkit::{scratch_dir, workspace_root};
@@ -356,17 +356,7 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
     let (status, _) = http_get(&addr, "/debug/pprof/flamegraph.svg?mode=wall");
     assert_eq!(status, 400, "an unknown mode is refused");
 
-    let dom = snakepit_testkit::browser::chromium(
-        &dir,
-        "flames",
-        &["--dump-dom".into()],
-        &format!("http://{addr}/?hold=3000"),
-    );
-    let fig = dom
-        .split("<figure data-function=\"io_wait\"")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no flame graph figure for io_wait on the live page:\n{dom}"));
-    let fig = fig.split("</figure>").next().unwrap_or_default();
+    let (fig, _) = live_page_figure(&dir, &addr, "io_wait");
     assert!(
         fig.contains("function=io_wait&amp;mode=off-cpu")
             || fig.contains("function=io_wait&mode=off-cpu"),

@@ -4,7 +4,7 @@
 //! tested CPython, and its outputs must be what they claim (pprof, SVG).
 mod common;
 
-use common::{demo_on, http_get, pprof, start_profile, wait_success};
+use common::{demo_on, http_get, live_page_figure, pprof, start_profile, wait_success};
 use serde_json::Value;
 use snakepit_testkit::{
     agent::{agent_bin, events_named, read_events},
@@ -356,17 +356,7 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
     assert!(svg.contains("<svg") && svg.contains("demo_hot.spin"));
 
     // The live page draws it: headless Chromium's DOM, the page held 3 s (see /hold).
-    let dom = snakepit_testkit::browser::chromium(
-        &dir,
-        "flames",
-        &["--dump-dom".into()],
-        &format!("http://{addr}/?hold=3000"),
-    );
-    let fig = dom
-        .split("<figure data-function=\"hot_path\"")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no flame graph figure for hot_path on the live page:\n{dom}"));
-    let fig = fig.split("</figure>").next().unwrap_or_default();
+    let (fig, dom) = live_page_figure(&dir, &addr, "hot_path");
     assert!(
         fig.contains("/debug/pprof/flamegraph.svg?seconds=60&amp;function=hot_path")
             || fig.contains("/debug/pprof/flamegraph.svg?seconds=60&function=hot_path"),

@@ -112,6 +112,27 @@ pub fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
 
 /// Only the fields read here of perftools.profiles.Profile (field numbers from
 /// google/pprof proto/profile.proto), decoded independently of the agent's encoder.
+/// The live page's flame-graph `<figure>` of `function`, and the whole DOM, as headless
+/// Chromium renders it (the page held 3 s, see /hold).
+pub fn live_page_figure(dir: &Path, addr: &str, function: &str) -> (String, String) {
+    let dom = snakepit_testkit::browser::chromium(
+        dir,
+        "flames",
+        &["--dump-dom".into()],
+        &format!("http://{addr}/?hold=3000"),
+    );
+    let fig = dom
+        .split(&format!("<figure data-function=\"{function}\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no flame graph figure for {function} on the live page:\n{dom}"));
+    let fig = fig
+        .split("</figure>")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (fig, dom)
+}
+
 pub mod pprof {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Profile {
