@@ -22,6 +22,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "gcc", // compiles the fake NVML library of tests/tests/gpu_fake_nvml.rs
+    // objcopy/strip: the profiler's debug-file test builds a stripped binary with a
+    // .gnu_debuglink (gcc depends on it; named for that test).
+    "binutils",
 ];
 /// py-spy: the off-CPU profile's cross-check (tests/tests/offcpu.rs), a binary in the
 /// venv's bin/.

@@ -91,15 +91,16 @@ impl ElfSymbols {
                 }
             })
             .collect();
-        let mut symbols: Vec<(u64, u64, String)> = file
-            .symbols()
-            .chain(file.dynamic_symbols())
-            .filter(|s| {
-                s.is_definition() && matches!(s.kind(), SymbolKind::Text | SymbolKind::Data)
-            })
-            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
-            .filter(|(a, _, n)| *a != 0 && !n.is_empty())
-            .collect();
+        let mut symbols = defined_symbols(&file);
+        // A stripped file (no .symtab, e.g. a distribution's python3) may have its
+        // symbols in a separate debug file: found by build id or .gnu_debuglink.
+        if file.symbol_table().is_none() {
+            if let Some(debug) = debug_file(&file, path, root) {
+                if let Ok(d) = object::File::parse(&*debug) {
+                    symbols.extend(defined_symbols(&d));
+                }
+            }
+        }
         symbols.sort();
         symbols.dedup_by(|a, b| a.0 == b.0 && a.2 == b.2);
         Ok(ElfSymbols {
@@ -136,6 +137,74 @@ impl ElfSymbols {
     }
 }
 
+/// Defined function and data symbols of `file` (.symtab and .dynsym): (address, size, name).
+fn defined_symbols(file: &object::File) -> Vec<(u64, u64, String)> {
+    file.symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.is_definition() && matches!(s.kind(), SymbolKind::Text | SymbolKind::Data))
+        .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
+        .filter(|(a, _, n)| *a != 0 && !n.is_empty())
+        .collect()
+}
+
+/// The bytes of the separate debug file of `file` (at `path`, as the process sees it;
+/// read through `root`), where GDB looks for it: `/usr/lib/debug/.build-id/xx/rest.debug`
+/// by build id, else the `.gnu_debuglink` name next to the file, in its `.debug/`, or
+/// under `/usr/lib/debug` + its directory. A debuglink candidate counts only when its
+/// CRC-32 matches the link's.
+fn debug_file(file: &object::File, path: &Path, root: Option<&Path>) -> Option<Vec<u8>> {
+    let under_root = |p: PathBuf| match root {
+        Some(r) => r.join(p.strip_prefix("/").unwrap_or(&p)),
+        None => p,
+    };
+    if let Ok(Some(id)) = file.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            let p = PathBuf::from(format!(
+                "/usr/lib/debug/.build-id/{}/{}.debug",
+                &hex[..2],
+                &hex[2..]
+            ));
+            if let Ok(data) = std::fs::read(under_root(p)) {
+                return Some(data);
+            }
+        }
+    }
+    let (name, crc) = file.gnu_debuglink().ok().flatten()?;
+    let name = Path::new(std::str::from_utf8(name).ok()?);
+    // A link is a file name; anything else (a path) is not followed.
+    if name.components().count() != 1 {
+        return None;
+    }
+    let dir = path.parent()?;
+    let rel = dir.strip_prefix("/").unwrap_or(dir);
+    [
+        dir.join(name),
+        dir.join(".debug").join(name),
+        Path::new("/usr/lib/debug").join(rel).join(name),
+    ]
+    .into_iter()
+    .filter_map(|p| std::fs::read(under_root(p)).ok())
+    .find(|data| crc32(data) == crc)
+}
+
+/// CRC-32 (IEEE, as .gnu_debuglink uses). Bitwise: a debug file is checked once per
+/// file the profiler resolves, not per sample, and this avoids a dependency for it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +239,68 @@ mod tests {
             .expect("a sized symbol");
         assert_eq!(syms.lookup(addr), Some(name.as_str()));
         assert_eq!(syms.symbol(&name), Some(addr));
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_one() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// A stripped binary whose symbols are in a debug file named by .gnu_debuglink
+    /// (built here with gcc and binutils, which `cargo xtask setup` installs).
+    #[test]
+    fn stripped_binaries_take_their_symbols_from_the_debuglink_file() {
+        let dir = std::env::temp_dir().join(format!("snakepit-debuglink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let src = dir.join("t.c");
+        std::fs::write(
+            &src,
+            "static int __attribute__((noinline)) snakepit_static_fn(int x) { return x * 3; }\n\
+             int main(int c, char **v) { (void)v; return snakepit_static_fn(c); }\n",
+        )
+        .expect("write source");
+        let exe = dir.join("t");
+        let debug = dir.join("t.debug");
+        let run = |cmd: &str, args: &[&std::ffi::OsStr]| {
+            let st = std::process::Command::new(cmd)
+                .args(args)
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("{cmd} is required (cargo xtask setup installs gcc and binutils): {e}")
+                });
+            assert!(st.success(), "{cmd} {args:?} failed");
+        };
+        run(
+            "gcc",
+            &[
+                "-g".as_ref(),
+                "-O1".as_ref(),
+                "-o".as_ref(),
+                exe.as_os_str(),
+                src.as_os_str(),
+            ],
+        );
+        run(
+            "objcopy",
+            &[
+                "--only-keep-debug".as_ref(),
+                exe.as_os_str(),
+                debug.as_os_str(),
+            ],
+        );
+        run("strip", &["--strip-all".as_ref(), exe.as_os_str()]);
+        let link = format!("--add-gnu-debuglink={}", debug.display());
+        run("objcopy", &[link.as_ref(), exe.as_os_str()]);
+
+        let syms = ElfSymbols::load(&exe, None).expect("load stripped ELF");
+        let addr = syms
+            .symbol("snakepit_static_fn")
+            .expect("the static function, from the debug file");
+        assert_eq!(syms.lookup(addr), Some("snakepit_static_fn"));
+        // A debug file that does not match the link's CRC is not used.
+        std::fs::write(&debug, b"not the debug file").expect("overwrite");
+        let syms = ElfSymbols::load(&exe, None).expect("load stripped ELF");
+        assert_eq!(syms.symbol("snakepit_static_fn"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
