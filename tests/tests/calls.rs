@@ -2,7 +2,7 @@
 //! the ground truth the demo BEAM writes for every call it makes.
 use serde_json::Value;
 use snakepit_testkit::agent::{events_named, Agent};
-use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{read_jsonl, Demo, GroundTruthCall, LoadSpec};
 use snakepit_testkit::{require, scratch_dir};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -167,22 +167,7 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
 #[test]
 fn durations_match_the_beams_own_measurement() {
     let dir = scratch_dir("calls-durations");
-    require::root_and_bpf();
-    let agent = Agent::start(&dir, &[]).expect("agent start");
-    // The BEAM at nice -10 (as the bench runs it): its clock readings are compared with
-    // the syscalls', and on this 2-core host the agent (same session, nice 0) would
-    // otherwise preempt it between the two now and then (1-3 ms, a call in 250).
-    let mut demo = Demo::start(&DemoOptions {
-        grpc_workers: 2,
-        pipe_workers: 1,
-        log: Some(dir.join("beam.log")),
-        nice: -10,
-        ..DemoOptions::default()
-    })
-    .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
-    std::thread::sleep(Duration::from_millis(500));
+    let (agent, mut demo) = start(&dir, 2, 1);
     let mut spec = LoadSpec::new(
         50,
         5_000,
