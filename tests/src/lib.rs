@@ -20,6 +20,12 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
+/// `127.0.0.1:PORT` of a port free now (for an agent's `--http-listen`).
+pub fn free_loopback_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    l.local_addr().expect("its address").to_string()
+}
+
 /// A fresh scratch directory under target/e2e for one test.
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = workspace_root()

@@ -301,11 +301,7 @@ fn off_cpu_stack_of_a_blocked_worker_matches_py_spy() {
 #[test]
 fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
     let dir = scratch_dir("offcpu-http");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = snakepit_testkit::free_loopback_addr();
     let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
         .expect("agent start");
     let mut demo = demo_on(&dir, None);

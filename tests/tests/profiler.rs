@@ -310,11 +310,7 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
     use prost::Message;
     use std::io::Read;
     let dir = scratch_dir("profiler-http");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = snakepit_testkit::free_loopback_addr();
     let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
         .expect("agent start");
     let mut demo = demo_on(&dir, None);

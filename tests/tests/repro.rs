@@ -53,11 +53,6 @@ fn start_agent(dir: &Path, repro_dir: &Path, repro_cfg: &str, extra: &[&str]) ->
     Agent::start(dir, &args).expect("agent start")
 }
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    l.local_addr().expect("addr").to_string()
-}
-
 /// The agent's `repro` subcommand.
 fn agent_cli(args: &[&str]) -> (bool, String) {
     let out = Command::new(agent_bin())
@@ -149,7 +144,7 @@ fn each_failure_shape_yields_one_script_that_fails_the_same_way() {
     require::root_and_bpf();
     let dir = scratch_dir("repro-shapes");
     let repro_dir = dir.join("repro");
-    let addr = free_addr();
+    let addr = snakepit_testkit::free_loopback_addr();
     let agent = start_agent(
         &dir,
         &repro_dir,
