@@ -88,12 +88,16 @@ class SerializationClock:
         - the GIL hand-over: a call longer than the switch interval (5 ms) returns to
           an eval loop asked to drop the GIL, and this thread waits for another to give
           it back before it reads the clock. A long interval keeps the GIL here until
-          the clock is read."""
+          the clock is read. A thread that began waiting under the old interval still
+          asks after it: sleep(0) hands the GIL over once before the clock starts, so
+          that each waiter has either run or waits again under the long interval (one
+          that timed out meanwhile sees the switch and asks nothing)."""
         was_on = gc.isenabled()
         interval = sys.getswitchinterval()
         gc.disable()
         sys.setswitchinterval(10.0)
         try:
+            time.sleep(0)
             t = time.perf_counter_ns()
             out = fn(arg, *args, **kwargs)
             return out, time.perf_counter_ns() - t

@@ -182,10 +182,10 @@ fn serialization_matches_ground_truth(json: &str) {
             t["decode_ns"].as_f64().expect("decode_ns"),
             t["encode_ns"].as_f64().expect("encode_ns"),
         );
-        // stdlib json: the C scanner/encoder are probed, not the Python glue around them
-        // (bytes to str, the encoder object, the join), which the worker's clock spans.
-        let tolerance = if json == "stdlib" { 0.2 } else { 0.1 };
-        if close_to_worker(dec, tdec, tolerance) && close_to_worker(enc, tenc, tolerance) {
+        // (stdlib json: the C scanner/encoder are probed, not the Python glue around
+        // them (bytes to str, the encoder object, the join), which the worker's clock
+        // spans: 4-6 % of it.)
+        if close_to_worker(dec, tdec, 0.1) && close_to_worker(enc, tenc, 0.1) {
             good += 1;
         }
         report.push(format!(
@@ -195,10 +195,12 @@ fn serialization_matches_ground_truth(json: &str) {
             enc / MS,
             tenc / MS
         ));
-        // python_time is the tool's own time: the window less both.
+        // python_time is the tool's own time: the window less both (a phase not
+        // found counts as none here, and as a miss above).
         let py = m(e, "python_time");
+        let found = |v: f64| if v.is_nan() { 0.0 } else { v };
         assert!(
-            (py - (m(e, "worker_time") - dec - enc)).abs() < 1.0,
+            (py - (m(e, "worker_time") - found(dec) - found(enc))).abs() < 1.0,
             "python_time is the window less (de)serialization: {e}"
         );
         // Format and bytes: the response message's encoding is exactly what the
@@ -227,20 +229,13 @@ fn serialization_matches_ground_truth(json: &str) {
         }
     }
     println!("{}", report.join("\n"));
-    // The issue asks 95 %. The worker's clock spans the probed call plus the
-    // interpreter's work around it (its GC passes and GIL hand-overs are held off
-    // there, see demo_split_tools.SerializationClock), and a preemption of the worker
-    // between its clock and the call still lands in its clock only: on this 2-core host
-    // shared with the BEAM and the agent, 26-28 of 29 calls (orjson) are within the
-    // tolerance (26 in a full CI run, the misses 0.3-2.8 ms below the worker's clock),
-    // 24-29 of 29 with stdlib json (whose Python glue around the C scanner is not
-    // probed). What is asserted is what holds here; the closing note says so.
-    let required = if json == "stdlib" { 0.8 } else { 0.85 };
+    // The issue's criterion. The worker's clock spans the probed call plus the
+    // interpreter's work around it; its GC passes and GIL hand-overs are held off
+    // there (demo_split_tools.SerializationClock), what is left is a preemption of the
+    // worker between its clock and the call, which lands in its clock only.
     assert!(
-        good as f64 >= required * stops.len() as f64,
-        "deserialize/serialize within {} % or 200 us of the worker's own timing for >= {} % of calls ({good}/{}):\n{}",
-        if json == "stdlib" { 20 } else { 10 },
-        required * 100.0,
+        good as f64 >= 0.95 * stops.len() as f64,
+        "deserialize/serialize within 10 % or 200 us of the worker's own timing for >= 95 % of calls ({good}/{}):\n{}",
         stops.len(),
         report.join("\n")
     );
