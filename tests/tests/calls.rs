@@ -189,9 +189,15 @@ fn durations_match_the_beams_own_measurement() {
     // The BEAM's own clock readings carry its scheduling delay (a busy scheduler
     // reads the socket late); the agent's are the syscalls'. Every call must agree
     // within 5 % or 200 us, but for a 2 % allowance of BEAM-side jitter (measured
-    // here: 0 to 2 of 120 calls, each late by under 300 us), which may not exceed 1 ms.
+    // here: 0 to 2 of 120 calls, each late by under 300 us). Beyond 1 ms: never with
+    // the agent's duration the longer (that would be the agent's error); with the
+    // BEAM's the longer, one call in 100 (in fresh-clone CI runs on 2 cores, where
+    // the `cpu` tool's workers fill both, one call of 250 was 1.3-2.8 ms longer by the
+    // BEAM's clock: its scheduler thread waited for a CPU between its clock and the
+    // socket, which no syscall shows).
     let mut outside = Vec::new();
     let mut far = Vec::new();
+    let mut beam_late = Vec::new();
     for g in &truth {
         let e = ends
             .get(&gt_key(g))
@@ -207,7 +213,11 @@ fn durations_match_the_beams_own_measurement() {
             outside.push(line.clone());
         }
         if diff > (g.duration_ns / 20).max(1_000_000) {
-            far.push(line);
+            if d < g.duration_ns {
+                beam_late.push(line);
+            } else {
+                far.push(line);
+            }
         }
         // The split adds up: queue + python never exceed the whole.
         let m = &e["measurements"];
@@ -236,7 +246,13 @@ fn durations_match_the_beams_own_measurement() {
     );
     assert!(
         far.is_empty(),
-        "calls off by more than 5 % / 1 ms: {far:#?}"
+        "calls longer by the agent than by the BEAM by more than 5 % / 1 ms: {far:#?}"
+    );
+    assert!(
+        beam_late.len() * 100 <= truth.len(),
+        "{} of {} calls shorter by the agent than by the BEAM by more than 5 % / 1 ms: {beam_late:#?}",
+        beam_late.len(),
+        truth.len()
     );
     assert!(
         outside.len() * 50 <= truth.len(),
