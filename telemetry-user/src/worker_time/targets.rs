@@ -281,6 +281,7 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
         plan.missing.push("gil: no _PyRuntime symbol in a mapped libpython or python executable (GIL waits count as lock waits)".into());
     }
     plan.waits.gpu_fds = gpu_fds(proc_root, pid);
+    plan.waits.fd_dir = Some(proc_root.join(pid.to_string()).join("fd"));
     plan
 }
 
@@ -300,12 +301,17 @@ pub fn gpu_fds(proc_root: &Path, pid: u32) -> Vec<u64> {
         .flatten()
         .filter_map(|e| {
             let target = std::fs::read_link(e.path()).ok()?;
-            let t = target.to_string_lossy();
-            (t.starts_with("/dev/nvidia") || t.starts_with("/dev/dri/renderD"))
+            is_gpu_device(&target.to_string_lossy())
                 .then(|| e.file_name().to_string_lossy().parse().ok())
                 .flatten()
         })
         .collect()
+}
+
+/// A GPU device node: NVIDIA's (`/dev/nvidia0`, `/dev/nvidiactl`, `/dev/nvidia-uvm`)
+/// or a DRM render node.
+pub fn is_gpu_device(path: &str) -> bool {
+    path.starts_with("/dev/nvidia") || path.starts_with("/dev/dri/renderD")
 }
 
 #[cfg(test)]

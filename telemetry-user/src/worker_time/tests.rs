@@ -56,6 +56,7 @@ fn activity() -> WorkerActivity {
         ProcessWaits {
             gil: Some(0x4000..0x6000),
             gpu_fds: vec![9],
+            ..ProcessWaits::default()
         },
     );
     a
@@ -392,4 +393,45 @@ fn an_unsized_result_encode_is_taken_across_a_handover_that_grows_with_the_messa
         let expected = if taken { 405 * MS } else { 15 * MS };
         assert_eq!(s.serialize.map(|d| d.time), Some(expected), "gap {gap}");
     }
+}
+
+/// A GPU opened by a call after the worker was planned (frameworks open it lazily):
+/// the fd of an ioctl wait is looked up in the process's fd directory, and looked up
+/// again after 10 s (an fd closed and reused for something else).
+#[test]
+fn an_ioctl_wait_on_a_gpu_opened_after_the_plan_is_a_gpu_wait() {
+    const IOCTL: u32 = 16;
+    let fd_dir = std::env::temp_dir().join(format!("snakepit-fds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fd_dir);
+    std::fs::create_dir_all(&fd_dir).unwrap();
+    let mut a = WorkerActivity::default();
+    a.set_process_waits(
+        PID,
+        ProcessWaits {
+            fd_dir: Some(fd_dir.clone()),
+            ..ProcessWaits::default()
+        },
+    );
+    // Opened after the plan.
+    std::os::unix::fs::symlink("/dev/nvidia0", fd_dir.join("12")).unwrap();
+    let t = 7;
+    let wait_on_fd_12 = |a: &mut WorkerActivity, at: u64| {
+        a.on_sched(&rec(t, at, SchedEdge::In));
+        a.on_sched(&rec(t, at + MS, out(IOCTL, 12)));
+        a.on_sched(&rec(t, at + 5 * MS, SchedEdge::In));
+        a.split(PID, Some(t), at, at + 5 * MS, MessageSizes::default())
+            .sched
+            .expect("split")
+    };
+    let sc = wait_on_fd_12(&mut a, 0);
+    assert_eq!((sc.gpu_wait, sc.io_wait), (4 * MS, 0));
+    assert_eq!(sc.bound().map(|b| b.0), Some("gpu"));
+    // fd 12 closed and reopened on a terminal: still the GPU until looked up again.
+    std::fs::remove_file(fd_dir.join("12")).unwrap();
+    std::os::unix::fs::symlink("/dev/pts/0", fd_dir.join("12")).unwrap();
+    let sc = wait_on_fd_12(&mut a, 1_000 * MS);
+    assert_eq!(sc.gpu_wait, 4 * MS);
+    let sc = wait_on_fd_12(&mut a, 12_000 * MS);
+    assert_eq!((sc.gpu_wait, sc.io_wait), (0, 4 * MS));
+    let _ = std::fs::remove_dir_all(&fd_dir);
 }

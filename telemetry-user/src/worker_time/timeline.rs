@@ -2,6 +2,7 @@
 //! or blocked for a reason, from one scheduling edge to the next.
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::path::PathBuf;
 
 use crate::kernel::{SchedEdge, SchedRecord};
 
@@ -128,6 +129,47 @@ pub struct ProcessWaits {
     pub gil: Option<Range<u64>>,
     /// fds open on GPU devices (`/dev/nvidia*`): an ioctl on one is a GPU wait.
     pub gpu_fds: Vec<u64>,
+    /// The process's fd directory (`/proc/PID/fd`). A framework opens the GPU when
+    /// the first call uses it, after the worker was planned: the fd of an ioctl wait
+    /// is looked up there, at most once per `FD_RECHECK_NS` (fds are reused).
+    pub fd_dir: Option<PathBuf>,
+    /// fd -> when it was last looked up (bounded by `MAX_FD_CHECKS`).
+    pub(super) fd_checked: HashMap<u64, u64>,
+}
+
+/// How long an fd's lookup holds (an fd closed and reopened on another file).
+const FD_RECHECK_NS: u64 = 10_000_000_000;
+/// fds whose lookup is remembered per process.
+const MAX_FD_CHECKS: usize = 1024;
+
+impl ProcessWaits {
+    /// Looks up `fd` (an ioctl wait's) unless done lately, and keeps `gpu_fds` current.
+    fn recheck_fd(&mut self, fd: u64, now_ns: u64) {
+        let Some(dir) = &self.fd_dir else {
+            return;
+        };
+        if self
+            .fd_checked
+            .get(&fd)
+            .is_some_and(|&t| now_ns.saturating_sub(t) < FD_RECHECK_NS)
+        {
+            return;
+        }
+        if self.fd_checked.len() >= MAX_FD_CHECKS {
+            self.fd_checked.clear();
+        }
+        self.fd_checked.insert(fd, now_ns);
+        let is_gpu = std::fs::read_link(dir.join(fd.to_string()))
+            .is_ok_and(|t| super::targets::is_gpu_device(&t.to_string_lossy()));
+        let known = self.gpu_fds.iter().position(|&f| f == fd);
+        match (is_gpu, known) {
+            (true, None) => self.gpu_fds.push(fd),
+            (false, Some(i)) => {
+                self.gpu_fds.swap_remove(i);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -208,6 +250,16 @@ impl Timelines {
     pub fn push(&mut self, rec: &SchedRecord) {
         if !self.threads.contains_key(&rec.tid) && self.threads.len() >= MAX_THREADS {
             self.evict_idlest();
+        }
+        if let SchedEdge::Out {
+            syscall: Some(SYS_IOCTL),
+            arg0,
+            ..
+        } = rec.edge
+        {
+            if let Some(w) = self.processes.get_mut(&rec.tgid) {
+                w.recheck_fd(arg0, rec.ts_ns);
+            }
         }
         let state = match rec.edge {
             SchedEdge::In => ThreadState::OnCpu,
