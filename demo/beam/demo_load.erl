@@ -137,6 +137,7 @@ grpc_params(cpu, _, O) -> {<<"cpu">>, [{<<"n">>, j(maps:get(cpu_n, O, 200000))}]
 grpc_params(big_json, _, O) -> {<<"big_json">>, [{<<"data">>, big_json_doc(maps:get(big_json_bytes, O, 1048576))}], []};
 grpc_params(cpu_spin, _, O) -> {<<"cpu_spin">>, [{<<"ms">>, j(maps:get(spin_ms, O, 200))}], []};
 grpc_params(io_wait, _, O) -> {<<"io_wait">>, [{<<"fifo">>, j(list_to_binary(maps:get(io_fifo, O, "/nonexistent")))}], []};
+grpc_params(io_wait_offloaded, _, O) -> {<<"io_wait_offloaded">>, [{<<"fifo">>, j(list_to_binary(maps:get(io_fifo, O, "/nonexistent")))}], []};
 grpc_params(gil_contention, _, O) -> {<<"gil_contention">>, [{<<"ms">>, j(maps:get(spin_ms, O, 300))}], []};
 grpc_params(fail, _, _) -> {<<"fail">>, [{<<"message">>, j(<<"boom">>)}], []};
 grpc_params(large, _, O) -> {<<"large">>, [{<<"bytes">>, j(maps:get(large_bytes, O, 1048576))}], []};

@@ -4,6 +4,7 @@ the agent's serialization and scheduling split is checked against them.
   big_json        returns its `data` parameter (N MB of JSON in, N MB out)
   cpu_spin        a pure-Python loop for `ms` milliseconds (on CPU)
   io_wait         a blocking read of the FIFO `fifo` until its writer closes it (I/O)
+  io_wait_offloaded  io_wait on a helper thread (as asyncio.to_thread runs a sync tool)
   gil_contention  a second thread and this one run Python in turn for `ms` (GIL waits)
   (sleep is the adapter's own: time.sleep)
 """
@@ -38,6 +39,20 @@ def io_wait(params, _binary, _ctx):
     return {"bytes": total}
 
 
+_OFFLOAD = None
+
+
+def io_wait_offloaded(params, binary, ctx):
+    """io_wait run on another thread while this one waits for it, as a sync tool
+    under `asyncio.to_thread` or an executor: the blocking read is the call's."""
+    global _OFFLOAD
+    if _OFFLOAD is None:
+        import concurrent.futures
+
+        _OFFLOAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="offload")
+    return _OFFLOAD.submit(io_wait, params, binary, ctx).result()
+
+
 def _spin_until(end):
     n = 0
     while time.perf_counter() < end:
@@ -58,6 +73,12 @@ TOOLS = (
     ("big_json", big_json, "Returns its `data` parameter (JSON of any size)", [("data", "any", True)]),
     ("cpu_spin", cpu_spin, "Pure-Python loop for `ms` milliseconds", [("ms", "integer", False)]),
     ("io_wait", io_wait, "Reads the FIFO `fifo` until EOF", [("fifo", "string", True)]),
+    (
+        "io_wait_offloaded",
+        io_wait_offloaded,
+        "io_wait on a helper thread, this one waiting for it",
+        [("fifo", "string", True)],
+    ),
     (
         "gil_contention",
         gil_contention,

@@ -175,8 +175,13 @@ impl HeldFifo {
 }
 
 /// One `io_wait` call on `fifo`, in a thread (it returns when the FIFO is released).
-fn io_wait_call(mut demo: Demo, dir: &Path, fifo: &Path) -> JoinHandle<Demo> {
-    let mut spec = LoadSpec::new(1, 1000, &[("io_wait", 1)]);
+fn io_wait_call(demo: Demo, dir: &Path, fifo: &Path) -> JoinHandle<Demo> {
+    fifo_call(demo, dir, fifo, "io_wait")
+}
+
+/// One call of `tool` (which reads `fifo`), in a thread.
+fn fifo_call(mut demo: Demo, dir: &Path, fifo: &Path, tool: &str) -> JoinHandle<Demo> {
+    let mut spec = LoadSpec::new(1, 1000, &[(tool, 1)]);
     spec.concurrency = 1;
     spec.extra = vec![
         format!("io_fifo => \"{}\"", fifo.display()),
@@ -360,4 +365,65 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
     );
     demo.stop().expect("demo stop");
     agent.stop().expect("agent stop");
+}
+
+/// A sync tool run on a helper thread while the handler waits for it (as under
+/// `asyncio.to_thread`): the helper's blocking read is the call's, in its off-CPU
+/// profile and its split, and the handler's wait for the helper is not counted again.
+#[test]
+fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
+    let dir = scratch_dir("offcpu-helper");
+    let addr = snakepit_testkit::free_loopback_addr();
+    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
+        .expect("agent start");
+    let mut demo = demo_on(&dir, None);
+    let worker = demo.status().expect("demo status").workers[0].os_pid;
+    wait_profiled(&dir, worker);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = addr.clone();
+    let fetch = std::thread::spawn(move || {
+        http_get(
+            &a,
+            "/debug/pprof/profile?seconds=6&function=io_wait_offloaded&mode=off-cpu",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fifo = dir.join("io.fifo");
+    let held = HeldFifo::new(&fifo);
+    let load = fifo_call(demo, &dir, &fifo, "io_wait_offloaded");
+    held.wait_opened();
+    let hold = Duration::from_millis(1500);
+    std::thread::sleep(hold);
+    held.release();
+    let demo = load.join().expect("load thread");
+    let (status, body) = fetch.join().expect("fetch thread");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let stacks = agent_stacks(&body);
+    let (frames, ns) = blocked_read(&stacks);
+    assert!(
+        ns >= 1_200_000_000,
+        "the helper's read weighs {ns} ns, held {hold:?}: {frames:#?}"
+    );
+    let total: i64 = stacks.iter().map(|(_, _, ns)| ns).sum();
+    assert!(
+        total < 2_400_000_000,
+        "io_wait_offloaded's off-CPU time is {total} ns for a call of about 1.6 s: the \
+         handler's wait for its helper counted again? {stacks:#?}"
+    );
+    demo.stop().expect("demo stop");
+    std::thread::sleep(Duration::from_millis(500));
+    let events = agent.stop().expect("agent stop");
+    let stop = events
+        .iter()
+        .find(|e| {
+            e["event"] == serde_json::json!(["snakepit", "call", "stop"])
+                && e["metadata"]["tool"] == "io_wait_offloaded"
+        })
+        .expect("io_wait_offloaded call.stop");
+    let m = |k: &str| stop["measurements"][k].as_f64().unwrap_or(0.0);
+    assert_eq!(stop["metadata"]["bound"], "io", "{stop}");
+    assert!(
+        m("io_wait_time") >= 0.9 * m("worker_time") - 100_000_000.0,
+        "the helper's read is the call's I/O wait: {stop}"
+    );
 }

@@ -611,7 +611,16 @@ impl CallTracker {
                 let to = end_ns.max(call.t2.unwrap_or(0));
                 let function = call.function.as_deref().or(call.tool_name.as_deref())?;
                 let serving = split.as_ref().and_then(|s| s.serving_tid);
-                p.call_finished(call.conn.worker_pid, from, to, function, serving)
+                let handoffs = split.as_ref().map_or(&[][..], |s| &s.handoffs[..]);
+                tracing::trace!(
+                    from,
+                    to,
+                    ?serving,
+                    ?handoffs,
+                    function,
+                    "profile attribution"
+                );
+                p.call_finished(call.conn.worker_pid, from, to, function, serving, handoffs)
             });
         // Built once, and only when an event needs it (sampled-out calls need none).
         let mut record = None;

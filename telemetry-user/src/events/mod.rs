@@ -17,7 +17,7 @@ mod typed;
 
 pub use bus::{Bus, BusReceiver};
 pub use typed::{
-    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, CircuitBreakerOpen,
+    AgentEvent, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, CircuitBreakerOpen, Handoff,
     HealthAlert, NameRef, PoolCheckin, PoolCheckout, PoolSize, SchedSplit, SerializeSplit,
     SerializeStop, Val, Visitor, WorkerCrash, WorkerSplit,
 };

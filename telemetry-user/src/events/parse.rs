@@ -76,6 +76,7 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
                         gpu_wait: m(f::GPU_WAIT_TIME).unwrap_or(0),
                     }),
                     serving_tid: None,
+                    handoffs: Vec::new(),
                 })
             }),
             profile: m(f::PYTHON_SAMPLES).map(|n| crate::profiler::CallProfile {

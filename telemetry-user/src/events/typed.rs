@@ -170,6 +170,17 @@ pub struct WorkerSplit {
     pub sched: Option<SchedSplit>,
     /// The thread that served the call.
     pub serving_tid: Option<u32>,
+    /// Waits of the serving thread that another thread ended (its work was the
+    /// call's: `asyncio.to_thread`'s pool thread, an executor's worker).
+    pub handoffs: Vec<Handoff>,
+}
+
+/// The serving thread waited over `[from_ns, to_ns]` while thread `tid` worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handoff {
+    pub tid: u32,
+    pub from_ns: u64,
+    pub to_ns: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

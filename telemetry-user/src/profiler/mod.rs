@@ -84,8 +84,9 @@ impl ProfileHandle {
         end_ns: u64,
         function: &str,
         serving_tid: Option<u32>,
+        handoffs: &[crate::events::Handoff],
     ) -> Option<CallProfile> {
-        self.with(|s| s.call_finished(pid, start_ns, end_ns, function, serving_tid))
+        self.with(|s| s.call_finished(pid, start_ns, end_ns, function, serving_tid, handoffs))
     }
 
     /// Functions with attributed samples since `since_ns`: CPU samples, then off-CPU

@@ -4,6 +4,7 @@
 //! only.
 use super::offcpu::ProfileMode;
 use super::stacks::Stack;
+use crate::events::Handoff;
 use std::collections::{HashMap, VecDeque};
 
 /// A sample as stored: when, which worker, and its stack.
@@ -44,11 +45,28 @@ struct RecentCall {
     end_ns: u64,
     function: String,
     serving_tid: Option<u32>,
+    handoffs: Vec<Handoff>,
 }
 
 impl RecentCall {
-    fn holds(&self, ts_ns: u64, tid: u32) -> bool {
-        (self.start_ns..=self.end_ns).contains(&ts_ns) && self.serving_tid.is_none_or(|t| t == tid)
+    /// Whether thread `tid`, off the CPU from `ts_ns` for `off_ns`, blocked for this
+    /// call: the serving thread (any thread when it is not known) inside the window,
+    /// less its waits that another thread ended; that thread's blocking while the
+    /// wait lasted is the call's instead (e.g. the pool thread of `asyncio.to_thread`:
+    /// both would count the same time).
+    fn holds(&self, ts_ns: u64, off_ns: u64, tid: u32) -> bool {
+        if self.serving_tid.is_none_or(|t| t == tid) {
+            return (self.start_ns..=self.end_ns).contains(&ts_ns)
+                && !self
+                    .handoffs
+                    .iter()
+                    .any(|h| (h.from_ns..=h.to_ns).contains(&ts_ns));
+        }
+        // The helper may have blocked just before the serving thread began to wait.
+        let end = ts_ns.saturating_add(off_ns);
+        self.handoffs
+            .iter()
+            .any(|h| h.tid == tid && ts_ns < h.to_ns && end > h.from_ns)
     }
 }
 
@@ -141,7 +159,7 @@ impl SampleStore {
             .recent
             .iter()
             .rev()
-            .find(|c| c.holds(ts_ns, stack.tid))
+            .find(|c| c.holds(ts_ns, off_cpu_ns, stack.tid))
             .map(|c| c.function.clone());
         let at = w.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
         w.off_cpu.insert(
@@ -167,7 +185,8 @@ impl SampleStore {
     /// A call of `function` ran on worker `pid` over [start_ns, end_ns]: its samples
     /// are marked with the function, and its CPU samples summarised (None when it had
     /// none). Off-CPU samples count when the serving thread (when known) blocked
-    /// during the call, including those still to come.
+    /// during the call, or a thread it handed a wait over to (`handoffs`) blocked
+    /// during that wait, including those still to come.
     pub fn call_finished(
         &mut self,
         pid: u32,
@@ -175,6 +194,7 @@ impl SampleStore {
         end_ns: u64,
         function: &str,
         serving_tid: Option<u32>,
+        handoffs: &[Handoff],
     ) -> Option<CallProfile> {
         let w = self.workers.get_mut(&pid)?;
         let call = RecentCall {
@@ -182,13 +202,14 @@ impl SampleStore {
             end_ns,
             function: function.to_string(),
             serving_tid,
+            handoffs: handoffs.to_vec(),
         };
         let first = w.off_cpu.partition_point(|s| s.ts_ns < start_ns);
         for s in w.off_cpu.range_mut(first..) {
             if s.ts_ns > end_ns {
                 break;
             }
-            if call.holds(s.ts_ns, s.stack.tid) {
+            if call.holds(s.ts_ns, s.off_cpu_ns, s.stack.tid) {
                 s.function = Some(function.to_string());
             }
         }
@@ -294,12 +315,12 @@ mod tests {
         }
         st.push(6, 100, stack("x", "y")); // not a worker: ignored
         let p = st
-            .call_finished(5, 100, 109, "hot_path", None)
+            .call_finished(5, 100, 109, "hot_path", None, &[])
             .expect("samples");
         assert_eq!(p.python_samples, 10);
         assert_eq!(p.hot_frame, "demo_hot.spin");
         assert_eq!(p.hot_library, "demo_hot");
-        assert!(st.call_finished(5, 200, 300, "other", None).is_none());
+        assert!(st.call_finished(5, 200, 300, "other", None, &[]).is_none());
         let f = Filter {
             function: Some("hot_path".into()),
             ..Default::default()
@@ -358,7 +379,9 @@ mod off_cpu_tests {
         // The serving thread (7) blocked in the call; the poller (8) too, not its.
         st.push_off_cpu(5, 110, 5_000, stack(7, "[off-cpu: read]"));
         st.push_off_cpu(5, 120, 9_000, stack(8, "[off-cpu: epoll_wait]"));
-        let p = st.call_finished(5, 100, 200, "io", Some(7)).expect("cpu");
+        let p = st
+            .call_finished(5, 100, 200, "io", Some(7), &[])
+            .expect("cpu");
         assert_eq!(
             p.python_samples, 1,
             "off-CPU samples are not python_samples"
@@ -375,13 +398,42 @@ mod off_cpu_tests {
         assert_eq!(st.off_cpu_samples, 4);
     }
 
+    /// The handler (7) waited on a lock over [120, 180] while a pool thread (9) ran
+    /// the tool, which blocked in a read: that read is the call's, the handler's own
+    /// wait is not (it would count the time twice), its other waits still are.
+    #[test]
+    fn a_wait_handed_over_counts_the_helpers_blocking_instead() {
+        let mut st = SampleStore::new(1_000_000, 1000);
+        st.add_worker(5, "default");
+        st.push_off_cpu(5, 110, 8, stack(7, "[off-cpu: read]"));
+        st.push_off_cpu(5, 120, 60, stack(7, "[off-cpu: futex]"));
+        st.push_off_cpu(5, 130, 45, stack(9, "[off-cpu: read]"));
+        // Blocked just before the handler began to wait, until inside the wait.
+        st.push_off_cpu(5, 118, 10, stack(9, "[off-cpu: openat]"));
+        st.push_off_cpu(5, 190, 5, stack(9, "[off-cpu: futex]")); // idle again
+        let handoffs = [Handoff {
+            tid: 9,
+            from_ns: 120,
+            to_ns: 180,
+        }];
+        st.call_finished(5, 100, 200, "offloaded", Some(7), &handoffs);
+        // Late: sent when the pool thread ran again.
+        st.push_off_cpu(5, 140, 30, stack(9, "[off-cpu: write]"));
+        let got: Vec<(u32, u64)> = st
+            .select(&off(Some("offloaded")))
+            .iter()
+            .map(|(_, s)| (s.stack.tid, s.ts_ns))
+            .collect();
+        assert_eq!(got, [(7, 110), (9, 118), (9, 130), (9, 140)]);
+    }
+
     #[test]
     fn without_a_serving_thread_every_thread_counts() {
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
         st.push_off_cpu(5, 110, 5, stack(7, "a"));
         st.push_off_cpu(5, 120, 5, stack(8, "b"));
-        assert!(st.call_finished(5, 100, 200, "io", None).is_none());
+        assert!(st.call_finished(5, 100, 200, "io", None, &[]).is_none());
         assert_eq!(st.select(&off(Some("io"))).len(), 2);
     }
 

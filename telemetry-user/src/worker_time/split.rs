@@ -10,7 +10,7 @@
 //! waited. A GIL wait, a sleep or a GPU wait is never handed over.
 use super::timeline::{ThreadState, Timelines, WaitReason};
 use super::{MessageSizes, WorkerActivity};
-use crate::events::{SchedSplit, SerializeSplit, WorkerSplit};
+use crate::events::{Handoff, SchedSplit, SerializeSplit, WorkerSplit};
 
 pub fn split(
     act: &WorkerActivity,
@@ -27,7 +27,9 @@ pub fn split(
         .map(|p| p.tid)
         .or(encode.as_ref().map(|p| p.tid))
         .or(reader_tid);
-    let sched = serving.and_then(|tid| sched_split(&act.timelines, tgid, tid, a, b));
+    let (sched, handoffs) = serving
+        .and_then(|tid| sched_split(&act.timelines, tgid, tid, reader_tid, a, b))
+        .map_or((None, Vec::new()), |(s, h)| (Some(s), h));
     WorkerSplit {
         worker_time: b.saturating_sub(a),
         deserialize: decode.map(|p| SerializeSplit {
@@ -42,6 +44,7 @@ pub fn split(
         }),
         sched,
         serving_tid: serving,
+        handoffs,
     }
 }
 
@@ -59,25 +62,49 @@ fn add(split: &mut SchedSplit, state: ThreadState, d: u64) {
     }
 }
 
-/// The serving thread's split of `[a, b]`, None when its timeline does not cover `a`.
-pub fn sched_split(tl: &Timelines, tgid: u32, tid: u32, a: u64, b: u64) -> Option<SchedSplit> {
-    let line = tl.thread(tid)?;
-    if line.tgid != tgid {
-        return None;
-    }
-    let segs = line.clipped(a, b)?;
+/// The serving thread's split of `[a, b]` and the waits it handed over, None when its
+/// timeline does not cover `a`. A serving thread first seen inside the window (a
+/// pool's thread started for the call) takes the reader's states before that: the
+/// request was still the reader's.
+pub fn sched_split(
+    tl: &Timelines,
+    tgid: u32,
+    tid: u32,
+    reader_tid: Option<u32>,
+    a: u64,
+    b: u64,
+) -> Option<(SchedSplit, Vec<Handoff>)> {
+    let same_process = |t: u32| tl.thread(t).filter(|l| l.tgid == tgid);
+    let line = same_process(tid)?;
     let mut out = SchedSplit::default();
+    let segs = match line.clipped(a, b) {
+        Some(segs) => segs,
+        None => {
+            let seen = line.first_seen().filter(|&f| f < b)?;
+            let reader = reader_tid.filter(|&r| r != tid).and_then(same_process)?;
+            for (s, e, state) in reader.clipped(a, seen)? {
+                add(&mut out, state, e - s);
+            }
+            line.clipped(seen, b)?
+        }
+    };
+    let mut handoffs = Vec::new();
     for (s, e, state) in segs {
+        // The helper may be a thread started for the work (first seen in the wait).
         let delegate = match state {
             ThreadState::Blocked(WaitReason::Lock | WaitReason::Io) => line
                 .woken_by_in(s, wait_end(line, s, b))
                 .filter(|&d| d != tid)
-                .and_then(|d| tl.thread(d))
-                .and_then(|d| d.clipped(s, e)),
+                .and_then(|d| Some((d, same_process(d)?.clipped_since_seen(s, e)?))),
             _ => None,
         };
         match delegate {
-            Some(parts) if !parts.is_empty() => {
+            Some((d, parts)) if !parts.is_empty() => {
+                handoffs.push(Handoff {
+                    tid: d,
+                    from_ns: s,
+                    to_ns: e,
+                });
                 let covered: u64 = parts.iter().map(|(ps, pe, _)| pe - ps).sum();
                 for (ps, pe, st) in parts {
                     add(&mut out, st, pe - ps);
@@ -88,7 +115,7 @@ pub fn sched_split(tl: &Timelines, tgid: u32, tid: u32, a: u64, b: u64) -> Optio
             _ => add(&mut out, state, e - s),
         }
     }
-    Some(out)
+    Some((out, handoffs))
 }
 
 /// When the blocked segment starting at `s` ends (its next segment), or `b`.

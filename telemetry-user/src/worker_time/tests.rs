@@ -162,10 +162,17 @@ fn a_wait_for_a_thread_it_woke_takes_that_threads_states() {
     a.on_sched(&rec(pool, 90 * MS, out(FUTEX, 0x9000)));
     a.on_sched(&rec(lp, 90 * MS, SchedEdge::In));
     a.on_serialize(&ser(lp, SerializeFn::ProtobufEncode, 95 * MS, 96 * MS, 10));
-    let sc = a
-        .split(PID, None, 0, 100 * MS, MessageSizes::default())
-        .sched
-        .expect("split");
+    let s = a.split(PID, None, 0, 100 * MS, MessageSizes::default());
+    // The loop's wait is named, for the profiler's off-CPU samples of the pool thread.
+    assert_eq!(
+        s.handoffs,
+        [crate::events::Handoff {
+            tid: pool,
+            from_ns: 4 * MS,
+            to_ns: 90 * MS
+        }]
+    );
+    let sc = s.sched.expect("split");
     assert_eq!(sc.total(), 100 * MS);
     // lp on CPU 0-4 and 90-100; pool on CPU 4-50 and 80-90, in read 50-80.
     assert_eq!(sc.on_cpu, 70 * MS);
@@ -434,4 +441,42 @@ fn an_ioctl_wait_on_a_gpu_opened_after_the_plan_is_a_gpu_wait() {
     let sc = wait_on_fd_12(&mut a, 12_000 * MS);
     assert_eq!((sc.gpu_wait, sc.io_wait), (0, 4 * MS));
     let _ = std::fs::remove_dir_all(&fd_dir);
+}
+
+/// The first call on a fresh worker: grpc's pool starts the handler thread for it,
+/// and the tool's executor starts its helper thread. Neither was seen before the
+/// window: the handler takes the reader's states until it first ran, and the helper
+/// its own from when it first ran.
+#[test]
+fn threads_started_for_the_call_are_followed_from_when_first_seen() {
+    let mut a = activity();
+    let (reader, handler, helper) = (5, 7, 8);
+    a.on_sched(&rec(reader, 0, SchedEdge::In));
+    a.on_sched(&rec(reader, 3 * MS, out(232, 4))); // back to epoll_wait
+    a.on_sched(&rec(handler, 2 * MS, SchedEdge::In)); // first seen
+    a.on_serialize(&ser(handler, SerializeFn::JsonDecode, 4 * MS, 5 * MS, 100));
+    a.on_sched(&rec(handler, 10 * MS, out(FUTEX, 0x9000)));
+    a.on_sched(&rec(helper, 12 * MS, SchedEdge::In)); // first seen
+    a.on_sched(&rec(helper, 20 * MS, out(READ, 3)));
+    a.on_sched(&rec(helper, 80 * MS, SchedEdge::In));
+    a.on_sched(&rec(handler, 90 * MS, wake(helper)));
+    a.on_sched(&rec(helper, 90 * MS, out(FUTEX, 0x9100)));
+    a.on_sched(&rec(handler, 90 * MS, SchedEdge::In));
+    let s = a.split(PID, Some(reader), 1 * MS, 100 * MS, MessageSizes::default());
+    assert_eq!(s.serving_tid, Some(handler));
+    let sc = s.sched.expect("split");
+    assert_eq!(sc.total(), 99 * MS);
+    // reader 1-2 on CPU; handler 2-10, helper 12-20 and 80-90, handler 90-100 on CPU;
+    // helper in read 20-80; 10-12 (before the helper first ran) the handler's wait.
+    assert_eq!(sc.on_cpu, (1 + 8 + 8 + 10 + 10) * MS);
+    assert_eq!(sc.io_wait, 60 * MS);
+    assert_eq!(sc.lock_wait, 2 * MS);
+    assert_eq!(
+        s.handoffs,
+        [crate::events::Handoff {
+            tid: helper,
+            from_ns: 10 * MS,
+            to_ns: 90 * MS
+        }]
+    );
 }

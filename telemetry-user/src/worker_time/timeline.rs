@@ -103,6 +103,23 @@ impl ThreadLine {
         Some(out)
     }
 
+    /// Like `clipped`, but from when the thread was first seen if that lies inside
+    /// the window (a thread started for the call, e.g. a pool's new worker thread):
+    /// the segments from `max(a, first seen)`, None when it was first seen at `b` or
+    /// later.
+    pub fn clipped_since_seen(&self, a: u64, b: u64) -> Option<Vec<(u64, u64, ThreadState)>> {
+        let first = self.segments.front()?.start;
+        if first >= b {
+            return None;
+        }
+        self.clipped(a.max(first), b)
+    }
+
+    /// When the thread was first seen (its oldest segment kept).
+    pub fn first_seen(&self) -> Option<u64> {
+        self.segments.front().map(|s| s.start)
+    }
+
     /// The same-process thread that woke this one in `(from, to]`, the earliest.
     pub fn woken_by_in(&self, from: u64, to: u64) -> Option<u32> {
         self.woken_by
