@@ -1226,3 +1226,64 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
 mod bench;
 mod golden;
 mod repro;
+
+/// The same lost end, with the worker's (de)serialization recorded: the response's
+/// first write (its headers, t2) came before the result was encoded, and neither the
+/// response message nor its end was seen from the worker's writes. The worker window
+/// ends at the call's end then, and holds the encoding.
+#[test]
+fn a_lost_response_end_leaves_the_worker_window_to_the_calls_end() {
+    use crate::kernel::{SerializeFn, SerializeRecord};
+    let c = grpc_conn(43);
+    let req = tool_request("large", &[]);
+    let rec = |function, ts_start_ns, ts_end_ns| SerializeRecord {
+        tgid: 4242,
+        tid: 4243,
+        function,
+        ts_start_ns,
+        ts_end_ns,
+        bytes: Some(100),
+    };
+    let (ev, _) = run(cfg(), |t| {
+        request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
+        // The worker's read of the request (t1), timed.
+        for end in [FrameEnd::Headers { end_stream: false }, FrameEnd::Stream] {
+            let timing = Observed::Timing {
+                flow: Flow::Request,
+                stream_id: 1,
+                end,
+            };
+            t.observe(ob(&c, Side::Worker, M.t1 - 50, M.t1, timing));
+        }
+        t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
+        t.observe(ob(
+            &c,
+            Side::Worker,
+            M.t2,
+            M.t2 + 9,
+            Observed::SyncLost {
+                flow: Flow::Response,
+            },
+        ));
+        let a = t.activity_mut();
+        a.on_serialize(&rec(SerializeFn::ProtobufDecode, 1_300, 1_400));
+        a.on_serialize(&rec(SerializeFn::JsonEncode, 5_050, 5_150));
+        a.on_serialize(&rec(SerializeFn::ProtobufEncode, 5_160, 5_200));
+        t.observe(ob(
+            &c,
+            Side::Beam,
+            M.t3 - 20,
+            M.t3,
+            Observed::Timing {
+                flow: Flow::Response,
+                stream_id: 1,
+                end: FrameEnd::Headers { end_stream: true },
+            },
+        ));
+    });
+    let stops = named(&ev, schema::CALL_STOP);
+    assert_eq!(stops.len(), 1);
+    assert_eq!(num(stops[0], "worker_time"), Some(M.t3 - M.t1));
+    assert_eq!(num(stops[0], "deserialize_time"), Some(100));
+    assert_eq!(num(stops[0], "serialize_time"), Some(140));
+}

@@ -598,7 +598,7 @@ impl CallTracker {
         let profiled = self.profile.is_some() && !call.internal;
         // The split also names the serving thread, whose off-CPU samples are the call's.
         let split = (publish || profiled)
-            .then(|| worker_split(&call, &self.activity))
+            .then(|| worker_split(&call, end_ns, &self.activity))
             .flatten();
         // The worker's samples from its read of the request to the call's end (t2 can
         // be the response headers' write, sent before the tool runs).

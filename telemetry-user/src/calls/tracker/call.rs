@@ -356,10 +356,12 @@ pub(super) fn call_end(
     }
 }
 
-/// The worker window `[t1, t2]` of a gRPC call, split (None for pipe calls and calls
-/// whose window was not seen, or when nothing of the worker's inside was recorded).
+/// The worker window `[t1, t2]` of a gRPC call that ended at `end_ns`, split (None for
+/// pipe calls and calls whose window was not seen, or when nothing of the worker's
+/// inside was recorded).
 pub(super) fn worker_split(
     call: &Call,
+    end_ns: u64,
     activity: &crate::worker_time::WorkerActivity,
 ) -> Option<WorkerSplit> {
     if !matches!(call.id, CallId::Stream(_)) || call.conn.role != CallRole::BeamCallsWorker {
@@ -375,7 +377,13 @@ pub(super) fn worker_split(
     let t1 = call.t1?;
     // A response message too large to be decoded from the copied prefix has no
     // t2_message: the end of the response (its END_STREAM's exit) bounds the window.
-    let t2 = call.t2_message.or(call.server_done).or(call.t2)?;
+    // Where neither was seen in the worker's writes (frame sync lost in a huge
+    // response), its first write (t2) can be the headers, sent before the tool ran:
+    // the call's end (the BEAM's read of it) bounds the window then.
+    let t2 = call
+        .t2_message
+        .or(call.server_done)
+        .or_else(|| Some(call.t2?.max(end_ns)))?;
     if t2 <= t1 {
         return None;
     }
