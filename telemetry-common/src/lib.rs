@@ -643,6 +643,8 @@ pub const MAX_SCHED_THREADS: u32 = 16384;
 ///   the same process that woke it, 0 when another process, a kernel thread or an
 ///   interrupt did.
 /// - `in_ns`: it got a CPU again.
+/// - `flags`: `SLICE_WALKED` when its stack was walked (an off-CPU sample of the
+///   episode is on the profiler's ring).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SchedSlice {
@@ -656,7 +658,12 @@ pub struct SchedSlice {
     pub arg0: u64,
     pub syscall: i32,
     pub state: u32,
+    pub flags: u32,
+    pub _pad: u32,
 }
+
+/// SchedSlice flag: the episode's stack was walked (its off-CPU sample was sent).
+pub const SLICE_WALKED: u32 = 1;
 
 /// Which (de)serialization function a uprobe sits on (its attach cookie).
 #[repr(u8)]

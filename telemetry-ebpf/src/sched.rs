@@ -21,8 +21,8 @@ use aya_ebpf::{
 use telemetry_common::{
     PySample, RecordKind, SchedSlice, MAX_OFF_CPU_PENDING, MAX_SCHED_THREADS, NO_SYSCALL,
     OFF_CPU_BURST, PROBE_SCHED_SWITCH, PROBE_SCHED_WAKE, PSTAT_OFF_CPU_SAMPLES,
-    PSTAT_OFF_CPU_SKIPPED, PSTAT_RINGBUF_DROPS, SAMPLE_NO_TSTATE, SAMPLE_OFF_CPU, STAT_EVENTS,
-    STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+    PSTAT_OFF_CPU_SKIPPED, PSTAT_RINGBUF_DROPS, SAMPLE_NO_TSTATE, SAMPLE_OFF_CPU, SLICE_WALKED,
+    STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
@@ -266,11 +266,11 @@ fn switch_in(tgid: u32, tid: u32, now: u64) {
     slice.arg0 = t.arg0;
     slice.syscall = t.syscall;
     slice.state = t.state;
-    emit_slice(&slice);
-    if t.walk_pending != 0 {
-        send_off_cpu(tid, now - t.out_ns);
-        t.walk_pending = 0;
+    if t.walk_pending != 0 && send_off_cpu(tid, now - t.out_ns) {
+        slice.flags = SLICE_WALKED;
     }
+    t.walk_pending = 0;
+    emit_slice(&slice);
     t.out_ns = 0;
     t.wake_ns = 0;
     t.waker_tid = 0;
@@ -284,19 +284,27 @@ fn emit_slice(slice: &SchedSlice) {
     }
 }
 
+/// Sends the thread's pending off-CPU sample; whether it was sent.
 #[inline(always)]
-fn send_off_cpu(tid: u32, off_cpu_ns: u64) {
+fn send_off_cpu(tid: u32, off_cpu_ns: u64) -> bool {
     let Some(s) = OFF_CPU_PENDING.get_ptr_mut(&tid) else {
-        return;
+        return false;
     };
     // SAFETY: a value pointer of the map, valid during this program.
     let s = unsafe { &mut *s };
     s.off_cpu_ns = off_cpu_ns;
-    match PROFILE_EVENTS.output::<PySample>(s, BPF_RB_NO_WAKEUP) {
-        Ok(()) => pstat(PSTAT_OFF_CPU_SAMPLES),
-        Err(_) => pstat(PSTAT_RINGBUF_DROPS),
-    }
+    let sent = match PROFILE_EVENTS.output::<PySample>(s, BPF_RB_NO_WAKEUP) {
+        Ok(()) => {
+            pstat(PSTAT_OFF_CPU_SAMPLES);
+            true
+        }
+        Err(_) => {
+            pstat(PSTAT_RINGBUF_DROPS);
+            false
+        }
+    };
     let _ = OFF_CPU_PENDING.remove(&tid);
+    sent
 }
 
 /// TP_PROTO(struct task_struct *p): fires in the waker's context (unlike

@@ -174,6 +174,26 @@ impl HeldFifo {
     }
 }
 
+/// The write end of a FIFO that drips: 8 bytes every `every` for `total`, then EOF
+/// (the reading tool blocks once per drop, far more often than the kernel walks).
+fn drip_fifo(path: &Path, every: Duration, total: Duration) -> JoinHandle<()> {
+    let c = std::ffi::CString::new(path.display().to_string()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0, "mkfifo");
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("opening the FIFO for writing");
+        let end = Instant::now() + total;
+        while Instant::now() < end {
+            std::thread::sleep(every);
+            std::io::Write::write_all(&mut f, b"snakepit").expect("writing the FIFO");
+        }
+    })
+}
+
 /// One `io_wait` call on `fifo`, in a thread (it returns when the FIFO is released).
 fn io_wait_call(demo: Demo, dir: &Path, fifo: &Path) -> JoinHandle<Demo> {
     fifo_call(demo, dir, fifo, "io_wait")
@@ -426,4 +446,64 @@ fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
         m("io_wait_time") >= 0.9 * m("worker_time") - 100_000_000.0,
         "the helper's read is the call's I/O wait: {stop}"
     );
+}
+
+/// A thread that blocks 100 times in 2 s (a read per drop of a dripping FIFO) is
+/// walked at most `off_cpu_hz` times a second after a burst: the episodes left unwalked
+/// still weigh, on the thread's last walked stack that blocked the same way, so the
+/// tool's blocked reads weigh about the 2 s it spent in them.
+#[test]
+fn episodes_the_rate_limit_skips_still_weigh() {
+    let dir = scratch_dir("offcpu-unwalked");
+    let addr = snakepit_testkit::free_loopback_addr();
+    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
+        .expect("agent start");
+    let mut demo = demo_on(&dir, None);
+    let worker = demo.status().expect("demo status").workers[0].os_pid;
+    wait_profiled(&dir, worker);
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = addr.clone();
+    let fetch = std::thread::spawn(move || {
+        http_get(
+            &a,
+            "/debug/pprof/profile?seconds=7&function=io_wait&mode=off-cpu",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fifo = dir.join("drip.fifo");
+    let total = Duration::from_secs(2);
+    let drip = drip_fifo(&fifo, Duration::from_millis(20), total);
+    let load = io_wait_call(demo, &dir, &fifo);
+    drip.join().expect("drip writer");
+    let demo = load.join().expect("load thread");
+    let (status, body) = fetch.join().expect("fetch thread");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let stacks = agent_stacks(&body);
+    let reads: i64 = stacks
+        .iter()
+        .filter(|(f, _, _)| f.first().is_some_and(|l| l.name == "[off-cpu: read]"))
+        .filter(|(f, _, _)| f.iter().any(|x| x.name.ends_with(".io_wait")))
+        .map(|(_, _, ns)| ns)
+        .sum();
+    let episodes: i64 = stacks.iter().map(|(_, n, _)| n).sum();
+    eprintln!("io_wait: {episodes} off-CPU samples, blocked in read {reads} ns");
+    assert!(
+        reads as f64 >= 0.8 * total.as_nanos() as f64,
+        "io_wait's blocked reads weigh {reads} ns of about {total:?}: {stacks:#?}"
+    );
+    assert!(
+        episodes >= 60,
+        "{episodes} samples for about 100 blocked reads"
+    );
+    demo.stop().expect("demo stop");
+    let events = agent.stop().expect("agent stop");
+    let stats = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == serde_json::json!(["snakepit", "agent", "stats"]))
+        .expect("agent.stats");
+    let estimated = stats["metadata"]["profiler"]["off_cpu_estimated"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(estimated >= 40, "off_cpu_estimated {estimated}: {stats}");
 }

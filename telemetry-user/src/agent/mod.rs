@@ -388,7 +388,10 @@ impl Agent {
                     self.pass_cursor_hints();
                 }
             }
-            KernelEvent::Sched(ep) => self.tracker.activity_mut().on_episode(&ep),
+            KernelEvent::Sched(ep) => {
+                self.tracker.activity_mut().on_episode(&ep);
+                self.weigh_unwalked(&ep);
+            }
             KernelEvent::Serialize(rec) => self.tracker.activity_mut().on_serialize(&rec),
             KernelEvent::Exec { tgid, .. } => {
                 let changes = self.discovery.on_exec(tgid);
@@ -577,6 +580,28 @@ impl Agent {
         if let Some((tx, _)) = &self.profiler {
             let _ = tx.send(c);
         }
+    }
+
+    /// A blocked episode the kernel's rate limit did not walk still weighs in the
+    /// off-CPU profile (see `SampleStore::push_unwalked`).
+    fn weigh_unwalked(&self, ep: &crate::kernel::SchedEpisode) {
+        let Some(off) = ep.off.filter(|o| o.state != 0 && !o.walked) else {
+            return;
+        };
+        let Some((_, handle)) = &self.profiler else {
+            return;
+        };
+        let blocked = crate::profiler::BlockedIn {
+            syscall: off.syscall.map_or(-1, i64::from),
+            state: off.state,
+        };
+        handle.unwalked(
+            ep.tgid,
+            ep.tid,
+            off.out_ns,
+            ep.in_ns.saturating_sub(off.out_ns),
+            blocked,
+        );
     }
 
     /// The sampler's store, when sampling runs (for `snakepit-agent profile`).

@@ -10,7 +10,7 @@ pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
     FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedSlice,
     SerializeEvent, SerializeFn, CHUNK_BYTES, CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN,
-    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS,
+    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS, SLICE_WALKED,
 };
 use thiserror::Error;
 
@@ -212,6 +212,8 @@ pub struct OffCpu {
     pub wake_ns: Option<u64>,
     /// The thread of the same process that woke it.
     pub waker_tid: Option<u32>,
+    /// Its stack was walked: an off-CPU sample of it is on the profiler's ring.
+    pub walked: bool,
 }
 
 impl SchedEpisode {
@@ -512,6 +514,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                         0 => None,
                         t => Some(t),
                     },
+                    walked: r.u32(offset_of!(S, flags)) & SLICE_WALKED != 0,
                 }),
                 in_ns: r.u64(offset_of!(S, in_ns)),
             }))

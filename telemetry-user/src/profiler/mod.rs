@@ -27,7 +27,7 @@ pub use config::ProfileConfig;
 pub use error::ProfilerError;
 pub use offcpu::ProfileMode;
 pub use output::ProfileFormat;
-pub use store::{CallProfile, Filter, SampleStore};
+pub use store::{BlockedIn, CallProfile, Filter, SampleStore};
 
 use crate::kernel::ProfilerMaps;
 use code::CodeCache;
@@ -74,6 +74,12 @@ impl ProfileHandle {
     /// The sampler's counters, for `agent.stats` (`profiler`).
     pub fn stats(&self) -> serde_json::Map<String, serde_json::Value> {
         self.stats.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// A thread's episode off the CPU that the kernel did not walk (see
+    /// `SampleStore::push_unwalked`).
+    pub fn unwalked(&self, pid: u32, tid: u32, ts_ns: u64, off_cpu_ns: u64, blocked: BlockedIn) {
+        self.with(|s| s.push_unwalked(pid, tid, ts_ns, off_cpu_ns, blocked))
     }
 
     /// Per-call attribution (see `SampleStore::call_finished`).
@@ -253,11 +259,19 @@ impl Profiler {
                 .unwrap_or(0);
             m.insert((*name).into(), v.into());
         }
-        let (total, attributed, off_cpu) = self
-            .handle
-            .with(|s| (s.total_samples, s.attributed, s.off_cpu_samples));
+        let (total, attributed, off_cpu, estimated, unwalked_dropped) = self.handle.with(|s| {
+            (
+                s.total_samples,
+                s.attributed,
+                s.off_cpu_samples,
+                s.off_cpu_estimated,
+                s.off_cpu_unwalked_dropped,
+            )
+        });
         m.insert("resolved".into(), total.into());
         m.insert("off_cpu_resolved".into(), off_cpu.into());
+        m.insert("off_cpu_estimated".into(), estimated.into());
+        m.insert("off_cpu_unwalked_dropped".into(), unwalked_dropped.into());
         m.insert("attributed".into(), attributed.into());
         m.insert("code_read_errors".into(), self.code.read_errors.into());
         m.insert("record_errors".into(), self.decode_errors.into());
@@ -415,8 +429,12 @@ impl Profiler {
             let mut frames = stack.frames.to_vec();
             frames.push(offcpu::reason_frame(s.off_cpu_syscall, s.off_cpu_state));
             stack.frames = frames.into();
+            let blocked = BlockedIn {
+                syscall: i64::from(s.off_cpu_syscall),
+                state: s.off_cpu_state,
+            };
             self.handle
-                .with(|st| st.push_off_cpu(s.tgid, s.ts_ns, s.off_cpu_ns, stack));
+                .with(|st| st.push_off_cpu(s.tgid, s.ts_ns, s.off_cpu_ns, stack, blocked));
             return;
         }
         self.handle.with(|st| st.push(s.tgid, s.ts_ns, stack));

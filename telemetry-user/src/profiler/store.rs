@@ -72,6 +72,15 @@ impl RecentCall {
 
 /// Finished calls remembered per worker for late off-CPU samples.
 const RECENT_CALLS: usize = 256;
+/// Last walked off-CPU stacks remembered per worker (by thread and how it blocked).
+const MAX_LAST_WALKED: usize = 4096;
+
+/// How a thread left the CPU: the syscall it blocked in (-1: none) and its task state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlockedIn {
+    pub syscall: i64,
+    pub state: u32,
+}
 
 #[derive(Default)]
 struct Worker {
@@ -80,6 +89,9 @@ struct Worker {
     /// Sorted by `ts_ns` (they arrive out of order: when the thread runs again).
     off_cpu: VecDeque<StoredSample>,
     recent: VecDeque<RecentCall>,
+    /// The last walked off-CPU stack of each (thread, how it blocked): the stack given
+    /// to the episodes the kernel's rate limit did not walk.
+    last_walked: HashMap<(u32, BlockedIn), Stack>,
 }
 
 /// Which samples to take.
@@ -100,6 +112,10 @@ pub struct SampleStore {
     pub total_samples: u64,
     pub attributed: u64,
     pub off_cpu_samples: u64,
+    /// Unwalked episodes given their thread's last walked stack, and those that had
+    /// none to take (a thread never walked blocking that way yet).
+    pub off_cpu_estimated: u64,
+    pub off_cpu_unwalked_dropped: u64,
 }
 
 impl SampleStore {
@@ -111,6 +127,8 @@ impl SampleStore {
             total_samples: 0,
             attributed: 0,
             off_cpu_samples: 0,
+            off_cpu_estimated: 0,
+            off_cpu_unwalked_dropped: 0,
         }
     }
 
@@ -147,14 +165,73 @@ impl SampleStore {
         }
     }
 
-    /// An off-CPU sample: the thread left the CPU at `ts_ns` for `off_cpu_ns`. It
-    /// belongs to a call already finished when that call's serving thread blocked
-    /// during it.
-    pub fn push_off_cpu(&mut self, pid: u32, ts_ns: u64, off_cpu_ns: u64, stack: Stack) {
+    /// An off-CPU sample: the thread left the CPU at `ts_ns` for `off_cpu_ns`, as
+    /// `blocked` says. It belongs to a call already finished when that call's serving
+    /// thread blocked during it.
+    pub fn push_off_cpu(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        off_cpu_ns: u64,
+        stack: Stack,
+        blocked: BlockedIn,
+    ) {
         let Some(w) = self.workers.get_mut(&pid) else {
             return;
         };
         self.off_cpu_samples += 1;
+        if w.last_walked.len() >= MAX_LAST_WALKED {
+            w.last_walked.clear();
+        }
+        w.last_walked.insert((stack.tid, blocked), stack.clone());
+        Self::insert_off_cpu(
+            w,
+            self.window_ns,
+            self.max_per_worker,
+            ts_ns,
+            off_cpu_ns,
+            stack,
+        );
+    }
+
+    /// An episode off the CPU that the kernel did not walk (its per-thread rate limit):
+    /// it weighs its time on the thread's last walked stack that blocked the same way
+    /// (a thread that blocks often mostly blocks in the same place: an event loop's
+    /// epoll_wait, a pool thread's wait for work). Without one it is dropped, counted.
+    pub fn push_unwalked(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ts_ns: u64,
+        off_cpu_ns: u64,
+        blocked: BlockedIn,
+    ) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        let Some(stack) = w.last_walked.get(&(tid, blocked)).cloned() else {
+            self.off_cpu_unwalked_dropped += 1;
+            return;
+        };
+        self.off_cpu_estimated += 1;
+        Self::insert_off_cpu(
+            w,
+            self.window_ns,
+            self.max_per_worker,
+            ts_ns,
+            off_cpu_ns,
+            stack,
+        );
+    }
+
+    fn insert_off_cpu(
+        w: &mut Worker,
+        window_ns: u64,
+        max_per_worker: usize,
+        ts_ns: u64,
+        off_cpu_ns: u64,
+        stack: Stack,
+    ) {
         let function = w
             .recent
             .iter()
@@ -172,11 +249,11 @@ impl SampleStore {
             },
         );
         let newest = w.off_cpu.back().map_or(ts_ns, |s| s.ts_ns);
-        let oldest = newest.saturating_sub(self.window_ns);
+        let oldest = newest.saturating_sub(window_ns);
         while w
             .off_cpu
             .front()
-            .is_some_and(|s| s.ts_ns < oldest || w.off_cpu.len() > self.max_per_worker)
+            .is_some_and(|s| s.ts_ns < oldest || w.off_cpu.len() > max_per_worker)
         {
             w.off_cpu.pop_front();
         }
@@ -363,6 +440,11 @@ mod off_cpu_tests {
         }
     }
 
+    const READ: BlockedIn = BlockedIn {
+        syscall: 0,
+        state: 1,
+    };
+
     fn off(f: Option<&str>) -> Filter {
         Filter {
             function: f.map(String::from),
@@ -377,8 +459,8 @@ mod off_cpu_tests {
         st.add_worker(5, "default");
         st.push(5, 100, stack(7, "spin"));
         // The serving thread (7) blocked in the call; the poller (8) too, not its.
-        st.push_off_cpu(5, 110, 5_000, stack(7, "[off-cpu: read]"));
-        st.push_off_cpu(5, 120, 9_000, stack(8, "[off-cpu: epoll_wait]"));
+        st.push_off_cpu(5, 110, 5_000, stack(7, "[off-cpu: read]"), READ);
+        st.push_off_cpu(5, 120, 9_000, stack(8, "[off-cpu: epoll_wait]"), READ);
         let p = st
             .call_finished(5, 100, 200, "io", Some(7), &[])
             .expect("cpu");
@@ -387,8 +469,8 @@ mod off_cpu_tests {
             "off-CPU samples are not python_samples"
         );
         // Sent when the thread ran again, after the call ended; older than the last.
-        st.push_off_cpu(5, 150, 40, stack(7, "[off-cpu: write]"));
-        st.push_off_cpu(5, 300, 40, stack(7, "[off-cpu: futex]"));
+        st.push_off_cpu(5, 150, 40, stack(7, "[off-cpu: write]"), READ);
+        st.push_off_cpu(5, 300, 40, stack(7, "[off-cpu: futex]"), READ);
         let io = st.select(&off(Some("io")));
         let got: Vec<(u64, u64)> = io.iter().map(|(_, s)| (s.ts_ns, s.weight())).collect();
         assert_eq!(got, [(110, 5_000), (150, 40)]);
@@ -405,12 +487,12 @@ mod off_cpu_tests {
     fn a_wait_handed_over_counts_the_helpers_blocking_instead() {
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
-        st.push_off_cpu(5, 110, 8, stack(7, "[off-cpu: read]"));
-        st.push_off_cpu(5, 120, 60, stack(7, "[off-cpu: futex]"));
-        st.push_off_cpu(5, 130, 45, stack(9, "[off-cpu: read]"));
+        st.push_off_cpu(5, 110, 8, stack(7, "[off-cpu: read]"), READ);
+        st.push_off_cpu(5, 120, 60, stack(7, "[off-cpu: futex]"), READ);
+        st.push_off_cpu(5, 130, 45, stack(9, "[off-cpu: read]"), READ);
         // Blocked just before the handler began to wait, until inside the wait.
-        st.push_off_cpu(5, 118, 10, stack(9, "[off-cpu: openat]"));
-        st.push_off_cpu(5, 190, 5, stack(9, "[off-cpu: futex]")); // idle again
+        st.push_off_cpu(5, 118, 10, stack(9, "[off-cpu: openat]"), READ);
+        st.push_off_cpu(5, 190, 5, stack(9, "[off-cpu: futex]"), READ); // idle again
         let handoffs = [Handoff {
             tid: 9,
             from_ns: 120,
@@ -418,7 +500,7 @@ mod off_cpu_tests {
         }];
         st.call_finished(5, 100, 200, "offloaded", Some(7), &handoffs);
         // Late: sent when the pool thread ran again.
-        st.push_off_cpu(5, 140, 30, stack(9, "[off-cpu: write]"));
+        st.push_off_cpu(5, 140, 30, stack(9, "[off-cpu: write]"), READ);
         let got: Vec<(u32, u64)> = st
             .select(&off(Some("offloaded")))
             .iter()
@@ -427,12 +509,46 @@ mod off_cpu_tests {
         assert_eq!(got, [(7, 110), (9, 118), (9, 130), (9, 140)]);
     }
 
+    /// Episodes the kernel did not walk take the thread's last walked stack that
+    /// blocked the same way; without one they are dropped and counted.
+    #[test]
+    fn unwalked_episodes_weigh_on_the_last_walked_stack_that_blocked_the_same_way() {
+        const FUTEX: BlockedIn = BlockedIn {
+            syscall: 202,
+            state: 1,
+        };
+        let mut st = SampleStore::new(1_000_000, 1000);
+        st.add_worker(5, "default");
+        st.push_unwalked(5, 7, 100, 10, READ); // nothing walked yet
+        st.push_off_cpu(5, 110, 20, stack(7, "[off-cpu: read]"), READ);
+        st.push_off_cpu(5, 140, 5, stack(7, "[off-cpu: futex]"), FUTEX);
+        st.push_unwalked(5, 7, 150, 30, READ);
+        st.push_unwalked(5, 7, 190, 7, FUTEX);
+        st.push_unwalked(5, 8, 200, 9, READ); // another thread, never walked
+        st.call_finished(5, 100, 300, "io", Some(7), &[]);
+        let got: Vec<(u64, String, u64)> = st
+            .select(&off(Some("io")))
+            .iter()
+            .map(|(_, s)| (s.ts_ns, s.stack.hot_frame.clone(), s.weight()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (110, "[off-cpu: read]".to_string(), 20),
+                (140, "[off-cpu: futex]".to_string(), 5),
+                (150, "[off-cpu: read]".to_string(), 30),
+                (190, "[off-cpu: futex]".to_string(), 7),
+            ]
+        );
+        assert_eq!((st.off_cpu_estimated, st.off_cpu_unwalked_dropped), (2, 2));
+    }
+
     #[test]
     fn without_a_serving_thread_every_thread_counts() {
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
-        st.push_off_cpu(5, 110, 5, stack(7, "a"));
-        st.push_off_cpu(5, 120, 5, stack(8, "b"));
+        st.push_off_cpu(5, 110, 5, stack(7, "a"), READ);
+        st.push_off_cpu(5, 120, 5, stack(8, "b"), READ);
         assert!(st.call_finished(5, 100, 200, "io", None, &[]).is_none());
         assert_eq!(st.select(&off(Some("io"))).len(), 2);
     }
@@ -442,9 +558,9 @@ mod off_cpu_tests {
         let mut st = SampleStore::new(100, 5);
         st.add_worker(1, "p");
         for t in 0..50 {
-            st.push_off_cpu(1, 1000 + t, 3, stack(1, "a"));
+            st.push_off_cpu(1, 1000 + t, 3, stack(1, "a"), READ);
         }
-        st.push_off_cpu(1, 10, 3, stack(1, "old"));
+        st.push_off_cpu(1, 10, 3, stack(1, "old"), READ);
         let got = st.select(&off(None));
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|(_, s)| s.ts_ns >= 1045));
