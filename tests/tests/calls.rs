@@ -186,10 +186,13 @@ fn durations_match_the_beams_own_measurement() {
     let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
-    // The BEAM's own clock readings carry its scheduling delay (a busy scheduler
-    // reads the socket late); the agent's are the syscalls'. Every call must agree
-    // within 5 % or 200 us, but for a 2 % allowance of BEAM-side jitter (measured
-    // here: 0 to 2 of 120 calls, each late by under 300 us). Beyond 1 ms: never with
+    // The BEAM's own clock readings carry its send/receive path (caller -> Gun
+    // process -> socket, 50-250 us that no syscall shows: shared/profiling-facts.md)
+    // and its scheduling delay (a busy scheduler reads the socket late); the agent's
+    // are the syscalls'. Every call must agree within 5 % or 200 us, or 300 us where
+    // the BEAM's is the longer (that path), but for a 2 % allowance of BEAM-side
+    // jitter (in a fresh-clone CI run: 6 of 250 calls 206-258 us shorter by the
+    // agent, all that way round). Beyond 1 ms: never with
     // the agent's duration the longer (that would be the agent's error); with the
     // BEAM's the longer, one call in 100 (in fresh-clone CI runs on 2 cores, where
     // the `cpu` tool's workers fill both, one call of 250 was 1.3-2.8 ms longer by the
@@ -209,7 +212,8 @@ fn durations_match_the_beams_own_measurement() {
             "{} {}: agent {d} ns, BEAM {} ns",
             g.tool, g.correlation_id, g.duration_ns
         );
-        if diff > (g.duration_ns / 20).max(200_000) {
+        let slack = if d < g.duration_ns { 300_000 } else { 200_000 };
+        if diff > (g.duration_ns / 20).max(slack) {
             outside.push(line.clone());
         }
         if diff > (g.duration_ns / 20).max(1_000_000) {
@@ -240,7 +244,7 @@ fn durations_match_the_beams_own_measurement() {
         }
     }
     eprintln!(
-        "durations: {} of {} calls outside 5 % / 200 us: {outside:?}",
+        "durations: {} of {} calls outside 5 % / 200 us (300 us shorter): {outside:?}",
         outside.len(),
         truth.len()
     );
@@ -256,7 +260,7 @@ fn durations_match_the_beams_own_measurement() {
     );
     assert!(
         outside.len() * 50 <= truth.len(),
-        "{} of {} calls outside 5 % / 200 us of the BEAM's own duration: {:#?}",
+        "{} of {} calls outside 5 % / 200 us (300 us shorter) of the BEAM's own duration: {:#?}",
         outside.len(),
         truth.len(),
         &outside[..outside.len().min(10)]

@@ -321,11 +321,11 @@ fn off_cpu_stack_of_a_blocked_worker_matches_py_spy() {
     }
 }
 
-/// The HTTP endpoint's off-CPU profile, flame graph and function list, and the live
-/// page's off-CPU flame graph next to the on-CPU one.
-#[test]
-fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
-    let dir = scratch_dir("offcpu-http");
+/// A scratch dir, an agent serving HTTP on `addr` and the demo, with the profiler
+/// attached to its worker; `path` is being fetched from the agent (a profile that
+/// collects while the test drives the worker).
+fn profiled_with_fetch(name: &str, path: &str) -> Profiled {
+    let dir = scratch_dir(name);
     let addr = snakepit_testkit::free_loopback_addr();
     let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
         .expect("agent start");
@@ -333,14 +333,41 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
     let worker = demo.status().expect("demo status").workers[0].os_pid;
     wait_profiled(&dir, worker);
     std::thread::sleep(Duration::from_millis(1500));
-    let a = addr.clone();
-    let fetch = std::thread::spawn(move || {
-        http_get(
-            &a,
-            "/debug/pprof/profile?seconds=6&function=io_wait&mode=off-cpu",
-        )
-    });
+    let (a, path) = (addr.clone(), path.to_string());
+    let fetch = std::thread::spawn(move || http_get(&a, &path));
     std::thread::sleep(Duration::from_millis(300));
+    Profiled {
+        dir,
+        addr,
+        agent,
+        demo,
+        fetch,
+    }
+}
+
+/// What `profiled_with_fetch` started.
+struct Profiled {
+    dir: PathBuf,
+    addr: String,
+    agent: snakepit_testkit::agent::Agent,
+    demo: Demo,
+    fetch: JoinHandle<(u16, Vec<u8>)>,
+}
+
+/// The HTTP endpoint's off-CPU profile, flame graph and function list, and the live
+/// page's off-CPU flame graph next to the on-CPU one.
+#[test]
+fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
+    let Profiled {
+        dir,
+        addr,
+        agent,
+        demo,
+        fetch,
+    } = profiled_with_fetch(
+        "offcpu-http",
+        "/debug/pprof/profile?seconds=6&function=io_wait&mode=off-cpu",
+    );
     let fifo = dir.join("io.fifo");
     let held = HeldFifo::new(&fifo);
     let load = io_wait_call(demo, &dir, &fifo);
@@ -392,22 +419,16 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
 /// profile and its split, and the handler's wait for the helper is not counted again.
 #[test]
 fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
-    let dir = scratch_dir("offcpu-helper");
-    let addr = snakepit_testkit::free_loopback_addr();
-    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
-        .expect("agent start");
-    let mut demo = demo_on(&dir, None);
-    let worker = demo.status().expect("demo status").workers[0].os_pid;
-    wait_profiled(&dir, worker);
-    std::thread::sleep(Duration::from_millis(1500));
-    let a = addr.clone();
-    let fetch = std::thread::spawn(move || {
-        http_get(
-            &a,
-            "/debug/pprof/profile?seconds=6&function=io_wait_offloaded&mode=off-cpu",
-        )
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let Profiled {
+        dir,
+        addr: _,
+        agent,
+        demo,
+        fetch,
+    } = profiled_with_fetch(
+        "offcpu-helper",
+        "/debug/pprof/profile?seconds=6&function=io_wait_offloaded&mode=off-cpu",
+    );
     let fifo = dir.join("io.fifo");
     let held = HeldFifo::new(&fifo);
     let load = fifo_call(demo, &dir, &fifo, "io_wait_offloaded");
@@ -454,22 +475,16 @@ fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
 /// tool's blocked reads weigh about the 2 s it spent in them.
 #[test]
 fn episodes_the_rate_limit_skips_still_weigh() {
-    let dir = scratch_dir("offcpu-unwalked");
-    let addr = snakepit_testkit::free_loopback_addr();
-    let agent = snakepit_testkit::agent::Agent::start(&dir, &["--http-listen", &addr])
-        .expect("agent start");
-    let mut demo = demo_on(&dir, None);
-    let worker = demo.status().expect("demo status").workers[0].os_pid;
-    wait_profiled(&dir, worker);
-    std::thread::sleep(Duration::from_millis(1500));
-    let a = addr.clone();
-    let fetch = std::thread::spawn(move || {
-        http_get(
-            &a,
-            "/debug/pprof/profile?seconds=7&function=io_wait&mode=off-cpu",
-        )
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let Profiled {
+        dir,
+        addr: _,
+        agent,
+        demo,
+        fetch,
+    } = profiled_with_fetch(
+        "offcpu-unwalked",
+        "/debug/pprof/profile?seconds=7&function=io_wait&mode=off-cpu",
+    );
     let fifo = dir.join("drip.fifo");
     let total = Duration::from_secs(2);
     let drip = drip_fifo(&fifo, Duration::from_millis(20), total);

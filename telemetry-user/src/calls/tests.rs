@@ -1172,6 +1172,24 @@ fn decode_once_client_end_without_the_servers_side_completes_after_the_grace() {
     assert_eq!(num(stops[0], "duration"), Some(4_300));
     assert_eq!(stats.in_flight, 0);
 }
+/// The worker's decoder lost frame sync in the response (at t2).
+fn response_sync_lost(c: &Arc<ConnContext>) -> Observation {
+    let lost = Observed::SyncLost {
+        flow: Flow::Response,
+    };
+    ob(c, Side::Worker, M.t2, M.t2 + 9, lost)
+}
+
+/// The BEAM read the response's end (trailers with END_STREAM) at t3, timed.
+fn response_end_read(c: &Arc<ConnContext>) -> Observation {
+    let timed = Observed::Timing {
+        flow: Flow::Response,
+        stream_id: 1,
+        end: FrameEnd::Headers { end_stream: true },
+    };
+    ob(c, Side::Beam, M.t3 - 20, M.t3, timed)
+}
+
 /// A 50 MB response written in one sendmsg overflows the kernel's mark slots: the
 /// server side's decoder loses sync and never sees the trailers. The client's timed
 /// end completes the call at once, in either order.
@@ -1183,26 +1201,7 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
         let (ev, stats) = run(cfg(), |t| {
             request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
             t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
-            let lost = ob(
-                &c,
-                Side::Worker,
-                M.t2,
-                M.t2 + 9,
-                Observed::SyncLost {
-                    flow: Flow::Response,
-                },
-            );
-            let timed = ob(
-                &c,
-                Side::Beam,
-                M.t3 - 20,
-                M.t3,
-                Observed::Timing {
-                    flow: Flow::Response,
-                    stream_id: 1,
-                    end: FrameEnd::Headers { end_stream: true },
-                },
-            );
+            let (lost, timed) = (response_sync_lost(&c), response_end_read(&c));
             if lost_first {
                 t.observe(lost);
                 t.observe(timed);
@@ -1256,30 +1255,12 @@ fn a_lost_response_end_leaves_the_worker_window_to_the_calls_end() {
             t.observe(ob(&c, Side::Worker, M.t1 - 50, M.t1, timing));
         }
         t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
-        t.observe(ob(
-            &c,
-            Side::Worker,
-            M.t2,
-            M.t2 + 9,
-            Observed::SyncLost {
-                flow: Flow::Response,
-            },
-        ));
+        t.observe(response_sync_lost(&c));
         let a = t.activity_mut();
         a.on_serialize(&rec(SerializeFn::ProtobufDecode, 1_300, 1_400));
         a.on_serialize(&rec(SerializeFn::JsonEncode, 5_050, 5_150));
         a.on_serialize(&rec(SerializeFn::ProtobufEncode, 5_160, 5_200));
-        t.observe(ob(
-            &c,
-            Side::Beam,
-            M.t3 - 20,
-            M.t3,
-            Observed::Timing {
-                flow: Flow::Response,
-                stream_id: 1,
-                end: FrameEnd::Headers { end_stream: true },
-            },
-        ));
+        t.observe(response_end_read(&c));
     });
     let stops = named(&ev, schema::CALL_STOP);
     assert_eq!(stops.len(), 1);

@@ -94,6 +94,45 @@ struct Worker {
     last_walked: HashMap<(u32, BlockedIn), Stack>,
 }
 
+impl Worker {
+    /// Inserts an off-CPU sample in time order, attributed to the recent call it
+    /// belongs to, and drops what falls out of the window or the bound.
+    fn insert_off_cpu(
+        &mut self,
+        window_ns: u64,
+        max_per_worker: usize,
+        ts_ns: u64,
+        off_cpu_ns: u64,
+        stack: Stack,
+    ) {
+        let function = self
+            .recent
+            .iter()
+            .rev()
+            .find(|c| c.holds(ts_ns, off_cpu_ns, stack.tid))
+            .map(|c| c.function.clone());
+        let at = self.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
+        self.off_cpu.insert(
+            at,
+            StoredSample {
+                ts_ns,
+                stack,
+                function,
+                off_cpu_ns: off_cpu_ns.max(1),
+            },
+        );
+        let newest = self.off_cpu.back().map_or(ts_ns, |s| s.ts_ns);
+        let oldest = newest.saturating_sub(window_ns);
+        while self
+            .off_cpu
+            .front()
+            .is_some_and(|s| s.ts_ns < oldest || self.off_cpu.len() > max_per_worker)
+        {
+            self.off_cpu.pop_front();
+        }
+    }
+}
+
 /// Which samples to take.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -184,8 +223,7 @@ impl SampleStore {
             w.last_walked.clear();
         }
         w.last_walked.insert((stack.tid, blocked), stack.clone());
-        Self::insert_off_cpu(
-            w,
+        w.insert_off_cpu(
             self.window_ns,
             self.max_per_worker,
             ts_ns,
@@ -214,49 +252,13 @@ impl SampleStore {
             return;
         };
         self.off_cpu_estimated += 1;
-        Self::insert_off_cpu(
-            w,
+        w.insert_off_cpu(
             self.window_ns,
             self.max_per_worker,
             ts_ns,
             off_cpu_ns,
             stack,
         );
-    }
-
-    fn insert_off_cpu(
-        w: &mut Worker,
-        window_ns: u64,
-        max_per_worker: usize,
-        ts_ns: u64,
-        off_cpu_ns: u64,
-        stack: Stack,
-    ) {
-        let function = w
-            .recent
-            .iter()
-            .rev()
-            .find(|c| c.holds(ts_ns, off_cpu_ns, stack.tid))
-            .map(|c| c.function.clone());
-        let at = w.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
-        w.off_cpu.insert(
-            at,
-            StoredSample {
-                ts_ns,
-                stack,
-                function,
-                off_cpu_ns: off_cpu_ns.max(1),
-            },
-        );
-        let newest = w.off_cpu.back().map_or(ts_ns, |s| s.ts_ns);
-        let oldest = newest.saturating_sub(window_ns);
-        while w
-            .off_cpu
-            .front()
-            .is_some_and(|s| s.ts_ns < oldest || w.off_cpu.len() > max_per_worker)
-        {
-            w.off_cpu.pop_front();
-        }
     }
 
     /// A call of `function` ran on worker `pid` over [start_ns, end_ns]: its samples
