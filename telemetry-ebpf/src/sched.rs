@@ -11,7 +11,7 @@
 //!
 //! The miss path runs on every context switch and wakeup of the host, so it is kept to
 //! helper-free bitmap tests (SCHED_PIDS is an array, its lookup is inlined) plus one
-//! kernel read of the next task's tgid.
+//! kernel read of the next task's tgid; the clock is read only on a hit.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{map, raw_tracepoint},
@@ -131,18 +131,21 @@ fn thread_slot(tid: u32) -> Option<*mut SchedThread> {
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let prev_tgid = (pid_tgid >> 32) as u32;
+    let prev_watched = sched_watched((pid_tgid >> 32) as u32);
+    let next: u64 = ctx.arg(2);
+    let next_tgid = read_u32(next, task_tgid_offset()).filter(|&t| sched_watched(t));
+    if !prev_watched && next_tgid.is_none() {
+        // The miss path: most switches of a host involve no worker.
+        return 0;
+    }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if sched_watched(prev_tgid) {
+    if prev_watched {
         switch_out(&ctx, pid_tgid, now);
     }
-    let next: u64 = ctx.arg(2);
-    if let Some(next_tgid) = read_u32(next, task_tgid_offset()) {
-        if sched_watched(next_tgid) {
-            if let Some(tid) = read_u32(next, task_pid_offset()) {
-                switch_in(next_tgid, tid, now);
-            }
+    if let Some(next_tgid) = next_tgid {
+        if let Some(tid) = read_u32(next, task_pid_offset()) {
+            switch_in(next_tgid, tid, now);
         }
     }
     0

@@ -620,7 +620,24 @@ impl CallTracker {
                     function,
                     "profile attribution"
                 );
-                p.call_finished(call.conn.worker_pid, from, to, function, serving, handoffs)
+                // Samples before every call still in flight on the worker are settled
+                // (internal ones, e.g. the telemetry stream, take none).
+                let horizon_ns = self
+                    .calls
+                    .values()
+                    .filter(|c| !c.internal && c.conn.worker_pid == call.conn.worker_pid)
+                    .map(|c| c.t1.unwrap_or(u64::MAX).min(c.start_ns()))
+                    .min()
+                    .unwrap_or(end_ns);
+                p.call_finished(&crate::profiler::FinishedCall {
+                    pid: call.conn.worker_pid,
+                    start_ns: from,
+                    end_ns: to,
+                    function,
+                    serving_tid: serving,
+                    handoffs,
+                    horizon_ns,
+                })
             });
         // Built once, and only when an event needs it (sampled-out calls need none).
         let mut record = None;

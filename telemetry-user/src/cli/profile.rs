@@ -110,7 +110,8 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
             }
         );
     }
-    let frames = || stacks.iter().map(|(s, w)| (&s[..], *w));
+    let frames = || stacks.iter().map(|(s, _, w)| (&s[..], *w));
+    let samples: u64 = stacks.iter().map(|(_, n, _)| n).sum();
     let mode = args.mode;
     let bytes = match args.format {
         ProfileFormat::Folded => output::folded_in(frames(), mode).into_bytes(),
@@ -120,26 +121,26 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<i32> {
                 ProfileMode::OffCpu => " off-CPU",
             };
             let title = match &args.function {
-                Some(f) => format!("{f}: {}{what} samples", stacks.len()),
-                None => format!("workers: {}{what} samples", stacks.len()),
+                Some(f) => format!("{f}: {samples}{what} samples"),
+                None => format!("workers: {samples}{what} samples"),
             };
             output::svg(&output::folded_in(frames(), mode), &title, mode)?
         }
         ProfileFormat::Pprof => {
             let ns = args.duration * 1_000_000_000;
-            let p = pprof::build(frames(), mode, hz, started, ns);
+            let counted = stacks.iter().map(|(s, n, w)| (&s[..], *n, *w));
+            let p = pprof::build(counted, mode, hz, started, ns);
             pprof::encode_gz(&p)?
         }
     };
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    eprintln!(
-        "{} samples written to {}",
-        stacks.len(),
-        args.output.display()
-    );
+    eprintln!("{samples} samples written to {}", args.output.display());
     if mode == ProfileMode::OffCpu {
-        let us: u64 = stacks.iter().map(|(_, ns)| output::off_cpu_us(*ns)).sum();
+        let us: u64 = stacks
+            .iter()
+            .map(|(_, _, ns)| output::off_cpu_us(*ns))
+            .sum();
         eprintln!("{us} us off CPU in those samples");
     }
     Ok(0)

@@ -27,7 +27,7 @@ pub use config::ProfileConfig;
 pub use error::ProfilerError;
 pub use offcpu::ProfileMode;
 pub use output::ProfileFormat;
-pub use store::{BlockedIn, CallProfile, Filter, SampleStore};
+pub use store::{BlockedIn, CallProfile, Filter, FinishedCall, SampleStore};
 
 use crate::kernel::ProfilerMaps;
 use code::CodeCache;
@@ -83,16 +83,8 @@ impl ProfileHandle {
     }
 
     /// Per-call attribution (see `SampleStore::call_finished`).
-    pub fn call_finished(
-        &self,
-        pid: u32,
-        start_ns: u64,
-        end_ns: u64,
-        function: &str,
-        serving_tid: Option<u32>,
-        handoffs: &[crate::events::Handoff],
-    ) -> Option<CallProfile> {
-        self.with(|s| s.call_finished(pid, start_ns, end_ns, function, serving_tid, handoffs))
+    pub fn call_finished(&self, call: &FinishedCall) -> Option<CallProfile> {
+        self.with(|s| s.call_finished(call))
     }
 
     /// Functions with attributed samples since `since_ns`: CPU samples, then off-CPU
@@ -108,8 +100,8 @@ impl ProfileHandle {
                 };
                 for (_, x) in s.select(&f) {
                     let Some(name) = &x.function else { continue };
-                    let c = m.entry(name.clone()).or_insert_with(|| FunctionCount {
-                        function: name.clone(),
+                    let c = m.entry(name.to_string()).or_insert_with(|| FunctionCount {
+                        function: name.to_string(),
                         ..FunctionCount::default()
                     });
                     match mode {
@@ -128,13 +120,14 @@ impl ProfileHandle {
         })
     }
 
-    /// Root-first stacks of the samples matching `f`, with their weights (1 per CPU
-    /// sample, the blocked nanoseconds of an off-CPU sample).
-    pub fn stacks(&self, f: &Filter) -> Vec<(Arc<[Frame]>, u64)> {
+    /// Root-first stacks of the samples matching `f`, with the samples or off-CPU
+    /// episodes each stands for and their weights (1 per CPU sample, the blocked
+    /// nanoseconds of an off-CPU sample).
+    pub fn stacks(&self, f: &Filter) -> Vec<(Arc<[Frame]>, u64, u64)> {
         self.with(|s| {
             s.select(f)
                 .into_iter()
-                .map(|(_, x)| (x.stack.frames.clone(), x.weight()))
+                .map(|(_, x)| (x.stack.frames.clone(), x.episodes, x.weight()))
                 .collect()
         })
     }

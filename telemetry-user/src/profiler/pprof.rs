@@ -127,12 +127,12 @@ impl Builder {
     }
 }
 
-/// A profile of `stacks` (root first, with their weights: see
+/// A profile of `stacks` (root first, with their sample counts and weights: see
 /// `ProfileHandle::stacks`). CPU: each sample worth one period of `1/sample_hz` s,
 /// values [samples count, cpu nanoseconds]. Off-CPU: values [samples count, off_cpu
 /// nanoseconds] (the time the threads spent blocked there).
 pub fn build<'a>(
-    stacks: impl Iterator<Item = (&'a [Frame], u64)>,
+    stacks: impl Iterator<Item = (&'a [Frame], u64, u64)>,
     mode: ProfileMode,
     sample_hz: u64,
     time_unix_ns: u64,
@@ -167,12 +167,12 @@ pub fn build<'a>(
     b.p.time_nanos = time_unix_ns as i64;
     b.p.duration_nanos = duration_ns as i64;
     let mut merged: HashMap<Vec<u64>, (i64, i64)> = HashMap::new();
-    for (frames, weight) in stacks {
+    for (frames, count, weight) in stacks {
         let ids: Vec<u64> = frames.iter().rev().map(|f| b.location(f)).collect();
         let v = merged.entry(ids).or_default();
-        v.0 += 1;
+        v.0 += count as i64;
         v.1 += match mode {
-            ProfileMode::Cpu => period,
+            ProfileMode::Cpu => period * count as i64,
             ProfileMode::OffCpu => weight as i64,
         };
     }
@@ -226,7 +226,13 @@ mod tests {
             },
         ];
         let stacks = [a.as_slice(), a.as_slice(), b.as_slice()];
-        let p = build(stacks.iter().map(|s| (*s, 1)), ProfileMode::Cpu, 100, 1, 2);
+        let p = build(
+            stacks.iter().map(|s| (*s, 1, 1)),
+            ProfileMode::Cpu,
+            100,
+            1,
+            2,
+        );
         let gz = encode_gz(&p).expect("encode");
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&gz[..])
@@ -258,12 +264,13 @@ mod tests {
             name: "[off-cpu: read]".into(),
             library: "kernel".into(),
         }];
-        let stacks = [(a.as_slice(), 7_000), (a.as_slice(), 3_000)];
+        // The second stands for 4 episodes merged.
+        let stacks = [(a.as_slice(), 1, 7_000), (a.as_slice(), 4, 3_000)];
         let p = build(stacks.iter().copied(), ProfileMode::OffCpu, 99, 1, 2);
         let st = &p.string_table;
         assert_eq!(st[p.sample_type[1].r#type as usize], "off_cpu");
         assert_eq!(st[p.sample_type[1].unit as usize], "nanoseconds");
         assert_eq!(p.sample.len(), 1);
-        assert_eq!(p.sample[0].value, vec![2, 10_000]);
+        assert_eq!(p.sample[0].value, vec![5, 10_000]);
     }
 }

@@ -92,10 +92,11 @@ pub struct Stack {
     /// Root first.
     pub frames: Arc<[Frame]>,
     /// The frame a user would name: innermost Python frame, else innermost native.
-    pub hot_frame: String,
+    /// (Shared: off-CPU episodes the kernel did not walk reuse a walked stack.)
+    pub hot_frame: Arc<str>,
     /// Innermost non-runtime native library (numpy for BLAS kernels), else the
     /// innermost Python frame's package.
-    pub library: String,
+    pub library: Arc<str>,
     pub truncated: bool,
 }
 
@@ -142,8 +143,8 @@ pub fn merge(
     Stack {
         tid,
         frames: frames.into(),
-        hot_frame,
-        library,
+        hot_frame: hot_frame.into(),
+        library: library.into(),
         truncated,
     }
 }
@@ -198,8 +199,8 @@ mod tests {
                 "dgemm_kernel [libscipy_openblas64_-ff651d7f.so]",
             ]
         );
-        assert_eq!(s.library, "numpy");
-        assert_eq!(s.hot_frame, "demo_hot.matmul");
+        assert_eq!(&*s.library, "numpy");
+        assert_eq!(&*s.hot_frame, "demo_hot.matmul");
     }
 
     #[test]
@@ -208,8 +209,8 @@ mod tests {
         let native = vec![nf(LIBPY, "_PyEval_EvalFrameDefault"), nf(LIBPY, "main")];
         let s = merge(7, python, &native, std::path::Path::new(LIBPY), false);
         assert_eq!(s.frames.len(), 1);
-        assert_eq!(s.library, "demo_hot");
-        assert_eq!(s.hot_frame, "demo_hot.spin");
+        assert_eq!(&*s.library, "demo_hot");
+        assert_eq!(&*s.hot_frame, "demo_hot.spin");
     }
 
     #[test]
@@ -221,7 +222,7 @@ mod tests {
         let s = merge(9, vec![], &native, std::path::Path::new(LIBPY), false);
         assert_eq!(s.frames.len(), 2);
         assert_eq!(s.frames[0].name(), "start_thread [libc.so.6]");
-        assert_eq!(s.library, "numpy");
+        assert_eq!(&*s.library, "numpy");
     }
 
     #[test]

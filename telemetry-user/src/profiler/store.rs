@@ -3,9 +3,10 @@
 //! samples and off-CPU samples are kept apart: the call summaries count CPU samples
 //! only.
 use super::offcpu::ProfileMode;
-use super::stacks::Stack;
+use super::stacks::{Frame, Stack};
 use crate::events::Handoff;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// A sample as stored: when, which worker, and its stack.
 #[derive(Clone, Debug)]
@@ -13,10 +14,28 @@ pub struct StoredSample {
     /// CPU samples: when taken; off-CPU samples: when the thread left the CPU.
     pub ts_ns: u64,
     pub stack: Stack,
-    /// The call it fell in, once that call finished: (function, call's pool).
-    pub function: Option<String>,
-    /// Off-CPU samples: the time until the thread ran again (0 for CPU samples).
+    /// The function of the call it fell in, once that call finished (shared by the
+    /// call's samples).
+    pub function: Option<Arc<str>>,
+    /// Off-CPU samples: the time until the thread ran again (0 for CPU samples); the
+    /// sum of its episodes once estimated ones are merged.
     pub off_cpu_ns: u64,
+    /// The samples or off-CPU episodes it stands for: 1, more once merged.
+    pub episodes: u64,
+    pub origin: Origin,
+}
+
+/// Where an off-CPU sample's stack comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Walked by the kernel when the thread blocked (and every CPU sample).
+    Walked,
+    /// An episode the kernel did not walk, weighed on its thread's last walked stack
+    /// (see `SampleStore::push_unwalked`).
+    Estimated,
+    /// Estimated episodes of one thread and stack whose call is settled (the same
+    /// finished call, or none that can still claim them), summed into one.
+    Merged,
 }
 
 impl StoredSample {
@@ -43,12 +62,32 @@ pub struct CallProfile {
 struct RecentCall {
     start_ns: u64,
     end_ns: u64,
-    function: String,
+    /// The latest time a sample can fall in it: its end, or a hand-over's end.
+    reach_ns: u64,
+    function: Arc<str>,
     serving_tid: Option<u32>,
     handoffs: Vec<Handoff>,
 }
 
 impl RecentCall {
+    fn new(
+        start_ns: u64,
+        end_ns: u64,
+        function: &str,
+        serving_tid: Option<u32>,
+        handoffs: &[Handoff],
+    ) -> RecentCall {
+        let reach_ns = handoffs.iter().map(|h| h.to_ns).fold(end_ns, u64::max);
+        RecentCall {
+            start_ns,
+            end_ns,
+            reach_ns,
+            function: function.into(),
+            serving_tid,
+            handoffs: handoffs.to_vec(),
+        }
+    }
+
     /// Whether thread `tid`, off the CPU from `ts_ns` for `off_ns`, blocked for this
     /// call: the serving thread (any thread when it is not known) inside the window,
     /// less its waits that another thread ended; that thread's blocking while the
@@ -88,10 +127,14 @@ struct Worker {
     samples: VecDeque<StoredSample>,
     /// Sorted by `ts_ns` (they arrive out of order: when the thread runs again).
     off_cpu: VecDeque<StoredSample>,
+    /// Sorted by `reach_ns`, so the lookup of a late sample stops at the first call
+    /// that ended before it (a busy worker's samples mostly belong to no finished call).
     recent: VecDeque<RecentCall>,
     /// The last walked off-CPU stack of each (thread, how it blocked): the stack given
     /// to the episodes the kernel's rate limit did not walk.
     last_walked: HashMap<(u32, BlockedIn), Stack>,
+    /// Unattributed estimated samples before this are merged (see `merge_unclaimed`).
+    merged_until: u64,
 }
 
 impl Worker {
@@ -104,11 +147,13 @@ impl Worker {
         ts_ns: u64,
         off_cpu_ns: u64,
         stack: Stack,
+        origin: Origin,
     ) {
         let function = self
             .recent
             .iter()
             .rev()
+            .take_while(|c| c.reach_ns >= ts_ns)
             .find(|c| c.holds(ts_ns, off_cpu_ns, stack.tid))
             .map(|c| c.function.clone());
         let at = self.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
@@ -119,6 +164,8 @@ impl Worker {
                 stack,
                 function,
                 off_cpu_ns: off_cpu_ns.max(1),
+                episodes: 1,
+                origin,
             },
         );
         let newest = self.off_cpu.back().map_or(ts_ns, |s| s.ts_ns);
@@ -131,6 +178,90 @@ impl Worker {
             self.off_cpu.pop_front();
         }
     }
+}
+
+impl Worker {
+    /// Merges the estimated off-CPU samples from index `first` on that `mergeable`
+    /// takes, one per (thread, stack, function): their episodes are the same wait
+    /// repeated (a busy worker's threads block thousands of times a second), and kept
+    /// apart they were most of the agent's memory. Walked samples stay as they are.
+    fn merge_estimated(&mut self, first: usize, mergeable: impl Fn(&StoredSample) -> bool) {
+        let take = |s: &StoredSample| s.origin == Origin::Estimated && mergeable(s);
+        if self
+            .off_cpu
+            .range(first..)
+            .filter(|s| take(s))
+            .nth(1)
+            .is_none()
+        {
+            return;
+        }
+        let tail = self.off_cpu.split_off(first);
+        // (tid, frames, function) -> index of the sample that takes the others' time.
+        let mut into: HashMap<(u32, *const Frame, *const u8), usize> = HashMap::new();
+        for s in tail {
+            if take(&s) {
+                let function = s
+                    .function
+                    .as_ref()
+                    .map_or(std::ptr::null(), |f| Arc::as_ptr(f) as *const u8);
+                let key = (
+                    s.stack.tid,
+                    Arc::as_ptr(&s.stack.frames) as *const Frame,
+                    function,
+                );
+                if let Some(&i) = into.get(&key) {
+                    let into = &mut self.off_cpu[i];
+                    into.off_cpu_ns += s.off_cpu_ns;
+                    into.episodes += s.episodes;
+                    into.origin = Origin::Merged;
+                    continue;
+                }
+                into.insert(key, self.off_cpu.len());
+            }
+            self.off_cpu.push_back(s);
+        }
+    }
+
+    /// Merges the estimated samples no call can claim any more: unattributed, and
+    /// ended before `horizon_ns` (less the records' lateness). At most every
+    /// MERGE_EVERY_NS, so each sample is looked at about once.
+    fn merge_unclaimed(&mut self, horizon_ns: u64) {
+        let floor = horizon_ns.saturating_sub(LATE_NS);
+        if floor < self.merged_until.saturating_add(MERGE_EVERY_NS) {
+            return;
+        }
+        let from = self
+            .off_cpu
+            .partition_point(|s| s.ts_ns < self.merged_until);
+        self.merge_estimated(from, |s| {
+            s.function.is_none() && s.ts_ns.saturating_add(s.off_cpu_ns) < floor
+        });
+        self.merged_until = floor;
+    }
+}
+
+/// How late a kernel record may reach the store (the ring buffer's per-CPU order,
+/// the reader's batches): unattributed samples this close to the horizon still wait.
+const LATE_NS: u64 = 100_000_000;
+/// How often a worker's unclaimed estimated samples are merged.
+const MERGE_EVERY_NS: u64 = 50_000_000;
+
+/// A call that finished on a worker, for `SampleStore::call_finished`.
+#[derive(Clone, Copy, Debug)]
+pub struct FinishedCall<'a> {
+    pub pid: u32,
+    /// The worker's window of the call.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub function: &'a str,
+    /// The thread that served it, when known (else every thread's blocking counts).
+    pub serving_tid: Option<u32>,
+    /// Waits of the serving thread that other threads ended.
+    pub handoffs: &'a [Handoff],
+    /// No call still in flight on the worker began before this: estimated samples
+    /// older than it that no call took are merged.
+    pub horizon_ns: u64,
 }
 
 /// Which samples to take.
@@ -193,6 +324,8 @@ impl SampleStore {
             stack,
             function: None,
             off_cpu_ns: 0,
+            episodes: 1,
+            origin: Origin::Walked,
         });
         let oldest = ts_ns.saturating_sub(self.window_ns);
         while w
@@ -229,6 +362,7 @@ impl SampleStore {
             ts_ns,
             off_cpu_ns,
             stack,
+            Origin::Walked,
         );
     }
 
@@ -258,44 +392,46 @@ impl SampleStore {
             ts_ns,
             off_cpu_ns,
             stack,
+            Origin::Estimated,
         );
     }
 
-    /// A call of `function` ran on worker `pid` over [start_ns, end_ns]: its samples
-    /// are marked with the function, and its CPU samples summarised (None when it had
-    /// none). Off-CPU samples count when the serving thread (when known) blocked
-    /// during the call, or a thread it handed a wait over to (`handoffs`) blocked
-    /// during that wait, including those still to come.
-    pub fn call_finished(
-        &mut self,
-        pid: u32,
-        start_ns: u64,
-        end_ns: u64,
-        function: &str,
-        serving_tid: Option<u32>,
-        handoffs: &[Handoff],
-    ) -> Option<CallProfile> {
-        let w = self.workers.get_mut(&pid)?;
-        let call = RecentCall {
+    /// A call finished (see `FinishedCall`): its samples are marked with its function,
+    /// and its CPU samples summarised (None when it had none). Off-CPU samples count
+    /// when the serving thread (when known) blocked during the call, or a thread it
+    /// handed a wait over to blocked during that wait, including those still to come.
+    pub fn call_finished(&mut self, c: &FinishedCall) -> Option<CallProfile> {
+        let FinishedCall {
+            pid,
             start_ns,
             end_ns,
-            function: function.to_string(),
+            function,
             serving_tid,
-            handoffs: handoffs.to_vec(),
-        };
+            handoffs,
+            horizon_ns,
+        } = *c;
+        let w = self.workers.get_mut(&pid)?;
+        let call = RecentCall::new(start_ns, end_ns, function, serving_tid, handoffs);
         let first = w.off_cpu.partition_point(|s| s.ts_ns < start_ns);
         for s in w.off_cpu.range_mut(first..) {
-            if s.ts_ns > end_ns {
+            if s.ts_ns > call.reach_ns {
                 break;
             }
-            if call.holds(s.ts_ns, s.off_cpu_ns, s.stack.tid) {
-                s.function = Some(function.to_string());
+            if s.origin != Origin::Merged && call.holds(s.ts_ns, s.off_cpu_ns, s.stack.tid) {
+                s.function = Some(call.function.clone());
             }
         }
+        let own = &call.function;
+        w.merge_estimated(first, |s| {
+            s.function.as_ref().is_some_and(|f| Arc::ptr_eq(f, own))
+        });
+        w.merge_unclaimed(horizon_ns);
+        let function = call.function.clone();
         if w.recent.len() >= RECENT_CALLS {
             w.recent.pop_front();
         }
-        w.recent.push_back(call);
+        let at = w.recent.partition_point(|c| c.reach_ns <= call.reach_ns);
+        w.recent.insert(at, call);
         let first = w.samples.partition_point(|s| s.ts_ns < start_ns);
         let mut n = 0u64;
         let mut frames: HashMap<&str, u64> = HashMap::new();
@@ -304,15 +440,15 @@ impl SampleStore {
             if s.ts_ns > end_ns {
                 break;
             }
-            s.function = Some(function.to_string());
+            s.function = Some(function.clone());
         }
         for s in w.samples.range(first..) {
             if s.ts_ns > end_ns {
                 break;
             }
             n += 1;
-            *frames.entry(s.stack.hot_frame.as_str()).or_default() += 1;
-            *libs.entry(s.stack.library.as_str()).or_default() += 1;
+            *frames.entry(&s.stack.hot_frame).or_default() += 1;
+            *libs.entry(&s.stack.library).or_default() += 1;
         }
         if n == 0 {
             return None;
@@ -360,6 +496,26 @@ impl SampleStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A finished call that leaves unclaimed samples alone (horizon 0).
+    pub(super) fn fin<'a>(
+        pid: u32,
+        start_ns: u64,
+        end_ns: u64,
+        function: &'a str,
+        serving_tid: Option<u32>,
+        handoffs: &'a [Handoff],
+    ) -> FinishedCall<'a> {
+        FinishedCall {
+            pid,
+            start_ns,
+            end_ns,
+            function,
+            serving_tid,
+            handoffs,
+            horizon_ns: 0,
+        }
+    }
     use crate::profiler::stacks::Frame;
 
     fn stack(hot: &str, lib: &str) -> Stack {
@@ -394,12 +550,14 @@ mod tests {
         }
         st.push(6, 100, stack("x", "y")); // not a worker: ignored
         let p = st
-            .call_finished(5, 100, 109, "hot_path", None, &[])
+            .call_finished(&fin(5, 100, 109, "hot_path", None, &[]))
             .expect("samples");
         assert_eq!(p.python_samples, 10);
         assert_eq!(p.hot_frame, "demo_hot.spin");
         assert_eq!(p.hot_library, "demo_hot");
-        assert!(st.call_finished(5, 200, 300, "other", None, &[]).is_none());
+        assert!(st
+            .call_finished(&fin(5, 200, 300, "other", None, &[]))
+            .is_none());
         let f = Filter {
             function: Some("hot_path".into()),
             ..Default::default()
@@ -425,6 +583,7 @@ mod tests {
 
 #[cfg(test)]
 mod off_cpu_tests {
+    use super::tests::fin;
     use super::*;
     use crate::profiler::stacks::Frame;
 
@@ -464,7 +623,7 @@ mod off_cpu_tests {
         st.push_off_cpu(5, 110, 5_000, stack(7, "[off-cpu: read]"), READ);
         st.push_off_cpu(5, 120, 9_000, stack(8, "[off-cpu: epoll_wait]"), READ);
         let p = st
-            .call_finished(5, 100, 200, "io", Some(7), &[])
+            .call_finished(&fin(5, 100, 200, "io", Some(7), &[]))
             .expect("cpu");
         assert_eq!(
             p.python_samples, 1,
@@ -500,7 +659,7 @@ mod off_cpu_tests {
             from_ns: 120,
             to_ns: 180,
         }];
-        st.call_finished(5, 100, 200, "offloaded", Some(7), &handoffs);
+        st.call_finished(&fin(5, 100, 200, "offloaded", Some(7), &handoffs));
         // Late: sent when the pool thread ran again.
         st.push_off_cpu(5, 140, 30, stack(9, "[off-cpu: write]"), READ);
         let got: Vec<(u32, u64)> = st
@@ -527,11 +686,11 @@ mod off_cpu_tests {
         st.push_unwalked(5, 7, 150, 30, READ);
         st.push_unwalked(5, 7, 190, 7, FUTEX);
         st.push_unwalked(5, 8, 200, 9, READ); // another thread, never walked
-        st.call_finished(5, 100, 300, "io", Some(7), &[]);
+        st.call_finished(&fin(5, 100, 300, "io", Some(7), &[]));
         let got: Vec<(u64, String, u64)> = st
             .select(&off(Some("io")))
             .iter()
-            .map(|(_, s)| (s.ts_ns, s.stack.hot_frame.clone(), s.weight()))
+            .map(|(_, s)| (s.ts_ns, s.stack.hot_frame.to_string(), s.weight()))
             .collect();
         assert_eq!(
             got,
@@ -545,13 +704,113 @@ mod off_cpu_tests {
         assert_eq!((st.off_cpu_estimated, st.off_cpu_unwalked_dropped), (2, 2));
     }
 
+    /// A call's estimated episodes of one thread and stack become one sample with
+    /// their summed time; walked samples, other stacks and other calls stay apart.
+    #[test]
+    fn a_calls_estimated_episodes_merge_into_one_sample_per_thread_and_stack() {
+        const FUTEX: BlockedIn = BlockedIn {
+            syscall: 202,
+            state: 1,
+        };
+        let mut st = SampleStore::new(1_000_000, 1000);
+        st.add_worker(5, "default");
+        st.push_off_cpu(5, 100, 20, stack(7, "[off-cpu: read]"), READ);
+        st.push_off_cpu(5, 105, 3, stack(7, "[off-cpu: futex]"), FUTEX);
+        for t in [110, 120, 130] {
+            st.push_unwalked(5, 7, t, 10, READ);
+        }
+        st.push_unwalked(5, 7, 125, 4, FUTEX);
+        st.push_unwalked(5, 7, 135, 4, FUTEX);
+        st.push_off_cpu(5, 140, 30, stack(7, "[off-cpu: read]"), READ);
+        st.push_unwalked(5, 7, 150, 10, READ);
+        st.push_unwalked(5, 7, 250, 10, READ); // the next call's
+        st.call_finished(&fin(5, 100, 200, "io", Some(7), &[]));
+        let got: Vec<(u64, String, u64, Origin)> = st
+            .select(&off(Some("io")))
+            .iter()
+            .map(|(_, s)| (s.ts_ns, s.stack.hot_frame.to_string(), s.weight(), s.origin))
+            .collect();
+        let (read, futex) = (
+            "[off-cpu: read]".to_string(),
+            "[off-cpu: futex]".to_string(),
+        );
+        assert_eq!(
+            got,
+            [
+                (100, read.clone(), 20, Origin::Walked),
+                (105, futex.clone(), 3, Origin::Walked),
+                (110, read.clone(), 30, Origin::Merged),
+                (125, futex, 8, Origin::Merged),
+                (140, read.clone(), 30, Origin::Walked),
+                // Walked at 140: a stack of its own, though it looks the same.
+                (150, read.clone(), 10, Origin::Estimated),
+            ]
+        );
+        st.push_unwalked(5, 7, 260, 10, READ);
+        st.call_finished(&fin(5, 240, 300, "io", Some(7), &[]));
+        let total: u64 = st
+            .select(&off(Some("io")))
+            .iter()
+            .map(|(_, s)| s.weight())
+            .sum();
+        assert_eq!(
+            total,
+            20 + 3 + 30 + 8 + 30 + 10 + 20,
+            "no time lost in merging"
+        );
+        assert_eq!(st.select(&off(None)).len(), 7);
+    }
+
+    /// Estimated episodes no call took and none still in flight can take (they ended
+    /// before the horizon, less the records' lateness) become one sample per thread
+    /// and stack; newer ones wait, and a merged sample is not claimed afterwards.
+    #[test]
+    fn unclaimed_estimated_episodes_merge_once_no_call_can_take_them() {
+        const MS: u64 = 1_000_000;
+        let mut st = SampleStore::new(10_000 * MS, 100_000);
+        st.add_worker(5, "default");
+        st.push_off_cpu(5, MS, 10, stack(8, "[off-cpu: futex]"), READ);
+        for i in 0..100 {
+            st.push_unwalked(5, 8, 2 * MS + i * MS, 1_000, READ); // an idle pool thread
+        }
+        let call = |start_ns, end_ns, horizon_ns| FinishedCall {
+            horizon_ns,
+            ..fin(5, start_ns, end_ns, "io", Some(7), &[])
+        };
+        // In flight since 150 ms: what ended before 50 ms is settled.
+        st.call_finished(&call(100 * MS, 110 * MS, 150 * MS));
+        let got: Vec<(u64, u64, Origin)> = st
+            .select(&off(None))
+            .iter()
+            .map(|(_, s)| (s.ts_ns, s.weight(), s.origin))
+            .collect();
+        assert_eq!(got.len(), 1 + 1 + 52, "{got:?}");
+        assert_eq!(got[1], (2 * MS, 48 * 1_000, Origin::Merged));
+        assert_eq!(got[2], (50 * MS, 1_000, Origin::Estimated));
+        // A call over the merged sample's time does not take it; the newer ones it may.
+        st.call_finished(&FinishedCall {
+            serving_tid: Some(8),
+            ..call(MS, 120 * MS, 0)
+        });
+        let io: u64 = st
+            .select(&off(Some("io")))
+            .iter()
+            .map(|(_, s)| s.weight())
+            .sum();
+        assert_eq!(io, 10 + 52 * 1_000);
+        let all: u64 = st.select(&off(None)).iter().map(|(_, s)| s.weight()).sum();
+        assert_eq!(all, 10 + 100 * 1_000, "no time lost in merging");
+    }
+
     #[test]
     fn without_a_serving_thread_every_thread_counts() {
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
         st.push_off_cpu(5, 110, 5, stack(7, "a"), READ);
         st.push_off_cpu(5, 120, 5, stack(8, "b"), READ);
-        assert!(st.call_finished(5, 100, 200, "io", None, &[]).is_none());
+        assert!(st
+            .call_finished(&fin(5, 100, 200, "io", None, &[]))
+            .is_none());
         assert_eq!(st.select(&off(Some("io"))).len(), 2);
     }
 

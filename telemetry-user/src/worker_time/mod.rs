@@ -24,8 +24,12 @@ use crate::kernel::{SchedEpisode, SchedRecord, SerializeRecord};
 pub use serialization::{MessageSizes, SerializeHits};
 pub use timeline::{ProcessWaits, Timelines, WaitReason};
 
-/// How long records are kept: longer than any call the split is asked about.
+/// How long records are kept at most: longer than any call the split is asked about.
 pub const HORIZON_NS: u64 = 120_000_000_000;
+/// How long records are kept before the oldest call in flight, and when none is
+/// (records reach the agent out of order, and a call's end is read after its
+/// records). Keeping the whole horizon was 20,000 segments per thread of a busy worker.
+pub const SETTLE_NS: u64 = 2_000_000_000;
 
 /// Everything the agent knows of the workers' threads and their (de)serialization.
 #[derive(Default)]
@@ -74,9 +78,14 @@ impl WorkerActivity {
         split::split(self, tgid, reader_tid, t1, t2, sizes)
     }
 
-    /// Drops what is older than the horizon.
-    pub fn prune(&mut self, now_ns: u64) {
-        let floor = now_ns.saturating_sub(HORIZON_NS);
+    /// Drops what no call can need any more: older than SETTLE_NS before the oldest
+    /// call still in flight (`oldest_open_ns`) or now, and always than the horizon.
+    pub fn prune(&mut self, now_ns: u64, oldest_open_ns: Option<u64>) {
+        let floor = oldest_open_ns
+            .unwrap_or(now_ns)
+            .min(now_ns)
+            .saturating_sub(SETTLE_NS)
+            .max(now_ns.saturating_sub(HORIZON_NS));
         self.timelines.prune(floor);
         self.serialize.prune(floor);
     }

@@ -84,13 +84,14 @@ impl SerializeHits {
         self.by_tgid.remove(&tgid);
     }
 
+    /// Drops the records that ended before `floor` (a worker's entry stays: `seen`).
     pub fn prune(&mut self, floor: u64) {
-        self.by_tgid.retain(|_, q| {
+        for q in self.by_tgid.values_mut() {
             while q.front().is_some_and(|r| r.ts_end_ns < floor) {
                 q.pop_front();
             }
-            !q.is_empty()
-        });
+            super::timeline::shrink_idle(q);
+        }
     }
 
     /// Whether any (de)serialization of `tgid` was ever seen (its probes work).

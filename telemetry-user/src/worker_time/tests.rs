@@ -241,7 +241,7 @@ fn old_records_are_pruned_but_the_current_state_is_kept() {
     a.on_sched(&rec(7, 0, out(READ, 3)));
     a.on_sched(&rec(8, 0, SchedEdge::In));
     a.on_sched(&rec(8, HORIZON_NS + 10 * MS, out(READ, 3)));
-    a.prune(HORIZON_NS + 20 * MS);
+    a.prune(HORIZON_NS + 20 * MS, Some(0));
     // Thread 7 has been blocked since 0: its state is still known.
     let sc = a
         .split(
@@ -254,6 +254,46 @@ fn old_records_are_pruned_but_the_current_state_is_kept() {
         .sched
         .expect("split");
     assert_eq!(sc.io_wait, 10 * MS);
+}
+
+/// Records are kept SETTLE_NS before the oldest call in flight, else before now: a
+/// call in flight still gets its whole window, and an idle worker keeps seconds, not
+/// the whole horizon.
+#[test]
+fn records_are_kept_for_the_calls_in_flight_and_a_settling_time() {
+    let mut a = activity();
+    for i in 0..1000 {
+        a.on_sched(&rec(8, i * 10 * MS, SchedEdge::In));
+        a.on_sched(&rec(8, i * 10 * MS + MS, out(READ, 3)));
+    }
+    let now = 10_000 * MS;
+    let kept = |a: &WorkerActivity| a.timelines.thread(8).map_or(0, |t| t.segments.len());
+    a.prune(now, Some(5_000 * MS));
+    // From the segment in force at 3 s on.
+    assert_eq!(kept(&a), 1 + 2 * 700 - 1);
+    let sc = a
+        .split(
+            PID,
+            Some(8),
+            5_000 * MS,
+            5_100 * MS,
+            MessageSizes::default(),
+        )
+        .sched
+        .expect("the open call's window is whole");
+    assert_eq!(sc.on_cpu + sc.io_wait, 100 * MS);
+    a.prune(now, None);
+    assert_eq!(kept(&a), 1 + 2 * 200 - 1);
+    assert!(a
+        .split(
+            PID,
+            Some(8),
+            5_000 * MS,
+            5_100 * MS,
+            MessageSizes::default()
+        )
+        .sched
+        .is_none());
 }
 
 /// The plan of a real Python process that imported upb and orjson finds their

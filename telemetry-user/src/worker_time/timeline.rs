@@ -136,6 +136,15 @@ impl ThreadLine {
         while self.woken_by.front().is_some_and(|w| w.ts < floor) {
             self.woken_by.pop_front();
         }
+        shrink_idle(&mut self.segments);
+        shrink_idle(&mut self.woken_by);
+    }
+}
+
+/// Gives back the room a burst left in `q` (a deque keeps its largest size).
+pub(crate) fn shrink_idle<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > 1024 && q.len() < q.capacity() / 4 {
+        q.shrink_to(q.len() * 2);
     }
 }
 

@@ -169,6 +169,16 @@ impl CallTracker {
         for ev in self.pools.tick(now_mono_ns) {
             self.publish(ev);
         }
+        // The workers' scheduling and (de)serialization records before the oldest call
+        // in flight are no call's any more (internal calls, e.g. the telemetry
+        // stream, are never split).
+        let oldest_open = self
+            .calls
+            .values()
+            .filter(|c| !c.internal)
+            .map(|c| c.t1.unwrap_or(u64::MAX).min(c.start_ns()))
+            .min();
+        self.activity.prune(now_mono_ns, oldest_open);
     }
 
     pub(super) fn note_worker(&mut self, conn: &ConnContext, now: u64) {

@@ -82,7 +82,7 @@ pub async fn pprof_profile(h: &ProfileHandle, q: Option<&str>) -> Reply {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stacks = h.stacks(&f);
     let p = pprof::build(
-        stacks.iter().map(|(s, w)| (&s[..], *w)),
+        stacks.iter().map(|(s, n, w)| (&s[..], *n, *w)),
         f.mode,
         h.sample_hz,
         start_unix,
@@ -110,9 +110,9 @@ pub fn flamegraph(h: &ProfileHandle, q: Option<&str>) -> Reply {
             ProfileMode::Cpu => "",
             ProfileMode::OffCpu => " off CPU",
         },
-        stacks.len()
+        stacks.iter().map(|(_, n, _)| n).sum::<u64>()
     );
-    let folded = output::folded_in(stacks.iter().map(|(s, w)| (&s[..], *w)), f.mode);
+    let folded = output::folded_in(stacks.iter().map(|(s, _, w)| (&s[..], *w)), f.mode);
     if folded.is_empty() {
         return Reply::Err(404, "no samples\n".into());
     }
