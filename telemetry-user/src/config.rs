@@ -58,7 +58,7 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             bytes: 4096,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: crate::kernel::DEFAULT_RING_BUFFER_BYTES,
             decode_once: true,
         }
     }

@@ -1192,7 +1192,8 @@ fn response_end_read(c: &Arc<ConnContext>) -> Observation {
 
 /// A 50 MB response written in one sendmsg overflows the kernel's mark slots: the
 /// server side's decoder loses sync and never sees the trailers. The client's timed
-/// end completes the call at once, in either order.
+/// end completes the call at once, in either order. Its response message (the tool's
+/// `success`) was never read: the result is not known, not `ok`.
 #[test]
 fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
     for lost_first in [true, false] {
@@ -1218,6 +1219,8 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
         let stops = named(&ev, schema::CALL_STOP);
         assert_eq!(stops.len(), 1);
         assert_eq!(num(stops[0], "duration"), Some(4_300));
+        assert_eq!(meta(stops[0], "result"), Some("unknown"));
+        assert_eq!((stats.calls_unknown, stats.calls_ok), (1, 0));
         assert_eq!(stats.in_flight, 0);
     }
 }

@@ -54,6 +54,8 @@ pub struct TrackerStats {
     pub calls_ok: u64,
     /// Stops with `result: error` (tool failed, gRPC status OK).
     pub calls_error: u64,
+    /// Completed with their response message lost in decoding (`result: unknown`).
+    pub calls_unknown: u64,
     /// Calls ended as exceptions (non-zero grpc-status, reset, exit).
     pub exceptions: u64,
     /// Internal RPCs (Heartbeat, Ping, session callbacks, telemetry stream).
@@ -588,6 +590,7 @@ impl CallTracker {
         match &outcome {
             Outcome::Ok => self.stats.calls_ok += 1,
             Outcome::Error => self.stats.calls_error += 1,
+            Outcome::Unknown => self.stats.calls_unknown += 1,
             Outcome::Exception { .. } => self.stats.exceptions += 1,
         }
         let publish_internal = !call.internal || self.cfg.include_internal;

@@ -38,6 +38,8 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
             }
         } else if s(f::RESULT).as_deref() == Some("ok") {
             CallOutcome::Ok
+        } else if s(f::RESULT).as_deref() == Some("unknown") {
+            CallOutcome::Unknown
         } else {
             CallOutcome::Error {
                 error_type: s(f::ERROR_TYPE),

@@ -121,6 +121,9 @@ pub struct CallStart {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOutcome {
     Ok,
+    /// Completed without an error status, its response message lost in decoding:
+    /// whether the tool succeeded is not known (`result: unknown`).
+    Unknown,
     /// Completed, the tool reported failure.
     Error {
         error_type: Option<String>,
@@ -274,9 +277,27 @@ impl CallEnd {
         matches!(self.outcome, CallOutcome::Ok)
     }
 
+    /// Failed: the tool reported failure, or an exception (not `unknown`).
+    pub fn is_failed(&self) -> bool {
+        matches!(
+            self.outcome,
+            CallOutcome::Error { .. } | CallOutcome::Exception { .. }
+        )
+    }
+
+    /// The `result` field: `ok`, `error` (the tool failed, or an exception) or
+    /// `unknown`.
+    pub fn result(&self) -> &'static str {
+        match self.outcome {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Unknown => "unknown",
+            CallOutcome::Error { .. } | CallOutcome::Exception { .. } => "error",
+        }
+    }
+
     pub fn error_type(&self) -> Option<&str> {
         match &self.outcome {
-            CallOutcome::Ok => None,
+            CallOutcome::Ok | CallOutcome::Unknown => None,
             CallOutcome::Error { error_type, .. } => error_type.as_deref(),
             CallOutcome::Exception { error_type, .. } => Some(error_type),
         }
@@ -285,7 +306,7 @@ impl CallEnd {
     /// The tool's error message, or the exception's reason.
     pub fn error_message(&self) -> Option<&str> {
         match &self.outcome {
-            CallOutcome::Ok => None,
+            CallOutcome::Ok | CallOutcome::Unknown => None,
             CallOutcome::Error { error_message, .. } => error_message.as_deref(),
             CallOutcome::Exception { reason, .. } => Some(reason),
         }
@@ -579,7 +600,7 @@ fn visit_end<'a>(e: &'a CallEnd, v: &mut dyn Visitor<'a>) {
     }
     e.call.visit(v);
     match &e.outcome {
-        CallOutcome::Ok => v.meta(f::RESULT, Val::Str("ok")),
+        CallOutcome::Ok | CallOutcome::Unknown => v.meta(f::RESULT, Val::Str(e.result())),
         CallOutcome::Error {
             error_type,
             error_message,

@@ -62,7 +62,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         KernelConfig {
             capture_bytes: MAX_CAPTURE as u32,
-            ring_buffer_bytes: 16 << 20,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             decode_once: true,
             scheduling: true,
             serialization: true,
@@ -255,6 +255,11 @@ impl TaskOffsets {
         }
     }
 }
+
+/// The ring buffer to user space by default. Its data area is mapped twice in the
+/// agent (RSS counts 16 MiB for these 8 MiB); at 5,000 calls/s (~13 MB/s of records)
+/// it holds 0.6 s, 150 of the reader's polls.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 
 fn ring_size(requested: u32) -> u32 {
     let page = 4096u32;

@@ -25,7 +25,7 @@ pub use decode::{
     IoRecord, KernelEvent, OffCpu, SchedEdge, SchedEpisode, SchedRecord, SerializeRecord,
 };
 pub use error::KernelError;
-pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets};
+pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets, DEFAULT_RING_BUFFER_BYTES};
 pub use preflight::{preflight, Preflight};
 pub use profiling::ProfilerMaps;
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};

@@ -116,7 +116,7 @@ fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> (Level, String) {
     } else {
         format!(" ({split})")
     };
-    let result = if e.is_ok() { "ok" } else { "error" };
+    let result = e.result();
     let err = e
         .error_type()
         .map(|t| format!(" error_type={t}"))

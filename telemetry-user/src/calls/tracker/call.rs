@@ -192,6 +192,10 @@ pub(super) enum Outcome {
     Ok,
     /// Completed, the tool reported failure.
     Error,
+    /// Completed without an error status, but its response message was lost in
+    /// decoding (frame sync lost in the worker's writes): whether the tool succeeded
+    /// is not known.
+    Unknown,
     /// `[:snakepit, :call, :exception]`.
     Exception {
         kind: &'static str,
@@ -250,10 +254,16 @@ pub(super) fn outcome(call: &Call, exit: Option<String>) -> Outcome {
             reason: format!("RST_STREAM error code {code}"),
         };
     }
-    if call.success == Some(false) {
-        return Outcome::Error;
+    match call.success {
+        Some(false) => Outcome::Error,
+        None if call.server_lost && expects_success(call) => Outcome::Unknown,
+        _ => Outcome::Ok,
     }
-    Outcome::Ok
+}
+
+/// Whether the call's response message says if the tool succeeded (`success`).
+fn expects_success(call: &Call) -> bool {
+    !call.internal && matches!(call.id, CallId::Stream(_))
 }
 
 /// t3-t0 when the BEAM side saw both ends, else t2-t1 once the worker side finished, else
@@ -308,6 +318,7 @@ pub(super) fn call_end(
 ) -> CallEnd {
     let outcome = match outcome {
         Outcome::Ok => CallOutcome::Ok,
+        Outcome::Unknown => CallOutcome::Unknown,
         Outcome::Error => CallOutcome::Error {
             error_type: call.error_type.clone(),
             error_message: call.error_message.clone(),

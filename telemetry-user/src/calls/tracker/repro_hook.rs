@@ -47,7 +47,8 @@ impl CallTracker {
         };
         let failure = match outcome {
             _ if call.internal => None,
-            None | Some(Outcome::Ok) => None,
+            // Not known to have failed: no script (the repro tests count these).
+            None | Some(Outcome::Ok) | Some(Outcome::Unknown) => None,
             Some(Outcome::Error) => Some(Failure::ToolError {
                 error_type: call.error_type.clone(),
                 message: call.error_message.clone(),

@@ -120,7 +120,7 @@ impl Instruments {
 
     fn record_call(&self, ev: &CallEnd) {
         let c = &ev.call;
-        let result = if ev.is_ok() { "ok" } else { "error" };
+        let result = ev.result();
         let library = c
             .library
             .as_ref()

@@ -80,7 +80,7 @@ pub fn call_spans(
     );
     let span_id = |role: &str| SpanId::from_bytes(hash64(format!("{position}|{role}").as_bytes()));
 
-    let failed = !ev.is_ok();
+    let failed = ev.is_failed();
     let status = if failed {
         Status::error(error_description(ev))
     } else {
@@ -301,7 +301,7 @@ fn rpc_attributes(ev: &CallEnd, ctx: &CallContext) -> Vec<KeyValue> {
 fn snakepit_attributes(ev: &CallEnd) -> Vec<KeyValue> {
     let c = &ev.call;
     let mut a = Vec::with_capacity(16);
-    let result = if ev.is_ok() { "ok" } else { "error" };
+    let result = ev.result();
     for (k, v) in [
         ("snakepit.tool", c.tool.as_deref()),
         ("snakepit.library", c.library.as_deref()),

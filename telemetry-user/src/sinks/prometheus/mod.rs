@@ -564,8 +564,7 @@ impl Metrics {
         }
         let library = self.label_opt("library", ev.call.library.as_deref());
         let function = self.label_opt("function", ev.call.function_or_tool());
-        let ok = ev.is_ok();
-        let result = if ok { "ok" } else { "error" }.to_string();
+        let result = ev.result().to_string();
         self.calls
             .get_or_create(&CallLabels {
                 library: library.clone(),
@@ -598,7 +597,7 @@ impl Metrics {
         if let Some(split) = &ev.split {
             self.split(&fl, split);
         }
-        if !ok {
+        if ev.is_failed() {
             let error_type = self.label_opt("error_type", ev.error_type());
             self.exceptions
                 .get_or_create(&ErrorLabels {

@@ -109,7 +109,7 @@ impl Functions {
         ring.push_back(Sample {
             time_ms: ev.time_unix_nano / 1_000_000,
             duration_ms: ev.duration as f64 / 1e6,
-            ok: ev.is_ok(),
+            ok: !ev.is_failed(),
             split: SplitMs::of(ev),
         });
     }

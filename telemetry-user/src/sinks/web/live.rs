@@ -249,7 +249,7 @@ impl Live {
     }
 
     fn call_end(&mut self, ev: &CallEnd) {
-        let ok = ev.is_ok();
+        let ok = !ev.is_failed();
         self.total_calls += 1;
         if !ok {
             self.total_errors += 1;
@@ -272,7 +272,7 @@ impl Live {
             library: library.clone(),
             function: function.clone(),
             duration_ms: ev.duration as f64 / 1e6,
-            result: if ok { "ok" } else { "error" }.into(),
+            result: ev.result().into(),
             pool: pool.clone(),
             worker_id: worker_id.clone(),
             split: super::functions::SplitMs::of(ev),
