@@ -139,6 +139,7 @@ fn msg(flow: Flow, stream_id: u32, data: Vec<u8>) -> Observed {
             compressed: false,
             len: data.len(),
             data,
+            cut: false,
         },
     }
 }
@@ -1222,6 +1223,42 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
         assert_eq!(meta(stops[0], "result"), Some("unknown"));
         assert_eq!((stats.calls_unknown, stats.calls_ok), (1, 0));
         assert_eq!(stats.in_flight, 0);
+    }
+}
+
+/// The same loss inside a response message whose start the worker's decoder kept (a
+/// 50 MB result after `success = true`): the start says the tool succeeded. A start
+/// saying it failed is an error; none, the result is unknown (above).
+#[test]
+fn a_cut_response_messages_start_gives_the_tools_success() {
+    for (success, result) in [(true, "ok"), (false, "error")] {
+        let c = grpc_conn(44);
+        let req = tool_request("large", &[]);
+        let (ev, stats) = run(cfg(), |t| {
+            request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
+            t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
+            let mut head = tool_response(success, "boom");
+            head.truncate(head.len().min(64));
+            let cut = Observed::Message {
+                flow: Flow::Response,
+                stream_id: 1,
+                message: GrpcMessage {
+                    compressed: false,
+                    len: 50 << 20,
+                    data: head,
+                    cut: true,
+                },
+            };
+            t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 9, cut));
+            t.observe(response_sync_lost(&c));
+            t.observe(response_end_read(&c));
+        });
+        let stops = named(&ev, schema::CALL_STOP);
+        assert_eq!(stops.len(), 1);
+        assert_eq!(meta(stops[0], "result"), Some(result));
+        assert_eq!(stats.calls_unknown, 0);
+        // No message of its own: its bytes are not the response's.
+        assert!(num(stops[0], "response_bytes").unwrap_or(0) < 50 << 20);
     }
 }
 

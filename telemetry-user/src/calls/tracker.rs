@@ -252,6 +252,17 @@ impl CallTracker {
                     Flow::Request => Create::IfNew,
                     Flow::Response => Create::Never,
                 };
+                if message.cut {
+                    // Only a response's start says something (the tool's success).
+                    if *flow == Flow::Response {
+                        if let Some(key) =
+                            self.lookup(&conn, CallId::Stream(*stream_id), Create::Never, now)
+                        {
+                            self.response_head(key, message);
+                        }
+                    }
+                    return;
+                }
                 let Some(key) = self.lookup(&conn, CallId::Stream(*stream_id), create, now) else {
                     return;
                 };

@@ -37,6 +37,9 @@ pub struct GrpcMessage {
     /// The first bytes of the message, contiguous from its start: shorter than
     /// `len` when over the keep limit or cut by a capture gap.
     pub data: Vec<u8>,
+    /// Its end was never decoded (frame sync lost inside it): `data` is its start,
+    /// sent for what the start says (a tool's `success`); it is no complete message.
+    pub cut: bool,
 }
 
 impl GrpcMessage {
@@ -94,8 +97,24 @@ impl MessageReassembler {
         matches!(self.state, MsgState::Lost)
     }
 
-    pub fn set_lost(&mut self) {
-        self.state = MsgState::Lost;
+    /// Boundaries lost: the message in progress, when its start was kept, comes back
+    /// `cut`.
+    pub fn set_lost(&mut self) -> Option<GrpcMessage> {
+        match std::mem::replace(&mut self.state, MsgState::Lost) {
+            // `data` is always the message's start (nothing is kept after a gap).
+            MsgState::Body {
+                compressed,
+                len,
+                data,
+                ..
+            } if !data.is_empty() => Some(GrpcMessage {
+                compressed,
+                len,
+                data,
+                cut: true,
+            }),
+            _ => None,
+        }
     }
 
     /// True when a message has started and not finished.
@@ -208,6 +227,7 @@ impl MessageReassembler {
                         compressed,
                         len,
                         data,
+                        cut: false,
                     });
                 }
             }
@@ -528,7 +548,9 @@ impl GrpcDirectionDecoder {
                 end_stream,
             } => {
                 self.stats.record(&WireError::MessageSyncLost);
-                self.stream(stream_id, false).msgs.set_lost();
+                if let Some(message) = self.stream(stream_id, false).msgs.set_lost() {
+                    out.push(GrpcEvent::Message { stream_id, message });
+                }
                 if end_stream {
                     self.end_stream(stream_id, out);
                 }
@@ -559,8 +581,10 @@ impl GrpcDirectionDecoder {
             }),
             Http2Event::SyncLost => {
                 self.hpack.mark_desync();
-                for s in self.streams.values_mut() {
-                    s.msgs.set_lost();
+                for (&stream_id, s) in self.streams.iter_mut() {
+                    if let Some(message) = s.msgs.set_lost() {
+                        out.push(GrpcEvent::Message { stream_id, message });
+                    }
                 }
                 out.push(GrpcEvent::SyncLost);
             }
@@ -618,6 +642,22 @@ pub(crate) mod tests {
         assert_eq!(got[1].len, 0);
         assert_eq!(got[2].data, vec![9u8; 300]);
         assert!(got.iter().all(GrpcMessage::is_complete));
+    }
+
+    /// Boundaries lost inside a message: its kept start comes back, marked cut.
+    #[test]
+    fn a_message_cut_by_lost_sync_returns_its_start() {
+        let mut st = DecodeStats::default();
+        let mut r = MessageReassembler::new(64);
+        let mut prefix = vec![0u8, 0, 0, 0x10, 0];
+        prefix.extend_from_slice(&[8, 1, 18, 3]);
+        assert!(r.feed(&prefix, prefix.len(), &mut st).is_empty());
+        let cut = r.set_lost().expect("the start");
+        assert_eq!(
+            (cut.len, cut.data.as_slice(), cut.cut),
+            (0x1000, &[8, 1, 18, 3][..], true)
+        );
+        assert!(r.set_lost().is_none(), "nothing after it");
     }
 
     #[test]
@@ -713,7 +753,8 @@ pub(crate) mod tests {
                 message: GrpcMessage {
                     compressed: false,
                     len: 5,
-                    data: body.clone()
+                    data: body.clone(),
+                    cut: false,
                 }
             }));
             assert_eq!(evs.last(), Some(&GrpcEvent::EndStream { stream_id: 1 }));

@@ -108,7 +108,27 @@ impl CallTracker {
             }
             return;
         }
-        if call.response_parsed || message.compressed || !carries_tool_request(&method) {
+        self.parse_response(key, message);
+    }
+
+    /// The start of a response message whose end the decoder lost (frame sync lost
+    /// inside it, e.g. a 50 MB result): what it says of the tool's success counts; it
+    /// is no message (no bytes, count or time of its own).
+    pub(super) fn response_head(&mut self, key: Key, message: &GrpcMessage) {
+        if let Some(call) = self.calls.get_mut(&key) {
+            if call.method.is_some() {
+                self.parse_response(key, message);
+            }
+        }
+    }
+
+    /// The tool's success, error and result from an ExecuteTool response's message.
+    fn parse_response(&mut self, key: Key, message: &GrpcMessage) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let method = call.method_str();
+        if call.response_parsed || message.compressed || !carries_tool_request(method) {
             return;
         }
         if method == Method::ExecuteStreamingTool.as_str() {
