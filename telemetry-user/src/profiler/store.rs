@@ -605,6 +605,10 @@ mod off_cpu_tests {
         syscall: 0,
         state: 1,
     };
+    const FUTEX: BlockedIn = BlockedIn {
+        syscall: 202,
+        state: 1,
+    };
 
     fn off(f: Option<&str>) -> Filter {
         Filter {
@@ -674,10 +678,6 @@ mod off_cpu_tests {
     /// blocked the same way; without one they are dropped and counted.
     #[test]
     fn unwalked_episodes_weigh_on_the_last_walked_stack_that_blocked_the_same_way() {
-        const FUTEX: BlockedIn = BlockedIn {
-            syscall: 202,
-            state: 1,
-        };
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
         st.push_unwalked(5, 7, 100, 10, READ); // nothing walked yet
@@ -708,10 +708,6 @@ mod off_cpu_tests {
     /// their summed time; walked samples, other stacks and other calls stay apart.
     #[test]
     fn a_calls_estimated_episodes_merge_into_one_sample_per_thread_and_stack() {
-        const FUTEX: BlockedIn = BlockedIn {
-            syscall: 202,
-            state: 1,
-        };
         let mut st = SampleStore::new(1_000_000, 1000);
         st.add_worker(5, "default");
         st.push_off_cpu(5, 100, 20, stack(7, "[off-cpu: read]"), READ);
