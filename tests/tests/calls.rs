@@ -427,17 +427,20 @@ fn fifty_megabyte_messages_keep_every_boundary() {
         .filter(|g| g.tool == "large" || g.tool == "upload")
         .count();
     assert!(big >= 2, "the load made only {big} 50 MB calls");
+    let mut unknown = 0;
     for g in &truth {
         let e = ends
             .get(&gt_key(g))
             .and_then(|v| v.first())
             .unwrap_or_else(|| panic!("{} {} not reported", g.tool, g.correlation_id));
         assert_eq!(meta(e, "tool"), Some(g.tool.as_str()), "{e}");
-        assert_eq!(
-            meta(e, "result"),
-            Some(if g.success { "ok" } else { "error" }),
-            "{e}"
-        );
+        // Never a wrong result; `unknown` when the worker's decoder lost the response
+        // message before its start (a small call's response multiplexed into the
+        // tail of a 50 MB write, past the kernel's mark slots).
+        match meta(e, "result") {
+            Some("unknown") => unknown += 1,
+            result => assert_eq!(result, Some(if g.success { "ok" } else { "error" }), "{e}"),
+        }
         let m = &e["measurements"];
         let (req, resp) = (
             m["request_bytes"].as_u64().unwrap_or(0),
@@ -472,4 +475,13 @@ fn fifty_megabyte_messages_keep_every_boundary() {
         "{lost_sync} sync losses, {resyncs} resyncs: {stats}"
     );
     eprintln!("50 MB: {lost_sync} in-syscall sync losses, all recovered ({resyncs} resyncs)");
+    let counted = stats["metadata"]["calls"]["calls_unknown"]
+        .as_u64()
+        .unwrap_or(0);
+    eprintln!("{unknown} of {} calls of unknown result", truth.len());
+    assert!(
+        unknown == 0 || (lost_sync > 0 && counted >= unknown && unknown * 2 <= truth.len() as u64),
+        "{unknown} of {} calls of unknown result ({counted} counted, {lost_sync} sync losses)",
+        truth.len()
+    );
 }

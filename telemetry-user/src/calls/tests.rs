@@ -1228,17 +1228,19 @@ fn decode_once_server_sync_lost_completes_at_the_clients_timed_end() {
 
 /// The same loss inside a response message whose start the worker's decoder kept (a
 /// 50 MB result after `success = true`): the start says the tool succeeded. A start
-/// saying it failed is an error; none, the result is unknown (above).
+/// saying it failed is an error; a message lost before its start (this stream's DATA
+/// not captured), the result is unknown.
 #[test]
 fn a_cut_response_messages_start_gives_the_tools_success() {
-    for (success, result) in [(true, "ok"), (false, "error")] {
+    for (success, result) in [(true, "ok"), (false, "error"), (false, "unknown")] {
         let c = grpc_conn(44);
         let req = tool_request("large", &[]);
         let (ev, stats) = run(cfg(), |t| {
             request_half(t, &c, 1, Some(PATH_EXEC), &req, BEAM_ONLY);
             t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 5, resp_headers(1)));
             let mut head = tool_response(success, "boom");
-            head.truncate(head.len().min(64));
+            // Lost before its start: nothing kept.
+            head.truncate(if result == "unknown" { 0 } else { 64 });
             let cut = Observed::Message {
                 flow: Flow::Response,
                 stream_id: 1,
@@ -1250,13 +1252,15 @@ fn a_cut_response_messages_start_gives_the_tools_success() {
                 },
             };
             t.observe(ob(&c, Side::Worker, M.t2, M.t2 + 9, cut));
-            t.observe(response_sync_lost(&c));
+            if result != "unknown" {
+                t.observe(response_sync_lost(&c));
+            } // else only this stream's DATA was lost: no connection-wide loss.
             t.observe(response_end_read(&c));
         });
         let stops = named(&ev, schema::CALL_STOP);
         assert_eq!(stops.len(), 1);
         assert_eq!(meta(stops[0], "result"), Some(result));
-        assert_eq!(stats.calls_unknown, 0);
+        assert_eq!(stats.calls_unknown, u64::from(result == "unknown"));
         // No message of its own: its bytes are not the response's.
         assert!(num(stops[0], "response_bytes").unwrap_or(0) < 50 << 20);
     }

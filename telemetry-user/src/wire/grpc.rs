@@ -548,9 +548,16 @@ impl GrpcDirectionDecoder {
                 end_stream,
             } => {
                 self.stats.record(&WireError::MessageSyncLost);
-                if let Some(message) = self.stream(stream_id, false).msgs.set_lost() {
-                    out.push(GrpcEvent::Message { stream_id, message });
-                }
+                // The stream's message is cut: its kept start, or nothing (it began in
+                // the lost bytes), so the call knows its message was not read.
+                let message = self.stream(stream_id, false).msgs.set_lost();
+                let message = message.unwrap_or(GrpcMessage {
+                    compressed: false,
+                    len: 0,
+                    data: Vec::new(),
+                    cut: true,
+                });
+                out.push(GrpcEvent::Message { stream_id, message });
                 if end_stream {
                     self.end_stream(stream_id, out);
                 }

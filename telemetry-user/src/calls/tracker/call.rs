@@ -261,9 +261,10 @@ pub(super) fn outcome(call: &Call, exit: Option<String>) -> Outcome {
     }
 }
 
-/// Whether the call's response message says if the tool succeeded (`success`).
+/// Whether the call's response message says if the tool succeeded (`success`):
+/// ExecuteTool's does (streaming tools fail by their status).
 fn expects_success(call: &Call) -> bool {
-    !call.internal && matches!(call.id, CallId::Stream(_))
+    !call.internal && call.method.as_deref() == Some(Method::ExecuteTool.as_str())
 }
 
 /// t3-t0 when the BEAM side saw both ends, else t2-t1 once the worker side finished, else

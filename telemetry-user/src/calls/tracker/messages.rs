@@ -115,10 +115,14 @@ impl CallTracker {
     /// inside it, e.g. a 50 MB result): what it says of the tool's success counts; it
     /// is no message (no bytes, count or time of its own).
     pub(super) fn response_head(&mut self, key: Key, message: &GrpcMessage) {
-        if let Some(call) = self.calls.get_mut(&key) {
-            if call.method.is_some() {
-                self.parse_response(key, message);
-            }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if message.data.is_empty() {
+            // Lost before its start (the DATA that held it was not captured).
+            call.server_lost = true;
+        } else if call.method.is_some() {
+            self.parse_response(key, message);
         }
     }
 
