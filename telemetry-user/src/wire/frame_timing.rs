@@ -154,7 +154,11 @@ impl FrameTimer {
                     .messages
                     .entry(stream_id)
                     .or_insert_with(|| MessageReassembler::lost(0));
+                // A cut message (lost in a gap) was not read: it has no time of its own.
                 for m in r.feed(&data, len, &mut self.frames.stats) {
+                    if m.cut {
+                        continue;
+                    }
                     out.push(FrameTiming::MessageRead {
                         stream_id,
                         len: m.len,

@@ -43,6 +43,17 @@ pub struct GrpcMessage {
 }
 
 impl GrpcMessage {
+    /// A message whose start was never read (its bytes were not captured): `cut`,
+    /// with nothing kept.
+    pub fn lost_before_start() -> Self {
+        GrpcMessage {
+            compressed: false,
+            len: 0,
+            data: Vec::new(),
+            cut: true,
+        }
+    }
+
     pub fn is_complete(&self) -> bool {
         self.data.len() == self.len
     }
@@ -148,6 +159,7 @@ impl MessageReassembler {
                         if b[0] > 1 {
                             stats.record(&WireError::BadMessagePrefix);
                             self.state = MsgState::Lost;
+                            out.push(GrpcMessage::lost_before_start());
                             return out;
                         }
                         let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
@@ -185,8 +197,11 @@ impl MessageReassembler {
             match &mut self.state {
                 MsgState::Lost => break,
                 MsgState::Prefix { .. } => {
+                    // A message starts in the gap: the call must know it was not read
+                    // (a failed tool would otherwise look like a success).
                     stats.record(&WireError::MessageSyncLost);
                     self.state = MsgState::Lost;
+                    out.push(GrpcMessage::lost_before_start());
                     break;
                 }
                 MsgState::Body {
@@ -551,12 +566,7 @@ impl GrpcDirectionDecoder {
                 // The stream's message is cut: its kept start, or nothing (it began in
                 // the lost bytes), so the call knows its message was not read.
                 let message = self.stream(stream_id, false).msgs.set_lost();
-                let message = message.unwrap_or(GrpcMessage {
-                    compressed: false,
-                    len: 0,
-                    data: Vec::new(),
-                    cut: true,
-                });
+                let message = message.unwrap_or_else(GrpcMessage::lost_before_start);
                 out.push(GrpcEvent::Message { stream_id, message });
                 if end_stream {
                     self.end_stream(stream_id, out);
@@ -690,9 +700,19 @@ pub(crate) mod tests {
         // Gap over a prefix: lost.
         let mut r = MessageReassembler::new(100);
         let mut st = DecodeStats::default();
-        r.feed(&[], 3, &mut st);
+        let got = r.feed(&[], 3, &mut st);
         assert!(r.is_lost());
         assert_eq!(st.errors(crate::wire::ErrorKind::MessageSyncLost), 1);
+        // ... and the message that began there comes back cut, with nothing kept, so
+        // its call knows it was not read.
+        assert_eq!(got, vec![GrpcMessage::lost_before_start()]);
+        // A gap right after a whole message: the next one is lost the same way.
+        let mut r = MessageReassembler::new(100);
+        let one = msg(b"ok");
+        let got = feed_all(&mut r, &[(&one, one.len()), (&[], 9)]);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].data.as_slice(), got[0].cut), (&b"ok"[..], false));
+        assert_eq!(got[1], GrpcMessage::lost_before_start());
     }
 
     #[test]
