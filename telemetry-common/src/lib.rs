@@ -618,6 +618,18 @@ pub const MAP_SCHED_PIDS: &str = "SCHED_PIDS";
 /// Words of SCHED_PIDS: tgids below 64 * 65536 = 4,194,304 (the kernel's largest
 /// pid_max) are covered.
 pub const SCHED_PID_WORDS: u32 = 65536;
+/// `SPLIT_GATE` (an array of one `u64`): whether the worker split's probes (the
+/// scheduling edges, the off-CPU walks and the (de)serialization uprobes) record, and
+/// the generation of the current recording window. Above `[profile]
+/// split_max_calls_per_s` the agent records in windows (issue 10: the split costs a
+/// record per context switch of a worker thread). Zero, the map's initial value, is
+/// "on, generation 0", so an agent that never samples never writes it.
+pub const MAP_SPLIT_GATE: &str = "SPLIT_GATE";
+/// Set in SPLIT_GATE: the split's probes are paused (they return at once).
+pub const SPLIT_GATE_PAUSED: u64 = 1 << 63;
+/// The generation bits of SPLIT_GATE: a thread's state from an older window is stale
+/// (it ran unseen while paused), so its first switch after a resume is a first sight.
+pub const SPLIT_GATE_GENERATION: u64 = u32::MAX as u64;
 /// Global (set by the loader from BTF): offset of `pt_regs.orig_ax` (the syscall
 /// number of a task in a syscall, -1 otherwise).
 pub const GLOBAL_PT_REGS_SYSCALL_OFFSET: &str = "PT_REGS_SYSCALL_OFFSET";

@@ -6,7 +6,8 @@ use aya_ebpf::{
 use telemetry_common::{
     CursorHint, FdKey, FdState, IoChunk, IoEvent, PendingIo, SerializePending, MAX_CAPTURE,
     MAX_CURSOR_HINTS, MAX_FULL_CAPTURE_FDS, MAX_PENDING_IO, MAX_SERIALIZE_PENDING, MAX_WATCHED_FDS,
-    MAX_WATCHED_PIDS, SCHED_PID_WORDS, STATS_LEN, STAT_KINDS,
+    MAX_WATCHED_PIDS, SCHED_PID_WORDS, SPLIT_GATE_GENERATION, SPLIT_GATE_PAUSED, STATS_LEN,
+    STAT_KINDS,
 };
 
 /// Ring buffer to user space. The loader resizes it (KernelConfig.ring_buffer_bytes).
@@ -31,6 +32,22 @@ pub static CURSOR_HINTS: HashMap<FdKey, CursorHint> =
 /// Bitmap of sched-watched tgids (see telemetry_common::MAP_SCHED_PIDS).
 #[map]
 pub static SCHED_PIDS: Array<u64> = Array::with_max_entries(SCHED_PID_WORDS, 0);
+
+/// Whether the worker split's probes record, and the window's generation
+/// (telemetry_common::MAP_SPLIT_GATE).
+#[map]
+pub static SPLIT_GATE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The split gate's word: `Some(generation)` while recording, None while paused. One
+/// inlined array lookup.
+#[inline(always)]
+pub fn split_generation() -> Option<u32> {
+    match SPLIT_GATE.get(0) {
+        Some(&g) if g & SPLIT_GATE_PAUSED == 0 => Some((g & SPLIT_GATE_GENERATION) as u32),
+        Some(_) => None,
+        None => Some(0),
+    }
+}
 
 /// `[pid_tgid, SerializeFn]` -> entry of a (de)serialization call until its return.
 #[map]

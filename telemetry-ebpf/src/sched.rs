@@ -11,7 +11,9 @@
 //!
 //! The miss path runs on every context switch and wakeup of the host, so it is kept to
 //! helper-free bitmap tests (SCHED_PIDS is an array, its lookup is inlined) plus one
-//! kernel read of the next task's tgid; the clock is read only on a hit.
+//! kernel read of the next task's tgid; the clock is read only on a hit. While the
+//! split gate is paused (SPLIT_GATE, the agent's sampling above a call rate) every
+//! program returns after one inlined array lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{map, raw_tracepoint},
@@ -26,8 +28,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    regs_arg_offsets, regs_syscall_offset, stat_add, task_pid_offset, task_tgid_offset,
-    BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
+    regs_arg_offsets, regs_syscall_offset, split_generation, stat_add, task_pid_offset,
+    task_tgid_offset, BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
 };
 use crate::profile::{fill_sample, pstat, PROFILE_EVENTS};
 use crate::pystack::PY_PROCS;
@@ -48,6 +50,9 @@ pub struct SchedThread {
     waker_tid: u32,
     /// An off-CPU sample of this episode waits in OFF_CPU_PENDING.
     walk_pending: u32,
+    /// The split gate's generation when this state was written: from an older one, the
+    /// thread ran unseen while the gate was paused, and its state is stale.
+    generation: u32,
 }
 
 const IDLE_THREAD: SchedThread = SchedThread {
@@ -59,6 +64,7 @@ const IDLE_THREAD: SchedThread = SchedThread {
     state: 0,
     waker_tid: 0,
     walk_pending: 0,
+    generation: 0,
 };
 
 #[map]
@@ -130,6 +136,9 @@ fn thread_slot(tid: u32) -> Option<*mut SchedThread> {
 /// unsigned int prev_state)
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let Some(generation) = split_generation() else {
+        return 0;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let prev_watched = sched_watched((pid_tgid >> 32) as u32);
     let next: u64 = ctx.arg(2);
@@ -141,11 +150,11 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if prev_watched {
-        switch_out(&ctx, pid_tgid, now);
+        switch_out(&ctx, pid_tgid, now, generation);
     }
     if let Some(next_tgid) = next_tgid {
         if let Some(tid) = read_u32(next, task_pid_offset()) {
-            switch_in(next_tgid, tid, now);
+            switch_in(next_tgid, tid, now, generation);
         }
     }
     0
@@ -154,7 +163,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 /// The current (prev) task leaves the CPU: preempted (state 0 or `preempt`), or
 /// blocked in the syscall its saved registers name.
 #[inline(always)]
-fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64) {
+fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, generation: u32) {
     let preempt: u64 = ctx.arg(0);
     let state: u64 = ctx.arg(3);
     let state = if preempt & 0xff != 0 { 0 } else { state as u32 };
@@ -165,6 +174,7 @@ fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64) {
     // are the same thread's own edges, which the scheduler serialises.
     let t = unsafe { &mut *t };
     t.out_ns = now;
+    t.generation = generation;
     t.state = state;
     t.waker_tid = 0;
     t.syscall = NO_SYSCALL;
@@ -240,7 +250,7 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
 
 /// A watched thread gets the CPU: its episode off the CPU is complete.
 #[inline(always)]
-fn switch_in(tgid: u32, tid: u32, now: u64) {
+fn switch_in(tgid: u32, tid: u32, now: u64, generation: u32) {
     let mut slice = SchedSlice {
         kind: RecordKind::SchedSlice as u32,
         tgid,
@@ -249,10 +259,14 @@ fn switch_in(tgid: u32, tid: u32, now: u64) {
         syscall: NO_SYSCALL,
         ..SchedSlice::default()
     };
+    let idle = SchedThread {
+        generation,
+        ..IDLE_THREAD
+    };
     let Some(t) = SCHED_THREADS.get_ptr_mut(&tid) else {
         // First sight (it was running or blocked before the process was watched): the
         // slice only says it runs from now.
-        if SCHED_THREADS.insert(&tid, &IDLE_THREAD, 0).is_err() {
+        if SCHED_THREADS.insert(&tid, &idle, 0).is_err() {
             stat_add(PROBE_SCHED_SWITCH, STAT_MAP_FULL, 1);
         }
         emit_slice(&slice);
@@ -260,6 +274,16 @@ fn switch_in(tgid: u32, tid: u32, now: u64) {
     };
     // SAFETY: a value pointer of the map, valid during this program.
     let t = unsafe { &mut *t };
+    if t.generation != generation {
+        // Left the CPU before a pause and ran unseen during it: a first sight again,
+        // and the off-CPU sample walked then would weigh the whole pause.
+        if t.walk_pending != 0 {
+            let _ = OFF_CPU_PENDING.remove(&tid);
+        }
+        *t = idle;
+        emit_slice(&slice);
+        return;
+    }
     if t.out_ns == 0 {
         return;
     }
@@ -314,7 +338,9 @@ fn send_off_cpu(tid: u32, off_cpu_ns: u64) -> bool {
 /// sched_wakeup, which may run on the wakee's CPU from an IPI).
 #[raw_tracepoint(tracepoint = "sched_waking")]
 pub fn sched_waking(ctx: RawTracePointContext) -> i32 {
-    wake(&ctx);
+    if let Some(generation) = split_generation() {
+        wake(&ctx, generation);
+    }
     0
 }
 
@@ -322,7 +348,7 @@ pub fn sched_waking(ctx: RawTracePointContext) -> i32 {
 /// (A new thread's first wakeup, sched_wakeup_new, needs nothing: the thread is seen
 /// when it first runs.)
 #[inline(always)]
-fn wake(ctx: &RawTracePointContext) {
+fn wake(ctx: &RawTracePointContext, generation: u32) {
     let p: u64 = ctx.arg(0);
     let Some(tgid) = read_u32(p, task_tgid_offset()) else {
         return;
@@ -338,7 +364,7 @@ fn wake(ctx: &RawTracePointContext) {
     };
     // SAFETY: a value pointer of the map, valid during this program.
     let t = unsafe { &mut *t };
-    if t.out_ns == 0 || t.wake_ns != 0 {
+    if t.out_ns == 0 || t.wake_ns != 0 || t.generation != generation {
         return;
     }
     // SAFETY: a helper call without arguments.

@@ -13,7 +13,9 @@ use telemetry_common::{
     PY_TUPLE_ITEM0_OFFSET, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
-use crate::maps::{stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, SERIALIZE_PENDING};
+use crate::maps::{
+    split_generation, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, SERIALIZE_PENDING,
+};
 
 #[inline(always)]
 fn cookie(ctx: &impl EbpfContext) -> u64 {
@@ -44,6 +46,9 @@ fn key(pid_tgid: u64, function: u64) -> [u64; 2] {
 
 #[uprobe]
 pub fn serialize_enter(ctx: ProbeContext) -> u32 {
+    if split_generation().is_none() {
+        return 0;
+    }
     let c = cookie(&ctx);
     let function = c & 0xff;
     let size_from = ((c >> 8) & 0xff) as u8;
@@ -91,6 +96,10 @@ pub fn serialize_exit(ctx: RetProbeContext) -> u32 {
         None => return 0,
     };
     let _ = SERIALIZE_PENDING.remove(&k);
+    if split_generation().is_none() {
+        // Entered before the gate paused: the pair is dropped with the window.
+        return 0;
+    }
     let bytes = if size_from == SizeFrom::RetObject as u8 {
         py_size(ctx.ret::<u64>())
     } else {

@@ -612,3 +612,134 @@ fn serialization_split_on_protobuf_6() {
         stops.len()
     );
 }
+
+/// One agent run over `secs` of `rate` echo calls/s with `[profile]
+/// split_max_calls_per_s = max`: (calls, calls with a split, their stops, the
+/// scheduling records the kernel sent, the agent's split_sampling stats).
+fn sampled_run(dir: &Path, demo: &mut Demo, max: u32, rate: u32, secs: u64) -> SampledRun {
+    let config = dir.join(format!("split-max-{max}.toml"));
+    std::fs::write(
+        &config,
+        format!("[profile]\nsplit_max_calls_per_s = {max}\n"),
+    )
+    .expect("config");
+    let out = dir.join(format!("events-max-{max}.jsonl"));
+    let agent = Agent::start_to(dir, &out, &["--config", &config.display().to_string()])
+        .expect("agent start");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut spec = LoadSpec::new(rate, secs * 1000, &[("echo", 1)]);
+    spec.concurrency = 2;
+    let gt = dir.join(format!("gt-max-{max}.jsonl"));
+    demo.load(&spec, &gt).expect("load");
+    let ids: Vec<String> = read_jsonl::<GroundTruthCall>(&gt)
+        .expect("load ground truth")
+        .into_iter()
+        .map(|c| c.correlation_id)
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_000));
+    let events = agent.stop().expect("agent stop");
+    let stops: Vec<Value> = stops_in(&events, &ids).into_iter().cloned().collect();
+    let stats = events_named(&events, &["snakepit", "agent", "stats"])
+        .last()
+        .map(|e| (*e).clone())
+        .expect("agent.stats");
+    SampledRun {
+        calls: ids.len(),
+        split: stops
+            .iter()
+            .filter(|e| e["measurements"]["worker_time"].is_u64())
+            .count(),
+        sched_records: stats["metadata"]["probes"]["sched_switch"]["events"]
+            .as_u64()
+            .unwrap_or(0),
+        sampling: stats["metadata"]["split_sampling"].clone(),
+        stops,
+    }
+}
+
+struct SampledRun {
+    calls: usize,
+    split: usize,
+    stops: Vec<Value>,
+    sched_records: u64,
+    sampling: Value,
+}
+
+/// Above `split_max_calls_per_s` the split's probes record in windows: far fewer
+/// scheduling records per call than when every call is split, about that many calls a
+/// second split, and each split as whole as before (its parts add up to its window:
+/// no call across a pause is split).
+#[test]
+fn above_the_split_rate_the_probes_record_in_windows() {
+    require::root_and_bpf();
+    let dir = scratch_dir("split-sampling");
+    let (mut demo, _) = start_demo(&dir, &[], DEMO_NICE);
+    let (rate, secs) = (200, 8);
+    let all = sampled_run(&dir, &mut demo, 0, rate, secs);
+    let sampled = sampled_run(&dir, &mut demo, 20, rate, secs);
+    demo.stop().expect("demo stop");
+    for run in [&all, &sampled] {
+        eprintln!(
+            "{} calls, {} split, {} scheduling records, sampling {}",
+            run.calls, run.split, run.sched_records, run.sampling
+        );
+        assert!(run.calls as u64 >= rate as u64 * secs / 2, "the load ran");
+        assert_eq!(run.stops.len(), run.calls, "every call is still reported");
+        // (A thread not seen since a pause has no scheduling parts; its call keeps
+        // what the (de)serialization probes measured.)
+        for e in run
+            .stops
+            .iter()
+            .filter(|e| e["measurements"]["on_cpu_time"].is_u64())
+        {
+            assert!(parts_sum(e), "parts add up to the window: {e}");
+        }
+    }
+    assert!(
+        all.split * 10 >= all.calls * 9,
+        "split_max_calls_per_s = 0 splits every call: {} of {}",
+        all.split,
+        all.calls
+    );
+    assert_eq!(all.sampling["windows"], 0, "never paused: {}", all.sampling);
+    // 20 of 200 calls/s, after the first quarter second that measures the rate.
+    assert!(
+        sampled.split >= 5 && sampled.split * 10 <= sampled.calls * 3,
+        "{} of {} calls split at 10x the limit",
+        sampled.split,
+        sampled.calls
+    );
+    let with_sched = |r: &SampledRun| {
+        r.stops
+            .iter()
+            .filter(|e| e["measurements"]["on_cpu_time"].is_u64())
+            .count()
+    };
+    assert!(
+        with_sched(&sampled) >= 3 && with_sched(&all) * 10 >= all.calls * 9,
+        "calls with scheduling parts: {} sampled, {} of {} with every call split",
+        with_sched(&sampled),
+        with_sched(&all),
+        all.calls
+    );
+    assert!(
+        sampled.sampling["windows"].as_u64() >= Some(1),
+        "{}",
+        sampled.sampling
+    );
+    let not_split = sampled.sampling["calls_not_split"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        not_split + sampled.split >= sampled.calls * 9 / 10,
+        "calls outside the windows are counted: {not_split} + {} of {}",
+        sampled.split,
+        sampled.calls
+    );
+    // The kernel's gate really pauses: its scheduling records per call.
+    let per_call = |r: &SampledRun| r.sched_records as f64 / r.calls as f64;
+    assert!(
+        per_call(&sampled) * 2.0 <= per_call(&all),
+        "scheduling records per call: {:.1} sampled, {:.1} with every call split",
+        per_call(&sampled),
+        per_call(&all)
+    );
+}

@@ -201,6 +201,9 @@ impl Agent {
         let tracker_config = config.calls.clone();
         let tracker_bus = bus.clone();
         let repro_config = config.repro.clone();
+        let p = &config.profile;
+        let split_max_calls_per_s =
+            (p.scheduling || p.serialization).then_some(p.split_max_calls_per_s);
         let mut agent = Agent {
             config,
             probes,
@@ -225,6 +228,9 @@ impl Agent {
                 }
                 if let Some((_, h)) = &profiler {
                     t.set_profile(h.clone());
+                }
+                if let Some(max) = split_max_calls_per_s {
+                    t.activity_mut().sampler.set_max_calls_per_s(max);
                 }
                 t
             },
@@ -307,6 +313,7 @@ impl Agent {
                     self.pipeline.tick(now, &self.discovery, &mut self.observations);
                     self.feed_tracker();
                     self.tracker.tick(now);
+                    self.tick_split_sampler(now);
                 }
                 _ = rescan.tick() => {
                     let changes = self.discovery.full_scan();
@@ -725,6 +732,21 @@ impl Agent {
         );
     }
 
+    /// Pauses or resumes the worker split's probes (recording windows above
+    /// `[profile] split_max_calls_per_s`).
+    fn tick_split_sampler(&mut self, now: u64) {
+        let Some(change) = self.tracker.activity_mut().tick_sampler(now) else {
+            return;
+        };
+        let (recording, generation) = match change {
+            crate::worker_time::GateChange::Pause => (false, 0),
+            crate::worker_time::GateChange::Resume { generation } => (true, generation),
+        };
+        if let Err(e) = self.probes.set_split_gate(recording, generation) {
+            tracing::warn!(error = %e, recording, "cannot set the worker split's gate");
+        }
+    }
+
     fn emit_summaries(&mut self, final_summary: bool) {
         let probes = &self.probes;
         let conns: Vec<_> = self.discovery.connections().cloned().collect();
@@ -802,6 +824,7 @@ impl Agent {
             )
             .meta("otlp", serde_json::to_value(otlp).unwrap_or_default())
             .meta("calls", serde_json::to_value(&ts).unwrap_or_default())
+            .meta("split_sampling", self.tracker.activity().sampler.stats())
             .measure("kernel_events", self.counters.kernel_events)
             .measure("ring_records", records)
             .measure("ring_decode_errors", decode_errors)

@@ -60,6 +60,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("output", &old.output, &new.output),
         ("http", &old.http, &new.http),
         ("gpu", &old.gpu, &new.gpu),
+        ("profile", &old.profile, &new.profile),
     ] {
         if !same(a, b) {
             out.push(name);

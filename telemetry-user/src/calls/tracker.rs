@@ -610,6 +610,13 @@ impl CallTracker {
         let is_exception = matches!(outcome, Outcome::Exception { .. });
         let publish = publish_internal && (call.sampled || is_exception);
         let profiled = self.profile.is_some() && !call.internal;
+        if !call.internal {
+            let sampler = &mut self.activity.sampler;
+            sampler.call_finished();
+            if call.t1.is_some_and(|t1| !sampler.covered(t1, end_ns)) {
+                sampler.counters.calls_not_split += 1;
+            }
+        }
         // The split also names the serving thread, whose off-CPU samples are the call's.
         let split = (publish || profiled)
             .then(|| worker_split(&call, end_ns, &self.activity))

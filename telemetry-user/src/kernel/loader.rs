@@ -16,8 +16,8 @@ use telemetry_common::{
     GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_OFF_CPU_PERIOD_NS, GLOBAL_PT_REGS_ARG_OFFSETS,
     GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
     GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
-    MAP_FULL_CAPTURE_FDS, MAP_SCHED_PIDS, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS,
-    MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
+    MAP_FULL_CAPTURE_FDS, MAP_SCHED_PIDS, MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS,
+    MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -274,6 +274,8 @@ pub struct Probes {
     pub(super) ebpf: Ebpf,
     /// SCHED_PIDS, when the scheduling probes are attached.
     pub(super) sched_pids: Option<Array<MapData, u64>>,
+    /// SPLIT_GATE, when the scheduling or serialization probes are loaded.
+    pub(super) split_gate: Option<Array<MapData, u64>>,
     /// The serialization uprobe programs are loaded (attached per worker).
     pub(super) serialization: bool,
     pub(super) worker_links: super::workers::WorkerLinks,
@@ -398,6 +400,15 @@ impl Probes {
             None
         };
 
+        let split_gate = if cfg.scheduling || serialization {
+            Some(
+                Array::try_from(take_map(&mut ebpf, MAP_SPLIT_GATE)?)
+                    .map_err(map_err(MAP_SPLIT_GATE))?,
+            )
+        } else {
+            None
+        };
+
         let watched_pids = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_PIDS)?)
             .map_err(map_err(MAP_WATCHED_PIDS))?;
         let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
@@ -422,6 +433,7 @@ impl Probes {
         Ok(Probes {
             ebpf,
             sched_pids,
+            split_gate,
             serialization,
             worker_links: Default::default(),
             watched_pids,

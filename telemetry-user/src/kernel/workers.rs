@@ -7,7 +7,10 @@ use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     UProbe,
 };
-use telemetry_common::{SerializeFn, SizeFrom, MAP_SCHED_PIDS, SCHED_PID_WORDS};
+use telemetry_common::{
+    SerializeFn, SizeFrom, MAP_SCHED_PIDS, MAP_SPLIT_GATE, SCHED_PID_WORDS, SPLIT_GATE_GENERATION,
+    SPLIT_GATE_PAUSED,
+};
 use thiserror::Error;
 
 use super::loader::Probes;
@@ -24,6 +27,8 @@ pub enum WorkerProbeError {
     TgidTooLarge(u32),
     #[error("map {MAP_SCHED_PIDS}: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("map {MAP_SPLIT_GATE}: {0}")]
+    Gate(aya::maps::MapError),
     #[error("serialization probes are off")]
     SerializationOff,
     #[error("pid 0")]
@@ -77,6 +82,22 @@ impl Probes {
             map.set(word, new, 0)?;
         }
         Ok(())
+    }
+
+    /// Pauses or resumes the worker split's probes (scheduling, off-CPU walks,
+    /// (de)serialization); a resume starts window `generation`. Nothing to do when
+    /// neither probe family is loaded.
+    pub fn set_split_gate(
+        &mut self,
+        recording: bool,
+        generation: u32,
+    ) -> Result<(), WorkerProbeError> {
+        let Some(map) = self.split_gate.as_mut() else {
+            return Ok(());
+        };
+        let word = (generation as u64 & SPLIT_GATE_GENERATION)
+            | if recording { 0 } else { SPLIT_GATE_PAUSED };
+        map.set(0, word, 0).map_err(WorkerProbeError::Gate)
     }
 
     /// Attaches the entry and return probes of `target` for process `pid` only.

@@ -23,6 +23,10 @@ pub struct ProfileConfig {
     /// busy event loop blocks thousands of times a second and each walk costs a few
     /// microseconds in the kernel.
     pub off_cpu_hz: u64,
+    /// Above this many user calls per second, the split's probes (`scheduling`,
+    /// `serialization`, off-CPU walks) record in windows that split about this many
+    /// calls a second; the others carry no split. 0: every call is split.
+    pub split_max_calls_per_s: u32,
 }
 
 impl Default for ProfileConfig {
@@ -35,6 +39,7 @@ impl Default for ProfileConfig {
             scheduling: true,
             off_cpu: true,
             off_cpu_hz: 5,
+            split_max_calls_per_s: 100,
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   address range of its interpreter's GIL (`_PyRuntime`).
 //!
 //! Each stage takes plain records, so all of it is tested without the kernel.
+pub mod sampling;
 pub mod serialization;
 pub mod split;
 pub mod targets;
@@ -21,6 +22,7 @@ mod tests;
 
 use crate::events::WorkerSplit;
 use crate::kernel::{SchedEpisode, SchedRecord, SerializeRecord};
+pub use sampling::{GateChange, SplitSampler};
 pub use serialization::{MessageSizes, SerializeHits};
 pub use timeline::{ProcessWaits, Timelines, WaitReason};
 
@@ -32,10 +34,21 @@ pub const HORIZON_NS: u64 = 120_000_000_000;
 pub const SETTLE_NS: u64 = 2_000_000_000;
 
 /// Everything the agent knows of the workers' threads and their (de)serialization.
-#[derive(Default)]
 pub struct WorkerActivity {
     pub timelines: Timelines,
     pub serialize: SerializeHits,
+    /// When the split's probes record (windows above a call rate).
+    pub sampler: SplitSampler,
+}
+
+impl Default for WorkerActivity {
+    fn default() -> Self {
+        WorkerActivity {
+            timelines: Timelines::default(),
+            serialize: SerializeHits::default(),
+            sampler: SplitSampler::new(0),
+        }
+    }
 }
 
 impl WorkerActivity {
@@ -76,6 +89,23 @@ impl WorkerActivity {
         sizes: MessageSizes,
     ) -> WorkerSplit {
         split::split(self, tgid, reader_tid, t1, t2, sizes)
+    }
+
+    /// Called on every tick: the split gate's change to make in the kernel. On a
+    /// resume, every thread's state is unknown from the pause on.
+    pub fn tick_sampler(&mut self, now_ns: u64) -> Option<GateChange> {
+        let change = self.sampler.tick(now_ns);
+        if let (Some(GateChange::Resume { .. }), Some(paused)) =
+            (change, self.sampler.last_pause_ns())
+        {
+            self.timelines.mark_unwatched(paused);
+        }
+        change
+    }
+
+    /// Whether the split's probes recorded all of `[t1, t2]`.
+    pub fn recorded(&self, t1: u64, t2: u64) -> bool {
+        self.sampler.covered(t1, t2)
     }
 
     /// Drops what no call can need any more: older than SETTLE_NS before the oldest

@@ -52,6 +52,8 @@ fn add(split: &mut SchedSplit, state: ThreadState, d: u64) {
     match state {
         ThreadState::OnCpu => split.on_cpu += d,
         ThreadState::Runnable => split.runqueue += d,
+        // Never clipped into a window (`clipped` refuses it).
+        ThreadState::Unwatched => {}
         ThreadState::Blocked(r) => match r {
             WaitReason::Io => split.io_wait += d,
             WaitReason::Gil => split.gil_wait += d,

@@ -520,3 +520,38 @@ fn threads_started_for_the_call_are_followed_from_when_first_seen() {
         }]
     );
 }
+
+/// The split's probes paused (sampling above a call rate) from 100 to 300 ms: a thread
+/// that did not switch since has no known state, one that did is known again from its
+/// first record, and a window across the pause is never split.
+#[test]
+fn a_pause_of_the_split_probes_leaves_threads_unknown_until_their_next_record() {
+    let mut a = activity();
+    let (busy, idle) = (7, 8);
+    for t in [busy, idle] {
+        a.on_sched(&rec(t, 0, SchedEdge::In));
+        a.on_sched(&rec(t, 50 * MS, out(READ, 3)));
+    }
+    // Paused at 100 ms, resumed at 300 ms (the tick sees the pause's start).
+    a.timelines.mark_unwatched(100 * MS);
+    // The busy thread's first switch in the new window is a first sight (In only).
+    a.on_sched(&rec(busy, 320 * MS, SchedEdge::In));
+    a.on_sched(&rec(busy, 340 * MS, out(READ, 3)));
+    let split = |a: &WorkerActivity, tid: u32, from: u64, to: u64| {
+        a.split(PID, Some(tid), from, to, MessageSizes::default())
+            .sched
+    };
+    let known = split(&a, busy, 330 * MS, 360 * MS).expect("known again");
+    assert_eq!((known.on_cpu, known.io_wait), (10 * MS, 20 * MS));
+    assert!(
+        split(&a, idle, 330 * MS, 360 * MS).is_none(),
+        "not seen since the pause"
+    );
+    assert!(
+        split(&a, busy, 60 * MS, 330 * MS).is_none(),
+        "across the pause"
+    );
+    // Before the pause, as before.
+    let before = split(&a, busy, 10 * MS, 90 * MS).expect("before the pause");
+    assert_eq!((before.on_cpu, before.io_wait), (40 * MS, 40 * MS));
+}

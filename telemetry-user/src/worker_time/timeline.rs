@@ -26,6 +26,8 @@ pub enum ThreadState {
     OnCpu,
     Runnable,
     Blocked(WaitReason),
+    /// The split's probes were paused (sampling): the state is not known.
+    Unwatched,
 }
 
 /// A state and when it began.
@@ -78,7 +80,8 @@ impl ThreadLine {
     }
 
     /// The segments overlapping `[a, b)`, clipped: (start, end, state). None when the
-    /// timeline does not reach back to `a` (the thread's state at `a` is unknown).
+    /// timeline does not reach back to `a` (the thread's state at `a` is unknown) or
+    /// the split's probes were paused in it.
     pub fn clipped(&self, a: u64, b: u64) -> Option<Vec<(u64, u64, ThreadState)>> {
         let first = self.segments.front()?;
         if first.start > a {
@@ -93,6 +96,9 @@ impl ThreadLine {
         for (k, s) in self.segments.iter().enumerate().skip(i) {
             if s.start >= b {
                 break;
+            }
+            if s.state == ThreadState::Unwatched {
+                return None;
             }
             let end = self.segments.get(k + 1).map_or(b, |n| n.start.min(b));
             let start = s.start.max(a);
@@ -326,6 +332,20 @@ impl Timelines {
             return;
         }
         line.push(rec.ts_ns, state);
+    }
+
+    /// The split's probes paused at `from_ns` and record again now: every thread's
+    /// state is unknown from `from_ns` until its next record.
+    pub fn mark_unwatched(&mut self, from_ns: u64) {
+        for t in self.threads.values_mut() {
+            while t.segments.back().is_some_and(|s| s.start >= from_ns) {
+                t.segments.pop_back();
+            }
+            t.segments.push_back(Segment {
+                start: from_ns,
+                state: ThreadState::Unwatched,
+            });
+        }
     }
 
     pub fn prune(&mut self, floor: u64) {

@@ -369,8 +369,8 @@ pub(super) fn call_end(
 }
 
 /// The worker window `[t1, t2]` of a gRPC call that ended at `end_ns`, split (None for
-/// pipe calls and calls whose window was not seen, or when nothing of the worker's
-/// inside was recorded).
+/// pipe calls and calls whose window was not seen or fell outside the split's
+/// recording windows, or when nothing of the worker's inside was recorded).
 pub(super) fn worker_split(
     call: &Call,
     end_ns: u64,
@@ -396,7 +396,7 @@ pub(super) fn worker_split(
         .t2_message
         .or(call.server_done)
         .or_else(|| Some(call.t2?.max(end_ns)))?;
-    if t2 <= t1 {
+    if t2 <= t1 || !activity.recorded(t1, t2) {
         return None;
     }
     // Unary: one message each way, its length is the bytes less the 5-byte prefix.
