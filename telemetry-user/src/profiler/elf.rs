@@ -57,6 +57,18 @@ struct Segment {
 }
 
 /// Symbols of one ELF file, sorted by address.
+/// An object file, mapped read-only rather than read: only the pages the parse
+/// touches (headers, symbol and string tables) become resident, and only while it
+/// runs. Reading libpython or numpy's objects whole was tens of MB of heap.
+pub(crate) fn map_file(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a private read-only mapping of an installed library or executable that
+    // running processes map too; it is parsed at once and dropped. (Truncating such
+    // a file under a running process is the one way to fault here, and it would
+    // fault those processes first.)
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
 pub struct ElfSymbols {
     pub path: PathBuf,
     segments: Vec<Segment>,
@@ -71,7 +83,7 @@ impl ElfSymbols {
             Some(r) => r.join(path.strip_prefix("/").unwrap_or(path)),
             None => path.to_path_buf(),
         };
-        let data = std::fs::read(&real).map_err(|source| ProfilerError::Io {
+        let data = map_file(&real).map_err(|source| ProfilerError::Io {
             path: real.clone(),
             source,
         })?;
@@ -152,7 +164,7 @@ fn defined_symbols(file: &object::File) -> Vec<(u64, u64, String)> {
 /// by build id, else the `.gnu_debuglink` name next to the file, in its `.debug/`, or
 /// under `/usr/lib/debug` + its directory. A debuglink candidate counts only when its
 /// CRC-32 matches the link's.
-fn debug_file(file: &object::File, path: &Path, root: Option<&Path>) -> Option<Vec<u8>> {
+fn debug_file(file: &object::File, path: &Path, root: Option<&Path>) -> Option<memmap2::Mmap> {
     let under_root = |p: PathBuf| match root {
         Some(r) => r.join(p.strip_prefix("/").unwrap_or(&p)),
         None => p,
@@ -165,7 +177,7 @@ fn debug_file(file: &object::File, path: &Path, root: Option<&Path>) -> Option<V
                 &hex[..2],
                 &hex[2..]
             ));
-            if let Ok(data) = std::fs::read(under_root(p)) {
+            if let Ok(data) = map_file(&under_root(p)) {
                 return Some(data);
             }
         }
@@ -184,7 +196,7 @@ fn debug_file(file: &object::File, path: &Path, root: Option<&Path>) -> Option<V
         Path::new("/usr/lib/debug").join(rel).join(name),
     ]
     .into_iter()
-    .filter_map(|p| std::fs::read(under_root(p)).ok())
+    .filter_map(|p| map_file(&under_root(p)).ok())
     .find(|data| crc32(data) == crc)
 }
 

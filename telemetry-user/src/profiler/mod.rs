@@ -178,6 +178,7 @@ pub struct Profiler {
     decode_errors: u64,
     /// `task_struct.thread.fsbase` (BTF), or u32::MAX.
     task_fsbase_off: u32,
+    stacks: stacks::Interner,
 }
 
 /// Offset of `task_struct.thread.fsbase`: a 3.10 thread state names its thread by
@@ -209,6 +210,7 @@ impl Profiler {
             interpreters: Arc::default(),
             decode_errors: 0,
             task_fsbase_off: task_fsbase_off(),
+            stacks: stacks::Interner::default(),
         }
     }
 
@@ -422,6 +424,7 @@ impl Profiler {
             let mut frames = stack.frames.to_vec();
             frames.push(offcpu::reason_frame(s.off_cpu_syscall, s.off_cpu_state));
             stack.frames = frames.into();
+            let stack = self.stacks.stack(stack);
             let blocked = BlockedIn {
                 syscall: i64::from(s.off_cpu_syscall),
                 state: s.off_cpu_state,
@@ -430,6 +433,7 @@ impl Profiler {
                 .with(|st| st.push_off_cpu(s.tgid, s.ts_ns, s.off_cpu_ns, stack, blocked));
             return;
         }
+        let stack = self.stacks.stack(stack);
         self.handle.with(|st| st.push(s.tgid, s.ts_ns, stack));
     }
 }

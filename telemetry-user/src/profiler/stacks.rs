@@ -3,6 +3,7 @@
 //! kernels, upb, orjson, ...). A thread with no Python frame keeps its native stack.
 use super::code::CodeInfo;
 use super::native::NativeFrame;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -149,6 +150,43 @@ pub fn merge(
     }
 }
 
+/// Distinct stacks and names kept at once by an [`Interner`]; beyond it the table
+/// starts again (stored samples keep what they share).
+const MAX_INTERNED: usize = 16_384;
+
+/// One copy of each distinct stack and name: a worker's samples are mostly a few
+/// stacks, and a stack of 20 Python frames is 60 strings (the store keeps up to
+/// 200,000 samples: most of the agent's heap before this).
+#[derive(Default)]
+pub struct Interner {
+    frames: HashSet<Arc<[Frame]>>,
+    names: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    /// `stack` sharing the frames and names of an equal one seen before.
+    pub fn stack(&mut self, mut stack: Stack) -> Stack {
+        if self.frames.len() >= MAX_INTERNED || self.names.len() >= MAX_INTERNED {
+            self.frames.clear();
+            self.names.clear();
+        }
+        stack.frames = share(&mut self.frames, stack.frames);
+        stack.hot_frame = share(&mut self.names, stack.hot_frame);
+        stack.library = share(&mut self.names, stack.library);
+        stack
+    }
+}
+
+fn share<T: ?Sized + Eq + std::hash::Hash>(set: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    match set.get(&value) {
+        Some(kept) => kept.clone(),
+        None => {
+            set.insert(value.clone());
+            value
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +275,41 @@ mod tests {
             native_library(Path::new("/v/site-packages/google/_upb/_message.abi3.so")),
             "google"
         );
+    }
+
+    #[test]
+    fn equal_stacks_share_one_copy() {
+        let python = |f: &str| Frame::Python {
+            function: f.into(),
+            library: "demo".into(),
+            file: "demo.py".into(),
+            line: 1,
+        };
+        let mut interner = Interner::default();
+        let a = interner.stack(merge(
+            1,
+            vec![python("a"), python("main")],
+            &[],
+            Path::new("/p"),
+            false,
+        ));
+        let b = interner.stack(merge(
+            2,
+            vec![python("a"), python("main")],
+            &[],
+            Path::new("/p"),
+            false,
+        ));
+        let c = interner.stack(merge(
+            1,
+            vec![python("c"), python("main")],
+            &[],
+            Path::new("/p"),
+            false,
+        ));
+        assert!(Arc::ptr_eq(&a.frames, &b.frames) && Arc::ptr_eq(&a.hot_frame, &b.hot_frame));
+        assert!(Arc::ptr_eq(&a.library, &c.library));
+        assert!(!Arc::ptr_eq(&a.frames, &c.frames));
+        assert_eq!((a.tid, b.tid, &*c.hot_frame), (1, 2, "c"));
     }
 }

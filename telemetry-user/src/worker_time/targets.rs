@@ -117,7 +117,7 @@ fn symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> 
 }
 
 fn parse_symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> {
-    let data = std::fs::read(path)?;
+    let data = crate::profiler::elf::map_file(path)?;
     let file = object::File::parse(&*data)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut out = BTreeMap::new();
