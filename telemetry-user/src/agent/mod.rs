@@ -743,9 +743,16 @@ impl Agent {
             crate::worker_time::GateChange::Pause => (false, 0),
             crate::worker_time::GateChange::Resume { generation } => (true, generation),
         };
+        let started = std::time::Instant::now();
         if let Err(e) = self.probes.set_split_gate(recording, generation) {
             tracing::warn!(error = %e, recording, "cannot set the worker split's gate");
         }
+        tracing::debug!(
+            recording,
+            generation,
+            took_us = started.elapsed().as_micros() as u64,
+            "worker split gate"
+        );
     }
 
     fn emit_summaries(&mut self, final_summary: bool) {

@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint, UProbe},
+    programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use telemetry_common::{
@@ -276,6 +276,9 @@ pub struct Probes {
     pub(super) sched_pids: Option<Array<MapData, u64>>,
     /// SPLIT_GATE, when the scheduling or serialization probes are loaded.
     pub(super) split_gate: Option<Array<MapData, u64>>,
+    /// The scheduling programs' links (program, tracepoint, link while attached):
+    /// detached while the split gate is paused.
+    pub(super) sched_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
     /// The serialization uprobe programs are loaded (attached per worker).
     pub(super) serialization: bool,
     pub(super) worker_links: super::workers::WorkerLinks,
@@ -341,6 +344,7 @@ impl Probes {
         };
 
         let mut attached = Vec::with_capacity(PROGRAMS.len());
+        let mut sched_links = Vec::new();
         for &(name, hook) in PROGRAMS {
             if !cfg.scheduling && SCHED_PROGRAMS.contains(&name) {
                 continue;
@@ -366,7 +370,10 @@ impl Probes {
                 Hook::Raw(tp) => {
                     let p: &mut RawTracePoint = prog.try_into().map_err(probe_err)?;
                     p.load().map_err(probe_err)?;
-                    p.attach(tp).map_err(probe_err)?;
+                    let link = p.attach(tp).map_err(probe_err)?;
+                    if SCHED_PROGRAMS.contains(&name) {
+                        sched_links.push((name, tp, Some(link)));
+                    }
                 }
             }
             attached.push(target);
@@ -434,6 +441,7 @@ impl Probes {
             ebpf,
             sched_pids,
             split_gate,
+            sched_links,
             serialization,
             worker_links: Default::default(),
             watched_pids,
