@@ -12,8 +12,9 @@
 //! The miss path runs on every context switch and wakeup of the host, so it is kept to
 //! helper-free bitmap tests (SCHED_PIDS is an array, its lookup is inlined) plus one
 //! kernel read of the next task's tgid; the clock is read only on a hit. While the
-//! split gate is paused (SPLIT_GATE, the agent's sampling above a call rate) every
-//! program returns after one inlined array lookup.
+//! split gate is paused (SPLIT_GATE, the agent's sampling above a call rate) the agent
+//! detaches both programs; a run that races the detach returns after one inlined
+//! array lookup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
     macros::{map, raw_tracepoint},
