@@ -97,14 +97,31 @@ impl Probes {
         recording: bool,
         generation: u32,
     ) -> Result<(), WorkerProbeError> {
-        let Some(map) = self.split_gate.as_mut() else {
+        if self.split_gate.is_none() {
             return Ok(());
-        };
+        }
         let word = (generation as u64 & SPLIT_GATE_GENERATION)
             | if recording { 0 } else { SPLIT_GATE_PAUSED };
-        if !recording {
-            map.set(0, word, 0).map_err(WorkerProbeError::Gate)?;
+        // Paused before the detach, attached before the resume: no program runs on a
+        // stale generation.
+        if recording {
+            self.attach_sched(true)?;
+            self.write_split_gate(word)
+        } else {
+            self.write_split_gate(word)?;
+            self.attach_sched(false)
         }
+    }
+
+    fn write_split_gate(&mut self, word: u64) -> Result<(), WorkerProbeError> {
+        match self.split_gate.as_mut() {
+            Some(map) => map.set(0, word, 0).map_err(WorkerProbeError::Gate),
+            None => Ok(()),
+        }
+    }
+
+    /// Attaches or detaches the scheduling raw tracepoints (those not already so).
+    fn attach_sched(&mut self, attach: bool) -> Result<(), WorkerProbeError> {
         for (name, tp, link) in &mut self.sched_links {
             let Some(Ok(prog)) = self
                 .ebpf
@@ -113,7 +130,7 @@ impl Probes {
             else {
                 continue;
             };
-            let result = match (recording, link.take()) {
+            let result = match (attach, link.take()) {
                 (true, None) => prog.attach(tp).map(|id| *link = Some(id)),
                 (false, Some(id)) => prog.detach(id),
                 (_, kept) => {
@@ -126,13 +143,6 @@ impl Probes {
                 path: PathBuf::from(format!("raw_tracepoint:{tp}")),
                 source: Box::new(e),
             })?;
-        }
-        if recording {
-            let map = self
-                .split_gate
-                .as_mut()
-                .ok_or(WorkerProbeError::SchedulingOff)?;
-            map.set(0, word, 0).map_err(WorkerProbeError::Gate)?;
         }
         Ok(())
     }

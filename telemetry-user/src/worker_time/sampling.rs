@@ -252,8 +252,22 @@ mod tests {
             "began before the window"
         );
         assert!(!s.covered(end - MS, end + MS), "ended after it");
-        if s.is_recording() {
-            assert_eq!(s.last_pause_ns(), Some(end), "the pause began as it ended");
+        // Through the next pause and resume: the pause that ends began where the
+        // window before it ended.
+        let mut t = 30_000 * MS;
+        let mut paused_at = None;
+        loop {
+            t += 100 * MS;
+            for _ in 0..100 {
+                s.call_finished();
+            }
+            match s.tick(t) {
+                Some(GateChange::Pause) => paused_at = Some(t),
+                Some(GateChange::Resume { .. }) if paused_at.is_some() => break,
+                _ => {}
+            }
+            assert!(t < 45_000 * MS, "a pause and a resume within 15 s");
         }
+        assert_eq!(s.last_pause_ns(), paused_at);
     }
 }
