@@ -1,7 +1,8 @@
 //! The probes inside the workers: each worker's threads get the scheduling records
 //! (SCHED_PIDS), its mapped upb and orjson objects the (de)serialization uprobes, and
 //! the tracker learns where its GIL lies. A worker that has not imported protobuf or
-//! orjson yet (a fresh one) is planned again every 0.25 s for 5 s, then at doubling
+//! orjson yet (a fresh one; the stdlib json it imported first does not count) is
+//! planned again every 0.25 s for 5 s, then at doubling
 //! intervals (about 4 minutes in all), then left with one log line saying what is
 //! missing.
 use std::collections::HashMap;
@@ -96,8 +97,16 @@ impl WorkerProbes {
                     }
                 }
             }
-            let has_gil = plan.waits.gil.is_some();
-            w.complete = has_gil && (!serialization || w.attached.len() >= 4);
+            let all_attached = plan.targets.iter().all(|t| {
+                w.attached
+                    .iter()
+                    .any(|(p, s)| *p == t.path && *s == t.symbol)
+            });
+            w.complete = if serialization {
+                plan.complete && all_attached
+            } else {
+                plan.waits.gil.is_some()
+            };
             if !w.complete && w.plans == MAX_PLANS {
                 self.counters.workers_missing_targets += 1;
                 tracing::info!(

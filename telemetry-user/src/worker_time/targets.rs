@@ -39,6 +39,11 @@ pub struct WorkerProbePlan {
     pub missing: Vec<String>,
     /// The interpreter object that holds `_PyRuntime`.
     pub interpreter: Option<PathBuf>,
+    /// Nothing is left to find later: the GIL, upb's two functions and orjson's two.
+    /// The stdlib json does not complete a plan: a worker imports it long before
+    /// orjson (Snakepit's server does, then its adapters), and a plan that stopped
+    /// there would never probe the orjson the worker actually uses.
+    pub complete: bool,
 }
 
 /// A mapped file: its lowest address and file offset 0's mapping start.
@@ -189,6 +194,8 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
     let files = mapped_files(&maps);
     let mut have_protobuf = false;
     let mut have_json = false;
+    let mut have_orjson = false;
+    let (mut protobuf_picked, mut orjson_picked) = (0, 0);
     for (path, mapped) in &files {
         let host = host_path(proc_root, pid, path);
         if is_upb(path) {
@@ -205,7 +212,10 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
                         (SerializeFn::ProtobufEncode, PROTOBUF_ENCODE),
                     ] {
                         match pick(&host, f, c, &found) {
-                            Some(t) => plan.targets.push(t),
+                            Some(t) => {
+                                protobuf_picked += 1;
+                                plan.targets.push(t)
+                            }
                             None => plan.missing.push(format!(
                                 "protobuf {f:?}: none of {:?} in {path} (stripped?)",
                                 c.iter().map(|(n, _)| *n).collect::<Vec<_>>()
@@ -219,6 +229,7 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
             }
         } else if is_orjson(path) {
             have_json = true;
+            have_orjson = true;
             match symbols(&host, &["loads", "dumps"]) {
                 Ok((found, _)) => {
                     for (f, c) in [
@@ -226,7 +237,10 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
                         (SerializeFn::JsonEncode, JSON_ENCODE),
                     ] {
                         match pick(&host, f, c, &found) {
-                            Some(t) => plan.targets.push(t),
+                            Some(t) => {
+                                orjson_picked += 1;
+                                plan.targets.push(t)
+                            }
                             None => plan
                                 .missing
                                 .push(format!("orjson: no {f:?} symbol in {path}")),
@@ -277,6 +291,12 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
             "json: neither orjson nor the stdlib _json extension (with symbols) is mapped".into(),
         );
     }
+    if have_json && !have_orjson {
+        plan.missing.push(
+            "orjson: not mapped (not imported yet, or not used: the stdlib json is probed)".into(),
+        );
+    }
+    plan.complete = plan.waits.gil.is_some() && protobuf_picked == 2 && orjson_picked == 2;
     if plan.waits.gil.is_none() {
         plan.missing.push("gil: no _PyRuntime symbol in a mapped libpython or python executable (GIL waits count as lock waits)".into());
     }

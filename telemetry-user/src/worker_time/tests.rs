@@ -296,10 +296,13 @@ fn records_are_kept_for_the_calls_in_flight_and_a_settling_time() {
         .is_none());
 }
 
-/// The plan of a real Python process that imported upb and orjson finds their
-/// (de)serialization symbols and the interpreter's _PyRuntime.
+/// The plan of a real Python process, in the order a Snakepit worker imports: the
+/// stdlib json and upb first (the plan is not complete: orjson is still to come and
+/// would never be probed), then orjson (complete: its symbols, upb's and the
+/// interpreter's _PyRuntime).
 #[test]
 fn plans_the_probes_of_a_real_python_process() {
+    use std::io::{BufRead, Write};
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     assert!(
         python.exists(),
@@ -309,27 +312,46 @@ fn plans_the_probes_of_a_real_python_process() {
     let mut child = std::process::Command::new(&python)
         .args([
             "-c",
-            "import sys, orjson; from google.protobuf import any_pb2; print('ready', flush=True); sys.stdin.read()",
+            "import sys, json; from google.protobuf import any_pb2; print('ready', flush=True); \
+             sys.stdin.readline(); import orjson; print('ready', flush=True); sys.stdin.read()",
         ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn python");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("read");
-    assert_eq!(line.trim(), "ready");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ready = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+    };
+    ready();
+    let before = targets::plan(Path::new("/proc"), child.id(), None);
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    ready();
     let plan = targets::plan(Path::new("/proc"), child.id(), None);
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        !before.complete
+            && before
+                .missing
+                .iter()
+                .any(|m| m.starts_with("orjson: not mapped")),
+        "{:?}",
+        before.missing
+    );
     let found: Vec<(SerializeFn, &str)> = plan
         .targets
         .iter()
         .map(|t| (t.function, t.symbol.as_str()))
         .collect();
+    assert!(plan.complete, "{found:?} {:?}", plan.missing);
     assert!(
         found.contains(&(SerializeFn::JsonDecode, "loads")),
         "{found:?} {:?}",
