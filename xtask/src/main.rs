@@ -51,6 +51,13 @@ enum Task {
         /// gRPC workers in the demo pool.
         #[arg(long, default_value_t = 4)]
         workers: u32,
+        /// Pipe workers (Erlang ports, `{packet,4}`) in the pool as well: the
+        /// cheapest calls the demo can drive (its highest call rates).
+        #[arg(long, default_value_t = 0)]
+        pipe_workers: u32,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
         /// Calls/s for one attached phase of `--seconds` instead of saturation rounds.
         #[arg(long, default_value_t = 0)]
         rate: u32,
@@ -118,6 +125,8 @@ fn main() -> Result<()> {
             rounds,
             seconds,
             workers,
+            pipe_workers,
+            concurrency,
             rate,
             detached_only,
             nice,
@@ -134,6 +143,8 @@ fn main() -> Result<()> {
                     rounds,
                     seconds,
                     workers,
+                    pipe_workers,
+                    concurrency,
                     rate,
                     detached_only,
                     nice,

@@ -334,6 +334,15 @@ impl Agent {
                 }
             }
         }
+        // Each step of the shutdown is timed: a daemon's stop must stay well inside a
+        // service manager's stop timeout, and the log says which step took it.
+        let stopping = std::time::Instant::now();
+        let mut steps: Vec<(&str, u128)> = Vec::new();
+        let mut step = |name: &'static str, since: &mut std::time::Instant| {
+            steps.push((name, since.elapsed().as_millis()));
+            *since = std::time::Instant::now();
+        };
+        let mut since = stopping;
         // Drain what the kernel already delivered, so the final summaries include it;
         // bounded, since traffic that goes on would keep the queue from ever emptying.
         let drain_until = std::time::Instant::now() + SHUTDOWN_DRAIN;
@@ -344,9 +353,11 @@ impl Agent {
                 break;
             }
         }
+        step("drain", &mut since);
         self.finish_closing(u64::MAX);
         self.emit_summaries(true);
         self.bus.publish(Event::new(schema::AGENT_STOPPED));
+        step("summaries", &mut since);
         // The sink ends when every sender of the bus is gone (the tracker holds one).
         let Agent {
             sink,
@@ -355,14 +366,28 @@ impl Agent {
             bus,
             tracker,
             gpu_workers,
+            probes,
+            profiler,
             ..
         } = self;
         drop(tracker);
         drop(gpu_workers);
         drop(bus);
         let _ = sink.await;
+        step("sink", &mut since);
         otlp.finish().await;
+        step("otlp", &mut since);
         let _ = logger.await;
+        step("log", &mut since);
+        drop(profiler);
+        // Detaches every program and uprobe.
+        drop(probes);
+        step("detach", &mut since);
+        tracing::info!(
+            total_ms = stopping.elapsed().as_millis() as u64,
+            steps = ?steps,
+            "stopped"
+        );
         match failure.or_else(|| health.output_failure()) {
             Some(why) => anyhow::bail!("the event output failed: {why}"),
             None => Ok(()),

@@ -123,7 +123,7 @@ impl ProfileHandle {
     /// Root-first stacks of the samples matching `f`, with the samples or off-CPU
     /// episodes each stands for and their weights (1 per CPU sample, the blocked
     /// nanoseconds of an off-CPU sample).
-    pub fn stacks(&self, f: &Filter) -> Vec<(Arc<[Frame]>, u64, u64)> {
+    pub fn stacks(&self, f: &Filter) -> Vec<(stacks::Frames, u64, u64)> {
         self.with(|s| {
             s.select(f)
                 .into_iter()
@@ -254,15 +254,24 @@ impl Profiler {
                 .unwrap_or(0);
             m.insert((*name).into(), v.into());
         }
-        let (total, attributed, off_cpu, estimated, unwalked_dropped) = self.handle.with(|s| {
-            (
-                s.total_samples,
-                s.attributed,
-                s.off_cpu_samples,
-                s.off_cpu_estimated,
-                s.off_cpu_unwalked_dropped,
-            )
-        });
+        let (total, attributed, off_cpu, estimated, unwalked_dropped, held) =
+            self.handle.with(|s| {
+                (
+                    s.total_samples,
+                    s.attributed,
+                    s.off_cpu_samples,
+                    s.off_cpu_estimated,
+                    s.off_cpu_unwalked_dropped,
+                    s.held(),
+                )
+            });
+        // What the window holds (the agent's largest memory consumer under load).
+        let (frames, stacks, names) = self.stacks.sizes();
+        m.insert("held_samples".into(), held.0.into());
+        m.insert("held_off_cpu_samples".into(), held.1.into());
+        m.insert("distinct_frames".into(), frames.into());
+        m.insert("distinct_stacks".into(), stacks.into());
+        m.insert("distinct_names".into(), names.into());
         m.insert("resolved".into(), total.into());
         m.insert("off_cpu_resolved".into(), off_cpu.into());
         m.insert("off_cpu_estimated".into(), estimated.into());
@@ -422,7 +431,10 @@ impl Profiler {
         // says why the thread left the CPU.
         if s.flags & SAMPLE_OFF_CPU != 0 {
             let mut frames = stack.frames.to_vec();
-            frames.push(offcpu::reason_frame(s.off_cpu_syscall, s.off_cpu_state));
+            frames.push(Arc::new(offcpu::reason_frame(
+                s.off_cpu_syscall,
+                s.off_cpu_state,
+            )));
             stack.frames = frames.into();
             let stack = self.stacks.stack(stack);
             let blocked = BlockedIn {

@@ -3,6 +3,7 @@
 use super::error::ProfilerError;
 use super::offcpu::ProfileMode;
 use super::stacks::Frame;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -15,12 +16,12 @@ pub enum ProfileFormat {
 
 /// `frame;frame;frame count` lines (root first), sorted; `count` is the sum of the
 /// stacks' weights (CPU samples; off-CPU: see `off_cpu_us`).
-pub fn folded<'a>(stacks: impl Iterator<Item = (&'a [Frame], u64)>) -> String {
+pub fn folded<'a, F: Borrow<Frame> + 'a>(stacks: impl Iterator<Item = (&'a [F], u64)>) -> String {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for (frames, weight) in stacks {
         let key = frames
             .iter()
-            .map(|f| f.name().replace([';', '\n'], "_"))
+            .map(|f| f.borrow().name().replace([';', '\n'], "_"))
             .collect::<Vec<_>>()
             .join(";");
         *counts.entry(key).or_default() += weight;
@@ -46,8 +47,8 @@ pub fn count_name(mode: ProfileMode) -> &'static str {
 }
 
 /// Folded stacks of (root-first frames, weight) in `mode`'s unit.
-pub fn folded_in<'a>(
-    stacks: impl Iterator<Item = (&'a [Frame], u64)>,
+pub fn folded_in<'a, F: Borrow<Frame> + 'a>(
+    stacks: impl Iterator<Item = (&'a [F], u64)>,
     mode: ProfileMode,
 ) -> String {
     match mode {

@@ -3,6 +3,7 @@
 //! encoded with prost and gzipped as pprof tools expect.
 use super::offcpu::ProfileMode;
 use super::stacks::Frame;
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,8 +132,8 @@ impl Builder {
 /// `ProfileHandle::stacks`). CPU: each sample worth one period of `1/sample_hz` s,
 /// values [samples count, cpu nanoseconds]. Off-CPU: values [samples count, off_cpu
 /// nanoseconds] (the time the threads spent blocked there).
-pub fn build<'a>(
-    stacks: impl Iterator<Item = (&'a [Frame], u64, u64)>,
+pub fn build<'a, F: Borrow<Frame> + 'a>(
+    stacks: impl Iterator<Item = (&'a [F], u64, u64)>,
     mode: ProfileMode,
     sample_hz: u64,
     time_unix_ns: u64,
@@ -168,7 +169,11 @@ pub fn build<'a>(
     b.p.duration_nanos = duration_ns as i64;
     let mut merged: HashMap<Vec<u64>, (i64, i64)> = HashMap::new();
     for (frames, count, weight) in stacks {
-        let ids: Vec<u64> = frames.iter().rev().map(|f| b.location(f)).collect();
+        let ids: Vec<u64> = frames
+            .iter()
+            .rev()
+            .map(|f| b.location(f.borrow()))
+            .collect();
         let v = merged.entry(ids).or_default();
         v.0 += count as i64;
         v.1 += match mode {

@@ -86,12 +86,17 @@ fn is_runtime(library: &str) -> bool {
         || library == "libpthread"
 }
 
+/// A stack's frames, root first. Each frame is its own shared copy: samples differ
+/// mostly in a line number or a leaf, so a distinct stack costs a pointer per frame,
+/// not its frames' strings again.
+pub type Frames = Arc<[Arc<Frame>]>;
+
 /// A sample after resolution.
 #[derive(Clone, Debug)]
 pub struct Stack {
     pub tid: u32,
-    /// Root first.
-    pub frames: Arc<[Frame]>,
+    /// Root first, each frame shared by every stack that holds it (see [`Interner`]).
+    pub frames: Frames,
     /// The frame a user would name: innermost Python frame, else innermost native.
     /// (Shared: off-CPU episodes the kernel did not walk reuse a walked stack.)
     pub hot_frame: Arc<str>,
@@ -143,7 +148,7 @@ pub fn merge(
         .unwrap_or_else(|| "unknown".into());
     Stack {
         tid,
-        frames: frames.into(),
+        frames: frames.into_iter().map(Arc::new).collect(),
         hot_frame: hot_frame.into(),
         library: library.into(),
         truncated,
@@ -154,26 +159,45 @@ pub fn merge(
 /// starts again (stored samples keep what they share).
 const MAX_INTERNED: usize = 16_384;
 
-/// One copy of each distinct stack and name: a worker's samples are mostly a few
-/// stacks, and a stack of 20 Python frames is 60 strings (the store keeps up to
-/// 200,000 samples: most of the agent's heap before this).
+/// One copy of each distinct frame, stack and name: a worker's samples are mostly a
+/// few stacks, and a stack of 20 Python frames is 60 strings (the store keeps up to
+/// 200,000 samples: most of the agent's heap before this). CPU samples of a busy
+/// worker differ in a line number almost every time: those stacks share their frames.
 #[derive(Default)]
 pub struct Interner {
-    frames: HashSet<Arc<[Frame]>>,
+    frame: HashSet<Arc<Frame>>,
+    frames: HashSet<Frames>,
     names: HashSet<Arc<str>>,
 }
 
 impl Interner {
     /// `stack` sharing the frames and names of an equal one seen before.
     pub fn stack(&mut self, mut stack: Stack) -> Stack {
-        if self.frames.len() >= MAX_INTERNED || self.names.len() >= MAX_INTERNED {
+        if self.frames.len() >= MAX_INTERNED
+            || self.frame.len() >= MAX_INTERNED
+            || self.names.len() >= MAX_INTERNED
+        {
+            self.frame.clear();
             self.frames.clear();
             self.names.clear();
+        }
+        if !self.frames.contains(&stack.frames) {
+            let own: Frames = stack
+                .frames
+                .iter()
+                .map(|f| share(&mut self.frame, f.clone()))
+                .collect();
+            stack.frames = own;
         }
         stack.frames = share(&mut self.frames, stack.frames);
         stack.hot_frame = share(&mut self.names, stack.hot_frame);
         stack.library = share(&mut self.names, stack.library);
         stack
+    }
+
+    /// (distinct frames, stacks, names) held.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.frame.len(), self.frames.len(), self.names.len())
     }
 }
 
@@ -227,7 +251,7 @@ mod tests {
             nf(LIBPY, "PyObject_Call"),
         ];
         let s = merge(7, python, &native, std::path::Path::new(LIBPY), false);
-        let names: Vec<&str> = s.frames.iter().map(Frame::name).collect();
+        let names: Vec<&str> = s.frames.iter().map(|f| f.name()).collect();
         assert_eq!(
             names,
             [
@@ -310,6 +334,10 @@ mod tests {
         assert!(Arc::ptr_eq(&a.frames, &b.frames) && Arc::ptr_eq(&a.hot_frame, &b.hot_frame));
         assert!(Arc::ptr_eq(&a.library, &c.library));
         assert!(!Arc::ptr_eq(&a.frames, &c.frames));
+        // Different stacks share the frames they have in common (`main`, the root).
+        assert!(Arc::ptr_eq(&a.frames[0], &c.frames[0]));
+        assert!(!Arc::ptr_eq(&a.frames[1], &c.frames[1]));
+        assert_eq!(interner.sizes(), (3, 2, 3));
         assert_eq!((a.tid, b.tid, &*c.hot_frame), (1, 2, "c"));
     }
 }

@@ -198,7 +198,7 @@ impl Worker {
         }
         let tail = self.off_cpu.split_off(first);
         // (tid, frames, function) -> index of the sample that takes the others' time.
-        let mut into: HashMap<(u32, *const Frame, *const u8), usize> = HashMap::new();
+        let mut into: HashMap<(u32, *const Arc<Frame>, *const u8), usize> = HashMap::new();
         for s in tail {
             if take(&s) {
                 let function = s
@@ -207,7 +207,7 @@ impl Worker {
                     .map_or(std::ptr::null(), |f| Arc::as_ptr(f) as *const u8);
                 let key = (
                     s.stack.tid,
-                    Arc::as_ptr(&s.stack.frames) as *const Frame,
+                    Arc::as_ptr(&s.stack.frames) as *const Arc<Frame>,
                     function,
                 );
                 if let Some(&i) = into.get(&key) {
@@ -308,6 +308,13 @@ impl SampleStore {
 
     pub fn remove_worker(&mut self, pid: u32) {
         self.workers.remove(&pid);
+    }
+
+    /// (CPU samples, off-CPU samples) held now, over all workers.
+    pub fn held(&self) -> (usize, usize) {
+        self.workers.values().fold((0, 0), |(c, o), w| {
+            (c + w.samples.len(), o + w.off_cpu.len())
+        })
     }
 
     pub fn pool_of(&self, pid: u32) -> Option<&str> {
@@ -525,10 +532,10 @@ mod tests {
     fn stack_of(tid: u32, hot: &str, lib: &str) -> Stack {
         Stack {
             tid,
-            frames: vec![Frame::Native {
+            frames: vec![Arc::new(Frame::Native {
                 name: hot.into(),
                 library: lib.into(),
-            }]
+            })]
             .into(),
             hot_frame: hot.into(),
             library: lib.into(),
@@ -590,10 +597,10 @@ mod off_cpu_tests {
     fn stack(tid: u32, leaf: &str) -> Stack {
         Stack {
             tid,
-            frames: vec![Frame::Native {
+            frames: vec![Arc::new(Frame::Native {
                 name: leaf.into(),
                 library: "kernel".into(),
-            }]
+            })]
             .into(),
             hot_frame: leaf.into(),
             library: "kernel".into(),

@@ -23,6 +23,9 @@ pub struct BenchArgs {
     pub rounds: u32,
     pub seconds: u64,
     pub workers: u32,
+    pub pipe_workers: u32,
+    /// Calls in flight at once.
+    pub concurrency: u32,
     /// Calls/s for rate mode; 0 = saturation.
     pub rate: u32,
     /// Rounds without the agent only (to check that the load holds steady).

@@ -50,6 +50,7 @@ pub struct Bench {
     pub beam_pid: u32,
     pub seconds: u64,
     pub nice: i32,
+    pub concurrency: u32,
 }
 
 impl Bench {
@@ -65,7 +66,7 @@ impl Bench {
         }
         let mut demo = Demo::start(&DemoOptions {
             grpc_workers: args.workers,
-            pipe_workers: 0,
+            pipe_workers: args.pipe_workers,
             log: Some(dir.join("beam.log")),
             init_session_per_call: !args.no_session_callbacks,
             nice: args.nice,
@@ -89,6 +90,7 @@ impl Bench {
             beam_pid: status.beam_pid,
             seconds: args.seconds,
             nice: args.nice,
+            concurrency: args.concurrency.max(1),
         };
         if args.warmup_seconds > 0 {
             // Connections, sessions, Python imports, the BEAM's and grpcio's buffers.
@@ -99,7 +101,7 @@ impl Bench {
 
     fn load(&mut self, rate: u32, seconds: u64) -> Result<u64> {
         let mut spec = LoadSpec::new(rate, seconds * 1000, &[("echo", 1)]);
-        spec.concurrency = 4;
+        spec.concurrency = self.concurrency;
         self.demo.load_count(&spec)
     }
 

@@ -80,8 +80,10 @@ pub struct Report {
 impl Report {
     pub fn new(args: &BenchArgs, machine: Machine) -> Report {
         let setup = format!(
-            "{} gRPC workers, tool echo, 4 calls in flight per worker, InitializeSession callback per call: {}, nice {}, BEAM scheduler busy-wait: {}; {} s per phase{}",
+            "{} gRPC workers, {} pipe workers, tool echo, {} calls in flight per worker, InitializeSession callback per call: {}, nice {}, BEAM scheduler busy-wait: {}; {} s per phase{}",
             args.workers,
+            args.pipe_workers,
+            args.concurrency,
             if args.no_session_callbacks { "no" } else { "yes" },
             args.nice,
             if args.beam_busy_wait { "on" } else { "off" },
