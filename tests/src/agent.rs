@@ -169,16 +169,24 @@ impl Agent {
     }
 
     /// SIGINT, then waits for a clean exit; returns every event written.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.stop_timed().map(|(_, events)| events)
+    }
+
+    /// Like `stop`, with the time from SIGINT to the agent's exit (reading its
+    /// events afterwards is not counted: a long run's take seconds to parse).
+    pub fn stop_timed(mut self) -> Result<(Duration, Vec<Value>)> {
+        let sent = Instant::now();
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait()? {
+                let took = sent.elapsed();
                 if !status.success() {
                     bail!("agent exited with {status}; see agent.log");
                 }
-                return Ok(self.events());
+                return Ok((took, self.events()));
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();

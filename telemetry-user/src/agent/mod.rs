@@ -322,8 +322,14 @@ impl Agent {
                 }
                 _ = summary.tick() => self.emit_summaries(false),
                 _ = &mut deadline => break,
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
+                _ = sigint.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    break;
+                }
+                _ = sigterm.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    break;
+                }
                 _ = sighup.recv() => match &opts.reload {
                     Some(reloader) => self.reload(reloader),
                     None => tracing::info!("SIGHUP ignored: no configuration to reload"),
@@ -380,11 +386,14 @@ impl Agent {
         let _ = logger.await;
         step("log", &mut since);
         drop(profiler);
-        // Detaches every program and uprobe.
-        drop(probes);
+        let mut probes = probes;
+        let links = probes.detach_all();
         step("detach", &mut since);
+        drop(probes);
+        step("unload", &mut since);
         tracing::info!(
             total_ms = stopping.elapsed().as_millis() as u64,
+            links,
             steps = ?steps,
             "stopped"
         );

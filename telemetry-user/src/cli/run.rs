@@ -105,5 +105,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             })
             .await
     })?;
+    // What the runtime still holds (the sampler's task, the sinks' tasks) goes here.
+    let t = std::time::Instant::now();
+    drop(rt);
+    tracing::info!(ms = t.elapsed().as_millis() as u64, "exited");
     Ok(0)
 }

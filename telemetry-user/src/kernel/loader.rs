@@ -279,6 +279,8 @@ pub struct Probes {
     /// The scheduling programs' links (program, tracepoint, link while attached):
     /// detached while the split gate is paused.
     pub(super) sched_links: Vec<(&'static str, &'static str, Option<RawTracePointLinkId>)>,
+    /// The other links, for `detach_all` (see `teardown`).
+    pub(super) links: Vec<super::teardown::LinkRef>,
     /// The serialization uprobe programs are loaded (attached per worker).
     pub(super) serialization: bool,
     pub(super) worker_links: super::workers::WorkerLinks,
@@ -345,6 +347,7 @@ impl Probes {
 
         let mut attached = Vec::with_capacity(PROGRAMS.len());
         let mut sched_links = Vec::new();
+        let mut links = Vec::new();
         for &(name, hook) in PROGRAMS {
             if !cfg.scheduling && SCHED_PROGRAMS.contains(&name) {
                 continue;
@@ -365,7 +368,8 @@ impl Probes {
                 Hook::Tp(category, tp) => {
                     let p: &mut TracePoint = prog.try_into().map_err(probe_err)?;
                     p.load().map_err(probe_err)?;
-                    p.attach(category, tp).map_err(probe_err)?;
+                    let link = p.attach(category, tp).map_err(probe_err)?;
+                    links.push(super::teardown::LinkRef::TracePoint(name, link));
                 }
                 Hook::Raw(tp) => {
                     let p: &mut RawTracePoint = prog.try_into().map_err(probe_err)?;
@@ -373,6 +377,8 @@ impl Probes {
                     let link = p.attach(tp).map_err(probe_err)?;
                     if SCHED_PROGRAMS.contains(&name) {
                         sched_links.push((name, tp, Some(link)));
+                    } else {
+                        links.push(super::teardown::LinkRef::RawTracePoint(name, link));
                     }
                 }
             }
@@ -442,6 +448,7 @@ impl Probes {
             sched_pids,
             split_gate,
             sched_links,
+            links,
             serialization,
             worker_links: Default::default(),
             watched_pids,

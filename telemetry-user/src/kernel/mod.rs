@@ -18,6 +18,7 @@ pub mod preflight;
 mod profiling;
 mod reader;
 pub mod stats;
+mod teardown;
 mod workers;
 
 pub use decode::{

@@ -45,14 +45,17 @@ impl Probes {
                 },
             ))
         })?;
+        let mut perf_links = Vec::new();
         for cpu in cpus {
-            prog.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(hz),
-                false,
-            )
-            .map_err(probe_err)?;
+            let link = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(hz),
+                    false,
+                )
+                .map_err(probe_err)?;
+            perf_links.push(super::teardown::LinkRef::PerfEvent(PROG_PROFILE, link));
         }
         let take = |ebpf: &mut aya::Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(KernelError::MissingMap(name))
@@ -65,6 +68,7 @@ impl Probes {
         let stats = PerCpuArray::try_from(take(ebpf, MAP_PROFILE_STATS)?)
             .map_err(map_err(MAP_PROFILE_STATS))?;
         self.note_attached(target);
+        self.links.extend(perf_links);
         Ok(ProfilerMaps {
             py_procs,
             ring,

@@ -60,6 +60,13 @@ pub(super) struct WorkerLinks {
     by_pid: HashMap<u32, Vec<(bool, UProbeLinkId)>>,
 }
 
+impl WorkerLinks {
+    /// Every worker's links (is_enter, id), forgotten here.
+    pub(super) fn take_all(&mut self) -> Vec<(bool, UProbeLinkId)> {
+        self.by_pid.drain().flat_map(|(_, links)| links).collect()
+    }
+}
+
 fn cookie(function: SerializeFn, size: SizeFrom) -> u64 {
     function as u64 | (size as u64) << 8
 }

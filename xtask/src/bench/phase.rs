@@ -9,7 +9,7 @@ use snakepit_testkit::procfs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Quiet time before each phase: the previous phase's last calls, or the previous
 /// agent's exit, settle first.
@@ -144,11 +144,10 @@ impl Bench {
             })
             .collect();
         ebpf_by_prog.sort_by_key(|p| std::cmp::Reverse(p.1));
-        let t = Instant::now();
-        let events = agent
-            .stop()
+        let (took, events) = agent
+            .stop_timed()
             .with_context(|| format!("stopping the agent ({name})"))?;
-        let stop_seconds = t.elapsed().as_secs_f64();
+        let stop_seconds = took.as_secs_f64();
         let stats = events_named(&events, &["snakepit", "agent", "stats"])
             .last()
             .map(|e| e["measurements"].clone())
