@@ -51,6 +51,7 @@ pub struct Bench {
     pub seconds: u64,
     pub nice: i32,
     pub concurrency: u32,
+    pub pools: Vec<String>,
 }
 
 impl Bench {
@@ -91,6 +92,11 @@ impl Bench {
             seconds: args.seconds,
             nice: args.nice,
             concurrency: args.concurrency.max(1),
+            pools: [("default", args.workers), ("legacy", args.pipe_workers)]
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(p, _)| p.to_string())
+                .collect(),
         };
         if args.warmup_seconds > 0 {
             // Connections, sessions, Python imports, the BEAM's and grpcio's buffers.
@@ -102,6 +108,8 @@ impl Bench {
     fn load(&mut self, rate: u32, seconds: u64) -> Result<u64> {
         let mut spec = LoadSpec::new(rate, seconds * 1000, &[("echo", 1)]);
         spec.concurrency = self.concurrency;
+        // The demo's pipe workers form the pool `legacy`.
+        spec.pools = self.pools.clone();
         self.demo.load_count(&spec)
     }
 
