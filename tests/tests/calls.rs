@@ -43,6 +43,38 @@ fn gt_key(g: &GroundTruthCall) -> (String, String) {
     }
 }
 
+/// Calls of the load's ground truth that the agent did not report.
+fn missing_calls(
+    truth: &[GroundTruthCall],
+    ends: &HashMap<(String, String), Vec<&Value>>,
+) -> usize {
+    truth
+        .iter()
+        .filter(|g| !ends.contains_key(&gt_key(g)))
+        .count()
+}
+
+/// The agent's last stats event, and the losses it counts: ring-buffer drops, lost
+/// records, bus lag and evicted calls.
+fn counted_losses(events: &[Value]) -> (Value, [(&'static str, u64); 4]) {
+    let stats = events_named(events, STATS)
+        .into_iter()
+        .last()
+        .expect("stats")
+        .clone();
+    let count = |k: &str| stats["measurements"][k].as_u64().unwrap_or(0);
+    let losses = [
+        ("ringbuf_drops", count("ringbuf_drops")),
+        ("records_lost", count("records_lost")),
+        ("bus_lagged", count("bus_lagged")),
+        (
+            "evicted",
+            stats["metadata"]["calls"]["evicted"].as_u64().unwrap_or(0),
+        ),
+    ];
+    (stats, losses)
+}
+
 fn start(dir: &std::path::Path, grpc_workers: u32, pipe_workers: u32) -> (Agent, Demo) {
     require::root_and_bpf();
     let agent = Agent::start(dir, &[]).expect("agent start");
@@ -327,20 +359,9 @@ fn saturation_loses_nothing_or_counts_every_loss() {
     let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
-    let missing = truth
-        .iter()
-        .filter(|g| !ends.contains_key(&gt_key(g)))
-        .count();
-    let stats = events_named(&events, STATS)
-        .into_iter()
-        .last()
-        .expect("stats")
-        .clone();
-    let m = &stats["measurements"];
-    let losses = m["ringbuf_drops"].as_u64().unwrap_or(0)
-        + m["records_lost"].as_u64().unwrap_or(0)
-        + m["bus_lagged"].as_u64().unwrap_or(0)
-        + stats["metadata"]["calls"]["evicted"].as_u64().unwrap_or(0);
+    let missing = missing_calls(&truth, &ends);
+    let (stats, counted) = counted_losses(&events);
+    let losses: u64 = counted.iter().map(|(_, n)| n).sum();
     eprintln!(
         "saturation: {} calls in 3 s, {missing} missing, losses counted {losses}",
         truth.len()
@@ -372,27 +393,9 @@ fn pipe_workers_at_5000_calls_per_s_lose_nothing() {
     let truth = demo.load_truth(&spec, &gt_path).expect("load");
     let events = finish(agent, demo);
     let ends = call_ends(&events);
-    let missing = truth
-        .iter()
-        .filter(|g| !ends.contains_key(&gt_key(g)))
-        .count();
+    let missing = missing_calls(&truth, &ends);
     let twice = ends.values().filter(|v| v.len() > 1).count();
-    let stats = events_named(&events, STATS)
-        .into_iter()
-        .last()
-        .expect("stats")
-        .clone();
-    let m = &stats["measurements"];
-    let count = |k: &str| m[k].as_u64().unwrap_or(0);
-    let losses = [
-        ("ringbuf_drops", count("ringbuf_drops")),
-        ("records_lost", count("records_lost")),
-        ("bus_lagged", count("bus_lagged")),
-        (
-            "evicted",
-            stats["metadata"]["calls"]["evicted"].as_u64().unwrap_or(0),
-        ),
-    ];
+    let (stats, losses) = counted_losses(&events);
     eprintln!(
         "pipe load: {} calls in 10 s ({:.0}/s), {missing} missing, {twice} reported twice, losses {losses:?}",
         truth.len(),
