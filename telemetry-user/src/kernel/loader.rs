@@ -328,9 +328,8 @@ fn verify_in_parallel(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Ker
             running
                 .into_iter()
                 .map(|(name, t)| {
-                    let r = t.join().unwrap_or_else(|_| {
-                        Err(aya::programs::ProgramError::UnexpectedProgramType)
-                    });
+                    // A panic inside aya's load is a bug: it stays one.
+                    let r = t.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
                     (name, r)
                 })
                 .collect()

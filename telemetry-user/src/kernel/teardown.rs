@@ -8,9 +8,13 @@
 //! dropped on threads of their own only overlap part of it: 5.1 s and 0.8 s. Fewer
 //! uprobes (one multi-uprobe link per worker) would need BPF_TRACE_UPROBE_MULTI,
 //! which aya 0.14 cannot attach.
-use aya::programs::{
-    perf_event::PerfEventLinkId, raw_trace_point::RawTracePointLinkId,
-    trace_point::TracePointLinkId, PerfEvent, RawTracePoint, TracePoint, UProbe,
+use aya::{
+    programs::{
+        perf_event::PerfEventLinkId, raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId, PerfEvent, Program, ProgramError, RawTracePoint, TracePoint,
+        UProbe,
+    },
+    Ebpf,
 };
 
 use super::Probes;
@@ -25,10 +29,24 @@ pub(crate) enum LinkRef {
 /// Most threads detaching at once (the rest wait for a free one).
 const MAX_THREADS: usize = 128;
 
+/// The link `take` takes out of program `name` (of type `P`), owned, to drop later.
+fn take_from<P, L: Send + 'static>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    take: impl FnOnce(&mut P) -> Result<L, ProgramError>,
+) -> Option<Box<dyn Send>>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program>,
+{
+    let p = <&mut P>::try_from(ebpf.program_mut(name)?).ok()?;
+    take(p).ok().map(|l| Box::new(l) as Box<dyn Send>)
+}
+
 impl Probes {
     /// Detaches every attached program, concurrently; returns how many links went.
     /// The programs stay loaded until the probes are dropped.
     pub fn detach_all(&mut self) -> usize {
+        let ebpf = &mut self.ebpf;
         let mut owned: Vec<Box<dyn Send>> = Vec::new();
         for (is_enter, id) in self.worker_links.take_all() {
             let name = if is_enter {
@@ -36,46 +54,27 @@ impl Probes {
             } else {
                 super::workers::SERIALIZE_EXIT
             };
-            if let Some(Ok(p)) = self.ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
-                if let Ok(link) = p.take_link(id) {
-                    owned.push(Box::new(link));
-                }
-            }
+            owned.extend(take_from::<UProbe, _>(ebpf, name, |p| p.take_link(id)));
         }
         for (name, _, link) in &mut self.sched_links {
-            let Some(id) = link.take() else { continue };
-            if let Some(Ok(p)) = self
-                .ebpf
-                .program_mut(name)
-                .map(<&mut RawTracePoint>::try_from)
-            {
-                if let Ok(link) = p.take_link(id) {
-                    owned.push(Box::new(link));
-                }
+            if let Some(id) = link.take() {
+                owned.extend(take_from::<RawTracePoint, _>(ebpf, name, |p| {
+                    p.take_link(id)
+                }));
             }
         }
         for link in std::mem::take(&mut self.links) {
-            let taken: Option<Box<dyn Send>> = match link {
-                LinkRef::TracePoint(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                LinkRef::RawTracePoint(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                LinkRef::PerfEvent(name, id) => self
-                    .ebpf
-                    .program_mut(name)
-                    .and_then(|p| <&mut PerfEvent>::try_from(p).ok())
-                    .and_then(|p| p.take_link(id).ok())
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-            };
-            owned.extend(taken);
+            owned.extend(match link {
+                LinkRef::TracePoint(name, id) => {
+                    take_from::<TracePoint, _>(ebpf, name, |p| p.take_link(id))
+                }
+                LinkRef::RawTracePoint(name, id) => {
+                    take_from::<RawTracePoint, _>(ebpf, name, |p| p.take_link(id))
+                }
+                LinkRef::PerfEvent(name, id) => {
+                    take_from::<PerfEvent, _>(ebpf, name, |p| p.take_link(id))
+                }
+            });
         }
         let n = owned.len();
         let per_thread = n.div_ceil(MAX_THREADS).max(1);
