@@ -1,8 +1,8 @@
 //! read/write family: capture the payload of syscalls on watched fds.
 //!
-//! Enter: one WATCHED_FDS lookup (the only cost for every other fd on the host); on a
-//! hit the arguments are parked in PENDING_IO. Exit: one PENDING_IO lookup; on a hit
-//! the payload is copied into a per-CPU IoEvent and sent with only its used length.
+//! Exit programs only: one register read and one WATCHED_FDS lookup (the only cost for
+//! every other fd on the host); on a hit the payload is copied into a per-CPU IoEvent
+//! and sent with only its used length.
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -22,12 +22,12 @@ use telemetry_common::{
     IO_HEADER_LEN, MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_HDR_LEN, MAX_IOVECS, MAX_MARKS,
     MAX_WALK_STEPS, PACKET4_HDR_LEN, PACKET4_MAX_LEN, PROBE_READ, PROBE_READV, PROBE_RECVFROM,
     PROBE_RECVMSG, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV, STAT_CURSOR_LOST,
-    STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
+    STAT_EVENTS, STAT_READ_ERRORS, STAT_RINGBUF_DROPS, STAT_TRUNCATED,
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, decode_once, regs_arg_offsets, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP,
-    CURSOR_HINTS, EVENTS, IO_SCRATCH, PENDING_IO, WALK_SCRATCH, WATCHED_FDS,
+    capture_bytes, ctx_u64, decode_once, regs_arg_offsets, stat_add, BPF_RB_NO_WAKEUP,
+    CURSOR_HINTS, EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -41,79 +41,76 @@ enum Buf {
     Msg,
 }
 
-// Syscall tracepoint records: args start at offset 16, 8 bytes each; exit's ret at 16.
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
+// The exit tracepoint's record: the return value at offset 16.
 const RET: usize = 16;
 
-macro_rules! io_probes {
-    ($enter:ident, $exit:ident, $sys:expr, $dir:expr, $probe:expr, $buf:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            match try_enter(&ctx, $sys, $dir, $probe, $buf) {
-                Ok(()) | Err(()) => 0,
-            }
-        }
-
+/// One exit program per syscall, none at the enter: the arguments come from the
+/// task's saved user registers, which the kernel keeps until the return to user space.
+/// One program run and no PENDING_IO round trip per syscall, for every process on the
+/// host. A read is timed when the data arrived; a send when the kernel took its bytes
+/// (for the non-blocking sockets of the BEAM and grpc's C-core, within microseconds of
+/// its enter).
+macro_rules! exit_probe {
+    ($exit:ident, $sys:expr, $dir:expr, $probe:expr, $buf:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            match try_exit(&ctx, $sys, $probe) {
+            match try_exit(&ctx, $sys, $dir, $probe, $buf) {
                 Ok(()) | Err(()) => 0,
             }
         }
     };
 }
 
-/// The read family has no enter program: what data arrived is known at the exit,
-/// whose arguments come from the task's saved registers. One program run and no
-/// PENDING_IO round trip per read, for every process on the host.
-macro_rules! read_probe {
-    ($exit:ident, $sys:expr, $probe:expr, $buf:expr) => {
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            match try_exit_read(&ctx, $sys, $probe, $buf) {
-                Ok(()) | Err(()) => 0,
-            }
-        }
-    };
-}
-
-read_probe!(sys_exit_read, Syscall::Read, PROBE_READ, Buf::Plain);
-io_probes!(
-    sys_enter_write,
+exit_probe!(
+    sys_exit_read,
+    Syscall::Read,
+    Direction::Ingress,
+    PROBE_READ,
+    Buf::Plain
+);
+exit_probe!(
     sys_exit_write,
     Syscall::Write,
     Direction::Egress,
     PROBE_WRITE,
     Buf::Plain
 );
-read_probe!(sys_exit_readv, Syscall::Readv, PROBE_READV, Buf::Vec);
-io_probes!(
-    sys_enter_writev,
+exit_probe!(
+    sys_exit_readv,
+    Syscall::Readv,
+    Direction::Ingress,
+    PROBE_READV,
+    Buf::Vec
+);
+exit_probe!(
     sys_exit_writev,
     Syscall::Writev,
     Direction::Egress,
     PROBE_WRITEV,
     Buf::Vec
 );
-read_probe!(
+exit_probe!(
     sys_exit_recvfrom,
     Syscall::Recvfrom,
+    Direction::Ingress,
     PROBE_RECVFROM,
     Buf::Plain
 );
-io_probes!(
-    sys_enter_sendto,
+exit_probe!(
     sys_exit_sendto,
     Syscall::Sendto,
     Direction::Egress,
     PROBE_SENDTO,
     Buf::Plain
 );
-read_probe!(sys_exit_recvmsg, Syscall::Recvmsg, PROBE_RECVMSG, Buf::Msg);
-io_probes!(
-    sys_enter_sendmsg,
+exit_probe!(
+    sys_exit_recvmsg,
+    Syscall::Recvmsg,
+    Direction::Ingress,
+    PROBE_RECVMSG,
+    Buf::Msg
+);
+exit_probe!(
     sys_exit_sendmsg,
     Syscall::Sendmsg,
     Direction::Egress,
@@ -121,8 +118,10 @@ io_probes!(
     Buf::Msg
 );
 
+/// A syscall's exit: its arguments from the saved user registers (x86_64 syscall ABI:
+/// fd, buffer, count/iovcnt in di, si, dx; offsets from BTF).
 #[inline(always)]
-fn try_enter(
+fn try_exit(
     ctx: &TracePointContext,
     sys: Syscall,
     dir: Direction,
@@ -130,19 +129,22 @@ fn try_enter(
     buf: Buf,
 ) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let fd = ctx_u64(ctx, ARG0) as u32;
+    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    let offs = regs_arg_offsets();
+    let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
     let key = FdKey {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    // The miss path: exactly one hash lookup.
-    if WATCHED_FDS.get_ptr(key).is_none() {
+    // The miss path: one register read and one hash lookup.
+    let Some(state) = WATCHED_FDS.get_ptr_mut(key) else {
         return Ok(());
-    }
-    let arg = ctx_u64(ctx, ARG1);
+    };
+    let arg = read_kernel_u64(regs, offs[1]).ok_or(())?;
     let mut pending = PendingIo {
-        // SAFETY: a helper call without arguments.
-        ts_enter_ns: unsafe { bpf_ktime_get_ns() },
+        // Timed by the exit (see exit_probe).
+        ts_enter_ns: 0,
         buf: 0,
         iov: 0,
         iovcnt: 0,
@@ -155,71 +157,11 @@ fn try_enter(
         Buf::Plain => pending.buf = arg,
         Buf::Vec => {
             pending.iov = arg;
-            pending.iovcnt = ctx_u64(ctx, ARG2) as u32;
-        }
-        Buf::Msg => set_msg_iov(&mut pending, arg, probe),
-    }
-    if PENDING_IO.insert(pid_tgid, pending, BPF_ANY).is_err() {
-        stat_add(probe, STAT_MAP_FULL, 1);
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn try_exit(ctx: &TracePointContext, sys: Syscall, probe: u32) -> Result<(), ()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // The miss path: exactly one hash lookup.
-    // SAFETY: the value is copied out at once; a concurrent update leaves valid map memory.
-    let pending = match unsafe { PENDING_IO.get(pid_tgid) } {
-        Some(p) => *p,
-        None => return Ok(()),
-    };
-    let _ = PENDING_IO.remove(pid_tgid);
-    if pending.syscall != sys as u8 {
-        // Stale entry from a syscall whose exit we never saw.
-        return Ok(());
-    }
-    finish_io(ctx, pid_tgid, &pending, probe)
-}
-
-/// A read's exit: its arguments from the saved user registers (x86_64 syscall ABI:
-/// fd, buffer, count/iovcnt in di, si, dx; offsets from BTF).
-#[inline(always)]
-fn try_exit_read(ctx: &TracePointContext, sys: Syscall, probe: u32, buf: Buf) -> Result<(), ()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
-    let offs = regs_arg_offsets();
-    let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
-    let key = FdKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
-    // The miss path: one register read and one hash lookup.
-    if WATCHED_FDS.get_ptr(key).is_none() {
-        return Ok(());
-    }
-    let arg = read_kernel_u64(regs, offs[1]).ok_or(())?;
-    let mut pending = PendingIo {
-        // Reads are timed by their exit (when the data arrived).
-        ts_enter_ns: 0,
-        buf: 0,
-        iov: 0,
-        iovcnt: 0,
-        fd: fd as i32,
-        syscall: sys as u8,
-        direction: Direction::Ingress as u8,
-        _pad: [0; 6],
-    };
-    match buf {
-        Buf::Plain => pending.buf = arg,
-        Buf::Vec => {
-            pending.iov = arg;
             pending.iovcnt = read_kernel_u64(regs, offs[2]).unwrap_or(0) as u32;
         }
         Buf::Msg => set_msg_iov(&mut pending, arg, probe),
     }
-    finish_io(ctx, pid_tgid, &pending, probe)
+    finish_io(ctx, pid_tgid, state, &pending, probe)
 }
 
 /// The iovec array of a `struct user_msghdr` at `msghdr` (name, namelen, msg_iov at
@@ -252,6 +194,7 @@ fn read_kernel_u64(base: u64, off: u32) -> Option<u64> {
 fn finish_io(
     ctx: &TracePointContext,
     pid_tgid: u64,
+    state: *mut FdState,
     pending: &PendingIo,
     probe: u32,
 ) -> Result<(), ()> {
@@ -261,8 +204,6 @@ fn finish_io(
         tgid,
         fd: pending.fd as u32,
     };
-    // Closed (by another thread) while the call was in flight: nothing to attribute.
-    let state = WATCHED_FDS.get_ptr_mut(key).ok_or(())?;
     let dir = (pending.direction & 1) as usize;
     // Atomic: several threads of the process may use the same fd on different CPUs.
     // (The bpf target has no AtomicU64::fetch_add; the intrinsic lowers to BPF_ATOMIC.)
@@ -312,12 +253,8 @@ fn finish_io(
     ev.header.ret = ret;
     // SAFETY: a helper call without arguments.
     let ts_exit = unsafe { bpf_ktime_get_ns() };
-    // Reads have no enter: their time is their exit (when the data arrived).
-    ev.header.ts_enter_ns = if pending.ts_enter_ns != 0 {
-        pending.ts_enter_ns
-    } else {
-        ts_exit
-    };
+    // No enter program (see exit_probe): the exit is the syscall's time.
+    ev.header.ts_enter_ns = ts_exit;
     ev.header.ts_exit_ns = ts_exit;
     ev.header.seq = seq;
 

@@ -84,13 +84,13 @@ mod tests {
         let before: HashMap<_, _> = [s(1, "systemd", 10, 1)].into();
         let mid: HashMap<_, _> = [
             s(1, "systemd", 10, 1),
-            s(7, "sys_enter_write", 100, 2),
+            s(7, "sys_exit_write", 100, 2),
             s(8, "sys_exit_read", 50, 1),
         ]
         .into();
         let end: HashMap<_, _> = [
             s(1, "systemd", 99, 9),
-            s(7, "sys_enter_write", 400, 5),
+            s(7, "sys_exit_write", 400, 5),
             s(8, "sys_exit_read", 90, 3),
         ]
         .into();

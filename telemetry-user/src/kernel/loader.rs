@@ -84,22 +84,15 @@ enum Hook {
 /// (program name in the object, hook). Syscall programs are named after their event.
 const PROGRAMS: &[(&str, Hook)] = &[
     ("sys_exit_read", Hook::Tp("syscalls", "sys_exit_read")),
-    ("sys_enter_write", Hook::Tp("syscalls", "sys_enter_write")),
     ("sys_exit_write", Hook::Tp("syscalls", "sys_exit_write")),
     ("sys_exit_readv", Hook::Tp("syscalls", "sys_exit_readv")),
-    ("sys_enter_writev", Hook::Tp("syscalls", "sys_enter_writev")),
     ("sys_exit_writev", Hook::Tp("syscalls", "sys_exit_writev")),
     (
         "sys_exit_recvfrom",
         Hook::Tp("syscalls", "sys_exit_recvfrom"),
     ),
-    ("sys_enter_sendto", Hook::Tp("syscalls", "sys_enter_sendto")),
     ("sys_exit_sendto", Hook::Tp("syscalls", "sys_exit_sendto")),
     ("sys_exit_recvmsg", Hook::Tp("syscalls", "sys_exit_recvmsg")),
-    (
-        "sys_enter_sendmsg",
-        Hook::Tp("syscalls", "sys_enter_sendmsg"),
-    ),
     ("sys_exit_sendmsg", Hook::Tp("syscalls", "sys_exit_sendmsg")),
     (
         "sys_enter_connect",

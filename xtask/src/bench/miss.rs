@@ -60,7 +60,9 @@ pub fn measure(dir: &Path, nice: i32) -> Result<MissPath> {
     agent.stop().context("stopping the agent (miss path)")?;
     let after = devnull_loop()?;
     // Average run time of each program, so other processes' syscalls in the window
-    // (also misses) do not skew it; a syscall pays its enter and its exit program.
+    // (also misses) do not skew it; a syscall pays its enter and its exit program
+    // (this agent has exit programs only; an older one, run with SNAKEPIT_AGENT_BIN,
+    // may have enters).
     let avg = |name: &str| {
         let (t, c) = bpf_stats::delta(&ids, &s0, &s1, |n| n == name);
         if c == 0 {

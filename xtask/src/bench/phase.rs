@@ -30,8 +30,8 @@ pub struct Attached {
     /// Kernel run time and runs of the agent's programs during the load, all processes.
     pub ebpf_ns: u64,
     pub ebpf_runs: u64,
-    /// (program, run time ns) during the load, largest first.
-    pub ebpf_by_prog: Vec<(String, u64)>,
+    /// (program, run time ns, runs) during the load, largest time first.
+    pub ebpf_by_prog: Vec<(String, u64, u64)>,
     /// Largest VmRSS sampled during the load, and VmHWM at its end (KiB).
     pub rss_max_kib: u64,
     pub rss_peak_kib: u64,
@@ -143,12 +143,12 @@ impl Bench {
         let rss_max_kib = rss.stop();
         let rss_peak_kib = procfs::peak_rss_kib(agent.pid()).unwrap_or(0);
         let (ebpf_ns, ebpf_runs) = bpf_stats::delta(&ids, &s0, &s1, |_| true);
-        let mut ebpf_by_prog: Vec<(String, u64)> = ids
+        let mut ebpf_by_prog: Vec<(String, u64, u64)> = ids
             .iter()
             .filter_map(|id| {
                 let name = s1.get(id)?.name.clone();
-                let (t, _) = bpf_stats::delta(&[*id], &s0, &s1, |_| true);
-                Some((name, t))
+                let (t, runs) = bpf_stats::delta(&[*id], &s0, &s1, |_| true);
+                Some((name, t, runs))
             })
             .collect();
         ebpf_by_prog.sort_by_key(|p| std::cmp::Reverse(p.1));

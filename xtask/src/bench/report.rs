@@ -259,10 +259,17 @@ impl Report {
                     .ebpf_by_prog
                     .iter()
                     .take(5)
-                    .map(|(n, t)| format!("{n} {:.0}", per_call(*t as f64, last.calls)))
+                    .map(|(n, t, runs)| {
+                        format!(
+                            "{n} {:.0} ({:.1} runs of {:.0} ns)",
+                            per_call(*t as f64, last.calls),
+                            per_call(*runs as f64, last.calls),
+                            per_call(*t as f64, *runs)
+                        )
+                    })
                     .collect();
                 out.push((
-                    "eBPF ns per call, top programs (last phase)".into(),
+                    "eBPF ns per call, top programs (last phase): runs per call, ns per run".into(),
                     top.join(", "),
                 ));
             }
