@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod events;
+pub mod fast_hash;
 pub mod gpu;
 pub mod kernel;
 pub mod pipeline;

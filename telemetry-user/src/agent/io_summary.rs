@@ -4,8 +4,8 @@
 use crate::agent::topology_events::ConnMeta;
 use crate::discovery::ConnInfo;
 use crate::events::{schema, Event};
+use crate::fast_hash::{FastMap, FastSet};
 use crate::kernel::FdTotals;
-use std::collections::HashMap;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
@@ -19,9 +19,9 @@ pub struct Observed {
 
 #[derive(Default)]
 pub struct IoAccounting {
-    observed: HashMap<(u32, u32), Observed>,
+    observed: FastMap<(u32, u32), Observed>,
     /// Final kernel totals of fds that closed (or whose process exited).
-    closed: HashMap<(u32, u32), FdTotals>,
+    closed: FastMap<(u32, u32), FdTotals>,
 }
 
 impl IoAccounting {
@@ -90,7 +90,7 @@ impl IoAccounting {
 
     /// Forgets a dead process's fds, except `keep` (ends of connections whose final
     /// summary still waits for the other end).
-    pub fn forget_process(&mut self, tgid: u32, keep: &std::collections::HashSet<u32>) {
+    pub fn forget_process(&mut self, tgid: u32, keep: &FastSet<u32>) {
         self.observed
             .retain(|k, _| k.0 != tgid || keep.contains(&k.1));
         self.closed

@@ -11,12 +11,12 @@ use crate::calls::CallTracker;
 use crate::config::Config;
 use crate::discovery::{Discovery, ExitInfo, ProcSource, Selectors, TopologyChange};
 use crate::events::{schema, Bus, Event};
+use crate::fast_hash::{FastMap, FastSet};
 use crate::kernel::{self, KernelConfig, KernelEvent, Probes};
 use crate::pipeline::Pipeline;
 use crate::sinks;
 use anyhow::Context;
 pub(crate) use io_summary::IoAccounting;
-use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -43,8 +43,8 @@ pub struct Agent {
     logger: JoinHandle<()>,
     io: IoAccounting,
     /// What was last written to the kernel's watch maps.
-    watched_pids: HashMap<u32, u32>,
-    watched_fds: HashSet<(u32, u32)>,
+    watched_pids: FastMap<u32, u32>,
+    watched_fds: FastSet<(u32, u32)>,
     /// Connections discovery reported closed whose other end is still open: their
     /// final summary waits for that end's close (or a deadline), so it carries the
     /// final totals of both ends.
@@ -56,7 +56,7 @@ pub struct Agent {
     /// The first /proc scan is done: what is found from now on started while we watch.
     initial_scan_done: bool,
     /// Processes the OOM killer chose whose exit has not been handled yet.
-    oom_victims: HashSet<u32>,
+    oom_victims: FastSet<u32>,
     /// Worker pids for the GPU sampler's attribution.
     gpu_workers: tokio::sync::watch::Sender<crate::gpu::WorkerMap>,
     _gpu: crate::gpu::GpuHandle,
@@ -81,6 +81,9 @@ struct Closing {
 
 /// The most time spent at shutdown on kernel events already queued.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// Kernel events handled per pass of the run loop at most (timers and signals are
+/// looked at in between).
+const KERNEL_BATCH: usize = 256;
 
 /// How long a half-closed connection waits for its other end's close.
 const CLOSE_GRACE_NS: u64 = 2_000_000_000;
@@ -214,8 +217,8 @@ impl Agent {
             otlp,
             logger,
             io: IoAccounting::default(),
-            watched_pids: HashMap::new(),
-            watched_fds: HashSet::new(),
+            watched_pids: FastMap::default(),
+            watched_fds: FastSet::default(),
             closing: Vec::new(),
             pipeline: Pipeline::new(crate::repro::grpc_config(&repro_config)),
             tracker: {
@@ -236,7 +239,7 @@ impl Agent {
             },
             observations: Vec::new(),
             initial_scan_done: false,
-            oom_victims: HashSet::new(),
+            oom_victims: FastSet::default(),
             gpu_workers,
             _gpu: gpu,
             profiler,
@@ -294,16 +297,21 @@ impl Agent {
         let output_failed = health.output_failed();
         tokio::pin!(output_failed);
         let mut failure = None;
+        // Kernel events are taken in batches: one pass of this select per batch, not
+        // per record (about 26 records per gRPC call).
+        let mut kernel_batch = Vec::with_capacity(KERNEL_BATCH);
 
         loop {
             tokio::select! {
-                ev = self.kernel_rx.recv() => match ev {
-                    Some(ev) => self.on_kernel_event(ev),
-                    None => {
+                n = self.kernel_rx.recv_many(&mut kernel_batch, KERNEL_BATCH) => {
+                    if n == 0 {
                         tracing::error!("the ring-buffer reader stopped");
                         break;
                     }
-                },
+                    for ev in kernel_batch.drain(..) {
+                        self.on_kernel_event(ev);
+                    }
+                }
                 _ = discovery_tick.tick() => {
                     let changes = self.discovery.tick();
                     self.apply(changes);
@@ -472,7 +480,7 @@ impl Agent {
                     .forget(&mut self.probes, &mut self.tracker, tgid);
                 self.watched_pids.remove(&tgid);
                 self.watched_fds.retain(|k| k.0 != tgid);
-                let keep: HashSet<u32> = self
+                let keep: FastSet<u32> = self
                     .closing
                     .iter()
                     .flat_map(|c| {
@@ -697,7 +705,7 @@ impl Agent {
 
     fn sync_watch_maps(&mut self) {
         let plan = self.discovery.watch_plan();
-        let mut want_pids = HashMap::with_capacity(plan.pids.len());
+        let mut want_pids = FastMap::with_capacity_and_hasher(plan.pids.len(), Default::default());
         for (tgid, flags) in plan.pids {
             want_pids.insert(tgid, flags);
             if self.watched_pids.get(&tgid) != Some(&flags) {
@@ -720,7 +728,7 @@ impl Agent {
             self.watched_pids.remove(&tgid);
         }
         self.sync_worker_probes();
-        let mut want_fds = HashSet::with_capacity(plan.fds.len());
+        let mut want_fds = FastSet::with_capacity_and_hasher(plan.fds.len(), Default::default());
         // Ends of half-closed connections stay watched until they close.
         for c in &self.closing {
             want_fds.insert((c.conn.beam_pid, c.conn.beam_fd));

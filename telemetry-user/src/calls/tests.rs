@@ -337,6 +337,31 @@ fn unary_call_seen_from_both_sides() {
     assert_eq!(stats.unmatched_responses, 0);
 }
 
+/// Sends are timed at their exits: on two CPUs the worker can read a request before
+/// the BEAM's send returns, and the BEAM can read the response before the worker's
+/// does. The moments are put back in causal order, so the split still adds up.
+#[test]
+fn sends_seen_after_their_receipt_keep_the_moments_in_order() {
+    let c = grpc_conn(1);
+    let req = tool_request("echo", &[("value", "\"hi\"")]);
+    let resp = tool_response(true, "");
+    let m = Moments {
+        t0: 1_300,
+        t1: 1_200,
+        t2: 5_400,
+        t3: 5_300,
+        beam: true,
+        worker: true,
+    };
+    let (ev, _) = run(cfg(), |t| unary(t, &c, 1, &req, &resp, m));
+    let stops = named(&ev, schema::CALL_STOP);
+    assert_eq!(stops.len(), 1);
+    let s = stops[0];
+    assert_eq!(num(s, "duration"), Some(5_300 - 1_200));
+    assert_eq!(num(s, "queue_time"), Some(0));
+    assert_eq!(num(s, "python_time"), Some(5_300 - 1_200));
+}
+
 #[test]
 fn worker_side_only_completes_at_the_workers_end() {
     let c = grpc_conn(2);

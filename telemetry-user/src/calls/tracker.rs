@@ -15,11 +15,12 @@ use crate::events::{
     AgentEvent, Bus, CallEnd, CallOutcome, CallRecord, CallRef, CallStart, Event, PoolCheckin,
     PoolCheckout, WorkerCrash,
 };
+use crate::fast_hash::{FastMap, FastSet};
 use crate::wire::grpc::GrpcMessage;
 use crate::wire::snakepit::{self as sp, Direction, Method};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 mod call;
@@ -88,8 +89,8 @@ pub struct CallTracker {
     /// GPU memory per worker: long calls get before/after figures.
     gpu: Option<crate::gpu::GpuHandle>,
     profile: Option<crate::profiler::ProfileHandle>,
-    conns: HashMap<u64, ConnState>,
-    calls: HashMap<Key, Call>,
+    conns: FastMap<u64, ConnState>,
+    calls: FastMap<Key, Call>,
     /// Every in-flight call by creation order, for eviction of the oldest.
     order: BTreeMap<u64, Key>,
     next_seq: u64,
@@ -112,8 +113,8 @@ impl CallTracker {
             bus,
             gpu: None,
             profile: None,
-            conns: HashMap::new(),
-            calls: HashMap::new(),
+            conns: FastMap::default(),
+            calls: FastMap::default(),
             order: BTreeMap::new(),
             next_seq: 0,
             pools,
@@ -591,9 +592,10 @@ impl CallTracker {
                 }
             }
         }
-        let Some(call) = self.take(key) else {
+        let Some(mut call) = self.take(key) else {
             return;
         };
+        call.order_moments();
         let outcome = outcome(&call, exit);
         let duration = duration(&call, end_ns);
         self.repro_end(&call, Some(&outcome), self.unix(end_ns));

@@ -7,6 +7,7 @@
 //! stream and are decoded once the connection is known.
 use crate::calls::input::{CallRole, ConnContext, Flow, FrameEnd, Observation, Observed, Side};
 use crate::discovery::{ConnInfo, ConnRole, Transport};
+use crate::fast_hash::{FastMap, FastSet};
 use crate::kernel::{Capture, Direction, FrameStatus, IoRecord};
 use crate::streams::{Assembler, Chunk, Ordered, StreamKey};
 use crate::wire::frame_timing::{FrameTimer, FrameTiming};
@@ -14,7 +15,7 @@ use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent};
 use crate::wire::http2::Start;
 use crate::wire::port_packet::{PacketDecoder, PortMessage};
 use crate::wire::DecodeStats;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 mod directory;
 #[cfg(test)]
@@ -77,15 +78,15 @@ pub struct CursorHint {
 
 pub struct Pipeline {
     assembler: Assembler,
-    decoders: HashMap<StreamKey, DirDecoder>,
-    pending: HashMap<StreamKey, VecDeque<Ordered>>,
+    decoders: FastMap<StreamKey, DirDecoder>,
+    pending: FastMap<StreamKey, VecDeque<Ordered>>,
     /// Fds the kernel reported from accept/connect: seen from their first byte.
-    opened_live: HashSet<(u32, i32)>,
+    opened_live: FastSet<(u32, i32)>,
     /// Pipe ends of connections discovered live: seen from their first byte.
-    live_pipes: HashSet<(u32, i32)>,
+    live_pipes: FastSet<(u32, i32)>,
     /// Workers whose every pipe fd is live (a worker's stdout pipe may be reached
     /// through several fds: 1, 2 and a dup such as 3).
-    live_pipe_workers: HashSet<u32>,
+    live_pipe_workers: FastSet<u32>,
     grpc_config: GrpcConfig,
     /// Counters of decoders that were dropped, so totals survive them.
     retired_wire_stats: DecodeStats,
@@ -104,11 +105,11 @@ impl Pipeline {
     pub fn new(grpc_config: GrpcConfig) -> Self {
         Pipeline {
             assembler: Assembler::new(REORDER_WAIT_NS, REORDER_MAX_WAITING),
-            decoders: HashMap::new(),
-            pending: HashMap::new(),
-            opened_live: HashSet::new(),
-            live_pipes: HashSet::new(),
-            live_pipe_workers: HashSet::new(),
+            decoders: FastMap::default(),
+            pending: FastMap::default(),
+            opened_live: FastSet::default(),
+            live_pipes: FastSet::default(),
+            live_pipe_workers: FastSet::default(),
             grpc_config,
             retired_wire_stats: DecodeStats::default(),
             hints: Vec::new(),

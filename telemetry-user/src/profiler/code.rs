@@ -3,7 +3,7 @@
 use super::error::ProfilerError;
 use super::layout::CodeLayout;
 use super::mem::ProcMem;
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,9 +182,9 @@ pub fn read_str(mem: &ProcMem, l: &CodeLayout, addr: u64) -> Result<String, Prof
 
 /// Code objects of the sampled processes, resolved once each.
 pub struct CodeCache {
-    entries: HashMap<(u32, u64), Option<Arc<CodeInfo>>>,
+    entries: FastMap<(u32, u64), Option<Arc<CodeInfo>>>,
     /// Type objects known to be (or not be) `code`, per process.
-    code_types: HashMap<(u32, u64), bool>,
+    code_types: FastMap<(u32, u64), bool>,
     capacity: usize,
     pub read_errors: u64,
 }
@@ -192,8 +192,8 @@ pub struct CodeCache {
 impl CodeCache {
     pub fn new(capacity: usize) -> Self {
         CodeCache {
-            entries: HashMap::new(),
-            code_types: HashMap::new(),
+            entries: FastMap::default(),
+            code_types: FastMap::default(),
             capacity,
             read_errors: 0,
         }

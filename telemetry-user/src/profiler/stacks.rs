@@ -3,7 +3,7 @@
 //! kernels, upb, orjson, ...). A thread with no Python frame keeps its native stack.
 use super::code::CodeInfo;
 use super::native::NativeFrame;
-use std::collections::HashSet;
+use crate::fast_hash::FastSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -165,9 +165,9 @@ const MAX_INTERNED: usize = 16_384;
 /// worker differ in a line number almost every time: those stacks share their frames.
 #[derive(Default)]
 pub struct Interner {
-    frame: HashSet<Arc<Frame>>,
-    frames: HashSet<Frames>,
-    names: HashSet<Arc<str>>,
+    frame: FastSet<Arc<Frame>>,
+    frames: FastSet<Frames>,
+    names: FastSet<Arc<str>>,
 }
 
 impl Interner {
@@ -201,7 +201,7 @@ impl Interner {
     }
 }
 
-fn share<T: ?Sized + Eq + std::hash::Hash>(set: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
+fn share<T: ?Sized + Eq + std::hash::Hash>(set: &mut FastSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
     match set.get(&value) {
         Some(kept) => kept.clone(),
         None => {

@@ -5,7 +5,8 @@
 use super::offcpu::ProfileMode;
 use super::stacks::{Frame, Stack};
 use crate::events::Handoff;
-use std::collections::{HashMap, VecDeque};
+use crate::fast_hash::FastMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A sample as stored: when, which worker, and its stack.
@@ -132,7 +133,7 @@ struct Worker {
     recent: VecDeque<RecentCall>,
     /// The last walked off-CPU stack of each (thread, how it blocked): the stack given
     /// to the episodes the kernel's rate limit did not walk.
-    last_walked: HashMap<(u32, BlockedIn), Stack>,
+    last_walked: FastMap<(u32, BlockedIn), Stack>,
     /// Unattributed estimated samples before this are merged (see `merge_unclaimed`).
     merged_until: u64,
     /// Settled samples before this are compacted (see `compact`).
@@ -214,7 +215,7 @@ impl Worker {
         let rest = range.split_off(end - first);
         // (tid, frames, function) -> index of the sample that takes the others' time.
         type Key = (u32, *const Arc<Frame>, Option<Arc<str>>);
-        let mut into: HashMap<Key, usize> = HashMap::new();
+        let mut into: FastMap<Key, usize> = FastMap::default();
         for s in range {
             if mergeable(&s) {
                 let key = (
@@ -324,7 +325,7 @@ pub struct Filter {
 }
 
 pub struct SampleStore {
-    workers: HashMap<u32, Worker>,
+    workers: FastMap<u32, Worker>,
     window_ns: u64,
     max_per_worker: usize,
     pub total_samples: u64,
@@ -339,7 +340,7 @@ pub struct SampleStore {
 impl SampleStore {
     pub fn new(window_ns: u64, max_per_worker: usize) -> Self {
         SampleStore {
-            workers: HashMap::new(),
+            workers: FastMap::default(),
             window_ns,
             max_per_worker,
             total_samples: 0,
@@ -489,8 +490,8 @@ impl SampleStore {
         w.recent.insert(at, call);
         let first = w.samples.partition_point(|s| s.ts_ns < start_ns);
         let mut n = 0u64;
-        let mut frames: HashMap<&str, u64> = HashMap::new();
-        let mut libs: HashMap<&str, u64> = HashMap::new();
+        let mut frames: FastMap<&str, u64> = FastMap::default();
+        let mut libs: FastMap<&str, u64> = FastMap::default();
         for s in w.samples.range_mut(first..) {
             if s.ts_ns > end_ns {
                 break;
@@ -509,7 +510,7 @@ impl SampleStore {
             return None;
         }
         self.attributed += n;
-        let top = |m: HashMap<&str, u64>| {
+        let top = |m: FastMap<&str, u64>| {
             m.into_iter()
                 .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
                 .map(|(k, _)| k.to_string())

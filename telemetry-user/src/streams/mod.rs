@@ -6,9 +6,10 @@
 //! sequence number arrives; if it does not within `max_wait_ns` (or too many records
 //! wait), the hole is declared lost (a ring-buffer drop), counted, and reported to the
 //! decoder as a gap so it can resynchronise.
+use crate::fast_hash::FastMap;
 use crate::kernel::{Capture, Direction};
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// One syscall's worth of stream bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +104,7 @@ pub struct AssemblyStats {
 }
 
 pub struct Assembler {
-    streams: HashMap<StreamKey, StreamState>,
+    streams: FastMap<StreamKey, StreamState>,
     max_wait_ns: u64,
     max_waiting: usize,
     pub stats: AssemblyStats,
@@ -112,7 +113,7 @@ pub struct Assembler {
 impl Assembler {
     pub fn new(max_wait_ns: u64, max_waiting: usize) -> Self {
         Assembler {
-            streams: HashMap::new(),
+            streams: FastMap::default(),
             max_wait_ns,
             max_waiting: max_waiting.max(1),
             stats: AssemblyStats::default(),

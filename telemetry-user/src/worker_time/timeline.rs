@@ -1,6 +1,7 @@
 //! Per-thread scheduling timelines: a thread is on a CPU, runnable (waiting for one),
 //! or blocked for a reason, from one scheduling edge to the next.
-use std::collections::{HashMap, VecDeque};
+use crate::fast_hash::FastMap;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -166,7 +167,7 @@ pub struct ProcessWaits {
     /// is looked up there, at most once per `FD_RECHECK_NS` (fds are reused).
     pub fd_dir: Option<PathBuf>,
     /// fd -> when it was last looked up (bounded by `MAX_FD_CHECKS`).
-    pub(super) fd_checked: HashMap<u64, u64>,
+    pub(super) fd_checked: FastMap<u64, u64>,
 }
 
 /// How long an fd's lookup holds (an fd closed and reopened on another file).
@@ -206,8 +207,8 @@ impl ProcessWaits {
 
 #[derive(Default)]
 pub struct Timelines {
-    threads: HashMap<u32, ThreadLine>,
-    processes: HashMap<u32, ProcessWaits>,
+    threads: FastMap<u32, ThreadLine>,
+    processes: FastMap<u32, ProcessWaits>,
 }
 
 // x86_64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).

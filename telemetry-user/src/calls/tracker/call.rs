@@ -1,6 +1,7 @@
 //! One call in flight: what is known of it, and the events it becomes.
 use super::*;
 use crate::events::WorkerSplit;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum CallId {
@@ -123,6 +124,25 @@ impl Call {
 
     pub(super) fn is_streaming(&self) -> bool {
         self.method.as_deref() == Some(Method::ExecuteStreamingTool.as_str())
+    }
+
+    /// Puts the four moments in causal order. Sends are timed at their exits, when the
+    /// kernel has taken the bytes; on another CPU the peer can read them before the
+    /// sender's exit runs. A request was sent no later than the worker had it (t0 <=
+    /// t1), a response no later than the BEAM had read all of it (t2 and the worker's
+    /// end <= t3).
+    pub(super) fn order_moments(&mut self) {
+        if let (Some(t0), Some(t1)) = (self.t0, self.t1) {
+            self.t0 = Some(t0.min(t1));
+        }
+        if let Some(t3) = self.t3 {
+            for v in [&mut self.t2, &mut self.t2_message, &mut self.server_done]
+                .into_iter()
+                .flatten()
+            {
+                *v = (*v).min(t3);
+            }
+        }
     }
 
     /// Start of the call as best known: t0, else the worker's receipt, else first sight.

@@ -22,7 +22,7 @@ pub(super) struct ConnState {
     pub(super) seen_client: bool,
     pub(super) in_flight: BTreeMap<u64, CallId>,
     pub(super) recent: VecDeque<CallId>,
-    pub(super) recent_set: HashSet<CallId>,
+    pub(super) recent_set: FastSet<CallId>,
     pub(super) pipe_seq: u64,
 }
 
@@ -32,7 +32,7 @@ impl ConnState {
             seen_client: false,
             in_flight: BTreeMap::new(),
             recent: VecDeque::new(),
-            recent_set: HashSet::new(),
+            recent_set: FastSet::default(),
             pipe_seq: 0,
         }
     }
@@ -63,7 +63,7 @@ pub(super) fn header_create(flow: Flow, is_client: bool) -> Create {
     }
 }
 
-pub(super) fn key_role(calls: &HashMap<Key, Call>, key: &Key) -> Option<CallRole> {
+pub(super) fn key_role(calls: &FastMap<Key, Call>, key: &Key) -> Option<CallRole> {
     calls.get(key).map(|c| c.conn.role)
 }
 
