@@ -618,6 +618,11 @@ pub const MAP_SCHED_PIDS: &str = "SCHED_PIDS";
 /// Words of SCHED_PIDS: tgids below 64 * 65536 = 4,194,304 (the kernel's largest
 /// pid_max) are covered.
 pub const SCHED_PID_WORDS: u32 = 65536;
+/// `IO_PIDS`: a bitmap, as SCHED_PIDS, of the tgids that may have watched fds (set by
+/// user space before it watches a process or one of its fds, cleared at its exit). The
+/// read/write exits test it before anything else: an unrelated process's syscall pays
+/// one inlined array lookup, not a register read and a hash lookup.
+pub const MAP_IO_PIDS: &str = "IO_PIDS";
 /// `SPLIT_GATE` (an array of one `u64`): whether the worker split's probes (the
 /// scheduling edges, the off-CPU walks and the (de)serialization uprobes) record, and
 /// the generation of the current recording window. Above `[profile]

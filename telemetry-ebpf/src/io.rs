@@ -1,8 +1,8 @@
 //! read/write family: capture the payload of syscalls on watched fds.
 //!
-//! Exit programs only: one register read and one WATCHED_FDS lookup (the only cost for
-//! every other fd on the host); on a hit the payload is copied into a per-CPU IoEvent
-//! and sent with only its used length.
+//! Exit programs only: one IO_PIDS bit test (the only cost for every other process on
+//! the host), then one register read and one WATCHED_FDS lookup; on a hit the payload
+//! is copied into a per-CPU IoEvent and sent with only its used length.
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -26,7 +26,7 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, decode_once, regs_arg_offsets, stat_add, BPF_RB_NO_WAKEUP,
+    capture_bytes, ctx_u64, decode_once, io_watched, regs_arg_offsets, stat_add, BPF_RB_NO_WAKEUP,
     CURSOR_HINTS, EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
 };
 
@@ -129,15 +129,17 @@ fn try_exit(
     buf: Buf,
 ) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // The miss path of every other process: one inlined array lookup.
+    if !io_watched(tgid) {
+        return Ok(());
+    }
     // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
     let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
     let offs = regs_arg_offsets();
     let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
-    let key = FdKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
-    // The miss path: one register read and one hash lookup.
+    let key = FdKey { tgid, fd };
+    // A watched process's unwatched fd: one register read and one hash lookup.
     let Some(state) = WATCHED_FDS.get_ptr_mut(key) else {
         return Ok(());
     };

@@ -33,6 +33,19 @@ pub static CURSOR_HINTS: HashMap<FdKey, CursorHint> =
 #[map]
 pub static SCHED_PIDS: Array<u64> = Array::with_max_entries(SCHED_PID_WORDS, 0);
 
+/// Bitmap of the tgids that may have watched fds (see telemetry_common::MAP_IO_PIDS).
+#[map]
+pub static IO_PIDS: Array<u64> = Array::with_max_entries(SCHED_PID_WORDS, 0);
+
+/// Whether `tgid` may have watched fds: an inlined array lookup and a bit test.
+#[inline(always)]
+pub fn io_watched(tgid: u32) -> bool {
+    match IO_PIDS.get(tgid >> 6) {
+        Some(word) => (*word >> (tgid & 63)) & 1 != 0,
+        None => false,
+    }
+}
+
 /// Whether the worker split's probes record, and the window's generation
 /// (telemetry_common::MAP_SPLIT_GATE).
 #[map]

@@ -16,7 +16,7 @@ use telemetry_common::{
     GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_OFF_CPU_PERIOD_NS, GLOBAL_PT_REGS_ARG_OFFSETS,
     GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
     GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
-    MAP_FULL_CAPTURE_FDS, MAP_SCHED_PIDS, MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS,
+    MAP_FULL_CAPTURE_FDS, MAP_IO_PIDS, MAP_SCHED_PIDS, MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS,
     MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
 };
 use tokio::{
@@ -252,6 +252,23 @@ impl TaskOffsets {
 /// The ring buffer to user space by default. Its data area is mapped twice in the
 /// agent (RSS counts 32 MiB for these 16 MiB). 8 MiB dropped records when 30 MB
 /// requests were captured for repro scripts next to other calls (hardening tests).
+/// Sets or clears `tgid`'s bit in a tgid bitmap (SCHED_PIDS, IO_PIDS: word `tgid /
+/// 64`, bit `tgid % 64`). Only this process writes them; the programs only read.
+pub(super) fn set_pid_bit(
+    map: &mut Array<MapData, u64>,
+    tgid: u32,
+    on: bool,
+) -> Result<(), aya::maps::MapError> {
+    let word = tgid / 64;
+    let bit = 1u64 << (tgid % 64);
+    let old = map.get(&word, 0)?;
+    let new = if on { old | bit } else { old & !bit };
+    if new != old {
+        map.set(word, new, 0)?;
+    }
+    Ok(())
+}
+
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 << 20;
 
 fn ring_size(requested: u32) -> u32 {
@@ -267,6 +284,8 @@ pub struct Probes {
     pub(super) ebpf: Ebpf,
     /// SCHED_PIDS, when the scheduling probes are attached.
     pub(super) sched_pids: Option<Array<MapData, u64>>,
+    /// IO_PIDS: the tgids that may have watched fds.
+    io_pids: Array<MapData, u64>,
     /// SPLIT_GATE, when the scheduling or serialization probes are loaded.
     pub(super) split_gate: Option<Array<MapData, u64>>,
     /// The scheduling programs' links (program, tracepoint, link while attached):
@@ -461,6 +480,8 @@ impl Probes {
             None
         };
 
+        let io_pids =
+            Array::try_from(take_map(&mut ebpf, MAP_IO_PIDS)?).map_err(map_err(MAP_IO_PIDS))?;
         let watched_pids = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_PIDS)?)
             .map_err(map_err(MAP_WATCHED_PIDS))?;
         let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
@@ -485,6 +506,7 @@ impl Probes {
         Ok(Probes {
             ebpf,
             sched_pids,
+            io_pids,
             split_gate,
             sched_links,
             links,
@@ -506,6 +528,9 @@ impl Probes {
 
     /// Sets the WATCHED_PIDS flags (PID_*) of `tgid`, replacing earlier ones.
     pub fn watch_pid(&mut self, tgid: u32, flags: u32) -> Result<(), KernelError> {
+        // Before the entry: with PID_WATCH_NEW_SOCKETS the kernel may watch its next
+        // socket at once, and the read/write exits look at IO_PIDS first.
+        set_pid_bit(&mut self.io_pids, tgid, true).map_err(map_err(MAP_IO_PIDS))?;
         self.watched_pids
             .insert(tgid, flags, 0)
             .map_err(map_err(MAP_WATCHED_PIDS))
@@ -535,6 +560,7 @@ impl Probes {
         cursors: Option<[u32; 2]>,
     ) -> Result<(), KernelError> {
         let state = FdState::new(fd_kind, cursors.unwrap_or([CURSOR_UNKNOWN; 2]));
+        set_pid_bit(&mut self.io_pids, tgid, true).map_err(map_err(MAP_IO_PIDS))?;
         const BPF_NOEXIST: u64 = 1;
         match self.watched_fds.insert(
             FdKey {
@@ -641,6 +667,9 @@ impl Probes {
         for k in &keys {
             let _ = self.cursor_hints.remove(k);
         }
+        // Its exit: a stale bit would only cost the next process with this pid a
+        // register read and a lookup per read or write.
+        let _ = set_pid_bit(&mut self.io_pids, tgid, false);
         keys.iter()
             .filter(|k| self.watched_fds.remove(k).is_ok())
             .count()

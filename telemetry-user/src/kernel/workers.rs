@@ -82,12 +82,7 @@ impl Probes {
         if word >= SCHED_PID_WORDS {
             return Err(WorkerProbeError::TgidTooLarge(tgid));
         }
-        let bit = 1u64 << (tgid % 64);
-        let old = map.get(&word, 0)?;
-        let new = if on { old | bit } else { old & !bit };
-        if new != old {
-            map.set(word, new, 0)?;
-        }
+        super::loader::set_pid_bit(map, tgid, on)?;
         Ok(())
     }
 
