@@ -1256,3 +1256,127 @@ fn oom_kill_reported() {
     });
     let _ = std::fs::remove_dir(&group);
 }
+
+/// A Python process of the project venv that calls orjson in a loop until its stdin
+/// closes.
+const ORJSON_LOOP: &str = r#"
+import orjson, sys, threading, time
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+sys.stdout.write("ready\n"); sys.stdout.flush()
+i = 0
+while not stop.is_set():
+    orjson.loads(orjson.dumps({"i": i, "payload": "x" * 64}))
+    i += 1
+    time.sleep(0.0005)
+"#;
+
+fn venv_python() -> std::path::PathBuf {
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        py.exists(),
+        "the project venv is missing ({}): run `cargo xtask setup`",
+        py.display()
+    );
+    py
+}
+
+fn serialize_runs(probes: &Probes) -> u64 {
+    probes
+        .prog_run_stats()
+        .iter()
+        .filter(|r| r.name.starts_with("serialize_"))
+        .map(|r| r.run_count)
+        .sum()
+}
+
+fn serialize_records(evs: &[KernelEvent], pid: u32) -> usize {
+    evs.iter()
+        .filter(|e| matches!(e, KernelEvent::Serialize(s) if s.tgid == pid))
+        .count()
+}
+
+/// The (de)serialization uprobes are multi-uprobe links on this kernel: attached
+/// while the worker split records, gone while it pauses (the worker's calls then run
+/// no program at all, not even one that returns at once), back for the next window.
+#[test]
+fn serialization_uprobes_follow_the_split_windows() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let mut child = Command::new(venv_python())
+            .args(["-c", ORJSON_LOOP])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the venv's python");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("child ready");
+        assert_eq!(line.trim(), "ready");
+        let pid = child.id();
+
+        let plan =
+            snakepit_agent::worker_time::targets::plan(std::path::Path::new("/proc"), pid, None);
+        let orjson: Vec<_> = plan
+            .targets
+            .iter()
+            .filter(|t| t.path.to_string_lossy().contains("orjson"))
+            .collect();
+        assert_eq!(orjson.len(), 2, "orjson loads and dumps in {:?}", plan);
+        for t in &orjson {
+            probes.attach_serialize(pid, t).expect("attach");
+        }
+        let (links, multi) = probes.serialize_links();
+        assert!(
+            multi,
+            "kernel 6.6+ has multi-uprobe links; the agent fell back to perf uprobes"
+        );
+        assert_eq!(links, 4, "entry and return links of two functions");
+
+        let evs = collect(&mut rx, Duration::from_secs(5), |e| {
+            serialize_records(e, pid) >= 50
+        })
+        .await;
+        assert!(
+            serialize_records(&evs, pid) >= 50,
+            "serialize records while recording"
+        );
+
+        // Pause: the links go; after their closes settle no program runs.
+        probes.set_split_gate(false, 0).expect("pause");
+        assert_eq!(probes.serialize_links().0, 0, "links while paused");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = serialize_runs(&probes);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let paused_runs = serialize_runs(&probes) - before;
+        assert_eq!(paused_runs, 0, "uprobe programs ran while the split paused");
+        while rx.try_recv().is_ok() {}
+
+        // The next window: attached again, records again.
+        let started = Instant::now();
+        probes.set_split_gate(true, 1).expect("resume");
+        println!("attach of one worker's links: {:?}", started.elapsed());
+        assert_eq!(
+            probes.serialize_links().0,
+            2,
+            "one link per object and direction"
+        );
+        let evs = collect(&mut rx, Duration::from_secs(5), |e| {
+            serialize_records(e, pid) >= 50
+        })
+        .await;
+        assert!(
+            serialize_records(&evs, pid) >= 50,
+            "serialize records in the next window"
+        );
+        assert!(serialize_runs(&probes) > before, "programs run again");
+
+        let started = Instant::now();
+        probes.detach_serialize(pid);
+        println!("detach (background): {:?}", started.elapsed());
+        drop(child.stdin.take());
+        let _ = child.wait();
+    });
+}

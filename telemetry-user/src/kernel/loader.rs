@@ -295,6 +295,11 @@ pub struct Probes {
     pub(super) links: Vec<super::teardown::LinkRef>,
     /// The serialization uprobe programs are loaded (attached per worker).
     pub(super) serialization: bool,
+    /// Their copies for multi-uprobe links, where the kernel has them (else aya's
+    /// perf-event uprobes are used, attached for a worker's life).
+    pub(super) multi_uprobes: Option<super::uprobe_multi::MultiUprobePrograms>,
+    /// The split gate records (the multi-uprobe links are attached meanwhile).
+    pub(super) split_recording: bool,
     pub(super) worker_links: super::workers::WorkerLinks,
     watched_pids: HashMap<MapData, u32, u32>,
     watched_fds: HashMap<MapData, FdKey, FdState>,
@@ -366,6 +371,36 @@ fn load_program(prog: &mut aya::programs::Program) -> Result<(), aya::programs::
     }
 }
 
+/// Multi-uprobe links came with Linux 6.6.
+const UPROBE_MULTI_KERNEL: (u8, u8) = (6, 6);
+
+/// The (de)serialization programs for multi-uprobe links, or None (with one log line)
+/// where the kernel has none: aya's perf-event uprobes then.
+fn load_multi_uprobes(ebpf: &Ebpf) -> Option<super::uprobe_multi::MultiUprobePrograms> {
+    let (major, minor) = UPROBE_MULTI_KERNEL;
+    match aya::util::KernelVersion::current() {
+        Ok(v) if v >= aya::util::KernelVersion::new(major, minor, 0) => {}
+        other => {
+            log::info!(
+                "kernel {other:?} has no multi-uprobe links: the (de)serialization uprobes stay attached between the split's windows"
+            );
+            return None;
+        }
+    }
+    match super::uprobe_multi::MultiUprobePrograms::load(
+        PROBES_OBJ,
+        ebpf,
+        super::workers::SERIALIZE_ENTER,
+        super::workers::SERIALIZE_EXIT,
+    ) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!("multi-uprobe links unavailable ({e}): the (de)serialization uprobes stay attached between the split's windows");
+            None
+        }
+    }
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
@@ -400,6 +435,13 @@ impl Probes {
             .load(PROBES_OBJ)
             .map_err(KernelError::Load)?;
 
+        // Before any map is taken out of `ebpf` (the copy is relocated against them).
+        let multi_uprobes = if cfg.serialization {
+            load_multi_uprobes(&ebpf)
+        } else {
+            None
+        };
+
         // The logger owns the AYA_LOGS map; dropping it would close the map.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -414,7 +456,7 @@ impl Probes {
             .map(|(name, _)| *name)
             .filter(|name| cfg.scheduling || !SCHED_PROGRAMS.contains(name))
             .collect();
-        if cfg.serialization {
+        if cfg.serialization && multi_uprobes.is_none() {
             wanted.extend([
                 super::workers::SERIALIZE_ENTER,
                 super::workers::SERIALIZE_EXIT,
@@ -511,6 +553,8 @@ impl Probes {
             sched_links,
             links,
             serialization,
+            multi_uprobes,
+            split_recording: true,
             worker_links: Default::default(),
             watched_pids,
             watched_fds,
@@ -731,7 +775,37 @@ impl Probes {
                     run_count: info.run_count(),
                 })
             })
+            .chain(self.serialize_run_stats())
             .collect()
+    }
+
+    /// The (de)serialization programs' run counts, whichever way they were loaded.
+    fn serialize_run_stats(&self) -> Vec<ProgRunStats> {
+        if let Some(multi) = &self.multi_uprobes {
+            return multi
+                .run_stats()
+                .into_iter()
+                .map(|(name, run_time_ns, run_count)| ProgRunStats {
+                    name: name.to_string(),
+                    run_time_ns,
+                    run_count,
+                })
+                .collect();
+        }
+        [
+            super::workers::SERIALIZE_ENTER,
+            super::workers::SERIALIZE_EXIT,
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let info = self.ebpf.program(name)?.info().ok()?;
+            Some(ProgRunStats {
+                name: name.to_string(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            })
+        })
+        .collect()
     }
 
     /// What is attached, as "tracepoint:category/name" / "raw_tracepoint:name".

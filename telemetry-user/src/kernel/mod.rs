@@ -5,6 +5,7 @@
 //! - `reader`: the tokio task behind `Probes::events()`.
 //! - `decode`: THE one checked decode point for kernel records.
 //! - `workers`: the per-worker probes: the sched bitmap, (de)serialization uprobes.
+//! - `uprobe_multi`: those uprobes as multi-uprobe links, attached per split window.
 //! - `btf`: task_struct offsets from /sys/kernel/btf/vmlinux (no CO-RE in Rust eBPF).
 //! - `preflight`: what `snakepit-agent check` reports.
 //!
@@ -19,6 +20,7 @@ mod profiling;
 mod reader;
 pub mod stats;
 mod teardown;
+mod uprobe_multi;
 mod workers;
 
 pub use decode::{

@@ -48,7 +48,10 @@ impl Probes {
     pub fn detach_all(&mut self) -> usize {
         let ebpf = &mut self.ebpf;
         let mut owned: Vec<Box<dyn Send>> = Vec::new();
-        for (is_enter, id) in self.worker_links.take_all() {
+        for link in self.worker_links.take_multi() {
+            owned.push(Box::new(link));
+        }
+        for (is_enter, id) in self.worker_links.take_perf() {
             let name = if is_enter {
                 super::workers::SERIALIZE_ENTER
             } else {

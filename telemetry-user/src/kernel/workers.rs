@@ -1,7 +1,7 @@
 //! The per-worker probes: which processes' threads report their scheduling (the
 //! SCHED_PIDS bitmap) and the (de)serialization uprobes attached to a worker's mapped
 //! protobuf and orjson objects (calls/serialize decides what to attach where).
-use std::{collections::HashMap, num::NonZeroU32, path::PathBuf};
+use std::{collections::HashMap, num::NonZeroU32, os::fd::OwnedFd, path::PathBuf};
 
 use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -14,6 +14,7 @@ use telemetry_common::{
 use thiserror::Error;
 
 use super::loader::Probes;
+use super::uprobe_multi::{by_path, MultiUprobeError, MultiUprobePrograms, UprobeSite};
 
 /// The programs in the object.
 pub(super) const SERIALIZE_ENTER: &str = "serialize_enter";
@@ -33,6 +34,10 @@ pub enum WorkerProbeError {
     SerializationOff,
     #[error("pid 0")]
     NoPid,
+    #[error("{symbol} in {path}: no file offset (not in a section of the object)")]
+    NoOffset { symbol: String, path: PathBuf },
+    #[error("{0}")]
+    Multi(#[from] MultiUprobeError),
     #[error("{symbol} in {path}: {source}")]
     Attach {
         symbol: String,
@@ -52,18 +57,69 @@ pub struct SerializeTarget {
     pub enter_size: SizeFrom,
     /// Where the return probe finds it (overrides the entry's when not None).
     pub exit_size: SizeFrom,
+    /// The function's offset in the file (multi-uprobe links take offsets).
+    pub offset: Option<u64>,
 }
 
 /// Links of the uprobes attached per worker.
 #[derive(Default)]
 pub(super) struct WorkerLinks {
-    by_pid: HashMap<u32, Vec<(bool, UProbeLinkId)>>,
+    /// aya's perf-event uprobes (kernels without multi-uprobe links): attached for
+    /// the worker's life.
+    perf: HashMap<u32, Vec<(bool, UProbeLinkId)>>,
+    /// Multi-uprobe links: every worker's sites, and its links while the split
+    /// records.
+    multi: HashMap<u32, MultiWorker>,
+}
+
+/// A worker's (de)serialization sites and, while attached, their links.
+#[derive(Default)]
+struct MultiWorker {
+    /// (object, entry site, return site): the same offset, each with its cookie.
+    sites: Vec<(PathBuf, UprobeSite, UprobeSite)>,
+    links: Vec<OwnedFd>,
 }
 
 impl WorkerLinks {
-    /// Every worker's links (is_enter, id), forgotten here.
-    pub(super) fn take_all(&mut self) -> Vec<(bool, UProbeLinkId)> {
-        self.by_pid.drain().flat_map(|(_, links)| links).collect()
+    /// Every worker's perf-event links (is_enter, id), forgotten here.
+    pub(super) fn take_perf(&mut self) -> Vec<(bool, UProbeLinkId)> {
+        self.perf.drain().flat_map(|(_, links)| links).collect()
+    }
+
+    /// Every worker's multi-uprobe links, detached by dropping them (the sites stay).
+    pub(super) fn take_multi(&mut self) -> Vec<OwnedFd> {
+        self.multi
+            .values_mut()
+            .flat_map(|w| std::mem::take(&mut w.links))
+            .collect()
+    }
+}
+
+/// Closes uprobe links off the agent's loop, each on a thread of its own: a close
+/// removes the link's breakpoints at once, then waits for a grace period (tens of
+/// ms), and the waits of links closed together overlap.
+pub(super) fn close_in_background<L: Send + 'static>(links: Vec<L>) {
+    if links.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("uprobe-detach".into())
+        .spawn(move || {
+            std::thread::scope(|s| {
+                for link in links {
+                    if std::thread::Builder::new()
+                        .name("uprobe-detach".into())
+                        .spawn_scoped(s, move || drop(link))
+                        .is_err()
+                    {
+                        // Out of threads: this one waits its turn below.
+                        log::debug!("detaching a uprobe link on the shared thread");
+                    }
+                }
+            })
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to detach uprobes: {e}");
     }
 }
 
@@ -106,12 +162,31 @@ impl Probes {
             | if recording { 0 } else { SPLIT_GATE_PAUSED };
         // Paused before the detach, attached before the resume: no program runs on a
         // stale generation.
+        self.split_recording = recording;
         if recording {
+            self.attach_multi_all();
             self.attach_sched(true)?;
             self.write_split_gate(word)
         } else {
             self.write_split_gate(word)?;
+            close_in_background(self.worker_links.take_multi());
             self.attach_sched(false)
+        }
+    }
+
+    /// Attaches the multi-uprobe links of every worker that has none (a window opens).
+    fn attach_multi_all(&mut self) {
+        let Some(progs) = self.multi_uprobes.as_ref() else {
+            return;
+        };
+        for (pid, w) in &mut self.worker_links.multi {
+            if !w.links.is_empty() {
+                continue;
+            }
+            match attach_sites(progs, *pid, &w.sites) {
+                Ok(links) => w.links = links,
+                Err(e) => log::warn!("pid {pid}: (de)serialization probes: {e}"),
+            }
         }
     }
 
@@ -149,7 +224,8 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the entry and return probes of `target` for process `pid` only.
+    /// Attaches the entry and return probes of `target` for process `pid` only. With
+    /// multi-uprobe links the target is kept and attached while the split records.
     pub fn attach_serialize(
         &mut self,
         pid: u32,
@@ -158,6 +234,38 @@ impl Probes {
         if !self.serialization {
             return Err(WorkerProbeError::SerializationOff);
         }
+        if pid == 0 {
+            return Err(WorkerProbeError::NoPid);
+        }
+        if let Some(progs) = self.multi_uprobes.as_ref() {
+            let offset = target.offset.ok_or_else(|| WorkerProbeError::NoOffset {
+                symbol: target.symbol.clone(),
+                path: target.path.clone(),
+            })?;
+            let site = |size| UprobeSite {
+                offset,
+                cookie: cookie(target.function, size),
+            };
+            let sites = vec![(
+                target.path.clone(),
+                site(target.enter_size),
+                site(target.exit_size),
+            )];
+            let w = self.worker_links.multi.entry(pid).or_default();
+            if self.split_recording {
+                w.links.extend(attach_sites(progs, pid, &sites)?);
+            }
+            w.sites.extend(sites);
+            return Ok(());
+        }
+        self.attach_serialize_perf(pid, target)
+    }
+
+    fn attach_serialize_perf(
+        &mut self,
+        pid: u32,
+        target: &SerializeTarget,
+    ) -> Result<(), WorkerProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(WorkerProbeError::NoPid)?);
         let mut links = Vec::with_capacity(2);
         for (name, is_enter, size) in [
@@ -185,24 +293,38 @@ impl Probes {
                 }
             }
         }
-        self.worker_links
-            .by_pid
-            .entry(pid)
-            .or_default()
-            .extend(links);
+        self.worker_links.perf.entry(pid).or_default().extend(links);
         Ok(())
     }
 
     /// Detaches every serialization probe of `pid` (it exited or stopped being a worker).
     pub fn detach_serialize(&mut self, pid: u32) {
-        if let Some(links) = self.worker_links.by_pid.remove(&pid) {
+        if let Some(links) = self.worker_links.perf.remove(&pid) {
             self.detach_links(links);
+        }
+        if let Some(w) = self.worker_links.multi.remove(&pid) {
+            close_in_background(w.links);
         }
     }
 
-    /// Workers with serialization probes attached.
+    /// Workers with serialization probes attached, or kept for the next window.
     pub fn serialize_probed_pids(&self) -> Vec<u32> {
-        self.worker_links.by_pid.keys().copied().collect()
+        let mut pids: Vec<u32> = self.worker_links.perf.keys().copied().collect();
+        pids.extend(self.worker_links.multi.keys().copied());
+        pids
+    }
+
+    /// Serialization uprobe links attached now (multi-uprobe links count one per
+    /// object and direction), and whether they are multi-uprobe links.
+    pub fn serialize_links(&self) -> (usize, bool) {
+        let perf: usize = self.worker_links.perf.values().map(Vec::len).sum();
+        let multi: usize = self
+            .worker_links
+            .multi
+            .values()
+            .map(|w| w.links.len())
+            .sum();
+        (perf + multi, self.multi_uprobes.is_some())
     }
 
     /// Detaches `links` off the agent's loop: a uprobe's unregistration waits for an RCU
@@ -222,13 +344,34 @@ impl Probes {
                 }
             }
         }
-        if !owned.is_empty() {
-            let spawned = std::thread::Builder::new()
-                .name("uprobe-detach".into())
-                .spawn(move || drop(owned));
-            if let Err(e) = spawned {
-                log::warn!("detaching uprobes inline: {e}");
+        // One thread: perf-event uprobes are destroyed under one kernel mutex anyway.
+        close_in_background(vec![owned]);
+    }
+}
+
+/// Links for `sites` in process `pid`: per object, one for the entries and one for
+/// the returns.
+fn attach_sites(
+    progs: &MultiUprobePrograms,
+    pid: u32,
+    sites: &[(PathBuf, UprobeSite, UprobeSite)],
+) -> Result<Vec<OwnedFd>, WorkerProbeError> {
+    let mut links = Vec::new();
+    for ret in [false, true] {
+        let groups = by_path(
+            sites
+                .iter()
+                .map(|(path, enter, exit)| (path.as_path(), if ret { *exit } else { *enter })),
+        );
+        for (path, group) in groups {
+            match progs.attach(path, pid, &group, ret) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    close_in_background(links);
+                    return Err(WorkerProbeError::Multi(e));
+                }
             }
         }
     }
+    Ok(links)
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 use super::timeline::ProcessWaits;
 use crate::kernel::{SerializeFn, SerializeTarget, SizeFrom};
@@ -85,8 +85,17 @@ fn host_path(proc_root: &Path, pid: u32, path: &str) -> PathBuf {
         .join(path.trim_start_matches('/'))
 }
 
-/// Symbol name -> (address, size).
-type SymbolTable = BTreeMap<String, (u64, u64)>;
+/// A symbol of an object: its address, size and, when it lies in a section with file
+/// contents, its offset in the file (what multi-uprobe links take).
+#[derive(Clone, Copy, Debug)]
+struct Sym {
+    address: u64,
+    size: u64,
+    file_offset: Option<u64>,
+}
+
+/// Symbol name -> symbol.
+type SymbolTable = BTreeMap<String, Sym>;
 
 /// The `wanted` symbols of the object at `path`, and its first segment's page address.
 fn symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, u64)> {
@@ -129,8 +138,18 @@ fn parse_symbols(path: &Path, wanted: &[&str]) -> std::io::Result<(SymbolTable, 
     for sym in file.symbols().chain(file.dynamic_symbols()) {
         if let Ok(name) = sym.name() {
             if wanted.contains(&name) && sym.address() != 0 {
-                out.entry(name.to_string())
-                    .or_insert((sym.address(), sym.size()));
+                let file_offset = sym
+                    .section_index()
+                    .and_then(|i| file.section_by_index(i).ok())
+                    .and_then(|sec| {
+                        let (start, _) = sec.file_range()?;
+                        Some(sym.address().checked_sub(sec.address())? + start)
+                    });
+                out.entry(name.to_string()).or_insert(Sym {
+                    address: sym.address(),
+                    size: sym.size(),
+                    file_offset,
+                });
             }
         }
     }
@@ -145,7 +164,9 @@ fn pick(
     candidates: &[(&str, SizeFrom)],
     found: &SymbolTable,
 ) -> Option<SerializeTarget> {
-    let (name, size) = candidates.iter().find(|(n, _)| found.contains_key(*n))?;
+    let (name, size, sym) = candidates
+        .iter()
+        .find_map(|(n, size)| found.get(*n).map(|sym| (*n, size, sym)))?;
     let (enter_size, exit_size) = match size {
         SizeFrom::RetObject => (SizeFrom::None, SizeFrom::RetObject),
         other => (*other, SizeFrom::None),
@@ -156,6 +177,7 @@ fn pick(
         function,
         enter_size,
         exit_size,
+        offset: sym.file_offset,
     })
 }
 
@@ -275,7 +297,12 @@ pub fn plan(proc_root: &Path, pid: u32, known_gil: Option<Range<u64>>) -> Worker
             }
         } else if plan.waits.gil.is_none() && is_interpreter(path) {
             if let Ok((found, first_vaddr)) = symbols(&host, &["_PyRuntime"]) {
-                if let Some(&(addr, size)) = found.get("_PyRuntime") {
+                if let Some(&Sym {
+                    address: addr,
+                    size,
+                    ..
+                }) = found.get("_PyRuntime")
+                {
                     let start = mapped.base - first_vaddr + addr;
                     plan.waits.gil = Some(runtime_range(start, size));
                     plan.interpreter = Some(PathBuf::from(path));
