@@ -5,9 +5,9 @@
 //! (as `Ebpf`'s drop does), the probes of a deployment with four workers took 6.9 s
 //! (23 tracepoints and perf events, 48 uprobes) and 1.4 s with no worker. The kernel
 //! serializes most of it (perf trace events are destroyed under one mutex), so links
-//! dropped on threads of their own only overlap part of it: 5.1 s and 0.8 s. Fewer
-//! uprobes (one multi-uprobe link per worker) would need BPF_TRACE_UPROBE_MULTI,
-//! which aya 0.14 cannot attach.
+//! dropped on threads of their own only overlap part of it: 5.1 s and 0.8 s. The
+//! (de)serialization uprobes are multi-uprobe links where the kernel has them
+//! (`uprobe_multi`): those are not destroyed under that mutex, and their waits overlap.
 use aya::{
     programs::{
         perf_event::PerfEventLinkId, raw_trace_point::RawTracePointLinkId,
