@@ -98,17 +98,36 @@ fn whom(c: &CallRecord) -> String {
 
 /// The level and line for one event.
 pub fn render(e: &AgentEvent, cfg: &LoggerConfig) -> (Level, String) {
+    (level(e, cfg), render_line(e, cfg))
+}
+
+/// The level `e` is logged at (known before its line is made).
+pub fn level(e: &AgentEvent, cfg: &LoggerConfig) -> Level {
     match e {
-        AgentEvent::CallEnd(c) if c.is_exception() => (Level::ERROR, exception_line(c)),
-        AgentEvent::CallEnd(c) => stop_line(c, cfg),
-        AgentEvent::WorkerCrash(c) => (Level::ERROR, crash_line(c)),
-        AgentEvent::CircuitBreakerOpen(c) => (Level::WARN, breaker_line(c)),
-        AgentEvent::HealthAlert(a) => (Level::ERROR, alert_line(a)),
-        _ => (Level::DEBUG, generic(e)),
+        AgentEvent::CallEnd(c) if c.is_exception() => Level::ERROR,
+        AgentEvent::CallEnd(c) if is_slow(c, cfg) => Level::WARN,
+        AgentEvent::WorkerCrash(_) | AgentEvent::HealthAlert(_) => Level::ERROR,
+        AgentEvent::CircuitBreakerOpen(_) => Level::WARN,
+        _ => Level::DEBUG,
     }
 }
 
-fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> (Level, String) {
+fn is_slow(e: &CallEnd, cfg: &LoggerConfig) -> bool {
+    e.duration > cfg.slow_call_ms.saturating_mul(1_000_000)
+}
+
+fn render_line(e: &AgentEvent, cfg: &LoggerConfig) -> String {
+    match e {
+        AgentEvent::CallEnd(c) if c.is_exception() => exception_line(c),
+        AgentEvent::CallEnd(c) => stop_line(c, cfg),
+        AgentEvent::WorkerCrash(c) => crash_line(c),
+        AgentEvent::CircuitBreakerOpen(c) => breaker_line(c),
+        AgentEvent::HealthAlert(a) => alert_line(a),
+        _ => generic(e),
+    }
+}
+
+fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> String {
     let d = e.duration;
     let split = time_split(e);
     let split = if split.is_empty() {
@@ -123,22 +142,16 @@ fn stop_line(e: &CallEnd, cfg: &LoggerConfig) -> (Level, String) {
         .unwrap_or_default();
     let whom = whom(&e.call);
     let name = call_name(&e.call);
-    if d > cfg.slow_call_ms.saturating_mul(1_000_000) {
-        return (
-            Level::WARN,
-            format!(
-                "slow Python call: {name} took {:.1} ms{bound}{split}, result={result}{err} {whom}",
-                ms(d),
-                bound = bound_text(e),
-            ),
+    if is_slow(e, cfg) {
+        return format!(
+            "slow Python call: {name} took {:.1} ms{bound}{split}, result={result}{err} {whom}",
+            ms(d),
+            bound = bound_text(e),
         );
     }
-    (
-        Level::DEBUG,
-        format!(
-            "Python call: {name} {:.1} ms{split}, result={result}{err} {whom}",
-            ms(d)
-        ),
+    format!(
+        "Python call: {name} {:.1} ms{split}, result={result}{err} {whom}",
+        ms(d)
     )
 }
 
@@ -205,19 +218,13 @@ fn log(level: Level, line: &str) {
 pub async fn run(mut rx: BusReceiver, cfg: LoggerConfig) {
     let debug = tracing::enabled!(target: TARGET, Level::DEBUG);
     while let Some(event) = rx.recv().await {
-        // Only these can log above debug: skip rendering the rest when debug is off.
-        let may_warn = matches!(
-            &*event,
-            AgentEvent::CallEnd(_)
-                | AgentEvent::WorkerCrash(_)
-                | AgentEvent::CircuitBreakerOpen(_)
-                | AgentEvent::HealthAlert(_)
-        );
-        if !debug && !may_warn {
+        // The level first: with debug off, most events (every call that is neither
+        // slow nor failed) make no line at all.
+        let level = level(&event, &cfg);
+        if level == Level::DEBUG && !debug {
             continue;
         }
-        let (level, line) = render(&event, &cfg);
-        log(level, &line);
+        log(level, &render_line(&event, &cfg));
     }
 }
 
