@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub struct NativeFrame {
     pub addr: u64,
     pub path: Arc<PathBuf>,
-    pub symbol: Option<String>,
+    pub symbol: Option<Arc<str>>,
 }
 
 impl NativeFrame {
@@ -44,7 +44,14 @@ pub struct Symbolizer {
     proc_root: PathBuf,
     procs: HashMap<u32, ProcMaps>,
     files: HashMap<PathBuf, Option<Arc<ElfSymbols>>>,
+    /// (pid, address, caller) -> its frame: a worker's samples repeat the same few
+    /// hundred return addresses, each resolved once (a mapping scan, a path join and
+    /// a symbol search otherwise, for every frame of every sample).
+    resolved: HashMap<(u32, u64, bool), NativeFrame>,
 }
+
+/// Resolved frames kept at most (cleared beyond: a new library or a JIT's addresses).
+const MAX_RESOLVED: usize = 65_536;
 
 impl Symbolizer {
     pub fn new(proc_root: &Path) -> Self {
@@ -52,11 +59,13 @@ impl Symbolizer {
             proc_root: proc_root.to_path_buf(),
             procs: HashMap::new(),
             files: HashMap::new(),
+            resolved: HashMap::new(),
         }
     }
 
     pub fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.resolved.retain(|(p, _, _), _| *p != pid);
     }
 
     fn mapping(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
@@ -89,6 +98,18 @@ impl Symbolizer {
     /// `caller`: the address is a return address (every frame but the innermost), so
     /// the call instruction is the byte before it.
     pub fn resolve(&mut self, pid: u32, addr: u64, caller: bool) -> Option<NativeFrame> {
+        if let Some(f) = self.resolved.get(&(pid, addr, caller)) {
+            return Some(f.clone());
+        }
+        let frame = self.resolve_uncached(pid, addr, caller)?;
+        if self.resolved.len() >= MAX_RESOLVED {
+            self.resolved.clear();
+        }
+        self.resolved.insert((pid, addr, caller), frame.clone());
+        Some(frame)
+    }
+
+    fn resolve_uncached(&mut self, pid: u32, addr: u64, caller: bool) -> Option<NativeFrame> {
         let m = self.mapping(pid, addr)?;
         if self.files.len() >= MAX_FILES && !self.files.contains_key(&m.path) {
             self.files.clear();
@@ -102,7 +123,7 @@ impl Symbolizer {
         let symbol = syms.as_ref().and_then(|s| {
             let bias = s.bias(&m)?;
             let lookup = addr.wrapping_sub(bias).wrapping_sub(u64::from(caller));
-            s.lookup(lookup).map(str::to_string)
+            s.lookup(lookup).map(Arc::from)
         });
         Some(NativeFrame {
             addr,
