@@ -4,7 +4,7 @@
 //! sorted within each object, as serde_json's maps have always written them.
 use super::typed::{AgentEvent, NameRef, Val, Visitor};
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io;
 
 type List<'a> = Vec<(&'a str, Val<'a>)>;
 
@@ -35,42 +35,59 @@ fn fields(event: &AgentEvent) -> Fields<'_> {
     f
 }
 
-/// One JSON object, no newline.
-pub fn write_json(out: &mut dyn Write, event: &AgentEvent) -> io::Result<()> {
+/// One JSON object, no newline, appended to `out` (the sinks render a line into a
+/// reused buffer: no dynamic dispatch and no formatting machinery per field).
+pub fn write_json(out: &mut Vec<u8>, event: &AgentEvent) -> io::Result<()> {
     if let AgentEvent::Dynamic(e) = event {
         return serde_json::to_writer(&mut *out, e).map_err(io::Error::from);
     }
     let NameRef::Static(name) = event.name() else {
         unreachable!("typed events have schema names")
     };
-    out.write_all(b"{\"event\":")?;
+    out.extend_from_slice(b"{\"event\":");
     serde_json::to_writer(&mut *out, name)?;
-    write!(out, ",\"time_unix_nano\":{}", event.time_unix_nano())?;
+    out.extend_from_slice(b",\"time_unix_nano\":");
+    out.extend_from_slice(itoa::Buffer::new().format(event.time_unix_nano()).as_bytes());
     let f = fields(event);
-    out.write_all(b",\"measurements\":")?;
+    out.extend_from_slice(b",\"measurements\":");
     write_object(out, &f.measurements)?;
-    out.write_all(b",\"metadata\":")?;
+    out.extend_from_slice(b",\"metadata\":");
     write_object(out, &f.metadata)?;
-    out.write_all(b"}")
+    out.push(b'}');
+    Ok(())
 }
 
-fn write_object(out: &mut dyn Write, list: &List<'_>) -> io::Result<()> {
-    out.write_all(b"{")?;
+fn write_object(out: &mut Vec<u8>, list: &List<'_>) -> io::Result<()> {
+    out.push(b'{');
+    let mut num = itoa::Buffer::new();
     for (i, (k, v)) in list.iter().enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            out.push(b',');
         }
-        serde_json::to_writer(&mut *out, k)?;
-        out.write_all(b":")?;
+        write_str(out, k)?;
+        out.push(b':');
         match v {
-            Val::Str(s) => serde_json::to_writer(&mut *out, s)?,
-            Val::U64(n) => write!(out, "{n}")?,
-            Val::I64(n) => write!(out, "{n}")?,
-            Val::Bool(b) => write!(out, "{b}")?,
+            Val::Str(s) => write_str(out, s)?,
+            Val::U64(n) => out.extend_from_slice(num.format(*n).as_bytes()),
+            Val::I64(n) => out.extend_from_slice(num.format(*n).as_bytes()),
+            Val::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
             Val::Json(j) => serde_json::to_writer(&mut *out, j)?,
         }
     }
-    out.write_all(b"}")
+    out.push(b'}');
+    Ok(())
+}
+
+/// A JSON string: copied between quotes when nothing in it needs escaping (schema
+/// keys, tool names, ids), else serde_json's escaping.
+fn write_str(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(&mut *out, s).map_err(io::Error::from)
 }
 
 /// The text sink's `key=value` pairs: measurements, then metadata, each sorted;
@@ -86,5 +103,28 @@ pub fn write_text_fields(line: &mut String, event: &AgentEvent) {
             Val::Json(serde_json::Value::String(s)) => write!(line, " {k}={s}"),
             Val::Json(j) => write!(line, " {k}={j}"),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for s in [
+            "plain_key",
+            "",
+            "with \"quotes\"",
+            "back\\slash",
+            "control\u{1}\n\t\r",
+            "del\u{7f}",
+            "ünïcode ✓",
+            "</script>",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, s).expect("write");
+            assert_eq!(out, serde_json::to_vec(s).expect("json"), "{s:?}");
+        }
     }
 }

@@ -3,9 +3,11 @@
 use crate::events::{json, AgentEvent, BusReceiver};
 use std::io::Write;
 
-pub fn write_event(out: &mut dyn Write, event: &AgentEvent) -> std::io::Result<()> {
+/// Appends `event` and a newline to `out`.
+pub fn write_event(out: &mut Vec<u8>, event: &AgentEvent) -> std::io::Result<()> {
     json::write_json(out, event)?;
-    out.write_all(b"\n")
+    out.push(b'\n');
+    Ok(())
 }
 
 /// Events written between two flushes at most.
@@ -19,17 +21,24 @@ pub async fn run(rx: BusReceiver, out: Box<dyn Write + Send>) {
 
 /// Writes until the bus closes; the first write error ends it (see `run_stream_sink`).
 pub async fn try_run(mut rx: BusReceiver, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
+    let mut lines = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
         // Whatever is already waiting goes out with it; then one flush, so a reader
         // tailing the file sees events as they happen without a write per event.
-        let mut result = write_event(&mut out, &first);
+        lines.clear();
+        write_event(&mut lines, &first)?;
         let mut n = 1;
-        while result.is_ok() && n < BATCH {
+        while n < BATCH {
             let Some(event) = rx.try_recv() else { break };
-            result = write_event(&mut out, &event);
+            write_event(&mut lines, &event)?;
             n += 1;
         }
-        result.and_then(|_| out.flush())?;
+        out.write_all(&lines)?;
+        out.flush()?;
+        if lines.capacity() > 1 << 20 {
+            // A burst of large events: do not keep its buffer.
+            lines = Vec::with_capacity(64 * 1024);
+        }
     }
     Ok(())
 }
