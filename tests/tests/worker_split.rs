@@ -653,6 +653,14 @@ fn sampled_run(dir: &Path, demo: &mut Demo, max: u32, rate: u32, secs: u64) -> S
             .as_u64()
             .unwrap_or(0),
         sampling: stats["metadata"]["split_sampling"].clone(),
+        serialize_runs: ["serialize_enter", "serialize_exit"]
+            .iter()
+            .map(|p| {
+                stats["metadata"]["program_run_time"][p]["run_count"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum(),
         stops,
     }
 }
@@ -663,6 +671,8 @@ struct SampledRun {
     stops: Vec<Value>,
     sched_records: u64,
     sampling: Value,
+    /// Runs of the (de)serialization uprobe programs (the agent's own stats).
+    serialize_runs: u64,
 }
 
 /// Above `split_max_calls_per_s` the split's probes record in windows: far fewer
@@ -741,5 +751,25 @@ fn above_the_split_rate_the_probes_record_in_windows() {
         "scheduling records per call: {:.1} sampled, {:.1} with every call split",
         per_call(&sampled),
         per_call(&all)
+    );
+    // The (de)serialization uprobes are multi-uprobe links on this kernel, attached
+    // only for the windows: between them the workers' calls run no uprobe program.
+    // The calls split inside a window still have what they measured.
+    let runs_per_call = |r: &SampledRun| r.serialize_runs as f64 / r.calls as f64;
+    assert!(
+        runs_per_call(&all) >= 2.0 && runs_per_call(&sampled) * 2.0 <= runs_per_call(&all),
+        "uprobe program runs per call: {:.1} sampled, {:.1} with every call split",
+        runs_per_call(&sampled),
+        runs_per_call(&all)
+    );
+    let with_decode = sampled
+        .stops
+        .iter()
+        .filter(|e| e["measurements"]["deserialize_time"].is_u64())
+        .count();
+    assert!(
+        with_decode * 10 >= sampled.split * 8,
+        "split calls with their deserialization measured: {with_decode} of {}",
+        sampled.split
     );
 }

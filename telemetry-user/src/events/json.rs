@@ -47,7 +47,11 @@ pub fn write_json(out: &mut Vec<u8>, event: &AgentEvent) -> io::Result<()> {
     out.extend_from_slice(b"{\"event\":");
     serde_json::to_writer(&mut *out, name)?;
     out.extend_from_slice(b",\"time_unix_nano\":");
-    out.extend_from_slice(itoa::Buffer::new().format(event.time_unix_nano()).as_bytes());
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(event.time_unix_nano())
+            .as_bytes(),
+    );
     let f = fields(event);
     out.extend_from_slice(b",\"measurements\":");
     write_object(out, &f.measurements)?;
@@ -81,7 +85,9 @@ fn write_object(out: &mut Vec<u8>, list: &List<'_>) -> io::Result<()> {
 /// A JSON string: copied between quotes when nothing in it needs escaping (schema
 /// keys, tool names, ids), else serde_json's escaping.
 fn write_str(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) {
+    if s.bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f)
+    {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
