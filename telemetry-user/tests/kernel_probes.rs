@@ -84,12 +84,20 @@ fn expected_stream() -> Vec<u8> {
 }
 
 fn spawn_python(script: &str) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = Command::new("python3")
+    spawn_interpreter("python3".as_ref(), script)
+}
+
+/// `script` run by `python`, once it said "ready".
+fn spawn_interpreter(
+    python: &std::ffi::OsStr,
+    script: &str,
+) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(python)
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3 is needed by this test");
+        .unwrap_or_else(|e| panic!("{python:?} is needed by this test: {e}"));
     let mut out = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     out.read_line(&mut line).expect("child ready");
@@ -1305,16 +1313,7 @@ fn serialization_uprobes_follow_the_split_windows() {
     runtime().block_on(async {
         let mut probes = load();
         let mut rx = probes.events().expect("events");
-        let mut child = Command::new(venv_python())
-            .args(["-c", ORJSON_LOOP])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the venv's python");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("child ready");
-        assert_eq!(line.trim(), "ready");
+        let (mut child, _out) = spawn_interpreter(venv_python().as_os_str(), ORJSON_LOOP);
         let pid = child.id();
 
         let plan =

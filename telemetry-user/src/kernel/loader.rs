@@ -762,50 +762,28 @@ impl Probes {
 
     /// Kernel-measured run time and count of every program.
     pub fn prog_run_stats(&self) -> Vec<ProgRunStats> {
+        let multi = self.multi_uprobes.iter().flat_map(|m| m.run_stats());
         PROGRAMS
             .iter()
             .map(|&(name, _)| name)
-            // The sampler, when it was started (an unloaded program has no info).
-            .chain([telemetry_common::PROG_PROFILE])
+            // The sampler, when it was started, and the (de)serialization programs
+            // when aya loaded them (an unloaded program has no info).
+            .chain([
+                telemetry_common::PROG_PROFILE,
+                super::workers::SERIALIZE_ENTER,
+                super::workers::SERIALIZE_EXIT,
+            ])
             .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
-                Some(ProgRunStats {
-                    name: name.to_string(),
-                    run_time_ns: info.run_time().as_nanos() as u64,
-                    run_count: info.run_count(),
-                })
+                Some((name, info.run_time().as_nanos() as u64, info.run_count()))
             })
-            .chain(self.serialize_run_stats())
-            .collect()
-    }
-
-    /// The (de)serialization programs' run counts, whichever way they were loaded.
-    fn serialize_run_stats(&self) -> Vec<ProgRunStats> {
-        if let Some(multi) = &self.multi_uprobes {
-            return multi
-                .run_stats()
-                .into_iter()
-                .map(|(name, run_time_ns, run_count)| ProgRunStats {
-                    name: name.to_string(),
-                    run_time_ns,
-                    run_count,
-                })
-                .collect();
-        }
-        [
-            super::workers::SERIALIZE_ENTER,
-            super::workers::SERIALIZE_EXIT,
-        ]
-        .into_iter()
-        .filter_map(|name| {
-            let info = self.ebpf.program(name)?.info().ok()?;
-            Some(ProgRunStats {
+            .chain(multi)
+            .map(|(name, run_time_ns, run_count)| ProgRunStats {
                 name: name.to_string(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                run_count: info.run_count(),
+                run_time_ns,
+                run_count,
             })
-        })
-        .collect()
+            .collect()
     }
 
     /// What is attached, as "tracepoint:category/name" / "raw_tracepoint:name".

@@ -50,8 +50,9 @@ pub struct Symbolizer {
     resolved: HashMap<(u32, u64, bool), NativeFrame>,
 }
 
-/// Resolved frames kept at most (cleared beyond: a new library or a JIT's addresses).
-const MAX_RESOLVED: usize = 65_536;
+/// Resolved frames kept at most (cleared beyond: a new library or a JIT's addresses);
+/// about 100 bytes each.
+const MAX_RESOLVED: usize = 16_384;
 
 impl Symbolizer {
     pub fn new(proc_root: &Path) -> Self {
@@ -61,6 +62,11 @@ impl Symbolizer {
             files: HashMap::new(),
             resolved: HashMap::new(),
         }
+    }
+
+    /// Native frames resolved and kept (for the profiler's stats).
+    pub fn cached(&self) -> usize {
+        self.resolved.len()
     }
 
     pub fn forget(&mut self, pid: u32) {
