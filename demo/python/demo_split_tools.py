@@ -101,7 +101,8 @@ class SerializationClock:
 
     @staticmethod
     def _clocked(fn, arg, *args, **kwargs):
-        """(fn's result, ns it took), with what would land in this clock but not in the
+        """(fn's result, ns it took, ns of those off the CPU), with what would land in
+        this clock but not in the
         call held off meanwhile:
         - the cyclic GC: a pass that the call's allocations trigger runs inside the C
           call (3.11) or right after it returns, before the clock is read (3.12+, at the
@@ -119,34 +120,43 @@ class SerializationClock:
         sys.setswitchinterval(10.0)
         try:
             time.sleep(0)
+            c = time.thread_time_ns()
             t = time.perf_counter_ns()
             out = fn(arg, *args, **kwargs)
-            return out, time.perf_counter_ns() - t
+            wall = time.perf_counter_ns() - t
+            # The part of the clock this thread was not running (preempted, or
+            # blocked): it may lie outside the probed call, where only this clock
+            # sees it.
+            off_cpu = max(0, wall - (time.thread_time_ns() - c))
+            return out, wall, off_cpu
         finally:
             sys.setswitchinterval(interval)
             if was_on:
                 gc.enable()
 
     def _entry(self, cid):
-        return self.pending.setdefault(cid, {"decode_ns": 0, "encode_ns": 0})
+        return self.pending.setdefault(cid, _new_entry())
 
     def timed_deserializer(self, deserialize):
         def run(raw):
-            msg, d = self._clocked(deserialize, raw)
+            msg, d, off = self._clocked(deserialize, raw)
             cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
             with self.lock:
-                self._entry(cid)["decode_ns"] += d
+                e = self._entry(cid)
+                e["decode_ns"] += d
+                e["decode_off_cpu_ns"] += off
             return msg
 
         return run
 
     def timed_serializer(self, serialize):
         def run(msg):
-            raw, d = self._clocked(serialize, msg)
+            raw, d, off = self._clocked(serialize, msg)
             cid = msg.metadata.get("correlation_id", "") if hasattr(msg, "metadata") else ""
             with self.lock:
-                e = self.pending.pop(cid, None) or {"decode_ns": 0, "encode_ns": 0}
+                e = self.pending.pop(cid, None) or _new_entry()
                 e["encode_ns"] += d
+                e["encode_off_cpu_ns"] += off
                 e["correlation_id"] = cid
                 e["bytes_out"] = len(raw)
                 with open(self.path, "a") as f:
@@ -159,24 +169,33 @@ class SerializationClock:
         """`fn` (json_loads / json_dumps) timed into this thread's running total."""
 
         def run(value, *args, **kwargs):
-            d = 0
+            d, off = 0, 0
             try:
-                out, d = self._clocked(fn, value, *args, **kwargs)
+                out, d, off = self._clocked(fn, value, *args, **kwargs)
                 return out
             finally:
-                setattr(self.local, direction, getattr(self.local, direction, 0) + d)
+                wall, off_cpu = getattr(self.local, direction, (0, 0))
+                setattr(self.local, direction, (wall + d, off_cpu + off))
 
         return run
 
     def take(self, direction):
-        """This thread's JSON time since the last take."""
-        v = getattr(self.local, direction, 0)
-        setattr(self.local, direction, 0)
+        """This thread's JSON time since the last take: (ns, ns of those off the CPU)."""
+        v = getattr(self.local, direction, (0, 0))
+        setattr(self.local, direction, (0, 0))
         return v
 
-    def add(self, cid, direction, ns):
+    def add(self, cid, direction, taken):
+        """Adds what `take` returned to call `cid`'s totals."""
+        wall, off_cpu = taken
         with self.lock:
-            self._entry(cid)[direction + "_ns"] += ns
+            e = self._entry(cid)
+            e[direction + "_ns"] += wall
+            e[direction + "_off_cpu_ns"] += off_cpu
+
+
+def _new_entry():
+    return {"decode_ns": 0, "encode_ns": 0, "decode_off_cpu_ns": 0, "encode_off_cpu_ns": 0}
 
 
 def _json_line(d):

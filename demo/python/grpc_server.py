@@ -46,6 +46,8 @@ try:
         raise ImportError("stdlib json requested")
     import orjson
 
+    STDLIB_JSON = False
+
     def json_loads(data):
         return orjson.loads(data)
 
@@ -53,21 +55,32 @@ try:
         return orjson.dumps(value, default=_json_default)
 
 except ImportError:  # pragma: no cover - orjson is optional, as in Snakepit
+    STDLIB_JSON = True
 
     def json_loads(data):
         return json.loads(data)
 
+    def json_encode(value):
+        """The C encoder's chunks: what json.dumps runs before joining them (the
+        agent probes this call, `encoder_call`, not the join)."""
+        return _STDLIB_ENCODER.iterencode(value, _one_shot=True)
+
     def json_dumps(value):
-        return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
+        # json.dumps(value, default=..., separators=(",", ":")), with its two steps apart.
+        return "".join(json_encode(value)).encode()
 
 
 def _timed_json():
-    """With the split clock on, json_loads/json_dumps time themselves (only them: the
-    same calls the agent probes, not the copies around them)."""
-    global json_loads, json_dumps
+    """With the split clock on, the JSON calls time themselves (only them: the same
+    calls the agent probes, not the copies around them: for the stdlib json, the C
+    encoder without the join of its chunks, about 15 % of a 20 MB document's dumps)."""
+    global json_loads, json_dumps, json_encode
     if SPLIT_CLOCK is not None:
         json_loads = SPLIT_CLOCK.timed_json(json_loads, "decode")
-        json_dumps = SPLIT_CLOCK.timed_json(json_dumps, "encode")
+        if STDLIB_JSON:
+            json_encode = SPLIT_CLOCK.timed_json(json_encode, "encode")
+        else:
+            json_dumps = SPLIT_CLOCK.timed_json(json_dumps, "encode")
 
 
 def _json_default(value):
@@ -80,6 +93,9 @@ def _json_default(value):
         return bytes(value).decode("latin-1")
     raise TypeError("not JSON serializable: %s" % type(value).__name__)
 
+
+# The stdlib path's encoder (json.dumps's own, built once).
+_STDLIB_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
 
 # Both directions carry up to 100 MB per message in real deployments.
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
