@@ -1304,6 +1304,19 @@ fn serialize_records(evs: &[KernelEvent], pid: u32) -> usize {
         .count()
 }
 
+/// Waits up to 5 s for 50 serialize records of `pid`; fails saying `when` otherwise.
+async fn expect_serialize_records(rx: &mut Receiver<KernelEvent>, pid: u32, when: &str) {
+    let evs = collect(rx, Duration::from_secs(5), |e| {
+        serialize_records(e, pid) >= 50
+    })
+    .await;
+    assert!(
+        serialize_records(&evs, pid) >= 50,
+        "serialize records {when}: {}",
+        serialize_records(&evs, pid)
+    );
+}
+
 /// The (de)serialization uprobes are multi-uprobe links on this kernel: attached
 /// while the worker split records, gone while it pauses (the worker's calls then run
 /// no program at all, not even one that returns at once), back for the next window.
@@ -1334,14 +1347,7 @@ fn serialization_uprobes_follow_the_split_windows() {
         );
         assert_eq!(links, 4, "entry and return links of two functions");
 
-        let evs = collect(&mut rx, Duration::from_secs(5), |e| {
-            serialize_records(e, pid) >= 50
-        })
-        .await;
-        assert!(
-            serialize_records(&evs, pid) >= 50,
-            "serialize records while recording"
-        );
+        expect_serialize_records(&mut rx, pid, "while recording").await;
 
         // Pause: the links go; after their closes settle no program runs.
         probes.set_split_gate(false, 0).expect("pause");
@@ -1362,14 +1368,7 @@ fn serialization_uprobes_follow_the_split_windows() {
             2,
             "one link per object and direction"
         );
-        let evs = collect(&mut rx, Duration::from_secs(5), |e| {
-            serialize_records(e, pid) >= 50
-        })
-        .await;
-        assert!(
-            serialize_records(&evs, pid) >= 50,
-            "serialize records in the next window"
-        );
+        expect_serialize_records(&mut rx, pid, "in the next window").await;
         assert!(serialize_runs(&probes) > before, "programs run again");
 
         let started = Instant::now();

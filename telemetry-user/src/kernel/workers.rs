@@ -112,8 +112,9 @@ pub(super) fn close_in_background<L: Send + 'static>(links: Vec<L>) {
                         .spawn_scoped(s, move || drop(link))
                         .is_err()
                     {
-                        // Out of threads: this one waits its turn below.
-                        log::debug!("detaching a uprobe link on the shared thread");
+                        // Out of threads: the failed spawn dropped the link here,
+                        // on this thread.
+                        log::debug!("detached a uprobe link on the shared thread");
                     }
                 }
             })
