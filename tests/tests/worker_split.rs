@@ -204,9 +204,9 @@ fn serialization_matches_ground_truth(json: &str) {
             t["decode_ns"].as_f64().expect("decode_ns"),
             t["encode_ns"].as_f64().expect("encode_ns"),
         );
-        // (stdlib json: the C scanner/encoder are probed, not the Python glue around
-        // them (bytes to str, the encoder object, the join), which the worker's clock
-        // spans: 4-6 % of it.)
+        // (stdlib json: the agent probes the C scanner and encoder, not the Python
+        // around them (bytes to str before the scanner, the join after the encoder);
+        // the demo worker's clock times the same two calls.)
         if split_matches_worker(e, t, 0.1) {
             good += 1;
         }
@@ -526,30 +526,46 @@ fn split_on_cpython(minor: u32) {
     if big.len() < BIG_JSON_CALLS as usize {
         problems.push(format!("{} big_json calls reported", big.len()));
     }
-    // The (de)serialization against the worker's own clock, as on 3.11: one call of
-    // the few may be off (a preemption between the worker's clock and the call).
+    // The (de)serialization against the worker's own clock, summed over the calls:
+    // the probes in this version's wheels find both phases of every call, and their
+    // total is the worker's within 10 %. (Per call, the 3.11 tests above hold 10 %;
+    // here a call's encoding is 1-2 ms, where 0.25 ms outside the probed calls, seen
+    // on CI in two calls of five, is already 13 %.)
     let truth = read_truth(&truth_path);
-    let mut off = Vec::new();
+    // Per phase: the agent's total, the worker's, and the worker's time off the CPU.
+    let mut sums = [[0.0f64; 3]; 2];
+    let phases = [("decode", "deserialize_time"), ("encode", "serialize_time")];
+    let mut report = Vec::new();
     for e in big {
         let cid = e["metadata"]["correlation_id"].as_str().unwrap_or("?");
         let t = &truth[cid];
-        let (dec, enc) = (m(e, "deserialize_time"), m(e, "serialize_time"));
-        let (tdec, tenc) = (
-            t["decode_ns"].as_f64().unwrap_or(f64::NAN),
-            t["encode_ns"].as_f64().unwrap_or(f64::NAN),
-        );
-        if !split_matches_worker(e, t, 0.1) {
-            off.push(format!(
-                "big_json {cid}: decode {:.2} ms (worker {:.2}), encode {:.2} ms (worker {:.2})",
-                dec / MS,
-                tdec / MS,
-                enc / MS,
-                tenc / MS
+        let mut line = format!("big_json {cid}:");
+        for (sum, (what, field)) in sums.iter_mut().zip(phases) {
+            let agent = m(e, field);
+            let worker = t[format!("{what}_ns")].as_f64().unwrap_or(f64::NAN);
+            line += &format!(" {what} {:.2} ms (worker {:.2})", agent / MS, worker / MS);
+            if agent.is_nan() || worker.is_nan() {
+                problems.push(format!("big_json {cid}: {what} not measured: {e}"));
+                continue;
+            }
+            sum[0] += agent;
+            sum[1] += worker;
+            sum[2] += t[format!("{what}_off_cpu_ns")].as_f64().unwrap_or(0.0);
+        }
+        report.push(line);
+    }
+    for ([agent, worker, off_cpu], (what, _)) in sums.into_iter().zip(phases) {
+        let close = close_to_worker(agent, worker, 0.1)
+            || (agent < worker && close_to_worker(agent + off_cpu, worker, 0.1));
+        if !close {
+            problems.push(format!(
+                "{what} summed over the big_json calls: {:.2} ms, the worker's {:.2} ms ({:.2} off-CPU):\n{}",
+                agent / MS,
+                worker / MS,
+                off_cpu / MS,
+                report.join("\n")
             ));
         }
-    }
-    if off.len() > 1 {
-        problems.extend(off);
     }
     assert!(
         problems.is_empty(),
