@@ -17,6 +17,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 use super::{DecodeStats, WireError};
 
 /// Default SETTINGS_HEADER_TABLE_SIZE, what both Gun and grpc-core use.
@@ -26,7 +28,9 @@ const ENTRY_OVERHEAD: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HeaderValue {
-    Known(Vec<u8>),
+    /// `Bytes`: a static-table reference and a dynamic-table hit are shared, not
+    /// copied (every request's `:method`, `:path`, `content-type`... is one).
+    Known(Bytes),
     /// Refers to a dynamic-table entry inserted before we joined.
     Unknown,
 }
@@ -60,8 +64,8 @@ pub struct HeaderField {
 impl HeaderField {
     pub fn known(name: &[u8], value: &[u8]) -> Self {
         HeaderField {
-            name: HeaderValue::Known(name.to_vec()),
-            value: HeaderValue::Known(value.to_vec()),
+            name: HeaderValue::Known(Bytes::copy_from_slice(name)),
+            value: HeaderValue::Known(Bytes::copy_from_slice(value)),
             sensitive: false,
         }
     }
@@ -237,7 +241,7 @@ impl HpackDecoder {
         if b & 0x40 != 0 {
             let idx = decode_int(block, pos, 6)?;
             let name = self.literal_name(idx, block, pos)?;
-            let value = HeaderValue::Known(decode_string(block, pos)?);
+            let value = HeaderValue::Known(decode_string(block, pos)?.into());
             self.insert(name.clone(), value.clone());
             return Ok(Some(HeaderField {
                 name,
@@ -258,7 +262,7 @@ impl HpackDecoder {
         let sensitive = b & 0x10 != 0;
         let idx = decode_int(block, pos, 4)?;
         let name = self.literal_name(idx, block, pos)?;
-        let value = HeaderValue::Known(decode_string(block, pos)?);
+        let value = HeaderValue::Known(decode_string(block, pos)?.into());
         Ok(Some(HeaderField {
             name,
             value,
@@ -273,7 +277,7 @@ impl HpackDecoder {
         pos: &mut usize,
     ) -> Result<HeaderValue, WireError> {
         if idx == 0 {
-            Ok(HeaderValue::Known(decode_string(block, pos)?))
+            Ok(HeaderValue::Known(decode_string(block, pos)?.into()))
         } else {
             Ok(self.lookup(idx)?.0)
         }
@@ -286,8 +290,8 @@ impl HpackDecoder {
         if idx <= STATIC_TABLE.len() as u64 {
             let (n, v) = STATIC_TABLE[(idx - 1) as usize];
             return Ok((
-                HeaderValue::Known(n.as_bytes().to_vec()),
-                HeaderValue::Known(v.as_bytes().to_vec()),
+                HeaderValue::Known(Bytes::from_static(n.as_bytes())),
+                HeaderValue::Known(Bytes::from_static(v.as_bytes())),
             ));
         }
         let d = idx - STATIC_TABLE.len() as u64 - 1;
@@ -922,7 +926,10 @@ mod tests {
         let r = d.decode_block(&b);
         assert_eq!(r.error, None);
         assert_eq!(r.headers[1].name, HeaderValue::Unknown);
-        assert_eq!(r.headers[1].value, HeaderValue::Known(b"val".to_vec()));
+        assert_eq!(
+            r.headers[1].value,
+            HeaderValue::Known(Bytes::from_static(b"val"))
+        );
     }
 
     #[test]
