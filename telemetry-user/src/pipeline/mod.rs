@@ -11,7 +11,7 @@ use crate::fast_hash::{FastMap, FastSet};
 use crate::kernel::{Capture, Direction, FrameStatus, IoRecord};
 use crate::streams::{Assembler, Chunk, Ordered, StreamKey};
 use crate::wire::frame_timing::{FrameTimer, FrameTiming};
-use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent};
+use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent, MAX_KEPT_EVENTS};
 use crate::wire::http2::Start;
 use crate::wire::port_packet::{PacketDecoder, PortMessage};
 use crate::wire::DecodeStats;
@@ -61,6 +61,8 @@ struct DirDecoder {
     flow: Flow,
     /// The other end of the connection (its tgid and fd).
     peer: (u32, i32),
+    /// One lean chunk's frame ends, kept for the next.
+    timing_ends: Vec<FrameTiming>,
 }
 
 /// A frame cursor the kernel does not know but a decoder does (a stream joined
@@ -92,6 +94,8 @@ pub struct Pipeline {
     retired_wire_stats: DecodeStats,
     /// Cursor hints for the kernel, drained by the agent (`take_cursor_hints`).
     hints: Vec<CursorHint>,
+    /// One chunk's gRPC events, kept for the next chunk.
+    grpc_events: Vec<GrpcEvent>,
     pub stats: PipelineStats,
 }
 
@@ -113,6 +117,7 @@ impl Pipeline {
             grpc_config,
             retired_wire_stats: DecodeStats::default(),
             hints: Vec::new(),
+            grpc_events: Vec::new(),
             stats: PipelineStats::default(),
         }
     }
@@ -391,9 +396,9 @@ impl Pipeline {
                         dec.resync_at(start as usize);
                     }
                 }
-                let mut events = Vec::new();
+                let mut events = std::mem::take(&mut self.grpc_events);
                 for (bytes, span) in chunk.pieces() {
-                    events.extend(dec.feed(bytes, span));
+                    dec.feed_into(bytes, span, &mut events);
                 }
                 // The kernel follows no frames here (joined mid-way) but we do: tell it
                 // where the next header is, so it can send lean records from then on.
@@ -408,7 +413,7 @@ impl Pipeline {
                         });
                     }
                 }
-                for ev in events {
+                for ev in events.drain(..) {
                     let what = match ev {
                         GrpcEvent::Headers {
                             stream_id,
@@ -458,6 +463,9 @@ impl Pipeline {
                         | GrpcEvent::GoAway { .. } => continue,
                     };
                     out.push(stamp(what));
+                }
+                if events.capacity() <= MAX_KEPT_EVENTS {
+                    self.grpc_events = events;
                 }
             }
             Decoder::Packet(dec) => {
@@ -621,6 +629,7 @@ impl Pipeline {
             side,
             flow,
             peer,
+            timing_ends: Vec::new(),
         }
     }
 }
@@ -635,7 +644,7 @@ fn retire_timer(retired: &mut DecodeStats, timer: &mut Option<FrameTimer>) {
 /// A lean record: the other end decodes this flow; here it is only timed.
 fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>) {
     d.decoder_behind = true;
-    let mut ends = Vec::new();
+    let mut ends = std::mem::take(&mut d.timing_ends);
     d.timer.get_or_insert_with(FrameTimer::new).feed(
         chunk.stream_pos,
         chunk.len,
@@ -644,7 +653,7 @@ fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>
         &mut ends,
     );
     let flow = d.flow;
-    for end in ends {
+    for end in ends.drain(..) {
         let what = match end {
             FrameTiming::HeadersRead {
                 stream_id,
@@ -675,6 +684,7 @@ fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>
             what,
         });
     }
+    d.timing_ends = ends;
 }
 
 /// `error` of a `{packet,4}` response: `{"type": ..., "message": ...}` or a string.

@@ -39,29 +39,27 @@ impl Chunk {
     /// known bytes start its span, the rest of the span is unknown. This is the
     /// `feed(captured, total_len)` shape every wire decoder takes.
     pub fn pieces(&self) -> Vec<(&[u8], usize)> {
-        let mut known: Vec<(usize, &[u8])> = Vec::with_capacity(1 + self.marks.len());
-        known.push((0, &self.payload[..]));
+        // One pass: a piece's span ends where the next known bytes begin.
+        fn push<'a>(out: &mut Vec<(&'a [u8], usize)>, off: usize, bytes: &'a [u8], end: usize) {
+            let span = end.saturating_sub(off);
+            if span > 0 {
+                out.push((&bytes[..bytes.len().min(span)], span));
+            }
+        }
+        let mut out = Vec::with_capacity(1 + self.marks.len());
+        let (mut cur_off, mut cur): (usize, &[u8]) = (0, &self.payload[..]);
         for (off, bytes) in &self.marks {
             let off = *off as usize;
-            let (last_off, last) = known[known.len() - 1];
-            let covered = last_off + last.len();
+            let covered = cur_off + cur.len();
             if off >= self.len || off + bytes.len() <= covered {
                 continue; // outside the syscall, or nothing new
             }
             // A mark may overlap what is already known: keep only its new part.
             let skip = covered.saturating_sub(off);
-            known.push((off + skip, &bytes[skip..]));
+            push(&mut out, cur_off, cur, off + skip);
+            (cur_off, cur) = (off + skip, &bytes[skip..]);
         }
-        let mut out = Vec::with_capacity(known.len());
-        for (i, (off, bytes)) in known.iter().enumerate() {
-            let end = known.get(i + 1).map(|k| k.0).unwrap_or(self.len);
-            let span = end.saturating_sub(*off);
-            if span == 0 {
-                continue;
-            }
-            let bytes = &bytes[..bytes.len().min(span)];
-            out.push((bytes, span));
-        }
+        push(&mut out, cur_off, cur, self.len);
         out
     }
 }

@@ -42,6 +42,8 @@ pub struct FrameTimer {
     next_pos: Option<u64>,
     /// gRPC message boundaries per HTTP/2 stream (lengths only, no bytes kept).
     messages: HashMap<u32, MessageReassembler>,
+    /// The frame events of one feed, kept for the next.
+    events: Vec<Http2Event>,
 }
 
 impl Default for FrameTimer {
@@ -56,6 +58,7 @@ impl FrameTimer {
             frames: searching_decoder(),
             next_pos: None,
             messages: HashMap::new(),
+            events: Vec::new(),
         }
     }
 
@@ -83,7 +86,7 @@ impl FrameTimer {
         pieces: &[(&[u8], usize)],
         out: &mut Vec<FrameTiming>,
     ) {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         match self.next_pos {
             // Syscalls in between sent nothing: they lay inside one frame.
             Some(p) if stream_pos > p => {
@@ -111,8 +114,11 @@ impl FrameTimer {
             self.frames.feed_into(&[], len - fed, &mut events);
         }
         self.next_pos = Some(stream_pos + len as u64);
-        for ev in events {
+        for ev in events.drain(..) {
             self.on_frame_event(ev, out);
+        }
+        if events.capacity() <= super::grpc::MAX_KEPT_EVENTS {
+            self.events = events;
         }
     }
 

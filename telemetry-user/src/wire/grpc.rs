@@ -389,6 +389,10 @@ struct StreamState {
 }
 
 /// Decodes one direction of a gRPC connection into [`GrpcEvent`]s.
+/// Scratch event buffers beyond this capacity are dropped after use (one huge
+/// syscall's hundreds of frames are not kept for every record after it).
+pub(crate) const MAX_KEPT_EVENTS: usize = 256;
+
 #[derive(Debug)]
 pub struct GrpcDirectionDecoder {
     cfg: GrpcConfig,
@@ -396,6 +400,9 @@ pub struct GrpcDirectionDecoder {
     hpack: HpackDecoder,
     streams: HashMap<u32, StreamState>,
     stats: DecodeStats,
+    /// The frame events of one feed, kept for the next (a record's events otherwise
+    /// cost an allocation and a regrowth or two per record).
+    frame_events: Vec<Http2Event>,
 }
 
 impl GrpcDirectionDecoder {
@@ -413,6 +420,7 @@ impl GrpcDirectionDecoder {
             hpack,
             streams: HashMap::new(),
             stats: DecodeStats::default(),
+            frame_events: Vec::new(),
         }
     }
 
@@ -454,12 +462,21 @@ impl GrpcDirectionDecoder {
     }
 
     pub fn feed(&mut self, captured: &[u8], total_len: usize) -> Vec<GrpcEvent> {
-        let frames = self.frames.feed(captured, total_len);
         let mut out = Vec::new();
-        for ev in frames {
-            self.on_frame_event(ev, &mut out);
-        }
+        self.feed_into(captured, total_len, &mut out);
         out
+    }
+
+    /// [`Self::feed`], appending to `out`.
+    pub fn feed_into(&mut self, captured: &[u8], total_len: usize, out: &mut Vec<GrpcEvent>) {
+        let mut frames = std::mem::take(&mut self.frame_events);
+        self.frames.feed_into(captured, total_len, &mut frames);
+        for ev in frames.drain(..) {
+            self.on_frame_event(ev, out);
+        }
+        if frames.capacity() <= MAX_KEPT_EVENTS {
+            self.frame_events = frames;
+        }
     }
 
     fn stream(&mut self, id: u32, at_boundary: bool) -> &mut StreamState {
