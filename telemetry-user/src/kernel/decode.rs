@@ -446,11 +446,22 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let partial_in = r.u8(offset_of!(H, partial_in));
             let capture =
                 Capture::try_from(r.u8(offset_of!(H, capture))).map_err(DecodeError::BadCapture)?;
-            // One allocation for the prefix and every mark.
-            let data = Bytes::copy_from_slice(
-                &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN],
-            );
-            let marks = decode_marks(&data, captured, n_marks, ret)?;
+            let area = &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN];
+            let (payload, marks) = if n_marks == 0 {
+                // Most decoded records: the prefix alone, one allocation (a slice of
+                // a shared copy would cost a second, for the shared header).
+                (Bytes::copy_from_slice(area), Vec::new())
+            } else {
+                // One allocation for the prefix and every mark.
+                let data = Bytes::copy_from_slice(area);
+                let marks = decode_marks(&data, captured, n_marks, ret)?;
+                let payload = if captured == 0 {
+                    Bytes::new()
+                } else {
+                    data.slice(..captured)
+                };
+                (payload, marks)
+            };
             Ok(KernelEvent::Io(IoRecord {
                 tgid: r.u32(offset_of!(H, tgid)),
                 tid: r.u32(offset_of!(H, tid)),
@@ -461,7 +472,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 ts_enter_ns: r.u64(offset_of!(H, ts_enter_ns)),
                 ts_exit_ns: r.u64(offset_of!(H, ts_exit_ns)),
                 seq: r.u64(offset_of!(H, seq)),
-                payload: data.slice(..captured),
+                payload,
                 marks,
                 frame_status,
                 cursor_in,
