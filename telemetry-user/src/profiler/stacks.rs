@@ -116,8 +116,11 @@ pub fn merge(
     interpreter: &Path,
     truncated: bool,
 ) -> Stack {
-    let mut frames: Vec<Frame> = python.iter().rev().cloned().collect();
-    let extension: Vec<&NativeFrame> = if python.is_empty() {
+    let python_len = python.len();
+    let python_library = python.first().map(|f| f.library().to_string());
+    // Outermost first; the Python frames are moved, not cloned (three strings each).
+    let mut frames: Vec<Frame> = python.into_iter().rev().collect();
+    let extension: Vec<&NativeFrame> = if python_len == 0 {
         native.iter().collect()
     } else {
         native
@@ -127,7 +130,7 @@ pub fn merge(
     };
     // When the unwinder never reached the interpreter (no frame pointers in the
     // library), only the leaf is certain.
-    let reached = python.is_empty() || extension.len() < native.len();
+    let reached = python_len == 0 || extension.len() < native.len();
     let extension: &[&NativeFrame] = if reached {
         &extension
     } else {
@@ -138,11 +141,13 @@ pub fn merge(
         .iter()
         .map(|f| native_library(&f.path))
         .find(|l| !is_runtime(l))
-        .or_else(|| python.first().map(|f| f.library().to_string()))
+        .or(python_library)
         .or_else(|| extension.first().map(|f| native_library(&f.path)))
         .unwrap_or_else(|| "unknown".into());
-    let hot_frame = python
-        .first()
+    // The innermost Python frame (the last of them, outermost first), else the leaf.
+    let hot_frame = python_len
+        .checked_sub(1)
+        .and_then(|i| frames.get(i))
         .or(frames.last())
         .map(|f| f.name().to_string())
         .unwrap_or_else(|| "unknown".into());
