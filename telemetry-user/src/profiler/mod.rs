@@ -273,7 +273,6 @@ impl Profiler {
         m.insert("distinct_stacks".into(), stacks.into());
         m.insert("distinct_names".into(), names.into());
         m.insert("native_frames_cached".into(), self.native.cached().into());
-        m.insert("maps_reads".into(), self.native.maps_reads().into());
         m.insert("resolved".into(), total.into());
         m.insert("off_cpu_resolved".into(), off_cpu.into());
         m.insert("off_cpu_estimated".into(), estimated.into());

@@ -32,21 +32,13 @@ impl NativeFrame {
 
 struct ProcMaps {
     maps: Vec<Mapping>,
-    /// No re-read before this (a miss waits for it).
-    next_read: Instant,
-    /// Wait after the next fruitless re-read.
-    backoff: Duration,
+    read_at: Instant,
 }
 
 /// Files whose symbols are kept at most (each may be tens of thousands of symbols).
 const MAX_FILES: usize = 256;
-/// A miss re-reads the maps at most this often (new libraries loaded by the worker)...
+/// A miss re-reads the maps at most this often (new libraries loaded by the worker).
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
-/// ...and, while re-reads find nothing new for the address missed, half as often each
-/// time, down to this. Unwinding without frame pointers yields return addresses in
-/// no mapping at all: re-reading a busy worker's maps for them each second was 3 %
-/// of the agent's CPU at saturation (about 1 ms per read).
-const MAPS_REFRESH_MAX: Duration = Duration::from_secs(60);
 
 pub struct Symbolizer {
     proc_root: PathBuf,
@@ -56,7 +48,6 @@ pub struct Symbolizer {
     /// hundred return addresses, each resolved once (a mapping scan, a path join and
     /// a symbol search otherwise, for every frame of every sample).
     resolved: HashMap<(u32, u64, bool), NativeFrame>,
-    maps_reads: u64,
 }
 
 /// Resolved frames kept at most (cleared beyond: a new library or a JIT's addresses);
@@ -70,13 +61,7 @@ impl Symbolizer {
             procs: HashMap::new(),
             files: HashMap::new(),
             resolved: HashMap::new(),
-            maps_reads: 0,
         }
-    }
-
-    /// /proc/PID/maps reads so far.
-    pub fn maps_reads(&self) -> u64 {
-        self.maps_reads
     }
 
     /// Native frames resolved and kept (for the profiler's stats).
@@ -89,37 +74,30 @@ impl Symbolizer {
         self.resolved.retain(|(p, _, _), _| *p != pid);
     }
 
-    fn mapping(&mut self, pid: u32, addr: u64, now: Instant) -> Option<Mapping> {
-        let find = |maps: &[Mapping]| {
-            maps.iter()
+    fn mapping(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
+        let find = |p: &ProcMaps| {
+            p.maps
+                .iter()
                 .find(|m| m.exec && m.start <= addr && addr < m.end)
                 .cloned()
         };
-        let backoff = match self.procs.get(&pid) {
-            Some(p) => {
-                if let Some(m) = find(&p.maps) {
-                    return Some(m);
-                }
-                if now < p.next_read {
-                    return None;
-                }
-                p.backoff
-            }
-            None => MAPS_REFRESH,
-        };
+        if let Some(m) = self.procs.get(&pid).and_then(find) {
+            return Some(m);
+        }
+        let stale = self
+            .procs
+            .get(&pid)
+            .is_none_or(|p| p.read_at.elapsed() >= MAPS_REFRESH);
+        if !stale {
+            return None;
+        }
         let maps = read_maps(&self.proc_root, pid).ok()?;
-        self.maps_reads += 1;
-        let m = find(&maps);
-        // Found: the worker loaded something new, later misses may be more of it.
-        let backoff = if m.is_some() { MAPS_REFRESH } else { backoff };
-        self.procs.insert(
-            pid,
-            ProcMaps {
-                maps,
-                next_read: now + backoff,
-                backoff: (backoff * 2).min(MAPS_REFRESH_MAX),
-            },
-        );
+        let p = ProcMaps {
+            maps,
+            read_at: Instant::now(),
+        };
+        let m = find(&p);
+        self.procs.insert(pid, p);
         m
     }
 
@@ -138,7 +116,7 @@ impl Symbolizer {
     }
 
     fn resolve_uncached(&mut self, pid: u32, addr: u64, caller: bool) -> Option<NativeFrame> {
-        let m = self.mapping(pid, addr, Instant::now())?;
+        let m = self.mapping(pid, addr)?;
         if self.files.len() >= MAX_FILES && !self.files.contains_key(&m.path) {
             self.files.clear();
         }
@@ -158,52 +136,5 @@ impl Symbolizer {
             path: Arc::new(m.path),
             symbol,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MAPS: &str = "00400000-00401000 r-xp 00000000 08:01 42 /usr/bin/worker\n";
-
-    fn proc_with_maps(text: &str) -> tempfile::TempDir {
-        let root = tempfile::tempdir().expect("tmp");
-        std::fs::create_dir_all(root.path().join("7")).expect("pid dir");
-        std::fs::write(root.path().join("7/maps"), text).expect("maps");
-        root
-    }
-
-    #[test]
-    fn misses_reread_the_maps_less_often_while_nothing_new_turns_up() {
-        let root = proc_with_maps(MAPS);
-        let mut s = Symbolizer::new(root.path());
-        let t0 = Instant::now();
-        let at = |n: u64| t0 + Duration::from_millis(n);
-        assert!(s.mapping(7, 0x0040_0010, t0).is_some(), "in the mapping");
-        assert_eq!(s.maps_reads(), 1);
-        // A stray address: re-read after 1 s, then 2 s, then 4 s...
-        assert!(s.mapping(7, 0xdead_0000, at(10)).is_none());
-        assert_eq!(s.maps_reads(), 1, "read 10 ms ago");
-        assert!(s.mapping(7, 0xdead_0000, at(1_000)).is_none());
-        assert_eq!(s.maps_reads(), 2);
-        assert!(s.mapping(7, 0xdead_0000, at(2_500)).is_none());
-        assert_eq!(s.maps_reads(), 2, "the next re-read waits 2 s");
-        assert!(s.mapping(7, 0xdead_0000, at(3_000)).is_none());
-        assert_eq!(s.maps_reads(), 3);
-        // The worker loads a library there: found at the next re-read (4 s on)...
-        std::fs::write(
-            root.path().join("7/maps"),
-            format!("{MAPS}dead0000-dead1000 r-xp 00000000 08:01 43 /usr/lib/libnew.so\n"),
-        )
-        .expect("maps");
-        assert!(s.mapping(7, 0xdead_0000, at(6_000)).is_none());
-        assert!(s.mapping(7, 0xdead_0000, at(7_000)).is_some());
-        assert_eq!(s.maps_reads(), 4);
-        // ...and the wait is 1 s again.
-        assert!(s.mapping(7, 0xbeef_0000, at(7_500)).is_none());
-        assert_eq!(s.maps_reads(), 4);
-        assert!(s.mapping(7, 0xbeef_0000, at(8_000)).is_none());
-        assert_eq!(s.maps_reads(), 5);
     }
 }
