@@ -447,13 +447,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let capture =
                 Capture::try_from(r.u8(offset_of!(H, capture))).map_err(DecodeError::BadCapture)?;
             let area = &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN];
+            // One allocation for the prefix and every mark.
+            let data = Bytes::copy_from_slice(area);
             let (payload, marks) = if n_marks == 0 {
-                // Most decoded records: the prefix alone, one allocation (a slice of
-                // a shared copy would cost a second, for the shared header).
-                (Bytes::copy_from_slice(area), Vec::new())
+                // Most decoded records: the prefix alone, used whole (a slice would
+                // cost a second allocation, for the shared header).
+                (data, Vec::new())
             } else {
-                // One allocation for the prefix and every mark.
-                let data = Bytes::copy_from_slice(area);
                 let marks = decode_marks(&data, captured, n_marks, ret)?;
                 let payload = if captured == 0 {
                     Bytes::new()

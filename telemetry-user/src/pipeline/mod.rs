@@ -11,10 +11,10 @@ use crate::fast_hash::{FastMap, FastSet};
 use crate::kernel::{Capture, Direction, FrameStatus, IoRecord};
 use crate::streams::{Assembler, Chunk, Ordered, StreamKey};
 use crate::wire::frame_timing::{FrameTimer, FrameTiming};
-use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent, MAX_KEPT_EVENTS};
+use crate::wire::grpc::{GrpcConfig, GrpcDirectionDecoder, GrpcEvent};
 use crate::wire::http2::Start;
 use crate::wire::port_packet::{PacketDecoder, PortMessage};
-use crate::wire::DecodeStats;
+use crate::wire::{keep_scratch, DecodeStats};
 use std::collections::VecDeque;
 
 mod directory;
@@ -464,9 +464,7 @@ impl Pipeline {
                     };
                     out.push(stamp(what));
                 }
-                if events.capacity() <= MAX_KEPT_EVENTS {
-                    self.grpc_events = events;
-                }
+                keep_scratch(&mut self.grpc_events, events);
             }
             Decoder::Packet(dec) => {
                 let mut packets = Vec::new();
@@ -684,7 +682,7 @@ fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>
             what,
         });
     }
-    d.timing_ends = ends;
+    keep_scratch(&mut d.timing_ends, ends);
 }
 
 /// `error` of a `{packet,4}` response: `{"type": ..., "message": ...}` or a string.

@@ -117,9 +117,7 @@ impl FrameTimer {
         for ev in events.drain(..) {
             self.on_frame_event(ev, out);
         }
-        if events.capacity() <= super::grpc::MAX_KEPT_EVENTS {
-            self.events = events;
-        }
+        super::keep_scratch(&mut self.events, events);
     }
 
     fn on_frame_event(&mut self, ev: Http2Event, out: &mut Vec<FrameTiming>) {

@@ -389,10 +389,6 @@ struct StreamState {
 }
 
 /// Decodes one direction of a gRPC connection into [`GrpcEvent`]s.
-/// Scratch event buffers beyond this capacity are dropped after use (one huge
-/// syscall's hundreds of frames are not kept for every record after it).
-pub(crate) const MAX_KEPT_EVENTS: usize = 256;
-
 #[derive(Debug)]
 pub struct GrpcDirectionDecoder {
     cfg: GrpcConfig,
@@ -474,9 +470,7 @@ impl GrpcDirectionDecoder {
         for ev in frames.drain(..) {
             self.on_frame_event(ev, out);
         }
-        if frames.capacity() <= MAX_KEPT_EVENTS {
-            self.frame_events = frames;
-        }
+        super::keep_scratch(&mut self.frame_events, frames);
     }
 
     fn stream(&mut self, id: u32, at_boundary: bool) -> &mut StreamState {

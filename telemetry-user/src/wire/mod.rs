@@ -16,6 +16,23 @@ pub mod http2;
 pub mod port_packet;
 pub mod snakepit;
 
+/// Scratch event buffers beyond this capacity are dropped after use (one huge
+/// syscall's hundreds of frames are not kept for every record after it).
+const MAX_KEPT_EVENTS: usize = 256;
+
+/// Puts a drained per-record scratch buffer back in `slot` for the next record (a
+/// record's events otherwise cost an allocation and a regrowth or two), unless one
+/// huge record grew it beyond [`MAX_KEPT_EVENTS`].
+pub(crate) fn keep_scratch<T>(slot: &mut Vec<T>, used: Vec<T>) {
+    debug_assert!(
+        used.is_empty(),
+        "drain the scratch buffer before keeping it"
+    );
+    if used.capacity() <= MAX_KEPT_EVENTS {
+        *slot = used;
+    }
+}
+
 pub use frame_timing::{FrameTimer, FrameTiming};
 pub use grpc::{
     GrpcConfig, GrpcDirectionDecoder, GrpcEvent, GrpcMessage, GrpcMetadata, MessageReassembler,
