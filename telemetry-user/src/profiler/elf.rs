@@ -41,11 +41,29 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-pub fn read_maps(proc_root: &Path, pid: u32) -> Result<Vec<Mapping>, ProfilerError> {
+/// The address ranges of every mapping (anonymous ones too), sorted by start.
+pub fn parse_spans(text: &str) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (s, e) = l.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(s, 16).ok()?,
+                u64::from_str_radix(e, 16).ok()?,
+            ))
+        })
+        .collect();
+    spans.sort_unstable();
+    spans
+}
+
+pub fn read_maps_text(proc_root: &Path, pid: u32) -> Result<String, ProfilerError> {
     let path = proc_root.join(pid.to_string()).join("maps");
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| ProfilerError::Io { path, source })?;
-    Ok(parse_maps(&text))
+    std::fs::read_to_string(&path).map_err(|source| ProfilerError::Io { path, source })
+}
+
+pub fn read_maps(proc_root: &Path, pid: u32) -> Result<Vec<Mapping>, ProfilerError> {
+    Ok(parse_maps(&read_maps_text(proc_root, pid)?))
 }
 
 /// A loaded segment: file range and virtual address.
@@ -236,6 +254,22 @@ mod tests {
         assert!(m[1].exec);
         assert_eq!(m[1].offset, 0x100000);
         assert_eq!(m[2].path, PathBuf::from("/tmp/a b.so"));
+    }
+
+    #[test]
+    fn spans_cover_every_mapping_in_order() {
+        let text = "\
+7f0000400000-7f0000401000 rw-p 00000000 00:00 0
+55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 123 /usr/bin/python3.11
+garbage line
+";
+        assert_eq!(
+            parse_spans(text),
+            vec![
+                (0x55d0c0a00000, 0x55d0c0a01000),
+                (0x7f0000400000, 0x7f0000401000)
+            ]
+        );
     }
 
     #[test]

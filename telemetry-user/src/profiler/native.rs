@@ -1,6 +1,6 @@
 //! Native user frames -> (object file, symbol), through the process's mappings and the
 //! files' ELF symbol tables (`.symtab` where present, else `.dynsym`).
-use super::elf::{read_maps, ElfSymbols, Mapping};
+use super::elf::{parse_maps, parse_spans, read_maps_text, ElfSymbols, Mapping};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,13 +32,39 @@ impl NativeFrame {
 
 struct ProcMaps {
     maps: Vec<Mapping>,
+    /// Every mapping's range, anonymous ones too, sorted.
+    spans: Vec<(u64, u64)>,
     read_at: Instant,
+}
+
+impl ProcMaps {
+    fn exec_mapping(&self, addr: u64) -> Option<&Mapping> {
+        self.maps
+            .iter()
+            .find(|m| m.exec && m.start <= addr && addr < m.end)
+    }
+
+    fn in_some_mapping(&self, addr: u64) -> bool {
+        let i = self.spans.partition_point(|&(start, _)| start <= addr);
+        i > 0 && addr < self.spans[i - 1].1
+    }
 }
 
 /// Files whose symbols are kept at most (each may be tens of thousands of symbols).
 const MAX_FILES: usize = 256;
-/// A miss re-reads the maps at most this often (new libraries loaded by the worker).
+/// An address in no mapping re-reads the maps at most this often: the worker may have
+/// loaded a library since (numpy at its first use).
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
+/// An address inside a mapping that is not code (heap, stack, data): what unwinding
+/// without frame pointers yields for most of its bad frames, so a re-read would find
+/// the same; only a remap can change it, so it re-reads rarely. (A busy gRPC worker's
+/// maps take about 1 ms to read, and such addresses come with nearly every sample.)
+const MAPS_REFRESH_MAPPED: Duration = Duration::from_secs(30);
+/// Below this no code is mapped (`vm.mmap_min_addr` is 64 KiB by default).
+const LOWEST_CODE: u64 = 0x1_0000;
+/// Above this is not user space on x86_64 (47-bit) and arm64 (48-bit) processes
+/// without 5-level page tables.
+const USER_SPACE_END: u64 = 1 << 48;
 
 pub struct Symbolizer {
     proc_root: PathBuf,
@@ -75,28 +101,21 @@ impl Symbolizer {
     }
 
     fn mapping(&mut self, pid: u32, addr: u64) -> Option<Mapping> {
-        let find = |p: &ProcMaps| {
-            p.maps
-                .iter()
-                .find(|m| m.exec && m.start <= addr && addr < m.end)
-                .cloned()
-        };
-        if let Some(m) = self.procs.get(&pid).and_then(find) {
-            return Some(m);
+        if let Some(p) = self.procs.get(&pid) {
+            if let Some(m) = p.exec_mapping(addr) {
+                return Some(m.clone());
+            }
+            if !maps_worth_rereading(p, addr) {
+                return None;
+            }
         }
-        let stale = self
-            .procs
-            .get(&pid)
-            .is_none_or(|p| p.read_at.elapsed() >= MAPS_REFRESH);
-        if !stale {
-            return None;
-        }
-        let maps = read_maps(&self.proc_root, pid).ok()?;
+        let text = read_maps_text(&self.proc_root, pid).ok()?;
         let p = ProcMaps {
-            maps,
+            maps: parse_maps(&text),
+            spans: parse_spans(&text),
             read_at: Instant::now(),
         };
-        let m = find(&p);
+        let m = p.exec_mapping(addr).cloned();
         self.procs.insert(pid, p);
         m
     }
@@ -136,5 +155,52 @@ impl Symbolizer {
             path: Arc::new(m.path),
             symbol,
         })
+    }
+}
+
+/// Whether `addr`, in no code mapping of `p`, may be code mapped since `p` was read.
+fn maps_worth_rereading(p: &ProcMaps, addr: u64) -> bool {
+    if !(LOWEST_CODE..USER_SPACE_END).contains(&addr) {
+        return false;
+    }
+    let wait = if p.in_some_mapping(addr) {
+        MAPS_REFRESH_MAPPED
+    } else {
+        MAPS_REFRESH
+    };
+    p.read_at.elapsed() >= wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maps_read(ago: Duration) -> ProcMaps {
+        let text = "\
+7f0000000000-7f0000200000 r-xp 00100000 08:01 456 /lib/libpython3.11.so.1.0
+7f0000400000-7f0000500000 rw-p 00000000 00:00 0
+";
+        ProcMaps {
+            maps: parse_maps(text),
+            spans: parse_spans(text),
+            read_at: Instant::now() - ago,
+        }
+    }
+
+    #[test]
+    fn only_an_address_in_no_mapping_rereads_soon() {
+        let fresh = maps_read(Duration::ZERO);
+        let old = maps_read(MAPS_REFRESH);
+        let unmapped = 0x7f00_0060_0000;
+        let heap = 0x7f00_0040_1000;
+        assert!(fresh.exec_mapping(0x7f00_0000_1000).is_some());
+        assert!(!maps_worth_rereading(&fresh, unmapped));
+        assert!(maps_worth_rereading(&old, unmapped));
+        // A pointer into data, read as a return address: the maps would say the same.
+        assert!(!maps_worth_rereading(&old, heap));
+        assert!(maps_worth_rereading(&maps_read(MAPS_REFRESH_MAPPED), heap));
+        // Never code: small integers and kernel-looking values.
+        assert!(!maps_worth_rereading(&old, 42));
+        assert!(!maps_worth_rereading(&old, 0xffff_8000_0000_0000));
     }
 }

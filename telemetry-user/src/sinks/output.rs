@@ -53,9 +53,11 @@ impl Write for WholeLines {
             Some(i) => i + 1,
             None => return Ok(()),
         };
-        let rest = self.pending.split_off(end);
+        // The buffer is kept (its capacity: no regrowth every batch).
+        let rest = self.pending[end..].to_vec();
+        self.pending.truncate(end);
         let result = self.write_pending();
-        self.pending = rest;
+        self.pending.extend_from_slice(&rest);
         result?;
         self.file.flush()
     }
