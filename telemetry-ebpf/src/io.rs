@@ -260,6 +260,16 @@ fn finish_io(
     ev.header.ts_exit_ns = ts_exit;
     ev.header.seq = seq;
 
+    // The syscall's iovecs, read once for the copy and the frame walk below.
+    let w = WALK_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted, so
+    // nothing else uses it on this CPU meanwhile.
+    let w = unsafe { &mut *w };
+    w.iovs_n = 0;
+    if ret > 0 && pending.iov != 0 {
+        load_iovecs(w, pending.iov, pending.iovcnt, probe);
+    }
+
     let mut captured: u32 = 0;
     if ret > 0 && !lean {
         let cap = capture_bytes();
@@ -276,7 +286,7 @@ fn finish_io(
                 0
             }
         } else {
-            copy_iovecs(ev, pending.iov, pending.iovcnt, want, probe)
+            copy_iovecs(ev, w, pending.iov, pending.iovcnt, want, probe)
         };
         let moved = ret as u64;
         if moved > captured as u64 {
@@ -368,7 +378,7 @@ fn read_chunk(ev: &mut IoEvent, off: u32, src: u64, len: u32) -> bool {
 /// Walks up to MAX_IOVECS iovecs, skipping empty ones (Erlang's first iovec often is),
 /// until `want` bytes are copied. Returns the bytes copied.
 #[inline(always)]
-fn copy_iovecs(ev: &mut IoEvent, iov: u64, cnt: u32, want: u32, probe: u32) -> u32 {
+fn copy_iovecs(ev: &mut IoEvent, w: &Walk, iov: u64, cnt: u32, want: u32, probe: u32) -> u32 {
     let mut copied: u32 = 0;
     let n = if cnt > MAX_IOVECS { MAX_IOVECS } else { cnt };
     if iov == 0 {
@@ -378,11 +388,9 @@ fn copy_iovecs(ev: &mut IoEvent, iov: u64, cnt: u32, want: u32, probe: u32) -> u
         if i >= n || copied >= want {
             break;
         }
-        // struct iovec { void *iov_base; size_t iov_len; }
-        // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
-        let v = match unsafe { bpf_probe_read_user((iov + i as u64 * 16) as *const [u64; 2]) } {
-            Ok(v) => v,
-            Err(_) => {
+        let v = match iovec_at(w, iov, i) {
+            Some(v) => v,
+            None => {
                 stat_add(probe, STAT_READ_ERRORS, 1);
                 break;
             }
@@ -460,6 +468,57 @@ pub struct Walk {
     /// that is not sent.
     overflow: u32,
     hbuf: [u8; 16],
+    /// The first `iovs_n` iovecs of the syscall, read in one helper call (see
+    /// `load_iovecs`); 32 slots so that a masked length stays inside.
+    iovs_n: u32,
+    iovs: [[u64; 2]; 32],
+}
+
+/// iovecs read at once: a helper call costs about as much as copying a few hundred
+/// bytes, and grpc's and the BEAM's sends carry several iovecs (frame headers and
+/// payload slices), each read once for the copy and again by the frame walk.
+const CACHED_IOVECS: u32 = MAX_IOVECS;
+const _: () = assert!(CACHED_IOVECS <= 32);
+
+/// Reads the first iovecs of `iov` (at most CACHED_IOVECS of `cnt`) into `w.iovs`.
+#[inline(always)]
+fn load_iovecs(w: &mut Walk, iov: u64, cnt: u32, probe: u32) {
+    let n = if cnt > CACHED_IOVECS {
+        CACHED_IOVECS
+    } else {
+        cnt
+    };
+    // 32 slots of 16 bytes: the mask keeps the length inside them for the verifier.
+    // The volatile read keeps LLVM from dropping the mask (n <= 16 makes it look
+    // redundant, and the verifier does not follow the min above).
+    let size = n * 16;
+    // SAFETY: a plain read of a local.
+    let size = unsafe { core::ptr::read_volatile(&size) } & 511;
+    // SAFETY: the destination is the walk's own array of 512 bytes; the helper checks the
+    // user source and fails without faulting.
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            w.iovs.as_mut_ptr() as *mut c_void,
+            size,
+            iov as *const c_void,
+        )
+    };
+    if rc == 0 {
+        w.iovs_n = n;
+    } else {
+        stat_add(probe, STAT_READ_ERRORS, 1);
+    }
+}
+
+/// iovec `vi` of the array at `iov`: from the cache when loaded, else read.
+#[inline(always)]
+fn iovec_at(w: &Walk, iov: u64, vi: u32) -> Option<[u64; 2]> {
+    if vi < w.iovs_n {
+        return Some(w.iovs[(vi & 31) as usize]);
+    }
+    // struct iovec { void *iov_base; size_t iov_len; }
+    // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
+    unsafe { bpf_probe_read_user((iov + vi as u64 * 16) as *const [u64; 2]) }.ok()
 }
 
 /// Follows the fd's frame cursor through this syscall's `ret` bytes: writes marks
@@ -692,17 +751,15 @@ fn next_iovec(w: &mut Walk) -> bool {
     if w.iov == 0 || vi >= w.vcnt {
         return false;
     }
-    // struct iovec { void *iov_base; size_t iov_len; }
-    // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
-    match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
-        Ok(v) => {
+    match iovec_at(w, w.iov, vi) {
+        Some(v) => {
             w.vbase += w.vlen;
             w.vaddr = v[0];
             w.vlen = v[1];
             w.vi = vi;
             true
         }
-        Err(_) => {
+        None => {
             stat_add(w.probe, STAT_READ_ERRORS, 1);
             false
         }
@@ -726,14 +783,13 @@ fn gather(w: &Walk, ev: &mut IoEvent, n: u32) -> u32 {
             if w.iov == 0 || vi >= w.vcnt {
                 break;
             }
-            // SAFETY: bpf_probe_read_user checks the user address and returns an error on a fault.
-            match unsafe { bpf_probe_read_user((w.iov + vi as u64 * 16) as *const [u64; 2]) } {
-                Ok(v) => {
+            match iovec_at(w, w.iov, vi) {
+                Some(v) => {
                     base += len;
                     addr = v[0];
                     len = v[1];
                 }
-                Err(_) => break,
+                None => break,
             }
             continue;
         }
