@@ -11,13 +11,12 @@ use std::{
 
 use snakepit_agent::kernel::{
     preflight, Capture, Direction, ExitStatus, FrameStatus, IoRecord, KernelConfig, KernelEvent,
-    Probes, Syscall, FD_PIPE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
+    KernelEvents, Probes, Syscall, FD_PIPE, PID_WATCH_NEW_SOCKETS, PID_WORKER,
 };
 use telemetry_common::{
     PROBE_READ, PROBE_RECVFROM, PROBE_SENDMSG, PROBE_SENDTO, PROBE_WRITE, PROBE_WRITEV,
     STAT_CURSOR_LOST, STAT_EVENTS, STAT_TRUNCATED,
 };
-use tokio::sync::mpsc::Receiver;
 
 /// Loading probes twice at once is fine, but the timing test must run alone.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -107,7 +106,7 @@ fn spawn_interpreter(
 
 /// Collects events until `done` says so or the deadline passes.
 async fn collect(
-    rx: &mut Receiver<KernelEvent>,
+    rx: &mut KernelEvents,
     timeout: Duration,
     mut done: impl FnMut(&[KernelEvent]) -> bool,
 ) -> Vec<KernelEvent> {
@@ -1134,7 +1133,7 @@ fn frame_cursor_cost() {
 /// events and (connecting fd, accepted fd).
 async fn run_plan(
     probes: &mut Probes,
-    rx: &mut Receiver<KernelEvent>,
+    rx: &mut KernelEvents,
     stream: &[u8],
     plan: &[Op],
 ) -> (u32, Vec<KernelEvent>, [i32; 2]) {
@@ -1305,7 +1304,7 @@ fn serialize_records(evs: &[KernelEvent], pid: u32) -> usize {
 }
 
 /// Waits up to 5 s for 50 serialize records of `pid`; fails saying `when` otherwise.
-async fn expect_serialize_records(rx: &mut Receiver<KernelEvent>, pid: u32, when: &str) {
+async fn expect_serialize_records(rx: &mut KernelEvents, pid: u32, when: &str) {
     let evs = collect(rx, Duration::from_secs(5), |e| {
         serialize_records(e, pid) >= 50
     })
@@ -1357,7 +1356,7 @@ fn serialization_uprobes_follow_the_split_windows() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         let paused_runs = serialize_runs(&probes) - before;
         assert_eq!(paused_runs, 0, "uprobe programs ran while the split paused");
-        while rx.try_recv().is_ok() {}
+        while rx.try_recv().is_some() {}
 
         // The next window: attached again, records again.
         let started = Instant::now();

@@ -35,7 +35,7 @@ const DISCOVERY_TICK: Duration = Duration::from_millis(100);
 pub struct Agent {
     config: Config,
     probes: Probes,
-    kernel_rx: mpsc::Receiver<KernelEvent>,
+    kernel_rx: kernel::KernelEvents,
     discovery: Discovery,
     bus: Bus,
     sink: JoinHandle<()>,
@@ -81,10 +81,6 @@ struct Closing {
 
 /// The most time spent at shutdown on kernel events already queued.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-/// Kernel events handled per pass of the run loop at most (timers and signals are
-/// looked at in between).
-const KERNEL_BATCH: usize = 256;
-
 /// How long a half-closed connection waits for its other end's close.
 const CLOSE_GRACE_NS: u64 = 2_000_000_000;
 
@@ -297,18 +293,16 @@ impl Agent {
         let output_failed = health.output_failed();
         tokio::pin!(output_failed);
         let mut failure = None;
-        // Kernel events are taken in batches: one pass of this select per batch, not
-        // per record (about 26 records per gRPC call).
-        let mut kernel_batch = Vec::with_capacity(KERNEL_BATCH);
-
+        // Kernel events come in batches (one drain of the ring each): one pass of this
+        // select per batch, not per record (about 22 records per gRPC call).
         loop {
             tokio::select! {
-                n = self.kernel_rx.recv_many(&mut kernel_batch, KERNEL_BATCH) => {
-                    if n == 0 {
+                batch = self.kernel_rx.recv_batch() => {
+                    let Some(batch) = batch else {
                         tracing::error!("the ring-buffer reader stopped");
                         break;
-                    }
-                    for ev in kernel_batch.drain(..) {
+                    };
+                    for ev in batch {
                         self.on_kernel_event(ev);
                     }
                 }
@@ -360,7 +354,7 @@ impl Agent {
         // Drain what the kernel already delivered, so the final summaries include it;
         // bounded, since traffic that goes on would keep the queue from ever emptying.
         let drain_until = std::time::Instant::now() + SHUTDOWN_DRAIN;
-        while let Ok(ev) = self.kernel_rx.try_recv() {
+        while let Some(ev) = self.kernel_rx.try_recv() {
             self.on_kernel_event(ev);
             if std::time::Instant::now() >= drain_until {
                 tracing::warn!("stopping with kernel events still queued");

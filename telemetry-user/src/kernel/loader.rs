@@ -19,14 +19,11 @@ use telemetry_common::{
     MAP_FULL_CAPTURE_FDS, MAP_IO_PIDS, MAP_SCHED_PIDS, MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS,
     MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
 };
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    sync::mpsc,
-};
+use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{
     btf::Btf,
-    decode::{FdTotals, KernelEvent},
+    decode::FdTotals,
     error::KernelError,
     reader,
     stats::{KernelStats, ProgRunStats, ReaderCounters},
@@ -813,10 +810,9 @@ impl Probes {
 
     /// The decoded event stream, fed by a tokio task reading the ring buffer (call
     /// once, inside a tokio runtime). The task ends when the receiver is dropped.
-    pub fn events(&mut self) -> Result<mpsc::Receiver<KernelEvent>, KernelError> {
+    pub fn events(&mut self) -> Result<reader::KernelEvents, KernelError> {
         let ring = self.ring.take().ok_or(KernelError::EventsTaken)?;
-        let (tx, rx) = mpsc::channel(reader::CHANNEL_CAPACITY);
-        tokio::spawn(reader::run(ring, tx, self.counters.clone()));
+        let events = reader::spawn(ring, self.counters.clone());
         if let Some(logger) = self.logger.take() {
             // SAFETY: as above, the logger owns its ring-buffer fd.
             match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
@@ -826,7 +822,7 @@ impl Probes {
                 Err(e) => log::warn!("eBPF log reader: {e}"),
             }
         }
-        Ok(rx)
+        Ok(events)
     }
 }
 

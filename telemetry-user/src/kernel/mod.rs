@@ -31,6 +31,7 @@ pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets, DEFAULT_RING_BUFFER_BYTES};
 pub use preflight::{preflight, Preflight};
 pub use profiling::ProfilerMaps;
+pub use reader::KernelEvents;
 pub use stats::{KernelStats, ProbeStats, ProgRunStats};
 pub use telemetry_common::{
     SerializeFn, SizeFrom, Syscall, CURSOR_UNKNOWN, FD_PIPE, FD_SOCKET, PID_BEAM, PID_LINEAGE,

@@ -15,9 +15,10 @@ use super::{
     stats::ReaderCounters,
 };
 
-/// Events buffered between the reader and its consumer. When full the reader waits,
-/// and the kernel counts ring-buffer drops instead of user space losing records.
-pub const CHANNEL_CAPACITY: usize = 65536;
+/// Batches buffered between the reader and its consumer (at most BATCH records
+/// each). When full the reader waits, and the kernel counts ring-buffer drops instead
+/// of user space losing records.
+pub const CHANNEL_BATCHES: usize = 64;
 /// Records taken before they are forwarded.
 const BATCH: usize = 1024;
 /// Poll interval while records keep coming, and the longest one when idle (the
@@ -25,9 +26,52 @@ const BATCH: usize = 1024;
 const POLL_MIN: Duration = Duration::from_millis(4);
 const POLL_MAX: Duration = Duration::from_millis(20);
 
-pub(crate) async fn run(
+/// The decoded records, in batches: one channel send per drain of the ring, not one
+/// per record (about 22 records per gRPC call at saturation).
+pub struct KernelEvents {
+    rx: mpsc::Receiver<Vec<KernelEvent>>,
+    /// The rest of the batch `recv`/`try_recv` took last, in order.
+    pending: std::collections::VecDeque<KernelEvent>,
+}
+
+impl KernelEvents {
+    /// The next batch (waiting for one); None when the reader stopped.
+    pub async fn recv_batch(&mut self) -> Option<Vec<KernelEvent>> {
+        if !self.pending.is_empty() {
+            return Some(self.pending.drain(..).collect());
+        }
+        self.rx.recv().await
+    }
+
+    /// The next record (waiting for one); None when the reader stopped.
+    pub async fn recv(&mut self) -> Option<KernelEvent> {
+        while self.pending.is_empty() {
+            self.pending.extend(self.rx.recv().await?);
+        }
+        self.pending.pop_front()
+    }
+
+    /// A record already decoded, without waiting.
+    pub fn try_recv(&mut self) -> Option<KernelEvent> {
+        while self.pending.is_empty() {
+            self.pending.extend(self.rx.try_recv().ok()?);
+        }
+        self.pending.pop_front()
+    }
+}
+
+pub(crate) fn spawn(ring: RingBuf<MapData>, counters: Arc<ReaderCounters>) -> KernelEvents {
+    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+    tokio::spawn(run(ring, tx, counters));
+    KernelEvents {
+        rx,
+        pending: Default::default(),
+    }
+}
+
+async fn run(
     mut ring: RingBuf<MapData>,
-    tx: mpsc::Sender<KernelEvent>,
+    tx: mpsc::Sender<Vec<KernelEvent>>,
     counters: Arc<ReaderCounters>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -50,8 +94,10 @@ pub(crate) async fn run(
                 break;
             }
         }
-        for ev in batch.drain(..) {
-            if tx.send(ev).await.is_err() {
+        if !batch.is_empty() {
+            // The next batch starts at about this one's size.
+            let next = Vec::with_capacity(batch.len().max(16));
+            if tx.send(std::mem::replace(&mut batch, next)).await.is_err() {
                 return; // consumer gone
             }
         }
