@@ -5,7 +5,7 @@
 //! checks, so no input (truncated, garbage) can panic or read out of bounds.
 use std::mem::{offset_of, size_of};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
     FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedSlice,
@@ -394,6 +394,21 @@ fn syscall(v: u8) -> Result<Syscall, DecodeError> {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    decode_with(bytes, &mut BytesMut::new())
+}
+
+/// Copies `b` out of the ring into `arena` and returns it as its own `Bytes`.
+fn copy_out(arena: &mut BytesMut, b: &[u8]) -> Bytes {
+    arena.extend_from_slice(b);
+    arena.split().freeze()
+}
+
+/// [`decode`], the record's bytes copied into `arena`: the reader keeps one for all
+/// records, so a record's payload and marks are slices of a shared buffer (no
+/// allocation per record; a new buffer only when it is used up). Each slice holds
+/// its buffer until dropped; decoders copy what they keep, so that is until the
+/// record is handled.
+pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, DecodeError> {
     need(0, bytes, 4)?;
     let r = Rec { b: bytes };
     let raw_kind = r.u32(0);
@@ -415,6 +430,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 fd: r.u32(offset_of!(H, fd)) as i32,
                 seq: r.u64(offset_of!(H, seq)),
                 offset: r.u32(offset_of!(H, offset)),
+                // Its own copy: a chunk may wait for its record (see repro::chunks).
                 bytes: Bytes::copy_from_slice(
                     &bytes[IO_CHUNK_HEADER_LEN..IO_CHUNK_HEADER_LEN + len],
                 ),
@@ -447,11 +463,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             let capture =
                 Capture::try_from(r.u8(offset_of!(H, capture))).map_err(DecodeError::BadCapture)?;
             let area = &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN];
-            // One allocation for the prefix and every mark.
-            let data = Bytes::copy_from_slice(area);
+            // One copy for the prefix and every mark.
+            let data = copy_out(arena, area);
             let (payload, marks) = if n_marks == 0 {
-                // Most decoded records: the prefix alone, used whole (a slice would
-                // cost a second allocation, for the shared header).
                 (data, Vec::new())
             } else {
                 let marks = decode_marks(&data, captured, n_marks, ret)?;
@@ -621,6 +635,36 @@ mod tests {
         assert_eq!(io.direction, Direction::Egress);
         assert_eq!(io.syscall, Syscall::Writev);
         assert_eq!(&io.payload[..], b"hello");
+    }
+
+    #[test]
+    fn records_decoded_into_one_arena_keep_their_own_bytes() {
+        let mut arena = BytesMut::with_capacity(64);
+        let records = [
+            io_record(b"first"),
+            io_with_marks(b"second", 100, &[(40, b"markbytes")]),
+            io_record(&[7u8; 200]), // beyond the arena's capacity: a new buffer
+            io_record(b"last"),
+        ];
+        let mut payloads = Vec::new();
+        for r in &records {
+            let Ok(KernelEvent::Io(io)) = decode_with(r, &mut arena) else {
+                panic!("not io")
+            };
+            payloads.push(io);
+        }
+        assert_eq!(&payloads[0].payload[..], b"first");
+        assert_eq!(&payloads[1].payload[..], b"second");
+        assert_eq!(&payloads[1].marks[0].bytes[..], b"markbytes");
+        assert_eq!(&payloads[2].payload[..], &[7u8; 200][..]);
+        assert_eq!(&payloads[3].payload[..], b"last");
+        // A failed decode leaves nothing behind for the next record.
+        let bad = io_with_marks(b"x", 1, &[(40, b"beyond ret")]);
+        assert!(decode_with(&bad, &mut arena).is_err());
+        let Ok(KernelEvent::Io(io)) = decode_with(&io_record(b"after"), &mut arena) else {
+            panic!("not io")
+        };
+        assert_eq!(&io.payload[..], b"after");
     }
 
     /// An io record with `marks` (offset, bytes) slots after the prefix.

@@ -11,7 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::{
-    decode::{decode, KernelEvent},
+    decode::{decode_with, KernelEvent},
     stats::ReaderCounters,
 };
 
@@ -21,6 +21,9 @@ use super::{
 pub const CHANNEL_BATCHES: usize = 64;
 /// Records taken before they are forwarded.
 const BATCH: usize = 1024;
+/// The buffer records' bytes are copied into (see `decode_with`): a new one each time
+/// this much is used.
+const ARENA_BYTES: usize = 256 * 1024;
 /// Poll interval while records keep coming, and the longest one when idle (the
 /// interval doubles from the first to the second while the ring stays empty).
 const POLL_MIN: Duration = Duration::from_millis(4);
@@ -75,6 +78,7 @@ async fn run(
     counters: Arc<ReaderCounters>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut arena = bytes::BytesMut::with_capacity(ARENA_BYTES);
     let mut pause = POLL_MIN;
     loop {
         let mut drained = true;
@@ -82,7 +86,7 @@ async fn run(
         while let Some(item) = ring.next() {
             any = true;
             counters.records.fetch_add(1, Ordering::Relaxed);
-            match decode(&item) {
+            match decode_with(&item, &mut arena) {
                 Ok(ev) => batch.push(ev),
                 Err(e) => {
                     counters.decode_errors.fetch_add(1, Ordering::Relaxed);

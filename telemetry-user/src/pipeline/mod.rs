@@ -96,6 +96,8 @@ pub struct Pipeline {
     hints: Vec<CursorHint>,
     /// One chunk's gRPC events, kept for the next chunk.
     grpc_events: Vec<GrpcEvent>,
+    /// Scratch: the records the assembler put in order for the record being handled.
+    ordered: Vec<Ordered>,
     pub stats: PipelineStats,
 }
 
@@ -118,6 +120,7 @@ impl Pipeline {
             retired_wire_stats: DecodeStats::default(),
             hints: Vec::new(),
             grpc_events: Vec::new(),
+            ordered: Vec::new(),
             stats: PipelineStats::default(),
         }
     }
@@ -170,9 +173,12 @@ impl Pipeline {
             capture: rec.capture,
             stream_pos: rec.stream_pos,
         };
-        for item in self.assembler.push(key, chunk) {
+        let mut ordered = std::mem::take(&mut self.ordered);
+        self.assembler.push_into(key, chunk, &mut ordered);
+        for item in ordered.drain(..) {
             self.route(key, item, discovery, out);
         }
+        keep_scratch(&mut self.ordered, ordered);
     }
 
     /// Periodic: holes that waited too long become gaps.
@@ -300,7 +306,12 @@ impl Pipeline {
                     self.decoders.insert(key, d);
                 }
                 None => {
-                    // Not paired yet (or not a Snakepit connection at all).
+                    // Not paired yet (or not a Snakepit connection at all): it may
+                    // wait long, so it holds its own bytes, not the reader's buffer.
+                    let mut item = item;
+                    if let Ordered::Chunk(c) = &mut item {
+                        c.detach();
+                    }
                     let q = self.pending.entry(key).or_default();
                     if q.len() >= MAX_PENDING_CHUNKS {
                         q.pop_front();
@@ -647,7 +658,7 @@ fn time_lean_chunk(d: &mut DirDecoder, chunk: &Chunk, out: &mut Vec<Observation>
         chunk.stream_pos,
         chunk.len,
         chunk.frame_start,
-        &chunk.pieces(),
+        chunk.pieces(),
         &mut ends,
     );
     let flow = d.flow;

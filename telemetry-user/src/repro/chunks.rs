@@ -151,11 +151,7 @@ mod tests {
             capture: crate::kernel::Capture::Full,
             stream_pos: 0,
         };
-        let whole: Vec<u8> = chunk
-            .pieces()
-            .iter()
-            .flat_map(|(b, _)| b.to_vec())
-            .collect();
+        let whole: Vec<u8> = chunk.pieces().flat_map(|(b, _)| b.to_vec()).collect();
         assert_eq!(whole, b"prefix01230123456789abcdefghij");
     }
 

@@ -35,32 +35,73 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// Gives the chunk its own copy of its bytes: records are slices of the ring
+    /// reader's shared buffer (see `kernel::decode_with`), which one record kept for
+    /// long would keep whole.
+    pub fn detach(&mut self) {
+        self.payload = Bytes::copy_from_slice(&self.payload);
+        for (_, bytes) in &mut self.marks {
+            *bytes = Bytes::copy_from_slice(bytes);
+        }
+    }
+
     /// The syscall's bytes as `(known bytes, span)` pieces in order: each piece's
     /// known bytes start its span, the rest of the span is unknown. This is the
-    /// `feed(captured, total_len)` shape every wire decoder takes.
-    pub fn pieces(&self) -> Vec<(&[u8], usize)> {
-        // One pass: a piece's span ends where the next known bytes begin.
-        fn push<'a>(out: &mut Vec<(&'a [u8], usize)>, off: usize, bytes: &'a [u8], end: usize) {
-            let span = end.saturating_sub(off);
-            if span > 0 {
-                out.push((&bytes[..bytes.len().min(span)], span));
-            }
+    /// `feed(captured, total_len)` shape every wire decoder takes. (An iterator: one
+    /// per record, it allocates nothing.)
+    pub fn pieces(&self) -> Pieces<'_> {
+        Pieces {
+            chunk: self,
+            next_mark: 0,
+            cur_off: 0,
+            cur: &self.payload[..],
+            done: false,
         }
-        let mut out = Vec::with_capacity(1 + self.marks.len());
-        let (mut cur_off, mut cur): (usize, &[u8]) = (0, &self.payload[..]);
-        for (off, bytes) in &self.marks {
+    }
+}
+
+/// See [`Chunk::pieces`]: one pass over the prefix and the marks; a piece's span ends
+/// where the next known bytes begin.
+pub struct Pieces<'a> {
+    chunk: &'a Chunk,
+    next_mark: usize,
+    /// The known bytes the next piece starts with, and their offset.
+    cur_off: usize,
+    cur: &'a [u8],
+    done: bool,
+}
+
+impl<'a> Pieces<'a> {
+    fn piece(off: usize, bytes: &'a [u8], end: usize) -> Option<(&'a [u8], usize)> {
+        let span = end.saturating_sub(off);
+        (span > 0).then(|| (&bytes[..bytes.len().min(span)], span))
+    }
+}
+
+impl<'a> Iterator for Pieces<'a> {
+    type Item = (&'a [u8], usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let Some((off, bytes)) = self.chunk.marks.get(self.next_mark) else {
+                self.done = true;
+                return Self::piece(self.cur_off, self.cur, self.chunk.len);
+            };
+            self.next_mark += 1;
             let off = *off as usize;
-            let covered = cur_off + cur.len();
-            if off >= self.len || off + bytes.len() <= covered {
+            let covered = self.cur_off + self.cur.len();
+            if off >= self.chunk.len || off + bytes.len() <= covered {
                 continue; // outside the syscall, or nothing new
             }
             // A mark may overlap what is already known: keep only its new part.
             let skip = covered.saturating_sub(off);
-            push(&mut out, cur_off, cur, off + skip);
-            (cur_off, cur) = (off + skip, &bytes[skip..]);
+            let piece = Self::piece(self.cur_off, self.cur, off + skip);
+            (self.cur_off, self.cur) = (off + skip, &bytes[skip..]);
+            if piece.is_some() {
+                return piece;
+            }
         }
-        push(&mut out, cur_off, cur, self.len);
-        out
+        None
     }
 }
 
@@ -121,31 +162,37 @@ impl Assembler {
     /// Adds a record; returns what is now in order for this stream.
     pub fn push(&mut self, key: StreamKey, chunk: Chunk) -> Vec<Ordered> {
         let mut out = Vec::new();
+        self.push_into(key, chunk, &mut out);
+        out
+    }
+
+    /// [`Assembler::push`] appending to `out` (a caller's scratch buffer: most records
+    /// come in order, one item each).
+    pub fn push_into(&mut self, key: StreamKey, chunk: Chunk, out: &mut Vec<Ordered>) {
         let st = self.streams.entry(key).or_default();
         let next = *st.next_seq.get_or_insert(chunk.seq);
         if chunk.seq < next {
             self.stats.late_records += 1;
-            return out;
+            return;
         }
         if chunk.seq == next && st.waiting.is_empty() {
             st.next_seq = Some(next + 1);
             self.stats.chunks_in_order += 1;
             out.push(Ordered::Chunk(chunk));
-            return out;
+            return;
         }
         if st.waiting.is_empty() {
             st.oldest_wait_ns = chunk.ts_exit_ns;
         }
         let now = chunk.ts_exit_ns;
         st.waiting.insert(chunk.seq, chunk);
-        Self::drain(st, &mut out, &mut self.stats);
+        Self::drain(st, out, &mut self.stats);
         if !st.waiting.is_empty()
             && (st.waiting.len() > self.max_waiting
                 || now.saturating_sub(st.oldest_wait_ns) > self.max_wait_ns)
         {
-            Self::skip_hole(st, &mut out, &mut self.stats);
+            Self::skip_hole(st, out, &mut self.stats);
         }
-        out
     }
 
     /// Called periodically with the current kernel-clock time: declares holes that have
@@ -312,12 +359,30 @@ mod tests {
             capture: Capture::Full,
             stream_pos: 0,
         };
-        let p = c.pieces();
+        let p: Vec<_> = c.pieces().collect();
         assert_eq!(
             p,
             vec![(&b"abcd"[..], 4), (&b"EF"[..], 46), (&b"XY"[..], 50)]
         );
         assert_eq!(p.iter().map(|x| x.1).sum::<usize>(), 100);
+    }
+
+    #[test]
+    fn a_detached_chunk_owns_its_bytes() {
+        let shared = Bytes::from(vec![1u8; 1000]);
+        let mut c = chunk(1, 1);
+        c.payload = shared.slice(0..10);
+        c.marks = vec![(20, shared.slice(100..110))];
+        c.len = 30;
+        let before: Vec<_> = c.pieces().map(|(b, s)| (b.to_vec(), s)).collect();
+        c.detach();
+        let after: Vec<_> = c.pieces().map(|(b, s)| (b.to_vec(), s)).collect();
+        assert_eq!(before, after);
+        let in_shared = |b: &Bytes| {
+            let r = shared.as_ptr_range();
+            r.contains(&b.as_ptr())
+        };
+        assert!(!in_shared(&c.payload) && !in_shared(&c.marks[0].1));
     }
 
     #[test]

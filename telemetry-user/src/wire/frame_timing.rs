@@ -78,12 +78,12 @@ impl FrameTimer {
     /// position `stream_pos`; `pieces` are its known bytes (the marks) as
     /// `(bytes, span)`; `frame_start` is where the kernel says its first frame header
     /// begins (None when a header was split from the previous syscall).
-    pub fn feed(
+    pub fn feed<'a>(
         &mut self,
         stream_pos: u64,
         len: usize,
         frame_start: Option<u32>,
-        pieces: &[(&[u8], usize)],
+        pieces: impl IntoIterator<Item = (&'a [u8], usize)>,
         out: &mut Vec<FrameTiming>,
     ) {
         let mut events = std::mem::take(&mut self.events);
@@ -107,7 +107,7 @@ impl FrameTimer {
         }
         let mut fed = 0usize;
         for (bytes, span) in pieces {
-            self.frames.feed_into(bytes, *span, &mut events);
+            self.frames.feed_into(bytes, span, &mut events);
             fed += span;
         }
         if fed < len {
@@ -234,7 +234,7 @@ mod tests {
             pieces.push((&bytes[..bytes.len().min(end - off)], end - off));
         }
         let mut out = Vec::new();
-        t.feed(pos, len, start, &pieces, &mut out);
+        t.feed(pos, len, start, pieces.iter().copied(), &mut out);
         out
     }
 
