@@ -34,7 +34,6 @@ use code::CodeCache;
 use layout::Interpreter;
 use mem::ProcMem;
 use native::Symbolizer;
-use stacks::Frame;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -179,6 +178,7 @@ pub struct Profiler {
     /// `task_struct.thread.fsbase` (BTF), or u32::MAX.
     task_fsbase_off: u32,
     stacks: stacks::Interner,
+    python_frames: stacks::PythonFrames,
 }
 
 /// Offset of `task_struct.thread.fsbase`: a 3.10 thread state names its thread by
@@ -211,6 +211,7 @@ impl Profiler {
             decode_errors: 0,
             task_fsbase_off: task_fsbase_off(),
             stacks: stacks::Interner::default(),
+            python_frames: stacks::PythonFrames::default(),
         }
     }
 
@@ -413,7 +414,7 @@ impl Profiler {
             } else {
                 (f.instr as i64 - (f.code + l.code_adaptive) as i64) / 2
             };
-            python.push(Frame::python(&code, code.line(units)));
+            python.push(self.python_frames.frame(&code, code.line(units)));
         }
         let nd = (s.native_depth as usize).min(s.native.len());
         let native: Vec<_> = s.native[..nd]

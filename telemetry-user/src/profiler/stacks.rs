@@ -111,15 +111,15 @@ pub struct Stack {
 /// leaf up to the first frame inside it belong below the innermost Python frame.
 pub fn merge(
     tid: u32,
-    python: Vec<Frame>,
+    python: Vec<Arc<Frame>>,
     native: &[NativeFrame],
     interpreter: &Path,
     truncated: bool,
 ) -> Stack {
     let python_len = python.len();
     let python_library = python.first().map(|f| f.library().to_string());
-    // Outermost first; the Python frames are moved, not cloned (three strings each).
-    let mut frames: Vec<Frame> = python.into_iter().rev().collect();
+    // Outermost first; the Python frames are shared (see `PythonFrames`).
+    let mut frames: Vec<Arc<Frame>> = python.into_iter().rev().collect();
     let extension: Vec<&NativeFrame> = if python_len == 0 {
         native.iter().collect()
     } else {
@@ -136,7 +136,7 @@ pub fn merge(
     } else {
         &extension[..extension.len().min(1)]
     };
-    frames.extend(extension.iter().rev().map(|f| Frame::native(f)));
+    frames.extend(extension.iter().rev().map(|f| Arc::new(Frame::native(f))));
     let library = extension
         .iter()
         .map(|f| native_library(&f.path))
@@ -153,10 +153,33 @@ pub fn merge(
         .unwrap_or_else(|| "unknown".into());
     Stack {
         tid,
-        frames: frames.into_iter().map(Arc::new).collect(),
+        frames: frames.into(),
         hot_frame: hot_frame.into(),
         library: library.into(),
         truncated,
+    }
+}
+
+/// Python frames by code object and line, made once: a worker's samples repeat the
+/// same few hundred (three strings each, made afresh for every frame of every sample
+/// before). Holding the `CodeInfo` keeps its address from being reused by another.
+#[derive(Default)]
+pub struct PythonFrames {
+    frames: crate::fast_hash::FastMap<(usize, u32), (Arc<CodeInfo>, Arc<Frame>)>,
+}
+
+impl PythonFrames {
+    pub fn frame(&mut self, code: &Arc<CodeInfo>, line: u32) -> Arc<Frame> {
+        let key = (Arc::as_ptr(code) as usize, line);
+        if let Some((_, f)) = self.frames.get(&key) {
+            return f.clone();
+        }
+        if self.frames.len() >= MAX_INTERNED {
+            self.frames.clear();
+        }
+        let f = Arc::new(Frame::python(code, line));
+        self.frames.insert(key, (code.clone(), f.clone()));
+        f
     }
 }
 
@@ -229,13 +252,13 @@ mod tests {
         }
     }
 
-    fn py(function: &str, library: &str) -> Frame {
-        Frame::Python {
+    fn py(function: &str, library: &str) -> Arc<Frame> {
+        Arc::new(Frame::Python {
             function: function.into(),
             library: library.into(),
             file: String::new(),
             line: 1,
-        }
+        })
     }
 
     const LIBPY: &str = "/py/lib/libpython3.11.so.1.0";
@@ -307,12 +330,38 @@ mod tests {
     }
 
     #[test]
+    fn a_python_frame_is_made_once_per_code_and_line() {
+        let code = Arc::new(CodeInfo::new(
+            "hot_path".into(),
+            "/app/demo_hot.py".into(),
+            10,
+            Vec::new(),
+        ));
+        let mut frames = PythonFrames::default();
+        let a = frames.frame(&code, 12);
+        assert!(Arc::ptr_eq(&a, &frames.frame(&code, 12)));
+        let b = frames.frame(&code, 13);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, Frame::python(&code, 12));
+        // Equal code elsewhere (another worker's copy) is a frame of its own.
+        let other = Arc::new(CodeInfo::new(
+            "hot_path".into(),
+            "/app/demo_hot.py".into(),
+            10,
+            Vec::new(),
+        ));
+        assert!(!Arc::ptr_eq(&a, &frames.frame(&other, 12)));
+    }
+
+    #[test]
     fn equal_stacks_share_one_copy() {
-        let python = |f: &str| Frame::Python {
-            function: f.into(),
-            library: "demo".into(),
-            file: "demo.py".into(),
-            line: 1,
+        let python = |f: &str| {
+            Arc::new(Frame::Python {
+                function: f.into(),
+                library: "demo".into(),
+                file: "demo.py".into(),
+                line: 1,
+            })
         };
         let mut interner = Interner::default();
         let a = interner.stack(merge(
