@@ -3,12 +3,15 @@
 use super::config::{MonoClock, TrackerConfig};
 use super::input::ConnContext;
 use crate::events::{AgentEvent, CircuitBreakerOpen, HealthAlert, PoolSize};
+use crate::fast_hash::FastSet;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 mod reload;
 
 /// Exited workers remembered, so a late observation does not bring one back.
 const EXITED_MEMORY: usize = 1024;
+/// Connection ids `known_conns` holds at most (then it starts again).
+const MAX_KNOWN_CONNS: usize = 65_536;
 
 struct WorkerState {
     pid: u32,
@@ -44,6 +47,10 @@ pub(super) struct Pools {
     pools: BTreeMap<String, PoolState>,
     exited: VecDeque<(String, String)>,
     exited_set: HashSet<(String, String)>,
+    /// Connections whose worker is known and live: `note_conn` runs for every
+    /// observation, and this skips its two lookups by pool and worker name. Emptied
+    /// whenever a worker exits (connection ids are never reused).
+    known_conns: FastSet<u64>,
 }
 
 impl Pools {
@@ -57,6 +64,7 @@ impl Pools {
             pools: BTreeMap::new(),
             exited: VecDeque::new(),
             exited_set: HashSet::new(),
+            known_conns: FastSet::default(),
         }
     }
 
@@ -132,19 +140,32 @@ impl Pools {
 
     /// A connection's worker is live unless we saw it exit.
     pub(super) fn note_conn(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
-        // Hot path (every observation): a known worker allocates nothing.
+        // Hot path (every observation): one integer lookup, nothing allocated.
+        if self.known_conns.contains(&conn.conn_id) {
+            return Vec::new();
+        }
         if self
             .pools
             .get(&conn.pool)
             .is_some_and(|p| p.workers.contains_key(&conn.worker_id))
         {
+            self.remember_conn(conn.conn_id);
             return Vec::new();
         }
         let k = (conn.pool.clone(), conn.worker_id.clone());
         if self.exited_set.contains(&k) {
             return Vec::new();
         }
-        self.add_worker(&conn.pool, &conn.worker_id, conn.worker_pid, now)
+        let events = self.add_worker(&conn.pool, &conn.worker_id, conn.worker_pid, now);
+        self.remember_conn(conn.conn_id);
+        events
+    }
+
+    fn remember_conn(&mut self, conn_id: u64) {
+        if self.known_conns.len() >= MAX_KNOWN_CONNS {
+            self.known_conns.clear();
+        }
+        self.known_conns.insert(conn_id);
     }
 
     pub(super) fn call_started(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
@@ -230,6 +251,7 @@ impl Pools {
         t_unix: u64,
     ) -> (Vec<AgentEvent>, bool) {
         let mut out = Vec::new();
+        self.known_conns.clear();
         let k = (pool.to_string(), worker_id.to_string());
         if self.exited_set.insert(k.clone()) {
             self.exited.push_back(k);

@@ -588,6 +588,38 @@ fn worker_killed_mid_call_ends_it_as_exit_and_reports_the_crash() {
 }
 
 #[test]
+fn a_late_observation_does_not_bring_an_exited_worker_back() {
+    let c = grpc_conn(12);
+    let req = tool_request("sleep", &[]);
+    let (ev, _) = run(cfg(), |t| {
+        // Known from its connection's traffic alone, then exited.
+        request_half(t, &c, 1, Some(PATH_EXEC), &req, M);
+        t.lifecycle(Lifecycle::WorkerExited {
+            pool: "default".into(),
+            worker_id: "default_worker_1_ab".into(),
+            worker_pid: 4242,
+            exit_code: Some(0),
+            signal: None,
+            oom_killed: false,
+            ts_ns: 7_000,
+        });
+        // Bytes of its connection read after the exit was seen.
+        let late = Moments {
+            t0: 8_000,
+            t1: 8_200,
+            ..M
+        };
+        request_half(t, &c, 3, Some(PATH_EXEC), &req, late);
+    });
+    let sizes: Vec<_> = named(&ev, schema::POOL_SIZE)
+        .iter()
+        .map(|e| num(e, "size"))
+        .collect();
+    assert_eq!(sizes.first(), Some(&Some(1)));
+    assert_eq!(sizes.last(), Some(&Some(0)));
+}
+
+#[test]
 fn pipe_calls_match_by_id_on_one_pipe_pair() {
     let c = Arc::new(ConnContext {
         conn_id: 20,
