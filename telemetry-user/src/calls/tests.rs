@@ -97,7 +97,6 @@ fn req_headers(stream_id: u32, path: Option<&str>, corr: Option<&str>) -> Observ
         trailers: false,
         metadata: GrpcMetadata {
             path: path.map(str::to_string),
-            method: path.and_then(|p| p.rsplit('/').next()).map(str::to_string),
             correlation_id: corr.map(str::to_string),
             ..GrpcMetadata::default()
         },

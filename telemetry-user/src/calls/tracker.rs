@@ -204,7 +204,9 @@ impl CallTracker {
                             if let Some(path) = &metadata.path {
                                 call.method = Some(match Method::from_path(path) {
                                     Some(m) => m.as_str().to_string(),
-                                    None => metadata.method.clone().unwrap_or_else(|| path.clone()),
+                                    None => metadata
+                                        .service_method()
+                                        .map_or_else(|| path.clone(), |(_, m)| m.to_string()),
                                 });
                             }
                         }

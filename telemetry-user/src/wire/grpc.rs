@@ -253,19 +253,14 @@ impl MessageReassembler {
 /// Request or response metadata of interest, from a header block.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrpcMetadata {
+    /// `:path`, `/<service>/<method>` (see [`GrpcMetadata::service_method`]).
     pub path: Option<String>,
-    /// From `:path` `/<service>/<method>`.
-    pub service: Option<String>,
-    pub method: Option<String>,
-    pub authority: Option<String>,
     /// HTTP `:status`.
     pub http_status: Option<u16>,
-    pub content_type: Option<String>,
     pub grpc_status: Option<u32>,
     /// Percent-decoded.
     pub grpc_message: Option<String>,
     pub grpc_timeout: Option<String>,
-    pub grpc_encoding: Option<String>,
     pub correlation_id: Option<String>,
     /// Fields whose name or value referred to an unknown table entry.
     pub unknown_fields: usize,
@@ -274,6 +269,8 @@ pub struct GrpcMetadata {
 }
 
 impl GrpcMetadata {
+    /// Only the fields the agent reads become strings: this runs for every header
+    /// block of every call (`:authority`, `content-type`, `user-agent`... are skipped).
     pub fn from_headers(headers: &[HeaderField]) -> Self {
         let mut m = GrpcMetadata::default();
         for h in headers {
@@ -286,28 +283,29 @@ impl GrpcMetadata {
                 m.has_pseudo = true;
             }
             match name {
-                ":path" => {
-                    let p = val();
-                    let mut parts = p.trim_start_matches('/').splitn(2, '/');
-                    if let (Some(s), Some(me)) = (parts.next(), parts.next()) {
-                        m.service = Some(s.to_string());
-                        m.method = Some(me.to_string());
-                    }
-                    m.path = Some(p);
-                }
-                ":authority" => m.authority = Some(val()),
-                ":status" => m.http_status = val().parse().ok(),
-                "content-type" => m.content_type = Some(val()),
-                "grpc-status" => m.grpc_status = val().trim().parse().ok(),
+                ":path" => m.path = Some(val()),
+                ":status" => m.http_status = parse_number(v),
+                "grpc-status" => m.grpc_status = parse_number(v),
                 "grpc-message" => m.grpc_message = Some(percent_decode(v)),
                 "grpc-timeout" => m.grpc_timeout = Some(val()),
-                "grpc-encoding" => m.grpc_encoding = Some(val()),
                 "x-snakepit-correlation-id" => m.correlation_id = Some(val()),
                 _ => {}
             }
         }
         m
     }
+
+    /// `(service, method)` of a `/<service>/<method>` path.
+    pub fn service_method(&self) -> Option<(&str, &str)> {
+        self.path
+            .as_deref()?
+            .trim_start_matches('/')
+            .split_once('/')
+    }
+}
+
+fn parse_number<T: std::str::FromStr>(v: &[u8]) -> Option<T> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// gRPC's percent-encoding of grpc-message (RFC 3986 style `%XX`); invalid
@@ -627,6 +625,21 @@ impl GrpcDirectionDecoder {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn service_and_method_come_from_the_path() {
+        let m = |path: &str| GrpcMetadata {
+            path: Some(path.into()),
+            ..GrpcMetadata::default()
+        };
+        assert_eq!(
+            m("/snakepit.bridge.BridgeService/ExecuteTool").service_method(),
+            Some(("snakepit.bridge.BridgeService", "ExecuteTool"))
+        );
+        assert_eq!(m("/a/b/c").service_method(), Some(("a", "b/c")));
+        assert_eq!(m("/health").service_method(), None);
+        assert_eq!(GrpcMetadata::default().service_method(), None);
+    }
+
     use super::*;
     use crate::wire::hpack::enc;
     use crate::wire::http2::{self, FLAG_END_HEADERS, FLAG_END_STREAM, TYPE_DATA, TYPE_HEADERS};
@@ -779,12 +792,10 @@ pub(crate) mod tests {
                 panic!("{evs:?}")
             };
             assert!(!trailers);
-            assert_eq!(metadata.method.as_deref(), Some("ExecuteTool"));
             assert_eq!(
-                metadata.service.as_deref(),
-                Some("snakepit.bridge.BridgeService")
+                metadata.service_method(),
+                Some(("snakepit.bridge.BridgeService", "ExecuteTool"))
             );
-            assert_eq!(metadata.content_type.as_deref(), Some("application/grpc"));
             assert_eq!(metadata.correlation_id.as_deref(), Some("abc-1"));
             assert!(evs.contains(&GrpcEvent::Message {
                 stream_id: 1,
