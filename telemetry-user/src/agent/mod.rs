@@ -294,7 +294,7 @@ impl Agent {
         tokio::pin!(output_failed);
         let mut failure = None;
         // Kernel events come in batches (one drain of the ring each): one pass of this
-        // select per batch, not per record (about 22 records per gRPC call).
+        // select per batch, not per record (about 22 records per tool call).
         loop {
             tokio::select! {
                 batch = self.kernel_rx.recv_batch() => {

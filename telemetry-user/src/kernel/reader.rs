@@ -30,7 +30,7 @@ const POLL_MIN: Duration = Duration::from_millis(4);
 const POLL_MAX: Duration = Duration::from_millis(20);
 
 /// The decoded records, in batches: one channel send per drain of the ring, not one
-/// per record (about 22 records per gRPC call at saturation).
+/// per record (about 22 records per tool call, with its InitializeSession callback).
 pub struct KernelEvents {
     rx: mpsc::Receiver<Vec<KernelEvent>>,
     /// The rest of the batch `recv`/`try_recv` took last, in order.
