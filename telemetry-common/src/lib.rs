@@ -710,8 +710,19 @@ impl TryFrom<u8> for SerializeFn {
     }
 }
 
+/// Attach-cookie bit of an outer entry point: a function that wraps another probed
+/// one of the same `SerializeFn` (upb's `FromString` builds the message, then calls
+/// `MergeFromString`). Its calls are pending under their own key, so the inner call
+/// does not overwrite the outer's start; user space drops the inner record that lies
+/// inside the outer one.
+pub const SERIALIZE_OUTER: u64 = 1 << 16;
+
+/// The part of an attach cookie that keys a pending call: the function and the outer
+/// bit (the byte count's source differs between entry and return).
+pub const SERIALIZE_PENDING_KEY_MASK: u64 = 0xff | SERIALIZE_OUTER;
+
 /// How a uprobe finds the byte count of its call (the low byte of the attach cookie
-/// is the `SerializeFn`, the next byte this).
+/// is the `SerializeFn`, the next byte this, bit 16 `SERIALIZE_OUTER`).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeFrom {

@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use telemetry_common::{
     RecordKind, SerializeEvent, SerializePending, SizeFrom, PROBE_SERIALIZE, PY_SIZE_OFFSET,
-    PY_TUPLE_ITEM0_OFFSET, STAT_EVENTS, STAT_MAP_FULL, STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
+    PY_TUPLE_ITEM0_OFFSET, SERIALIZE_PENDING_KEY_MASK, STAT_EVENTS, STAT_MAP_FULL,
+    STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
 use crate::maps::{
@@ -39,9 +40,11 @@ fn py_size(obj: u64) -> u64 {
     }
 }
 
+/// A pending call's key: the thread, the function and whether this entry point is an
+/// outer one (so that an outer call and the inner one it makes are both timed).
 #[inline(always)]
-fn key(pid_tgid: u64, function: u64) -> [u64; 2] {
-    [pid_tgid, function]
+fn key(pid_tgid: u64, cookie: u64) -> [u64; 2] {
+    [pid_tgid, cookie & SERIALIZE_PENDING_KEY_MASK]
 }
 
 #[uprobe]
@@ -50,7 +53,6 @@ pub fn serialize_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let c = cookie(&ctx);
-    let function = c & 0xff;
     let size_from = ((c >> 8) & 0xff) as u8;
     let bytes = if size_from == SizeFrom::ArgObject as u8 {
         py_size(ctx.arg::<u64>(1).unwrap_or(0))
@@ -71,11 +73,7 @@ pub fn serialize_enter(ctx: ProbeContext) -> u32 {
         bytes,
     };
     if SERIALIZE_PENDING
-        .insert(
-            &key(bpf_get_current_pid_tgid(), function),
-            &pending,
-            BPF_ANY,
-        )
+        .insert(&key(bpf_get_current_pid_tgid(), c), &pending, BPF_ANY)
         .is_err()
     {
         stat_add(PROBE_SERIALIZE, STAT_MAP_FULL, 1);
@@ -89,7 +87,7 @@ pub fn serialize_exit(ctx: RetProbeContext) -> u32 {
     let function = c & 0xff;
     let size_from = ((c >> 8) & 0xff) as u8;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let k = key(pid_tgid, function);
+    let k = key(pid_tgid, c);
     // SAFETY: the value is copied out at once.
     let pending = match unsafe { SERIALIZE_PENDING.get(&k) } {
         Some(p) => *p,

@@ -8,8 +8,8 @@ use aya::programs::{
     RawTracePoint, UProbe,
 };
 use telemetry_common::{
-    SerializeFn, SizeFrom, MAP_SCHED_PIDS, MAP_SPLIT_GATE, SCHED_PID_WORDS, SPLIT_GATE_GENERATION,
-    SPLIT_GATE_PAUSED,
+    SerializeFn, SizeFrom, MAP_SCHED_PIDS, MAP_SPLIT_GATE, SCHED_PID_WORDS, SERIALIZE_OUTER,
+    SPLIT_GATE_GENERATION, SPLIT_GATE_PAUSED,
 };
 use thiserror::Error;
 
@@ -59,6 +59,9 @@ pub struct SerializeTarget {
     pub exit_size: SizeFrom,
     /// The function's offset in the file (multi-uprobe links take offsets).
     pub offset: Option<u64>,
+    /// An outer entry point: it wraps another probed one of the same function
+    /// (`SERIALIZE_OUTER`).
+    pub outer: bool,
 }
 
 /// Links of the uprobes attached per worker.
@@ -124,8 +127,9 @@ pub(super) fn close_in_background<L: Send + 'static>(links: Vec<L>) {
     }
 }
 
-fn cookie(function: SerializeFn, size: SizeFrom) -> u64 {
-    function as u64 | (size as u64) << 8
+fn cookie(target: &SerializeTarget, size: SizeFrom) -> u64 {
+    let outer = if target.outer { SERIALIZE_OUTER } else { 0 };
+    target.function as u64 | (size as u64) << 8 | outer
 }
 
 impl Probes {
@@ -245,7 +249,7 @@ impl Probes {
             })?;
             let site = |size| UprobeSite {
                 offset,
-                cookie: cookie(target.function, size),
+                cookie: cookie(target, size),
             };
             let sites = vec![(
                 target.path.clone(),
@@ -284,7 +288,7 @@ impl Probes {
             };
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::Symbol(&target.symbol),
-                cookie: Some(cookie(target.function, size)),
+                cookie: Some(cookie(target, size)),
             };
             match prog.attach(point, &target.path, scope) {
                 Ok(id) => links.push((is_enter, id)),

@@ -71,13 +71,19 @@ impl Phase {
     }
 }
 
+/// How far back a record looks for the calls nested in it (its thread's inner call
+/// ended just before it; other threads' records may lie in between).
+const NESTED_LOOKBACK: usize = 16;
+
 impl SerializeHits {
     pub fn push(&mut self, rec: &SerializeRecord) {
         let q = self.by_tgid.entry(rec.tgid).or_default();
+        let mut rec = *rec;
+        drop_nested(q, &mut rec);
         if q.len() >= MAX_HITS {
             q.pop_front();
         }
-        q.push_back(*rec);
+        q.push_back(rec);
     }
 
     pub fn forget_process(&mut self, tgid: u32) {
@@ -141,6 +147,7 @@ impl SerializeHits {
                 .collect();
             tracing::trace!(
                 tgid,
+                window_start = a,
                 window = b - a,
                 ?sizes,
                 ?rel,
@@ -189,6 +196,28 @@ fn handover_gap(msg: Option<u64>) -> u64 {
 /// The JSON call of `json` bytes is (most of) the protobuf message of `msg` bytes.
 fn carries_message(json: Option<u64>, msg: Option<u64>) -> bool {
     matches!((json, msg), (Some(j), Some(m)) if m > 0 && j <= m && 2 * j >= m)
+}
+
+/// Removes the records of `outer`'s thread and function that lie inside it: the
+/// inner call an outer entry point makes (`FromString` -> `MergeFromString`), which
+/// ends, and so arrives, first. `outer` keeps the inner's byte count if it has none.
+fn drop_nested(q: &mut VecDeque<SerializeRecord>, outer: &mut SerializeRecord) {
+    let first = q.len().saturating_sub(NESTED_LOOKBACK);
+    let mut i = q.len();
+    while i > first {
+        i -= 1;
+        let r = &q[i];
+        if r.tid == outer.tid
+            && r.function == outer.function
+            && r.ts_start_ns >= outer.ts_start_ns
+            && r.ts_end_ns <= outer.ts_end_ns
+        {
+            if outer.bytes.is_none() {
+                outer.bytes = r.bytes;
+            }
+            q.remove(i);
+        }
+    }
 }
 
 fn is_decode(f: SerializeFn) -> bool {

@@ -91,6 +91,32 @@ fn a_cpu_bound_tool_is_on_cpu_and_preemption_is_runqueue() {
 }
 
 #[test]
+fn an_outer_entry_point_replaces_the_call_nested_in_it() {
+    // FromString (outer, 1.0-3.2 ms) builds the message, then calls MergeFromString
+    // (1.3-3.0 ms), whose record arrives first; another thread's decode in between
+    // and this thread's later MergeFromString (ParseFromString) are kept.
+    let mut a = activity();
+    let t = 7;
+    a.on_serialize(&ser(t, SerializeFn::ProtobufDecode, 1_300_000, 3 * MS, 900));
+    a.on_serialize(&ser(8, SerializeFn::ProtobufDecode, 2 * MS, 2_100_000, 10));
+    let mut outer = ser(t, SerializeFn::ProtobufDecode, MS, 3_200_000, 0);
+    outer.bytes = None;
+    a.on_serialize(&outer);
+    a.on_serialize(&ser(t, SerializeFn::JsonDecode, 3_300_000, 4 * MS, 800));
+    a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 98 * MS, 99 * MS, 50));
+    let sizes = MessageSizes {
+        request: Some(900),
+        response: None,
+    };
+    let s = a.split(PID, None, 0, 100 * MS, sizes);
+    let d = s.deserialize.expect("decode");
+    let protobuf = d.parts.iter().find(|p| p.format == "protobuf").expect("pb");
+    assert_eq!((protobuf.time, protobuf.calls), (2_200_000, 1));
+    assert_eq!(protobuf.bytes, Some(900), "the inner call's size is kept");
+    assert_eq!(d.time, 2_200_000 + 700_000);
+}
+
+#[test]
 fn waits_are_classified_by_syscall_and_the_gil_by_address() {
     let mut a = activity();
     let t = 7;
@@ -217,7 +243,11 @@ fn the_tools_own_parsing_is_not_the_calls_decoding() {
     a.on_serialize(&ser(t, SerializeFn::JsonDecode, 31 * MS, 32 * MS, 99));
     a.on_serialize(&ser(t, SerializeFn::JsonEncode, 90 * MS, 92 * MS, 300));
     a.on_serialize(&ser(t, SerializeFn::ProtobufEncode, 93 * MS, 94 * MS, 350));
-    let s = a.split(PID, None, 0, 100 * MS, MessageSizes::default());
+    let sizes = MessageSizes {
+        request: Some(900),
+        response: None,
+    };
+    let s = a.split(PID, None, 0, 100 * MS, sizes);
     let d = s.deserialize.expect("decode");
     assert_eq!(d.time, MS + MS + MS - 10_000);
     assert_eq!(d.bytes, Some(1800));
@@ -367,6 +397,13 @@ fn plans_the_probes_of_a_real_python_process() {
     );
     assert!(
         found.iter().any(|(f, _)| *f == SerializeFn::ProtobufEncode),
+        "{found:?}"
+    );
+    // The stubs' deserializer, as an outer entry point around MergeFromString.
+    assert!(
+        plan.targets
+            .iter()
+            .any(|t| t.outer && t.symbol == "PyUpb_Message_FromString"),
         "{found:?}"
     );
     let gil = plan.waits.gil.expect("_PyRuntime found");
