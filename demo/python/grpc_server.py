@@ -10,6 +10,7 @@ snakepit.bridge.BridgeService, calls the BEAM back (Ping, InitializeSession,
 RegisterTools, Heartbeat) and exits on stdin EOF or SIGTERM.
 """
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -90,8 +91,12 @@ def _timed_json():
             json_decode = SPLIT_CLOCK.timed_json(json_decode, "decode")
             json_encode = SPLIT_CLOCK.timed_json(json_encode, "encode")
         else:
-            json_loads = SPLIT_CLOCK.timed_json(json_loads, "decode")
-            json_dumps = SPLIT_CLOCK.timed_json(json_dumps, "encode")
+            # orjson's own functions, not the Python wrappers above: their frames'
+            # set-up and tear-down (0.15 ms at times here) are not the call's.
+            json_loads = SPLIT_CLOCK.timed_json(orjson.loads, "decode")
+            json_dumps = SPLIT_CLOCK.timed_json(
+                functools.partial(orjson.dumps, default=_json_default), "encode"
+            )
 
 
 def _json_default(value):

@@ -167,7 +167,10 @@ fn serialization_matches_ground_truth(json: &str) {
         ],
         DEMO_NICE,
     );
-    let sizes = [(1u64 << 20, 20u32), (5 << 20, 6), (20 << 20, 3)];
+    // 49 calls, so that the 95 % is a rate and not "at most one miss": a CI run of 29
+    // failed on two 1 MB encodes 0.21 ms longer on the worker's clock, on CPU and
+    // outside the probed calls (seen there once; 0 of 100 such calls locally).
+    let sizes = [(1u64 << 20, 40u32), (5 << 20, 6), (20 << 20, 3)];
     for (bytes, n) in sizes {
         run(
             &mut demo,
@@ -211,14 +214,34 @@ fn serialization_matches_ground_truth(json: &str) {
             good += 1;
         }
         let off_cpu = |what: &str| t[what].as_f64().unwrap_or(0.0) / MS;
+        // The protobuf call's share on both sides (the rest is the JSON's): says which
+        // of the two calls a difference lies in.
+        let protobuf_ms = |dir: &str| {
+            let agent = serialize_events
+                .iter()
+                .filter(|s| {
+                    s["metadata"]["correlation_id"] == cid
+                        && s["metadata"]["direction"] == dir
+                        && s["metadata"]["format"] == "protobuf"
+                })
+                .filter_map(|s| s["measurements"]["duration"].as_f64())
+                .sum::<f64>();
+            let worker = t[format!("{dir}_protobuf_ns")].as_f64().unwrap_or(f64::NAN);
+            (agent / MS, worker / MS)
+        };
+        let (pb_dec, pb_enc) = (protobuf_ms("decode"), protobuf_ms("encode"));
         report.push(format!(
-            "{cid}: decode {:.2} ms (worker {:.2}, {:.2} off-CPU), encode {:.2} ms (worker {:.2}, {:.2} off-CPU)",
+            "{cid}: decode {:.2} ms (worker {:.2}, {:.2} off-CPU; protobuf {:.2}/{:.2}), encode {:.2} ms (worker {:.2}, {:.2} off-CPU; protobuf {:.2}/{:.2})",
             dec / MS,
             tdec / MS,
             off_cpu("decode_off_cpu_ns"),
+            pb_dec.0,
+            pb_dec.1,
             enc / MS,
             tenc / MS,
             off_cpu("encode_off_cpu_ns"),
+            pb_enc.0,
+            pb_enc.1,
         ));
         // python_time is the tool's own time: the window less both (a phase not
         // found counts as none here, and as a miss above).
@@ -314,7 +337,9 @@ fn scheduling_split_gives_each_tool_its_verdict() {
     let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0, "mkfifo");
-    let writer = fifo_writer(fifo.clone(), 4, Duration::from_millis(300));
+    // The wait is long next to the tool's own work around it (its dispatch and
+    // result: 1-25 ms on CPU here, depending on the machine's day).
+    let writer = fifo_writer(fifo.clone(), 4, Duration::from_millis(600));
     let io_ids = run(
         &mut demo,
         &dir,
