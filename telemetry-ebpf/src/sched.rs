@@ -198,10 +198,31 @@ fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, generation: u
     walk_off_cpu(ctx, pid_tgid, now, t);
 }
 
+/// Where an idle thread waits (x86_64 poll, select, epoll_wait, pselect6, ppoll,
+/// epoll_pwait, epoll_pwait2): an event loop blocks there hundreds of times a second,
+/// always in the same place, and user space weighs its unwalked waits on its last
+/// walked stack there.
+const IDLE_WAIT_SYSCALLS: [i32; 7] = [7, 23, 232, 270, 271, 281, 441];
+
+#[inline(always)]
+fn is_idle_wait(syscall: i32) -> bool {
+    let mut i = 0;
+    while i < IDLE_WAIT_SYSCALLS.len() {
+        if IDLE_WAIT_SYSCALLS[i] == syscall {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// The stack of a thread that blocks, kept until it runs again. At most one walk per
 /// period per thread on average (bursts of OFF_CPU_BURST): the event loop of a busy
 /// worker blocks thousands of times a second (each walk costs microseconds), a thread
-/// that blocks rarely is walked every time.
+/// that blocks rarely is walked every time. Idle waits may take half the burst only:
+/// the rest stays for the rarer blocks elsewhere (a tool's read, a lock), which are
+/// what a call's off-CPU profile looks for (an event loop thread that also ran a
+/// tool's blocking read had its budget spent in epoll_wait before).
 #[inline(always)]
 fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut SchedThread) {
     let period = off_cpu_period_ns();
@@ -215,7 +236,12 @@ fn walk_off_cpu(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, t: &mut Sch
     } else {
         now
     };
-    if tat > now + period * OFF_CPU_BURST {
+    let burst = if is_idle_wait(t.syscall) {
+        OFF_CPU_BURST / 2
+    } else {
+        OFF_CPU_BURST
+    };
+    if tat > now + period * burst {
         pstat(PSTAT_OFF_CPU_SKIPPED);
         return;
     }
