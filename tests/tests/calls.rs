@@ -229,8 +229,13 @@ fn durations_match_the_beams_own_measurement() {
     // BEAM's the longer, one call in 100 (in fresh-clone CI runs on 2 cores, where
     // the `cpu` tool's workers fill both, one call of 250 was 1.3-2.8 ms longer by the
     // BEAM's clock: its scheduler thread waited for a CPU between its clock and the
-    // socket, which no syscall shows).
+    // socket, which no syscall shows). Where the BEAM's is the longer, the bound is
+    // 500 us: in a fresh-clone CI run on a slow day the BEAM's own path took 55 us at
+    // the median, 226 at the 90th percentile and up to 521 (13 of 251 calls beyond
+    // 300 us), on a machine where this test had passed at 300; a systematic shortfall
+    // of the agent's durations is caught by their median instead (below).
     let mut outside = Vec::new();
+    let mut shortfalls = Vec::new();
     let mut far = Vec::new();
     let mut beam_late = Vec::new();
     for g in &truth {
@@ -244,7 +249,8 @@ fn durations_match_the_beams_own_measurement() {
             "{} {}: agent {d} ns, BEAM {} ns",
             g.tool, g.correlation_id, g.duration_ns
         );
-        let slack = if d < g.duration_ns { 300_000 } else { 200_000 };
+        shortfalls.push(g.duration_ns as i64 - d as i64);
+        let slack = if d < g.duration_ns { 500_000 } else { 200_000 };
         if diff > (g.duration_ns / 20).max(slack) {
             outside.push(line.clone());
         }
@@ -275,10 +281,18 @@ fn durations_match_the_beams_own_measurement() {
             );
         }
     }
+    shortfalls.sort_unstable();
+    let median_shortfall = shortfalls[shortfalls.len() / 2];
     eprintln!(
-        "durations: {} of {} calls outside 5 % / 200 us (300 us shorter): {outside:?}",
+        "durations: {} of {} calls outside 5 % / 200 us (500 us shorter), the BEAM's longer by {median_shortfall} ns at the median: {outside:?}",
         outside.len(),
         truth.len()
+    );
+    // The BEAM's send/receive path, at the median (50-60 us here): the agent's
+    // durations are the wire's, not shorter than it.
+    assert!(
+        (0..=150_000).contains(&median_shortfall),
+        "the BEAM's clock is longer than the agent's by {median_shortfall} ns at the median (its send/receive path is 50-250 us)"
     );
     assert!(
         far.is_empty(),
@@ -292,7 +306,7 @@ fn durations_match_the_beams_own_measurement() {
     );
     assert!(
         outside.len() * 50 <= truth.len(),
-        "{} of {} calls outside 5 % / 200 us (300 us shorter) of the BEAM's own duration: {:#?}",
+        "{} of {} calls outside 5 % / 200 us (500 us shorter) of the BEAM's own duration: {:#?}",
         outside.len(),
         truth.len(),
         &outside[..outside.len().min(10)]

@@ -122,26 +122,84 @@ fn close_to_worker(agent_ns: f64, worker_ns: f64, tolerance: f64) -> bool {
     (agent_ns - worker_ns).abs() <= (tolerance * worker_ns).max(200_000.0)
 }
 
+/// The agent's time of one direction (`decode`, `encode`) of call `e`.
+fn agent_phase(e: &Value, what: &str) -> f64 {
+    m(
+        e,
+        if what == "decode" {
+            "deserialize_time"
+        } else {
+            "serialize_time"
+        },
+    )
+}
+
 /// Call `e`'s deserialization and serialization against the worker's own clock (`t`,
-/// its truth line): each within `tolerance`, where a shortfall may also be the time the
-/// worker's thread was off the CPU inside its clock. A preemption between the clock
-/// and the probed call lands in the worker's clock only (the agent brackets the call
-/// itself); the worker measures it as its clock less its thread's CPU time.
-fn split_matches_worker(e: &Value, t: &Value, tolerance: f64) -> bool {
+/// its truth line): each within `tolerance`, where a shortfall may also be
+/// - the time the worker's thread was off the CPU inside its clock: a preemption
+///   between the clock and the probed call lands in the worker's clock only (the
+///   agent brackets the call itself); the worker measures it as its clock less its
+///   thread's CPU time;
+/// - `probes` ns (`ProbeCost`): the probes' own traps, which the worker's clock
+///   counts and the agent leaves out.
+fn split_matches_worker(e: &Value, t: &Value, tolerance: f64, probes: &ProbeCost) -> bool {
     ["decode", "encode"].iter().all(|what| {
-        let agent = m(
-            e,
-            if *what == "decode" {
-                "deserialize_time"
-            } else {
-                "serialize_time"
-            },
-        );
+        let agent = agent_phase(e, what);
         let worker = t[format!("{what}_ns")].as_f64().unwrap_or(f64::NAN);
         let off_cpu = t[format!("{what}_off_cpu_ns")].as_f64().unwrap_or(0.0);
+        let short = worker - agent;
         close_to_worker(agent, worker, tolerance)
-            || (agent < worker && close_to_worker(agent + off_cpu, worker, tolerance))
+            || (short > 0.0
+                && short <= (tolerance * worker).max(200_000.0) + off_cpu + probes.of(what))
     })
+}
+
+/// What the agent's probes themselves add to the worker's clock around a probed call:
+/// the trap (int3 and the kernel's lookup of the probe, before the entry program reads
+/// the clock). A few us, and at times 0.1-0.3 ms on a busy VM (perf samples in
+/// `find_active_uprobe_rcu`); the agent leaves it out (docs/events.md). Measured in
+/// the same run as the worker's clock less the agent's time for calls that do next to
+/// no (de)serialization, same calls and probes: their 95th percentile per direction.
+#[derive(Default)]
+struct ProbeCost {
+    decode_ns: f64,
+    encode_ns: f64,
+}
+
+impl ProbeCost {
+    fn measure(stops: &[&Value], truth: &HashMap<String, Value>) -> ProbeCost {
+        let p95 = |what: &str| {
+            let mut v: Vec<f64> = stops
+                .iter()
+                .filter_map(|e| {
+                    let t = truth.get(e["metadata"]["correlation_id"].as_str()?)?;
+                    let worker = t[format!("{what}_ns")].as_f64()?;
+                    let off_cpu = t[format!("{what}_off_cpu_ns")].as_f64().unwrap_or(0.0);
+                    let agent = agent_phase(e, what);
+                    (!agent.is_nan()).then(|| (worker - off_cpu - agent).max(0.0))
+                })
+                .collect();
+            assert!(
+                v.len() >= 20,
+                "{} tiny calls with a {what} time from both clocks",
+                v.len()
+            );
+            v.sort_by(f64::total_cmp);
+            v[(v.len() * 95 / 100).min(v.len() - 1)]
+        };
+        ProbeCost {
+            decode_ns: p95("decode"),
+            encode_ns: p95("encode"),
+        }
+    }
+
+    fn of(&self, what: &str) -> f64 {
+        if what == "decode" {
+            self.decode_ns
+        } else {
+            self.encode_ns
+        }
+    }
 }
 
 /// The autogroup nice of the demo's worker (as the bench does): the worker's own clock
@@ -167,26 +225,36 @@ fn serialization_matches_ground_truth(json: &str) {
         ],
         DEMO_NICE,
     );
-    // 49 calls, so that the 95 % is a rate and not "at most one miss": a CI run of 29
-    // failed on two 1 MB encodes 0.21 ms longer on the worker's clock, on CPU and
-    // outside the probed calls (seen there once; 0 of 100 such calls locally).
+    // 49 calls, so that the 95 % is a rate and not "at most one miss". After each size,
+    // calls of a 44-byte document measure what the probes themselves add to the
+    // worker's clock meanwhile (`ProbeCost`).
     let sizes = [(1u64 << 20, 40u32), (5 << 20, 6), (20 << 20, 3)];
+    let (mut big_ids, mut tiny_ids) = (Vec::new(), Vec::new());
     for (bytes, n) in sizes {
-        run(
+        big_ids.extend(run(
             &mut demo,
             &dir,
             "big_json",
             n,
             1,
             &[format!("big_json_bytes => {bytes}")],
-        );
+        ));
+        tiny_ids.extend(run(
+            &mut demo,
+            &dir,
+            "big_json",
+            15,
+            20,
+            &["big_json_bytes => 44".to_string()],
+        ));
     }
     demo.stop().expect("demo stop");
     std::thread::sleep(Duration::from_millis(1_000));
     let events = agent.stop().expect("agent stop");
 
     let truth = read_truth(&truth_path);
-    let stops = stops_of(&events, "big_json");
+    let probes = ProbeCost::measure(&stops_in(&events, &tiny_ids), &truth);
+    let stops = stops_in(&events, &big_ids);
     let expected: u32 = sizes.iter().map(|s| s.1).sum();
     // (A call lost next to a huge message is issue 12's; here only the split matters.)
     assert!(
@@ -210,7 +278,7 @@ fn serialization_matches_ground_truth(json: &str) {
         // (stdlib json: the agent probes the C scanner and encoder, not the Python
         // around them (bytes to str before the scanner, the join after the encoder);
         // the demo worker's clock times the same two calls.)
-        if split_matches_worker(e, t, 0.1) {
+        if split_matches_worker(e, t, 0.1, &probes) {
             good += 1;
         }
         let off_cpu = |what: &str| t[what].as_f64().unwrap_or(0.0) / MS;
@@ -280,10 +348,18 @@ fn serialization_matches_ground_truth(json: &str) {
     // The issue's criterion. The worker's clock spans the probed call plus the
     // interpreter's work around it; its GC passes and GIL hand-overs are held off
     // there (demo_split_tools.SerializationClock), what is left is a preemption of the
-    // worker between its clock and the call, which lands in its clock only.
+    // worker between its clock and the call, which lands in its clock only, and the
+    // probes' own traps (`ProbeCost`, measured in this run).
+    println!(
+        "probes' own cost in the worker's clock, 95th percentile: decode {:.0} us, encode {:.0} us",
+        probes.decode_ns / 1e3,
+        probes.encode_ns / 1e3
+    );
     assert!(
         good as f64 >= 0.95 * stops.len() as f64,
-        "deserialize/serialize within 10 % or 200 us of the worker's own timing for >= 95 % of calls ({good}/{}):\n{}",
+        "deserialize/serialize within 10 % or 200 us of the worker's own timing (less the probes' own cost, 95th percentile: decode {:.0} us, encode {:.0} us) for >= 95 % of calls ({good}/{}):\n{}",
+        probes.decode_ns / 1e3,
+        probes.encode_ns / 1e3,
         stops.len(),
         report.join("\n")
     );
@@ -660,7 +736,7 @@ fn serialization_split_on_protobuf_6() {
         let cid = e["metadata"]["correlation_id"]
             .as_str()
             .expect("correlation");
-        if split_matches_worker(e, &truth[cid], 0.1) {
+        if split_matches_worker(e, &truth[cid], 0.1, &ProbeCost::default()) {
             good += 1;
         }
     }
