@@ -40,8 +40,8 @@ pub struct ConnContext {
     /// Discovery's connection id (stable for the connection's life).
     pub conn_id: u64,
     pub role: CallRole,
-    pub pool: String,
-    pub worker_id: String,
+    pub pool: Arc<str>,
+    pub worker_id: Arc<str>,
     pub beam_pid: u32,
     pub worker_pid: u32,
     /// The worker's adapter module (`--adapter`), the `library` of plain tools.

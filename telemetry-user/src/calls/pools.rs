@@ -146,13 +146,13 @@ impl Pools {
         }
         if self
             .pools
-            .get(&conn.pool)
-            .is_some_and(|p| p.workers.contains_key(&conn.worker_id))
+            .get(&*conn.pool)
+            .is_some_and(|p| p.workers.contains_key(&*conn.worker_id))
         {
             self.remember_conn(conn.conn_id);
             return Vec::new();
         }
-        let k = (conn.pool.clone(), conn.worker_id.clone());
+        let k = (conn.pool.to_string(), conn.worker_id.to_string());
         if self.exited_set.contains(&k) {
             return Vec::new();
         }
@@ -171,8 +171,8 @@ impl Pools {
     pub(super) fn call_started(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
         let Some(w) = self
             .pools
-            .get_mut(&conn.pool)
-            .and_then(|p| p.workers.get_mut(&conn.worker_id))
+            .get_mut(&*conn.pool)
+            .and_then(|p| p.workers.get_mut(&*conn.worker_id))
         else {
             return Vec::new();
         };
@@ -187,8 +187,8 @@ impl Pools {
     pub(super) fn call_ended(&mut self, conn: &ConnContext, now: u64) -> Vec<AgentEvent> {
         let Some(w) = self
             .pools
-            .get_mut(&conn.pool)
-            .and_then(|p| p.workers.get_mut(&conn.worker_id))
+            .get_mut(&*conn.pool)
+            .and_then(|p| p.workers.get_mut(&*conn.worker_id))
         else {
             return Vec::new();
         };
@@ -215,8 +215,8 @@ impl Pools {
         let threshold = self.failure_threshold;
         let w = self
             .pools
-            .get_mut(&conn.pool)
-            .and_then(|p| p.workers.get_mut(&conn.worker_id))?;
+            .get_mut(&*conn.pool)
+            .and_then(|p| p.workers.get_mut(&*conn.worker_id))?;
         if !failed {
             w.consecutive_failures = 0;
             w.breaker_open = false;
@@ -230,8 +230,8 @@ impl Pools {
         Some(
             CircuitBreakerOpen {
                 time_unix_nano: t_unix,
-                pool: conn.pool.clone(),
-                worker_id: conn.worker_id.clone(),
+                pool: conn.pool.to_string(),
+                worker_id: conn.worker_id.to_string(),
                 worker_pid: w.pid,
                 failure_count: w.consecutive_failures.into(),
                 error_type,

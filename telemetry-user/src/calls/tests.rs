@@ -61,8 +61,8 @@ fn conn(conn_id: u64, role: CallRole, worker: &str, pid: u32) -> Arc<ConnContext
     Arc::new(ConnContext {
         conn_id,
         role,
-        pool: "default".to_string(),
-        worker_id: worker.to_string(),
+        pool: "default".into(),
+        worker_id: worker.into(),
         beam_pid: 100,
         worker_pid: pid,
         adapter: Some("demo_adapter.DemoAdapter".to_string()),

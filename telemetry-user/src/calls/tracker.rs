@@ -203,10 +203,10 @@ impl CallTracker {
                         if call.method.is_none() {
                             if let Some(path) = &metadata.path {
                                 call.method = Some(match Method::from_path(path) {
-                                    Some(m) => m.as_str().to_string(),
+                                    Some(m) => m.as_str().into(),
                                     None => metadata
                                         .service_method()
-                                        .map_or_else(|| path.clone(), |(_, m)| m.to_string()),
+                                        .map_or_else(|| path.as_str().into(), |(_, m)| m.into()),
                                 });
                             }
                         }
@@ -222,7 +222,7 @@ impl CallTracker {
                     }
                 }
                 if call.correlation_id.is_none() {
-                    call.correlation_id = metadata.correlation_id.clone();
+                    call.correlation_id = metadata.correlation_id.as_deref().map(Arc::from);
                 }
                 if *flow == Flow::Request {
                     self.repro_headers(key, metadata.grpc_timeout.as_ref());
@@ -293,7 +293,7 @@ impl CallTracker {
                                 call.worker_tid = Some(obs.tid);
                             }
                             if call.method.is_none() {
-                                call.method = Some(UNKNOWN_OPERATION.to_string());
+                                call.method = Some(UNKNOWN_OPERATION.into());
                             }
                         }
                         self.progress(key);
@@ -434,7 +434,7 @@ impl CallTracker {
                 call.last_seen_ns = now;
                 call.info_ready = true;
                 call.request_parsed = true;
-                call.method = Some(PIPE_OPERATION.to_string());
+                call.method = Some(PIPE_OPERATION.into());
                 call.req_bytes[si] = call.req_bytes[si].max(*len as u64);
                 if is_client {
                     call.t0.get_or_insert(obs.ts_enter_ns);
@@ -444,19 +444,19 @@ impl CallTracker {
                     call.worker_tid = Some(obs.tid);
                 }
                 if call.tool_name.is_none() {
-                    call.tool_name = command.clone();
-                    call.function = command.clone();
-                    call.library = call.conn.adapter.clone();
+                    call.tool_name = command.as_deref().map(Arc::from);
+                    call.function = call.tool_name.clone();
+                    call.library = call.conn.adapter.as_deref().map(Arc::from);
                 }
                 if call.session_id.is_none() {
                     call.session_id = args
                         .as_ref()
                         .and_then(|a| a.get("session_id"))
                         .and_then(Value::as_str)
-                        .map(str::to_string);
+                        .map(Arc::from);
                 }
                 if call.correlation_id.is_none() {
-                    call.correlation_id = id.map(|i| i.to_string());
+                    call.correlation_id = id.map(|i| i.to_string().into());
                 }
                 self.progress(key);
             }
@@ -534,7 +534,7 @@ impl CallTracker {
         call.started = true;
         call.gpu_before = gpu_before;
         if call.method.is_none() {
-            call.method = Some(UNKNOWN_OPERATION.to_string());
+            call.method = Some(UNKNOWN_OPERATION.into());
         }
         let op = call.method_str().to_string();
         call.internal = !is_user_operation(&op);
@@ -708,9 +708,12 @@ impl CallTracker {
             if let Some(ml) = super::ml::ml_event(&self.cfg.ml_rules, &facts) {
                 let ml = ml
                     .at(t_end)
-                    .meta("pool", call.conn.pool.clone())
-                    .meta("worker_id", call.conn.worker_id.clone())
-                    .meta_opt("correlation_id", call.correlation_id.clone());
+                    .meta("pool", call.conn.pool.to_string())
+                    .meta("worker_id", call.conn.worker_id.to_string())
+                    .meta_opt(
+                        "correlation_id",
+                        call.correlation_id.as_deref().map(str::to_string),
+                    );
                 self.publish(ml);
             }
         }

@@ -3,16 +3,19 @@
 //! `{"event":[...],"time_unix_nano":N,"measurements":{...},"metadata":{...}}`, keys
 //! sorted within each object, as serde_json's maps have always written them.
 use super::typed::{AgentEvent, NameRef, Val, Visitor};
+use smallvec::SmallVec;
 use std::fmt::Write as _;
 use std::io;
 
-type List<'a> = Vec<(&'a str, Val<'a>)>;
+/// On the stack for every event the schema has (at most 8 measurements and 24
+/// metadata fields): two lists per event were most of the JSON sink's allocations.
+type List<'a, const N: usize> = SmallVec<[(&'a str, Val<'a>); N]>;
 
 /// An event's fields, split and sorted by key.
 #[derive(Default)]
 struct Fields<'a> {
-    measurements: List<'a>,
-    metadata: List<'a>,
+    measurements: List<'a, 8>,
+    metadata: List<'a, 24>,
 }
 
 impl<'a> Visitor<'a> for Fields<'a> {
@@ -26,8 +29,8 @@ impl<'a> Visitor<'a> for Fields<'a> {
 
 fn fields(event: &AgentEvent) -> Fields<'_> {
     let mut f = Fields {
-        measurements: Vec::with_capacity(8),
-        metadata: Vec::with_capacity(24),
+        measurements: SmallVec::new(),
+        metadata: SmallVec::new(),
     };
     event.visit(&mut f);
     f.measurements.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -61,7 +64,7 @@ pub fn write_json(out: &mut Vec<u8>, event: &AgentEvent) -> io::Result<()> {
     Ok(())
 }
 
-fn write_object(out: &mut Vec<u8>, list: &List<'_>) -> io::Result<()> {
+fn write_object(out: &mut Vec<u8>, list: &[(&str, Val<'_>)]) -> io::Result<()> {
     out.push(b'{');
     let mut num = itoa::Buffer::new();
     for (i, (k, v)) in list.iter().enumerate() {

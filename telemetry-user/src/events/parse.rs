@@ -96,10 +96,10 @@ pub(super) fn typed(e: &Event) -> Option<AgentEvent> {
     } else if e.is(schema::POOL_CHECKOUT) {
         AgentEvent::PoolCheckout(PoolCheckout {
             time_unix_nano: t,
-            pool: s(f::POOL).unwrap_or_default(),
-            worker_id: s(f::WORKER_ID).unwrap_or_default(),
+            pool: s(f::POOL).unwrap_or_default().into(),
+            worker_id: s(f::WORKER_ID).unwrap_or_default().into(),
             worker_pid: u(f::WORKER_PID).unwrap_or(0) as u32,
-            correlation_id: s(f::CORRELATION_ID),
+            correlation_id: s(f::CORRELATION_ID).map(Arc::from),
             queue_time: m(f::QUEUE_TIME),
         })
     } else if e.is(schema::POOL_SIZE) {
@@ -169,14 +169,14 @@ fn record(e: &Event) -> Arc<CallRecord> {
         (_, sid) => CallRef::Stream(sid.unwrap_or(0) as u32),
     };
     Arc::new(CallRecord {
-        operation: s(f::OPERATION).unwrap_or_default(),
-        library: s(f::LIBRARY),
-        function: s(f::FUNCTION),
-        tool: s(f::TOOL),
-        session_id: s(f::SESSION_ID),
-        correlation_id: s(f::CORRELATION_ID),
-        pool: s(f::POOL).unwrap_or_default(),
-        worker_id: s(f::WORKER_ID).unwrap_or_default(),
+        operation: s(f::OPERATION).unwrap_or_default().into(),
+        library: s(f::LIBRARY).map(Arc::from),
+        function: s(f::FUNCTION).map(Arc::from),
+        tool: s(f::TOOL).map(Arc::from),
+        session_id: s(f::SESSION_ID).map(Arc::from),
+        correlation_id: s(f::CORRELATION_ID).map(Arc::from),
+        pool: s(f::POOL).unwrap_or_default().into(),
+        worker_id: s(f::WORKER_ID).unwrap_or_default().into(),
         beam_pid: u(f::BEAM_PID).unwrap_or(0) as u32,
         worker_pid: u(f::WORKER_PID).unwrap_or(0) as u32,
         worker_tid: u(f::WORKER_TID).map(|x| x as u32),

@@ -35,14 +35,16 @@ impl CallRef {
 /// What every call event says about the call (the metadata they share).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallRecord {
-    pub operation: String,
-    pub library: Option<String>,
-    pub function: Option<String>,
-    pub tool: Option<String>,
-    pub session_id: Option<String>,
-    pub correlation_id: Option<String>,
-    pub pool: String,
-    pub worker_id: String,
+    // Shared with the call and its connection: every event of a call carries its
+    // record, and copies of these names were a good part of the agent's allocations.
+    pub operation: Arc<str>,
+    pub library: Option<Arc<str>>,
+    pub function: Option<Arc<str>>,
+    pub tool: Option<Arc<str>>,
+    pub session_id: Option<Arc<str>>,
+    pub correlation_id: Option<Arc<str>>,
+    pub pool: Arc<str>,
+    pub worker_id: Arc<str>,
     pub beam_pid: u32,
     pub worker_pid: u32,
     pub worker_tid: Option<u32>,
@@ -333,10 +335,10 @@ pub struct PoolCheckin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolCheckout {
     pub time_unix_nano: u64,
-    pub pool: String,
-    pub worker_id: String,
+    pub pool: Arc<str>,
+    pub worker_id: Arc<str>,
     pub worker_pid: u32,
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Arc<str>>,
     pub queue_time: Option<u64>,
 }
 

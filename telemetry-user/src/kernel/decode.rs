@@ -8,11 +8,13 @@ use std::mem::{offset_of, size_of};
 use bytes::{Bytes, BytesMut};
 pub use telemetry_common::{Capture, Direction, FrameStatus, Syscall};
 use telemetry_common::{
-    FdEvent, FrameMarkSlot, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedSlice,
-    SerializeEvent, SerializeFn, CHUNK_BYTES, CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN,
-    MARK_BYTES, MARK_SLOT_LEN, MAX_CAPTURE, MAX_MARKS, SLICE_WALKED,
+    FdEvent, IoChunkHeader, IoEventHeader, ProcEvent, RecordKind, SchedSlice, SerializeEvent,
+    SerializeFn, CHUNK_BYTES, CURSOR_UNKNOWN, IO_CHUNK_HEADER_LEN, IO_HEADER_LEN, MARK_SLOT_LEN,
+    MAX_CAPTURE, MAX_MARKS, SLICE_WALKED,
 };
 use thiserror::Error;
+
+pub use super::frame_marks::{FrameMark, FrameMarks};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -91,17 +93,6 @@ impl ExitStatus {
     }
 }
 
-/// Bytes of a syscall beyond its captured prefix, starting at a frame header (HTTP/2
-/// on sockets, {packet,4} on pipes) that the prefix does not fully hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FrameMark {
-    /// Offset in the syscall's bytes (0 = the first byte of `payload`).
-    pub offset: u32,
-    /// At most MARK_BYTES (64): the header and the first payload bytes, fewer where the
-    /// syscall's data ends earlier.
-    pub bytes: Bytes,
-}
-
 /// One read/write-family syscall on a watched fd.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoRecord {
@@ -121,7 +112,7 @@ pub struct IoRecord {
     pub payload: Bytes,
     /// Frame headers beyond `payload`, sorted by offset (empty unless `frame_status`
     /// is Tracked or Lost).
-    pub marks: Vec<FrameMark>,
+    pub marks: FrameMarks,
     pub frame_status: FrameStatus,
     /// The kernel cursor when the syscall began: offset of the first frame header in
     /// it; None when unknown. With `partial_in` > 0 a header began in the previous
@@ -334,49 +325,6 @@ impl Rec<'_> {
     }
 }
 
-/// The mark slots after the prefix in `data`: in bounds, strictly increasing offsets,
-/// inside the syscall's `ret` bytes.
-fn decode_marks(
-    data: &Bytes,
-    captured: usize,
-    n: usize,
-    ret: i64,
-) -> Result<Vec<FrameMark>, DecodeError> {
-    type S = FrameMarkSlot;
-    let mut marks = Vec::with_capacity(n);
-    let mut next_min: u64 = 0;
-    for index in 0..n {
-        let at = captured + index * MARK_SLOT_LEN;
-        let r = Rec {
-            b: data.get(at..at + MARK_SLOT_LEN).unwrap_or(&[]),
-        };
-        let offset = r.u32(offset_of!(S, offset));
-        let len = r.u16(offset_of!(S, len)) as usize;
-        let end = offset as u64 + len as u64;
-        if r.b.is_empty()
-            || len == 0
-            || len > MARK_BYTES
-            || (offset as u64) < next_min
-            || ret < 0
-            || end > ret as u64
-        {
-            return Err(DecodeError::BadMark {
-                index,
-                offset,
-                len,
-                ret,
-            });
-        }
-        next_min = offset as u64 + 1;
-        let b = at + offset_of!(S, bytes);
-        marks.push(FrameMark {
-            offset,
-            bytes: data.slice(b..b + len),
-        });
-    }
-    Ok(marks)
-}
-
 fn need(kind: u32, b: &[u8], n: usize) -> Result<(), DecodeError> {
     if b.len() < n {
         return Err(DecodeError::Short {
@@ -465,17 +413,24 @@ pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, De
             let area = &bytes[IO_HEADER_LEN..IO_HEADER_LEN + captured + n_marks * MARK_SLOT_LEN];
             // One copy for the prefix and every mark.
             let data = copy_out(arena, area);
-            let (payload, marks) = if n_marks == 0 {
-                (data, Vec::new())
-            } else {
-                let marks = decode_marks(&data, captured, n_marks, ret)?;
-                let payload = if captured == 0 {
-                    Bytes::new()
+            let (payload, marks) =
+                if n_marks == 0 {
+                    (data, FrameMarks::default())
                 } else {
-                    data.slice(..captured)
+                    let marks = FrameMarks::from_slots(data.slice(captured..), n_marks, ret)
+                        .map_err(|m| DecodeError::BadMark {
+                            index: m.index,
+                            offset: m.offset,
+                            len: m.len,
+                            ret,
+                        })?;
+                    let payload = if captured == 0 {
+                        Bytes::new()
+                    } else {
+                        data.slice(..captured)
+                    };
+                    (payload, marks)
                 };
-                (payload, marks)
-            };
             Ok(KernelEvent::Io(IoRecord {
                 tgid: r.u32(offset_of!(H, tgid)),
                 tid: r.u32(offset_of!(H, tid)),
@@ -596,6 +551,7 @@ pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, De
 #[cfg(test)]
 mod tests {
     use super::*;
+    use telemetry_common::{FrameMarkSlot, MARK_BYTES};
 
     fn put32(v: &mut [u8], off: usize, x: u32) {
         v[off..off + 4].copy_from_slice(&x.to_ne_bytes());
@@ -655,7 +611,7 @@ mod tests {
         }
         assert_eq!(&payloads[0].payload[..], b"first");
         assert_eq!(&payloads[1].payload[..], b"second");
-        assert_eq!(&payloads[1].marks[0].bytes[..], b"markbytes");
+        assert_eq!(payloads[1].marks.get(0), Some((40, &b"markbytes"[..])));
         assert_eq!(&payloads[2].payload[..], &[7u8; 200][..]);
         assert_eq!(&payloads[3].payload[..], b"last");
         // A failed decode leaves nothing behind for the next record.
@@ -698,14 +654,8 @@ mod tests {
         assert_eq!(io.frame_status, FrameStatus::Tracked);
         assert_eq!((io.cursor_in, io.partial_in), (Some(3), 0));
         assert_eq!(io.marks.len(), 2);
-        assert_eq!(
-            (io.marks[0].offset, &io.marks[0].bytes[..]),
-            (5000, &[1u8; 64][..])
-        );
-        assert_eq!(
-            (io.marks[1].offset, &io.marks[1].bytes[..]),
-            (90_000, &b"abc"[..])
-        );
+        assert_eq!(io.marks.get(0), Some((5000, &[1u8; 64][..])));
+        assert_eq!(io.marks.get(1), Some((90_000, &b"abc"[..])));
         // No marks, cursor unknown: the plain record of an untracked fd.
         let KernelEvent::Io(io) = decode(&io_record(b"x")).unwrap() else {
             panic!("not io")

@@ -14,6 +14,7 @@
 pub mod btf;
 pub mod decode;
 pub mod error;
+mod frame_marks;
 pub mod loader;
 pub mod preflight;
 mod profiling;
@@ -24,8 +25,9 @@ mod uprobe_multi;
 mod workers;
 
 pub use decode::{
-    decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameStatus,
-    IoRecord, KernelEvent, OffCpu, SchedEdge, SchedEpisode, SchedRecord, SerializeRecord,
+    decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameMarks,
+    FrameStatus, IoRecord, KernelEvent, OffCpu, SchedEdge, SchedEpisode, SchedRecord,
+    SerializeRecord,
 };
 pub use error::KernelError;
 pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets, DEFAULT_RING_BUFFER_BYTES};

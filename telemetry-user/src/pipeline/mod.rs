@@ -160,7 +160,7 @@ impl Pipeline {
             // hold a sequence number: they pass through the assembler as empty.
             len: rec.ret.max(0) as usize,
             payload: rec.payload,
-            marks: rec.marks.into_iter().map(|m| (m.offset, m.bytes)).collect(),
+            marks: rec.marks,
             frame_start: match rec.frame_status {
                 FrameStatus::Tracked | FrameStatus::Overflow if rec.partial_in == 0 => {
                     rec.cursor_in
@@ -595,8 +595,8 @@ impl Pipeline {
         let ctx = Arc::new(ConnContext {
             conn_id,
             role,
-            pool: conn.pool.clone(),
-            worker_id: conn.worker_id.clone(),
+            pool: conn.pool.as_str().into(),
+            worker_id: conn.worker_id.as_str().into(),
             beam_pid: conn.beam_pid,
             worker_pid: conn.worker_pid,
             adapter,

@@ -2,7 +2,7 @@
 //! the probes build them (full records from the sender, lean records from the
 //! receiver), from real HTTP/2 + HPACK + gRPC bytes.
 use super::*;
-use crate::kernel::{FrameMark, Syscall};
+use crate::kernel::{FrameMark, FrameMarks, Syscall};
 use crate::wire::snakepit as sp;
 use bytes::Bytes;
 use prost::Message;
@@ -164,7 +164,7 @@ fn full_records(
             ts_exit_ns: t + 10 * i as u64 + 5,
             seq: seq0 + i as u64,
             payload: Bytes::copy_from_slice(&stream[pos..pos + n]),
-            marks: Vec::new(),
+            marks: FrameMarks::default(),
             frame_status: if cursor.is_some() {
                 FrameStatus::Tracked
             } else {
@@ -220,7 +220,7 @@ fn lean_records(r: Rec, stream: &[u8], heads: &[usize], reads: &[usize], t: u64)
                 ts_exit_ns: t + 10 * i as u64 + 5,
                 seq: out.len() as u64,
                 payload: Bytes::new(),
-                marks,
+                marks: FrameMarks::from_vec(marks),
                 frame_status: FrameStatus::Tracked,
                 cursor_in: Some((next - pos) as u32),
                 partial_in: 0,

@@ -45,15 +45,14 @@ impl ChunkJoin {
             return;
         }
         let ret = rec.ret.max(0) as u64;
-        for c in chunks {
-            if c.offset as u64 + c.bytes.len() as u64 <= ret {
-                self.joined_bytes += c.bytes.len() as u64;
-                rec.marks.push(c);
+        let joined = &mut self.joined_bytes;
+        rec.marks.join(chunks.into_iter().filter(|c| {
+            let fits = c.offset as u64 + c.bytes.len() as u64 <= ret;
+            if fits {
+                *joined += c.bytes.len() as u64;
             }
-        }
-        // At one offset the longer piece first (a chunk before a frame-header mark).
-        rec.marks
-            .sort_by_key(|m| (m.offset, std::cmp::Reverse(m.bytes.len())));
+            fits
+        }));
     }
 }
 
@@ -98,10 +97,10 @@ mod tests {
             ts_exit_ns: 2,
             seq,
             payload: Bytes::copy_from_slice(payload),
-            marks: vec![FrameMark {
+            marks: crate::kernel::FrameMarks::from_vec(vec![FrameMark {
                 offset: 20,
                 bytes: Bytes::from_static(b"hdr"),
-            }],
+            }]),
             frame_status: crate::kernel::FrameStatus::Tracked,
             cursor_in: None,
             partial_in: 0,
@@ -139,11 +138,7 @@ mod tests {
             seq: 5,
             len: 30,
             payload: rec.payload.clone(),
-            marks: rec
-                .marks
-                .iter()
-                .map(|m| (m.offset, m.bytes.clone()))
-                .collect(),
+            marks: rec.marks.clone(),
             frame_start: None,
             ts_enter_ns: 1,
             ts_exit_ns: 2,

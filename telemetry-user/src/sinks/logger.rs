@@ -35,7 +35,7 @@ fn call_name(c: &CallRecord) -> String {
     match (&c.library, &c.function) {
         (Some(l), Some(f)) => format!("{l}.{f}"),
         (None, Some(f)) => f.to_string(),
-        _ => c.operation.clone(),
+        _ => c.operation.to_string(),
     }
 }
 

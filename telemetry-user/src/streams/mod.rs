@@ -7,7 +7,7 @@
 //! wait), the hole is declared lost (a ring-buffer drop), counted, and reported to the
 //! decoder as a gap so it can resynchronise.
 use crate::fast_hash::FastMap;
-use crate::kernel::{Capture, Direction};
+use crate::kernel::{Capture, Direction, FrameMarks};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ pub struct Chunk {
     pub payload: Bytes,
     /// Further known bytes beyond the prefix: (offset in this syscall's bytes, bytes),
     /// sorted. The kernel's frame cursor copies each frame header it finds there.
-    pub marks: Vec<(u32, Bytes)>,
+    pub marks: FrameMarks,
     /// Where the kernel's frame cursor says the first frame header of this syscall
     /// starts (None: not tracked, or a header split from the previous syscall).
     pub frame_start: Option<u32>,
@@ -40,9 +40,7 @@ impl Chunk {
     /// long would keep whole.
     pub fn detach(&mut self) {
         self.payload = Bytes::copy_from_slice(&self.payload);
-        for (_, bytes) in &mut self.marks {
-            *bytes = Bytes::copy_from_slice(bytes);
-        }
+        self.marks.detach();
     }
 
     /// The syscall's bytes as `(known bytes, span)` pieces in order: each piece's
@@ -88,7 +86,7 @@ impl<'a> Iterator for Pieces<'a> {
                 return Self::piece(self.cur_off, self.cur, self.chunk.len);
             };
             self.next_mark += 1;
-            let off = *off as usize;
+            let off = off as usize;
             let covered = self.cur_off + self.cur.len();
             if off >= self.chunk.len || off + bytes.len() <= covered {
                 continue; // outside the syscall, or nothing new
@@ -271,12 +269,20 @@ impl Assembler {
 mod tests {
     use super::*;
 
+    fn marks(v: Vec<(u32, Bytes)>) -> FrameMarks {
+        FrameMarks::from_vec(
+            v.into_iter()
+                .map(|(offset, bytes)| crate::kernel::FrameMark { offset, bytes })
+                .collect(),
+        )
+    }
+
     fn chunk(seq: u64, t: u64) -> Chunk {
         Chunk {
             seq,
             len: 1,
             payload: Bytes::from(vec![seq as u8]),
-            marks: Vec::new(),
+            marks: FrameMarks::default(),
             frame_start: None,
             ts_enter_ns: t,
             ts_exit_ns: t,
@@ -348,10 +354,10 @@ mod tests {
             seq: 0,
             len: 100,
             payload: Bytes::from_static(b"abcd"),
-            marks: vec![
+            marks: marks(vec![
                 (3, Bytes::from_static(b"dEF")),
                 (50, Bytes::from_static(b"XY")),
-            ],
+            ]),
             frame_start: None,
             ts_enter_ns: 0,
             ts_exit_ns: 0,
@@ -372,7 +378,7 @@ mod tests {
         let shared = Bytes::from(vec![1u8; 1000]);
         let mut c = chunk(1, 1);
         c.payload = shared.slice(0..10);
-        c.marks = vec![(20, shared.slice(100..110))];
+        c.marks = marks(vec![(20, shared.slice(100..110))]);
         c.len = 30;
         let before: Vec<_> = c.pieces().map(|(b, s)| (b.to_vec(), s)).collect();
         c.detach();
@@ -382,7 +388,8 @@ mod tests {
             let r = shared.as_ptr_range();
             r.contains(&b.as_ptr())
         };
-        assert!(!in_shared(&c.payload) && !in_shared(&c.marks[0].1));
+        let mark = c.marks.mark(0).expect("mark");
+        assert!(!in_shared(&c.payload) && !in_shared(&mark.bytes));
     }
 
     #[test]

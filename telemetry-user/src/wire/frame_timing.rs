@@ -8,7 +8,7 @@
 //!
 //! The bytes of syscalls that sent no record lie inside one frame (the kernel checked
 //! that), so they are fed to the frame decoder as a gap of known length.
-use super::grpc::MessageReassembler;
+use super::grpc::{GrpcMessage, MessageReassembler};
 use super::http2::{FrameDecoder, Http2Config, Http2Event, Start};
 use super::{DecodeStats, ErrorKind};
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ pub struct FrameTimer {
     messages: HashMap<u32, MessageReassembler>,
     /// The frame events of one feed, kept for the next.
     events: Vec<Http2Event>,
+    /// The messages of one DATA piece, kept likewise.
+    message_scratch: Vec<GrpcMessage>,
 }
 
 impl Default for FrameTimer {
@@ -59,6 +61,7 @@ impl FrameTimer {
             next_pos: None,
             messages: HashMap::new(),
             events: Vec::new(),
+            message_scratch: Vec::new(),
         }
     }
 
@@ -114,7 +117,11 @@ impl FrameTimer {
             self.frames.feed_into(&[], len - fed, &mut events);
         }
         self.next_pos = Some(stream_pos + len as u64);
-        for ev in events.drain(..) {
+        for mut ev in events.drain(..) {
+            if let Http2Event::HeaderBlock { block, .. } = &mut ev {
+                // Timed, never decoded: its buffer goes back at once.
+                self.frames.recycle(std::mem::take(block));
+            }
             self.on_frame_event(ev, out);
         }
         super::keep_scratch(&mut self.events, events);
@@ -159,7 +166,10 @@ impl FrameTimer {
                     .entry(stream_id)
                     .or_insert_with(|| MessageReassembler::lost(0));
                 // A cut message (lost in a gap) was not read: it has no time of its own.
-                for m in r.feed(&data, len, &mut self.frames.stats) {
+                let mut msgs = std::mem::take(&mut self.message_scratch);
+                r.feed_into(&data, len, &mut self.frames.stats, &mut msgs);
+                self.frames.recycle(data);
+                for m in msgs.drain(..) {
                     if m.cut {
                         continue;
                     }
@@ -168,6 +178,7 @@ impl FrameTimer {
                         len: m.len,
                     });
                 }
+                self.message_scratch = msgs;
                 if end_of_frame && end_stream {
                     self.messages.remove(&stream_id);
                     out.push(FrameTiming::StreamEnded { stream_id });

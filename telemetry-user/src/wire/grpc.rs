@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::hpack::{HeaderField, HeaderValue, HpackDecoder, DEFAULT_TABLE_SIZE};
+use super::hpack::{DecodedBlock, HeaderField, HeaderValue, HpackDecoder, DEFAULT_TABLE_SIZE};
 use super::http2::{FrameDecoder, Http2Config, Http2Event, Start};
 use super::{DecodeStats, WireError};
 
@@ -145,10 +145,22 @@ impl MessageReassembler {
         stats: &mut DecodeStats,
     ) -> Vec<GrpcMessage> {
         let mut out = Vec::new();
+        self.feed_into(captured, total_len, stats, &mut out);
+        out
+    }
+
+    /// [`Self::feed`], appending the messages that end to `out`.
+    pub fn feed_into(
+        &mut self,
+        captured: &[u8],
+        total_len: usize,
+        stats: &mut DecodeStats,
+        out: &mut Vec<GrpcMessage>,
+    ) {
         let mut input = captured;
         while !input.is_empty() {
             match &mut self.state {
-                MsgState::Lost => return out,
+                MsgState::Lost => return,
                 MsgState::Prefix { buf, have } => {
                     let n = (PREFIX_LEN - *have).min(input.len());
                     buf[*have..*have + n].copy_from_slice(&input[..n]);
@@ -160,7 +172,7 @@ impl MessageReassembler {
                             stats.record(&WireError::BadMessagePrefix);
                             self.state = MsgState::Lost;
                             out.push(GrpcMessage::lost_before_start());
-                            return out;
+                            return;
                         }
                         let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
                         self.state = MsgState::Body {
@@ -170,7 +182,7 @@ impl MessageReassembler {
                             data: Vec::with_capacity(len.min(self.keep).min(16_384)),
                             contiguous: true,
                         };
-                        self.finish_if_done(&mut out);
+                        self.finish_if_done(out);
                     }
                 }
                 MsgState::Body {
@@ -188,7 +200,7 @@ impl MessageReassembler {
                     }
                     *received += n;
                     input = &input[n..];
-                    self.finish_if_done(&mut out);
+                    self.finish_if_done(out);
                 }
             }
         }
@@ -214,11 +226,10 @@ impl MessageReassembler {
                     *received += k;
                     *contiguous = false;
                     gap -= k;
-                    self.finish_if_done(&mut out);
+                    self.finish_if_done(out);
                 }
             }
         }
-        out
     }
 
     fn finish_if_done(&mut self, out: &mut Vec<GrpcMessage>) {
@@ -342,7 +353,6 @@ pub enum GrpcEvent {
         end_stream: bool,
         trailers: bool,
         metadata: Box<GrpcMetadata>,
-        headers: Vec<HeaderField>,
     },
     /// A header block we could not decode.
     HeadersLost {
@@ -397,6 +407,10 @@ pub struct GrpcDirectionDecoder {
     /// The frame events of one feed, kept for the next (a record's events otherwise
     /// cost an allocation and a regrowth or two per record).
     frame_events: Vec<Http2Event>,
+    /// The messages of one DATA piece, kept likewise.
+    messages: Vec<GrpcMessage>,
+    /// The fields of the header block being decoded: only its metadata is kept.
+    block_scratch: DecodedBlock,
 }
 
 impl GrpcDirectionDecoder {
@@ -415,6 +429,8 @@ impl GrpcDirectionDecoder {
             streams: HashMap::new(),
             stats: DecodeStats::default(),
             frame_events: Vec::new(),
+            messages: Vec::new(),
+            block_scratch: DecodedBlock::default(),
         }
     }
 
@@ -506,7 +522,10 @@ impl GrpcDirectionDecoder {
                 promised_stream_id,
                 block,
             } => {
-                let decoded = self.hpack.decode_block(&block);
+                self.hpack
+                    .decode_block_into(&block, &mut self.block_scratch);
+                self.frames.recycle(block);
+                let decoded = &self.block_scratch;
                 if promised_stream_id.is_some() {
                     // gRPC has no server push; the block only mattered for HPACK.
                     return;
@@ -524,7 +543,6 @@ impl GrpcDirectionDecoder {
                     end_stream,
                     trailers,
                     metadata: Box::new(metadata),
-                    headers: decoded.headers,
                 });
                 if end_stream {
                     self.end_stream(stream_id, out);
@@ -554,15 +572,18 @@ impl GrpcDirectionDecoder {
             } => {
                 // DATA on a stream whose headers we missed starts mid-message.
                 let mut stats = std::mem::take(&mut self.stats);
+                let mut msgs = std::mem::take(&mut self.messages);
                 let st = self.stream(stream_id, false);
-                let msgs = st.msgs.feed(&data, len, &mut stats);
+                st.msgs.feed_into(&data, len, &mut stats, &mut msgs);
                 self.stats = stats;
-                for m in msgs {
+                self.frames.recycle(data);
+                for m in msgs.drain(..) {
                     out.push(GrpcEvent::Message {
                         stream_id,
                         message: m,
                     });
                 }
+                self.messages = msgs;
                 if end_of_frame && end_stream {
                     self.end_stream(stream_id, out);
                 }

@@ -184,6 +184,15 @@ impl HpackDecoder {
 
     pub fn decode_block(&mut self, block: &[u8]) -> DecodedBlock {
         let mut out = DecodedBlock::default();
+        self.decode_block_into(block, &mut out);
+        out
+    }
+
+    /// [`Self::decode_block`] into `out`, which is cleared first (a decoder that
+    /// keeps one for every block allocates no list per block).
+    pub fn decode_block_into(&mut self, block: &[u8], out: &mut DecodedBlock) {
+        out.headers.clear();
+        out.error = None;
         let mut list_size = 0usize;
         let mut over_list = false;
         let mut pos = 0usize;
@@ -219,7 +228,6 @@ impl HpackDecoder {
                 }
             }
         }
-        out
     }
 
     fn decode_one(

@@ -25,6 +25,9 @@ const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// Payload cap for frames we buffer that are not header blocks. SETTINGS with 170
 /// entries fit; GOAWAY debug data beyond it is dropped.
 const CONTROL_CAP: usize = 1024;
+/// Buffers kept for reuse (see `FrameDecoder::recycle`), and the largest kept.
+const SPARE_BUFS: usize = 8;
+const SPARE_BUF_MAX: usize = 64 * 1024;
 
 pub const TYPE_DATA: u8 = 0;
 pub const TYPE_HEADERS: u8 = 1;
@@ -256,6 +259,8 @@ pub struct FrameDecoder {
     state: State,
     block: Option<PendingBlock>,
     piece: Option<Piece>,
+    /// Buffers handed back (see `recycle`).
+    spare: Vec<Vec<u8>>,
     search_buf: Vec<u8>,
     /// Offset in `search_buf` where the current syscall's bytes begin: syscall
     /// starts are likely frame starts.
@@ -289,6 +294,7 @@ impl FrameDecoder {
             state,
             block: None,
             piece: None,
+            spare: Vec::new(),
             search_buf: Vec::new(),
             search_feed_start: 0,
             search_skipped: 0,
@@ -402,11 +408,37 @@ impl FrameDecoder {
     }
 
     fn piece_mut(&mut self, stream_id: u32) -> &mut Piece {
-        self.piece.get_or_insert_with(|| Piece {
+        let data = if self.piece.is_none() {
+            self.take_buf(0)
+        } else {
+            Vec::new() // not used; allocates nothing
+        };
+        self.piece.get_or_insert(Piece {
             stream_id,
-            data: Vec::new(),
+            data,
             len: 0,
         })
+    }
+
+    /// An empty buffer with room for `cap` bytes, reused when one was handed back.
+    fn take_buf(&mut self, cap: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut v) => {
+                v.reserve(cap);
+                v
+            }
+            None => Vec::with_capacity(cap),
+        }
+    }
+
+    /// Hands back the buffer of a frame, a DATA piece (`Http2Event::Data`) or a header
+    /// block (`Http2Event::HeaderBlock`) once used: the next one reuses it instead of
+    /// allocating (several per record otherwise).
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFS && buf.capacity() > 0 && buf.capacity() <= SPARE_BUF_MAX {
+            buf.clear();
+            self.spare.push(buf);
+        }
     }
 
     fn lose_sync(&mut self, err: WireError, out: &mut Vec<Http2Event>) {
@@ -756,10 +788,11 @@ impl FrameDecoder {
                     }
                     _ => CONTROL_CAP,
                 };
+                let buf = self.take_buf(len.min(cap).min(16_384));
                 self.state = State::Buffered {
                     hdr,
                     remaining: len,
-                    buf: Vec::with_capacity(len.min(cap).min(16_384)),
+                    buf,
                     cap,
                     incomplete: false,
                     overflow: false,
@@ -789,14 +822,27 @@ impl FrameDecoder {
         else {
             return;
         };
+        self.buffered_frame(hdr, &buf, incomplete, overflow, out);
+        self.recycle(buf);
+    }
+
+    /// The event of a frame read whole into `buf` (header blocks: their fragment).
+    fn buffered_frame(
+        &mut self,
+        hdr: FrameHeader,
+        buf: &[u8],
+        incomplete: bool,
+        overflow: bool,
+        out: &mut Vec<Http2Event>,
+    ) {
         match hdr.ty {
             TYPE_HEADERS | TYPE_PUSH_PROMISE | TYPE_CONTINUATION => {
-                self.header_fragment(hdr, &buf, incomplete, overflow, out)
+                self.header_fragment(hdr, buf, incomplete, overflow, out)
             }
             _ if incomplete => {
                 // Not captured: nothing to report, the gap is already counted.
             }
-            TYPE_PRIORITY => match buf.as_slice() {
+            TYPE_PRIORITY => match buf {
                 [a, b, c, d, w] => {
                     let dep = u32::from_be_bytes([*a, *b, *c, *d]);
                     out.push(Http2Event::Priority {
@@ -808,7 +854,7 @@ impl FrameDecoder {
                 }
                 _ => self.stats.record(&WireError::Protocol("PRIORITY length")),
             },
-            TYPE_RST_STREAM => match buf.as_slice() {
+            TYPE_RST_STREAM => match buf {
                 [a, b, c, d] => out.push(Http2Event::RstStream {
                     stream_id: hdr.stream_id,
                     code: u32::from_be_bytes([*a, *b, *c, *d]),
@@ -816,7 +862,7 @@ impl FrameDecoder {
                 _ => self.stats.record(&WireError::Protocol("RST_STREAM length")),
             },
             TYPE_SETTINGS => {
-                if buf.len() % 6 != 0 {
+                if !buf.len().is_multiple_of(6) {
                     self.stats.record(&WireError::Protocol("SETTINGS length"));
                     return;
                 }
@@ -837,7 +883,7 @@ impl FrameDecoder {
                     max_frame_size,
                 });
             }
-            TYPE_PING => match <[u8; 8]>::try_from(buf.as_slice()) {
+            TYPE_PING => match <[u8; 8]>::try_from(buf) {
                 Ok(opaque) => out.push(Http2Event::Ping {
                     ack: hdr.has(FLAG_ACK),
                     opaque,
@@ -856,7 +902,7 @@ impl FrameDecoder {
                     debug: buf[8..].to_vec(),
                 });
             }
-            TYPE_WINDOW_UPDATE => match buf.as_slice() {
+            TYPE_WINDOW_UPDATE => match buf {
                 [a, b, c, d] => out.push(Http2Event::WindowUpdate {
                     stream_id: hdr.stream_id,
                     increment: u32::from_be_bytes([*a, *b, *c, *d]) & 0x7fff_ffff,
@@ -927,11 +973,12 @@ impl FrameDecoder {
                 });
             }
         } else {
+            let buf = self.take_buf(fragment.len());
             self.block = Some(PendingBlock {
                 stream_id: hdr.stream_id,
                 end_stream: hdr.ty == TYPE_HEADERS && hdr.has(FLAG_END_STREAM),
                 promised,
-                buf: Vec::new(),
+                buf,
                 lost: None,
             });
         }

@@ -9,6 +9,7 @@
 //! complete fields form a valid message that prost decodes; the cut field is then
 //! filled in by hand where it matters (tool name, a parameter, error text).
 
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
 use super::WireError;
@@ -359,10 +360,11 @@ impl<'a> FieldScanner<'a> {
         }
     }
 
-    /// Scans everything, returning the fields.
-    pub fn collect_all(buf: &'a [u8]) -> (Vec<ScannedField<'a>>, FieldScanner<'a>) {
+    /// Scans everything, returning the fields (on the stack up to 8: the agent's
+    /// messages have fewer top-level fields, and several scans run per message).
+    pub fn collect_all(buf: &'a [u8]) -> (SmallVec<[ScannedField<'a>; 8]>, FieldScanner<'a>) {
         let mut s = FieldScanner::new(buf);
-        let fields: Vec<_> = s.by_ref().collect();
+        let fields: SmallVec<[ScannedField<'a>; 8]> = s.by_ref().collect();
         (fields, s)
     }
 

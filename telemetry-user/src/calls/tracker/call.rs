@@ -19,7 +19,7 @@ pub(super) struct Call {
     pub(super) id: CallId,
     pub(super) first_seen_ns: u64,
     pub(super) last_seen_ns: u64,
-    pub(super) method: Option<String>,
+    pub(super) method: Option<Arc<str>>,
     /// Request message parsed, request ended or response seen: start can carry
     /// library/function.
     pub(super) info_ready: bool,
@@ -46,11 +46,11 @@ pub(super) struct Call {
     pub(super) resp_bytes: [u64; 2],
     pub(super) resp_msgs: [u64; 2],
     pub(super) python_emitted: u64,
-    pub(super) tool_name: Option<String>,
-    pub(super) session_id: Option<String>,
-    pub(super) correlation_id: Option<String>,
-    pub(super) library: Option<String>,
-    pub(super) function: Option<String>,
+    pub(super) tool_name: Option<Arc<str>>,
+    pub(super) session_id: Option<Arc<str>>,
+    pub(super) correlation_id: Option<Arc<str>>,
+    pub(super) library: Option<Arc<str>>,
+    pub(super) function: Option<Arc<str>>,
     pub(super) success: Option<bool>,
     pub(super) error_type: Option<String>,
     pub(super) error_message: Option<String>,
@@ -245,7 +245,7 @@ pub(super) fn response_headers_seen(call: &mut Call, is_client: bool, obs: &Obse
         call.t2.get_or_insert(obs.ts_enter_ns);
     }
     if call.method.is_none() {
-        call.method = Some(UNKNOWN_OPERATION.to_string());
+        call.method = Some(UNKNOWN_OPERATION.into());
     }
 }
 
@@ -301,7 +301,10 @@ pub(super) fn duration(call: &Call, end: u64) -> u64 {
 pub(super) fn call_record(call: &Call) -> CallRecord {
     let conn = &call.conn;
     CallRecord {
-        operation: call.method_str().to_string(),
+        operation: call
+            .method
+            .clone()
+            .unwrap_or_else(|| UNKNOWN_OPERATION.into()),
         library: call.library.clone(),
         function: call.function.clone(),
         tool: call.tool_name.clone(),

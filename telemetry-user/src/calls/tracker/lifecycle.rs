@@ -43,7 +43,7 @@ impl CallTracker {
                     .iter()
                     .filter(|(_, c)| {
                         (worker_pid != 0 && c.conn.worker_pid == worker_pid)
-                            || (c.conn.pool == pool && c.conn.worker_id == worker_id)
+                            || (*c.conn.pool == *pool && *c.conn.worker_id == *worker_id)
                     })
                     .map(|(k, c)| (c.seq, *k))
                     .collect::<BTreeMap<u64, Key>>()

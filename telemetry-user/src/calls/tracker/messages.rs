@@ -32,8 +32,8 @@ impl CallTracker {
             });
             call.method = Some(
                 guess
-                    .map(|m| m.as_str().to_string())
-                    .unwrap_or_else(|| UNKNOWN_OPERATION.to_string()),
+                    .map(|m| m.as_str().into())
+                    .unwrap_or_else(|| UNKNOWN_OPERATION.into()),
             );
         }
         self.repro_request(key, message);
@@ -44,24 +44,27 @@ impl CallTracker {
             if let Ok(p) = sp::decode_execute_tool_request(&message.data) {
                 let req = p.msg;
                 if !req.session_id.is_empty() {
-                    call.session_id = Some(req.session_id.clone());
+                    call.session_id = Some(req.session_id.as_str().into());
                 }
                 if !req.tool_name.is_empty() {
-                    call.tool_name = Some(req.tool_name.clone());
+                    call.tool_name = Some(req.tool_name.as_str().into());
                 }
                 if call.correlation_id.is_none() {
-                    call.correlation_id = req.metadata.get("correlation_id").cloned();
+                    call.correlation_id = req
+                        .metadata
+                        .get("correlation_id")
+                        .map(|s| s.as_str().into());
                 }
                 if !self.cfg.ml_rules.is_empty() {
                     call.params = Some(sp::parameters_json(&req));
                 }
                 match sp::snakebridge_call(&req) {
                     Some(sb) => {
-                        call.library = sb.library;
-                        call.function = sb.function;
+                        call.library = sb.library.map(Arc::from);
+                        call.function = sb.function.map(Arc::from);
                     }
                     None => {
-                        call.library = call.conn.adapter.clone();
+                        call.library = call.conn.adapter.as_deref().map(Arc::from);
                         call.function = call.tool_name.clone();
                     }
                 }
@@ -69,7 +72,7 @@ impl CallTracker {
         } else if call.method_str() == Method::Heartbeat.as_str() {
             if let Ok(p) = sp::decode_prefix::<sp::HeartbeatRequest>(&message.data) {
                 if !p.msg.session_id.is_empty() {
-                    call.session_id = Some(p.msg.session_id);
+                    call.session_id = Some(p.msg.session_id.into());
                 }
             }
         }
@@ -96,7 +99,7 @@ impl CallTracker {
             call.t2_message.get_or_insert(obs.ts_enter_ns);
         }
         if call.method.is_none() {
-            call.method = Some(UNKNOWN_OPERATION.to_string());
+            call.method = Some(UNKNOWN_OPERATION.into());
         }
         let method = call.method_str().to_string();
         if method == Method::StreamTelemetry.as_str() {
@@ -154,7 +157,11 @@ impl CallTracker {
                 call.error_message = err.message.or(Some(p.msg.error_message.clone()));
             }
             if call.correlation_id.is_none() {
-                call.correlation_id = p.msg.metadata.get("correlation_id").cloned();
+                call.correlation_id = p
+                    .msg
+                    .metadata
+                    .get("correlation_id")
+                    .map(|s| s.as_str().into());
             }
             if !p.msg.success && !p.msg.error_message.is_empty() {
                 self.repro_error_text(key, &p.msg.error_message);
@@ -169,7 +176,7 @@ impl CallTracker {
         call.last_seen_ns = obs.ts_exit_ns;
         call.info_ready = true;
         if call.method.is_none() {
-            call.method = Some(UNKNOWN_OPERATION.to_string());
+            call.method = Some(UNKNOWN_OPERATION.into());
         }
         if is_client {
             call.t3 = Some(obs.ts_exit_ns);
@@ -231,8 +238,8 @@ impl CallTracker {
             ev = ev.meta(k, v.clone());
         }
         ev = ev
-            .meta("pool", conn.pool.clone())
-            .meta("worker_id", conn.worker_id.clone())
+            .meta("pool", conn.pool.to_string())
+            .meta("worker_id", conn.worker_id.to_string())
             .meta("worker_pid", conn.worker_pid)
             .meta_opt(
                 "correlation_id",

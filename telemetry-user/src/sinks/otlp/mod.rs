@@ -380,7 +380,7 @@ impl Sink {
         let peer = self.peer_by_conn.get(&c.conn_id);
         let port = peer
             .map(|p| p.1)
-            .or_else(|| self.port_by_worker.get(&c.worker_id).copied());
+            .or_else(|| self.port_by_worker.get(&*c.worker_id).copied());
         CallContext {
             server_address: peer.map(|p| p.0.clone()),
             server_port: port,

@@ -256,7 +256,7 @@ fn service_and_method(c: &CallRecord) -> (&'static str, String) {
             .unwrap_or("call");
         (PIPE_SERVICE, tool.to_string())
     } else {
-        (GRPC_SERVICE, c.operation.clone())
+        (GRPC_SERVICE, c.operation.to_string())
     }
 }
 
@@ -306,8 +306,8 @@ fn snakepit_attributes(ev: &CallEnd) -> Vec<KeyValue> {
         ("snakepit.tool", c.tool.as_deref()),
         ("snakepit.library", c.library.as_deref()),
         ("snakepit.function", c.function.as_deref()),
-        ("snakepit.pool", Some(c.pool.as_str())),
-        ("snakepit.worker_id", Some(c.worker_id.as_str())),
+        ("snakepit.pool", Some(&*c.pool)),
+        ("snakepit.worker_id", Some(&*c.worker_id)),
         ("snakepit.session_id", c.session_id.as_deref()),
         ("snakepit.correlation_id", c.correlation_id.as_deref()),
         ("snakepit.transport", Some(c.id.transport())),

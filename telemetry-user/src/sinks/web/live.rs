@@ -265,8 +265,8 @@ impl Live {
         let time_ms = ev.time_unix_nano / 1_000_000;
         let library = text(c.library.as_deref());
         let function = text(c.function_or_tool());
-        let pool = text(Some(&c.pool));
-        let worker_id = text(Some(&c.worker_id));
+        let pool = text(Some(&*c.pool));
+        let worker_id = text(Some(&*c.worker_id));
         let row = CallRow {
             time_ms,
             library: library.clone(),
@@ -294,7 +294,7 @@ impl Live {
                 message: text(ev.error_message()),
                 pool,
                 worker_id,
-                correlation_id: c.correlation_id.clone(),
+                correlation_id: c.correlation_id.as_deref().map(str::to_string),
                 repro: None,
             };
             push(&mut self.errors, row, self.sizes.recent_errors);
