@@ -14,6 +14,9 @@ use std::collections::HashMap;
 
 use super::WireError;
 
+mod peek;
+pub use peek::{peek_execute_tool_request, peek_tool_success, RequestPeek};
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Any {
     #[prost(string, tag = "1")]
@@ -622,13 +625,18 @@ pub struct SnakeBridgeCall {
     pub streaming: bool,
 }
 
+/// Whether `tool_name` is a SnakeBridge call: Some(streaming).
+pub fn snakebridge_kind(tool_name: &str) -> Option<bool> {
+    match tool_name {
+        "snakebridge.call" => Some(false),
+        "snakebridge.stream" => Some(true),
+        _ => None,
+    }
+}
+
 /// For `snakebridge.call` / `snakebridge.stream`, the wrapped library and function.
 pub fn snakebridge_call(req: &ExecuteToolRequest) -> Option<SnakeBridgeCall> {
-    let streaming = match req.tool_name.as_str() {
-        "snakebridge.call" => false,
-        "snakebridge.stream" => true,
-        _ => return None,
-    };
+    let streaming = snakebridge_kind(&req.tool_name)?;
     let get = |k: &str| {
         req.parameters
             .get(k)

@@ -41,7 +41,23 @@ impl CallTracker {
             return;
         };
         if carries_tool_request(call.method_str()) {
-            if let Ok(p) = sp::decode_execute_tool_request(&message.data) {
+            // Most calls need three fields: read them in place (see wire/snakepit/peek).
+            let peek = sp::peek_execute_tool_request(&message.data).filter(|p| {
+                self.cfg.ml_rules.is_empty() && sp::snakebridge_kind(p.tool_name).is_none()
+            });
+            if let Some(req) = peek {
+                if !req.session_id.is_empty() {
+                    call.session_id = Some(req.session_id.into());
+                }
+                if !req.tool_name.is_empty() {
+                    call.tool_name = Some(req.tool_name.into());
+                }
+                if call.correlation_id.is_none() {
+                    call.correlation_id = req.correlation_id.map(Arc::from);
+                }
+                call.library = call.conn.adapter.as_deref().map(Arc::from);
+                call.function = call.tool_name.clone();
+            } else if let Ok(p) = sp::decode_execute_tool_request(&message.data) {
                 let req = p.msg;
                 if !req.session_id.is_empty() {
                     call.session_id = Some(req.session_id.as_str().into());
@@ -142,6 +158,16 @@ impl CallTracker {
             return;
         }
         if message.data.is_empty() && message.len > 0 {
+            return;
+        }
+        // A success needs nothing else from the message unless ML rules read its
+        // result or the call has no correlation id yet (see wire/snakepit/peek).
+        if self.cfg.ml_rules.is_empty()
+            && call.correlation_id.is_some()
+            && sp::peek_tool_success(&message.data) == Some(true)
+        {
+            call.response_parsed = true;
+            call.success = Some(true);
             return;
         }
         if let Ok(p) = sp::decode_execute_tool_response(&message.data) {

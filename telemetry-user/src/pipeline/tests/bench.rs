@@ -49,7 +49,10 @@ fn records_to_events_cpu() {
     // trailers (heads 1 + 3i).
     let req_sizes = cuts((1..n as usize).map(|i| req_heads[1 + 2 * i]), req.len());
     let resp_sizes = cuts((1..n as usize).map(|i| resp_heads[1 + 3 * i]), resp.len());
-    assert_eq!((req_sizes.len(), resp_sizes.len()), (n as usize, n as usize));
+    assert_eq!(
+        (req_sizes.len(), resp_sizes.len()),
+        (n as usize, n as usize)
+    );
     // Call i's four syscalls 40 ns apart in this order; calls 100 ns apart.
     let at = |step: u64| 1_000 + 2 * step;
     let beam_out = full_records(BEAM_OUT, &req, &req_heads, &req_sizes, 0, at(0));
