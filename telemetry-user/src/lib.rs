@@ -6,6 +6,8 @@
 //! `calls` (call reconstruction, pools, crashes) -> `events` (the design's schema on a
 //! typed bus) -> `sinks` (JSON lines, logger, ...).
 pub mod agent;
+#[cfg(test)]
+mod bench_support;
 pub mod calls;
 pub mod cli;
 pub mod config;

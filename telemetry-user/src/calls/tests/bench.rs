@@ -6,18 +6,11 @@
 //! (`BENCH_CALLS` overrides N; `BENCH_SINKS=json,logger,otlp,web` picks sinks, `none`
 //! for the tracker and bus alone; `BENCH_REPRO=1` turns the repro hook on).
 use super::*;
+use crate::bench_support::process_cpu_ns;
 use crate::sinks::otlp::{OtlpConfig, OtlpCounters};
 use crate::sinks::prometheus::{Metrics, MetricsConfig};
 use crate::sinks::web::live::{Live, LiveSizes};
 use crate::sinks::{jsonl, logger};
-
-fn cpu_ns() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    ns(ru.ru_utime) + ns(ru.ru_stime)
-}
 
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
@@ -35,7 +28,7 @@ fn per_call_cpu() {
         .expect("runtime");
     let sinks = std::env::var("BENCH_SINKS").unwrap_or_else(|_| "json,logger,otlp,web".into());
     let on = |name: &str| sinks.split(',').any(|s| s == name);
-    let before = cpu_ns();
+    let before = process_cpu_ns();
     rt.block_on(async {
         let bus = Bus::new(1 << 20);
         let mut tasks = tokio::task::JoinSet::new();
@@ -109,7 +102,7 @@ fn per_call_cpu() {
         assert_eq!(lagged, 0, "no sink may lag in the benchmark");
         assert!(seen >= 5 * n as u64, "{seen} events for {n} calls");
     });
-    let per_call = (cpu_ns() - before) / n as u64;
+    let per_call = (process_cpu_ns() - before) / n as u64;
     println!(
         "per_call_cpu: {n} calls, {per_call} ns CPU per call (tracker + bus + sinks: {sinks})"
     );

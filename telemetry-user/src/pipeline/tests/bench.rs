@@ -8,18 +8,10 @@
 //! `cargo test -p telemetry-user --release --lib records_to_events -- --ignored --nocapture`
 //! (`BENCH_CALLS` overrides N).
 use super::*;
+use crate::bench_support::process_cpu_ns;
 use crate::calls::{CallTracker, TrackerConfig};
 use crate::events::Bus;
 use crate::sinks::jsonl;
-
-fn cpu_ns() -> u64 {
-    // SAFETY: getrusage only writes the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    ns(ru.ru_utime) + ns(ru.ru_stime)
-}
 
 /// Syscall sizes that cut `len` bytes at `bounds` (each call's first frame header).
 fn cuts(bounds: impl Iterator<Item = usize>, len: usize) -> Vec<usize> {
@@ -72,7 +64,7 @@ fn records_to_events_cpu() {
         .enable_all()
         .build()
         .expect("runtime");
-    let before = cpu_ns();
+    let before = process_cpu_ns();
     let (completed, events) = rt.block_on(async {
         let bus = Bus::new(1 << 20);
         let sink = tokio::spawn(jsonl::run(bus.subscribe(), Box::new(std::io::sink())));
@@ -109,7 +101,7 @@ fn records_to_events_cpu() {
         sink.await.expect("sink");
         (completed, counted.await.expect("counter"))
     });
-    let per_call = (cpu_ns() - before) / n as u64;
+    let per_call = (process_cpu_ns() - before) / n as u64;
     assert_eq!(completed, n as u64, "every call ends");
     assert!(events >= 2 * n as u64, "{events} events for {n} calls");
     println!("records_to_events: {n} calls, {per_call} ns CPU per call (pipeline, tracker, bus, JSON sink)");
