@@ -25,9 +25,11 @@ const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// Payload cap for frames we buffer that are not header blocks. SETTINGS with 170
 /// entries fit; GOAWAY debug data beyond it is dropped.
 const CONTROL_CAP: usize = 1024;
-/// Buffers kept for reuse (see `FrameDecoder::recycle`), and the largest kept.
-const SPARE_BUFS: usize = 8;
-const SPARE_BUF_MAX: usize = 64 * 1024;
+/// Buffers kept for reuse (see `FrameDecoder::recycle`), and the largest kept: a
+/// record's few frames reuse them, and a decoder (one per connection and direction)
+/// holds at most 64 KiB of them.
+const SPARE_BUFS: usize = 4;
+const SPARE_BUF_MAX: usize = 16 * 1024;
 
 pub const TYPE_DATA: u8 = 0;
 pub const TYPE_HEADERS: u8 = 1;
