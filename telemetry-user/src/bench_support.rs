@@ -9,3 +9,11 @@ pub(crate) fn process_cpu_ns() -> u64 {
     let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
     ns(ru.ru_utime) + ns(ru.ru_stime)
 }
+
+/// Calls a benchmark runs: `BENCH_CALLS`, else `default`.
+pub(crate) fn bench_calls(default: u32) -> u32 {
+    std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}

@@ -6,7 +6,7 @@
 //! (`BENCH_CALLS` overrides N; `BENCH_SINKS=json,logger,otlp,web` picks sinks, `none`
 //! for the tracker and bus alone; `BENCH_REPRO=1` turns the repro hook on).
 use super::*;
-use crate::bench_support::process_cpu_ns;
+use crate::bench_support::{bench_calls, process_cpu_ns};
 use crate::sinks::otlp::{OtlpConfig, OtlpCounters};
 use crate::sinks::prometheus::{Metrics, MetricsConfig};
 use crate::sinks::web::live::{Live, LiveSizes};
@@ -15,10 +15,7 @@ use crate::sinks::{jsonl, logger};
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn per_call_cpu() {
-    let n: u32 = std::env::var("BENCH_CALLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let n = bench_calls(20_000);
     let c = grpc_conn(1);
     let req = tool_request("echo", &[("value", "\"hi\"")]);
     let resp = tool_response(true, "");

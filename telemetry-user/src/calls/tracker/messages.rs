@@ -42,9 +42,14 @@ impl CallTracker {
         };
         if carries_tool_request(call.method_str()) {
             // Most calls need three fields: read them in place (see wire/snakepit/peek).
-            let peek = sp::peek_execute_tool_request(&message.data).filter(|p| {
-                self.cfg.ml_rules.is_empty() && sp::snakebridge_kind(p.tool_name).is_none()
-            });
+            // (With ML rules the parameters are needed: no scan then.)
+            let peek = self
+                .cfg
+                .ml_rules
+                .is_empty()
+                .then(|| sp::peek_execute_tool_request(&message.data))
+                .flatten()
+                .filter(|p| sp::snakebridge_kind(p.tool_name).is_none());
             if let Some(req) = peek {
                 if !req.session_id.is_empty() {
                     call.session_id = Some(req.session_id.into());

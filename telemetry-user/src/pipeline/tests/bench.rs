@@ -8,7 +8,7 @@
 //! `cargo test -p telemetry-user --release --lib records_to_events -- --ignored --nocapture`
 //! (`BENCH_CALLS` overrides N).
 use super::*;
-use crate::bench_support::process_cpu_ns;
+use crate::bench_support::{bench_calls, process_cpu_ns};
 use crate::calls::{CallTracker, TrackerConfig};
 use crate::events::Bus;
 use crate::sinks::jsonl;
@@ -29,10 +29,7 @@ fn cuts(bounds: impl Iterator<Item = usize>, len: usize) -> Vec<usize> {
 #[test]
 #[ignore = "benchmark: run in release with --ignored --nocapture"]
 fn records_to_events_cpu() {
-    let n: u32 = std::env::var("BENCH_CALLS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
+    let n = bench_calls(20_000);
     let dir = directory();
     let (req, req_heads) = request_stream(n, true);
     let (resp, resp_heads) = response_stream(n);
