@@ -26,12 +26,11 @@ const BATCH: usize = 1024;
 const ARENA_BYTES: usize = 256 * 1024;
 /// Poll interval while records keep coming, and the longest one when idle (the
 /// interval doubles from the first to the second while the ring stays empty).
-/// Each wakeup costs the agent about 40 us of CPU, mostly refilling caches the
-/// deployment evicted since the last one: 16 ms instead of 4 took 6 us off each call at
-/// 1,200 calls/s (docs/benchmarks.md). 40 ms was no better, and the 16 MiB ring holds
-/// about a second of records at 5,000 calls/s.
-const POLL_MIN: Duration = Duration::from_millis(16);
-const POLL_MAX: Duration = Duration::from_millis(32);
+/// 16 ms took about 15 % off the agent's CPU per call (fewer cache-cold wakeups), but
+/// bursts of repro chunk records then filled the ring between polls: a longer poll
+/// needs the probes to force a wakeup when the ring fills (docs/benchmarks.md).
+const POLL_MIN: Duration = Duration::from_millis(4);
+const POLL_MAX: Duration = Duration::from_millis(20);
 
 /// The decoded records, in batches: one channel send per drain of the ring, not one
 /// per record (about 22 records per tool call, with its InitializeSession callback).
