@@ -340,7 +340,9 @@ fn a_failure_storm_writes_at_most_max_files_and_a_cut_payload_says_so() {
     std::thread::sleep(Duration::from_millis(500));
     // A request bigger than max_payload_bytes (but wholly captured by the kernel).
     let cut = one_call(&mut demo, &dir, "repro_big", &["repro_big_bytes => 3000"]);
-    let mut spec = LoadSpec::new(0, 60_000, &[("repro_fail", 1)]);
+    // 10,000 calls as fast as they go (610/s here, 16 s); the load stops at
+    // max_calls, and the 180 s bound only keeps a slow machine from ending it early.
+    let mut spec = LoadSpec::new(0, 180_000, &[("repro_fail", 1)]);
     spec.concurrency = 8;
     spec.extra = vec!["max_calls => 10000".into()];
     let truth = demo
