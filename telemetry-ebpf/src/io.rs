@@ -398,20 +398,10 @@ fn copy_iovecs(ev: &mut IoEvent, w: &mut Walk, iov: u64, cnt: u32, want: u32, pr
                 return copied;
             }
         };
-        if v[1] == 0 {
-            continue;
+        match copy_iovec(ev, v, copied, want, probe) {
+            Some(len) => copied += len,
+            None => return copied,
         }
-        let room = want - copied;
-        let len = if v[1] < room as u64 {
-            v[1] as u32
-        } else {
-            room
-        };
-        if !read_chunk(ev, copied, v[0], len) {
-            stat_add(probe, STAT_READ_ERRORS, 1);
-            return copied;
-        }
-        copied += len;
     }
     if cnt <= MAX_IOVECS || copied >= want {
         return copied;
@@ -473,8 +463,21 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
         }
     };
     w.vi += 1;
+    match copy_iovec(ev, v, copied, want, w.probe) {
+        Some(len) => {
+            w.captured = copied + len;
+            LOOP_CONTINUE
+        }
+        None => LOOP_STOP,
+    }
+}
+
+/// Copies iovec `v` (base, len) into the prefix at `copied`, at most up to `want`.
+/// Returns the bytes copied (0 for an empty iovec), None when the read failed.
+#[inline(always)]
+fn copy_iovec(ev: &mut IoEvent, v: [u64; 2], copied: u32, want: u32, probe: u32) -> Option<u32> {
     if v[1] == 0 {
-        return LOOP_CONTINUE;
+        return Some(0);
     }
     let room = want - copied;
     let len = if v[1] < room as u64 {
@@ -483,11 +486,10 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
         room
     };
     if !read_chunk(ev, copied, v[0], len) {
-        stat_add(w.probe, STAT_READ_ERRORS, 1);
-        return LOOP_STOP;
+        stat_add(probe, STAT_READ_ERRORS, 1);
+        return None;
     }
-    w.captured = copied + len;
-    LOOP_CONTINUE
+    Some(len)
 }
 
 // ---------------------------------------------------------------------------

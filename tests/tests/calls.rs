@@ -116,23 +116,6 @@ fn every_call_is_reported_exactly_once_with_the_right_fields() {
     let ends = call_ends(&events);
 
     assert!(truth.len() > 200, "load made only {} calls", truth.len());
-    // The agent saw every connection from its first byte: every header block was
-    // captured whole, so no header refers to a table entry it missed. (grpc's C-core
-    // writes a connection's first header block as ~30 iovecs, one per literal; a prefix
-    // cut at 16 iovecs lost it, and every later reference to its entries.)
-    let stats = events_named(&events, STATS)
-        .into_iter()
-        .last()
-        .expect("agent.stats");
-    let gaps = stats["metadata"]["decode_errors_by_kind"]["header_block_gap"]
-        .as_u64()
-        .unwrap_or(0);
-    assert_eq!(
-        (gaps, stats["measurements"]["unknown_header_refs"].as_u64()),
-        (0, Some(0)),
-        "header blocks lost (header_block_gap, unknown_header_refs): {}",
-        stats["metadata"]
-    );
     assert!(
         truth.iter().any(|g| g.transport == "pipe"),
         "no pipe call in the load"
