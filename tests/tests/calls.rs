@@ -2,7 +2,7 @@
 //! the ground truth the demo BEAM writes for every call it makes.
 use serde_json::Value;
 use snakepit_testkit::agent::{events_named, Agent};
-use snakepit_testkit::demo::{read_jsonl, Demo, GroundTruthCall, LoadSpec};
+use snakepit_testkit::demo::{read_jsonl, Demo, DemoOptions, GroundTruthCall, LoadSpec};
 use snakepit_testkit::{require, scratch_dir};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -361,6 +361,86 @@ fn agent_joining_live_connections_names_later_calls() {
         right * 100 >= truth.len() * 99,
         "only {right} of {} calls after a mid-connection join carry the right tool and method",
         truth.len()
+    );
+}
+
+/// Real workers call InitializeSession back on every tool call (shared/snakepit-facts.md).
+/// grpc's C-core writes a connection's first header block with each literal in its own
+/// iovec (about 30 for the first callback): the kernel must copy all of them, or that
+/// block's HPACK insertions are lost and no later callback on the connection can be
+/// named (its `:path` and its correlation id header refer to them).
+#[test]
+fn every_session_callback_is_decoded_from_its_headers() {
+    require::root_and_bpf();
+    let dir = scratch_dir("calls-callbacks");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[calls]\ninclude_internal = true\n").expect("agent config");
+    let config = config.to_str().expect("utf-8 scratch path");
+    let agent = Agent::start(&dir, &["--config", config]).expect("agent start");
+    let mut demo = Demo::start(&DemoOptions {
+        grpc_workers: 2,
+        pipe_workers: 0,
+        init_session_per_call: true,
+        log: Some(dir.join("beam.log")),
+        ..DemoOptions::default()
+    })
+    .expect("demo start");
+    demo.wait_ready(Duration::from_secs(60))
+        .expect("demo ready");
+    std::thread::sleep(Duration::from_millis(500));
+    let truth = demo
+        .load_truth(
+            &LoadSpec::new(100, 3_000, &[("echo", 1)]),
+            &dir.join("ground_truth.jsonl"),
+        )
+        .expect("load");
+    let events = finish(agent, demo);
+    assert!(truth.len() > 150, "load made only {} calls", truth.len());
+
+    let (stats, _) = counted_losses(&events);
+    let unknown_refs = stats["measurements"]["unknown_header_refs"].as_u64();
+    let gaps = stats["metadata"]["decode_errors_by_kind"]["header_block_gap"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        (unknown_refs, gaps),
+        (Some(0), 0),
+        "header blocks lost (unknown_header_refs, header_block_gap); stats {stats}"
+    );
+
+    // Every tool call waits for its own callback: each worker's callbacks are named
+    // and carry the worker's correlation id (a header), at least one per tool call.
+    let mut callbacks: HashMap<String, usize> = HashMap::new();
+    let mut problems = Vec::new();
+    for e in events_named(&events, CALL_STOP) {
+        if meta(e, "operation") != Some("InitializeSession") {
+            continue;
+        }
+        let worker = meta(e, "worker_id").unwrap_or_default().to_string();
+        if !meta(e, "correlation_id").is_some_and(|c| c.starts_with("w-")) {
+            problems.push(format!(
+                "{worker}: callback without the worker's correlation id: {e}"
+            ));
+        }
+        *callbacks.entry(worker).or_default() += 1;
+    }
+    let mut made: HashMap<String, usize> = HashMap::new();
+    for g in &truth {
+        *made.entry(g.worker_id.clone()).or_default() += 1;
+    }
+    for (worker, calls) in &made {
+        let seen = callbacks.get(worker).copied().unwrap_or(0);
+        if seen < *calls {
+            problems.push(format!(
+                "{worker}: {seen} InitializeSession callbacks named for {calls} tool calls"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems, first: {:#?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
     );
 }
 
