@@ -55,7 +55,7 @@ pub const MAX_CAPTURE: usize = 4096;
 /// what is ever sent (IO_MAX_PAYLOAD) because offsets and lengths are masked for the
 /// verifier, and masks only bound them to powers of two. Per-CPU map values are
 /// limited to 32 KiB.
-pub const IO_DATA_AREA: usize = 6 * MAX_CAPTURE;
+pub const IO_DATA_AREA: usize = 7 * MAX_CAPTURE;
 /// Most bytes a record ever carries after its header.
 pub const IO_MAX_PAYLOAD: usize = MAX_CAPTURE + MAX_MARKS as usize * MARK_SLOT_LEN;
 const _: () = assert!(2 * MAX_CAPTURE + 128 * MARK_SLOT_LEN + 2 * MARK_BYTES <= IO_DATA_AREA);
@@ -87,8 +87,12 @@ pub const PACKET4_MAX_LEN: u32 = 1 << 30;
 pub const MAX_HDR_LEN: usize = 9;
 /// Marks per record at most (a 1 MiB gRPC message is ~64 DATA frames).
 pub const MAX_MARKS: u32 = 80;
-/// Bytes copied per mark, starting at the frame header.
-pub const MARK_BYTES: usize = 64;
+/// Bytes copied per mark, starting at the frame header: the header and 119 payload
+/// bytes, enough for a later request's header block (one of 62 bytes after a 99 KB
+/// write was cut by 64-byte marks) and a message's first fields. (Lean records read
+/// only headers from their marks, but a cap of 64 for them made the frame walk too
+/// large for the verifier; a longer mark also holds more of the next headers.)
+pub const MARK_BYTES: usize = 128;
 /// Frame-walk steps per syscall (one header or up to 8 iovecs each).
 pub const MAX_WALK_STEPS: u32 = 1024;
 

@@ -800,7 +800,8 @@ fn check_lean(what: &str, recs: &[IoRecord], stream: &[u8], heads: &[usize]) -> 
         (0..recs.len() as u64).collect::<Vec<_>>(),
         "{what}: seq gaps"
     );
-    let mut seen = std::collections::HashSet::new();
+    // Marks that start at a header: (start, end) in stream order.
+    let mut marked: Vec<(usize, usize)> = Vec::new();
     let mut end = 0usize;
     for r in recs.iter().filter(|r| r.ret > 0) {
         assert_eq!(r.capture, Capture::Frames, "{what}: seq {}", r.seq);
@@ -816,8 +817,14 @@ fn check_lean(what: &str, recs: &[IoRecord], stream: &[u8], heads: &[usize]) -> 
                 &stream[off..off + m.bytes.len()],
                 "{what}: mark at {off}"
             );
+            assert!(
+                m.bytes.len() == telemetry_common::MARK_BYTES
+                    || off + m.bytes.len() == base + r.ret as usize,
+                "{what}: a short lean mark of {} bytes at {off}",
+                m.bytes.len()
+            );
             if heads.binary_search(&off).is_ok() {
-                seen.insert(off);
+                marked.push((off, off + m.bytes.len()));
             } else {
                 assert!(
                     m.offset == 0 && r.partial_in > 0,
@@ -832,8 +839,15 @@ fn check_lean(what: &str, recs: &[IoRecord], stream: &[u8], heads: &[usize]) -> 
         end = base + r.ret as usize;
     }
     assert_eq!(end, stream.len(), "{what}: byte count");
-    for (i, h) in heads.iter().enumerate() {
-        assert!(seen.contains(h), "{what}: header {i} at {h} in no mark");
+    // Each header starts a mark (the rest of a split one follows in the next
+    // record), or lies whole in the mark before it.
+    for (i, &h) in heads.iter().enumerate() {
+        let before = marked.partition_point(|&(start, _)| start <= h);
+        let covered = before > 0 && {
+            let (start, end) = marked[before - 1];
+            start == h || h + 9 <= end
+        };
+        assert!(covered, "{what}: header {i} at {h} in no mark");
     }
     recs.len()
 }

@@ -183,7 +183,7 @@ fn full_records(
 }
 
 /// Lean records of `stream` read in `reads`, as the kernel sends them: no payload, a
-/// mark (up to 64 bytes) at each frame header not inside the previous mark, and a
+/// mark (up to MARK_BYTES) at each frame header not inside the previous mark, and a
 /// record only for reads in which a frame ends. Reads never split a header here.
 fn lean_records(r: Rec, stream: &[u8], heads: &[usize], reads: &[usize], t: u64) -> Vec<IoRecord> {
     let mut bounds: Vec<usize> = heads.to_vec();
@@ -210,7 +210,7 @@ fn lean_records(r: Rec, stream: &[u8], heads: &[usize], reads: &[usize], t: u64)
                 if last.is_some_and(|(ms, me)| h >= ms && h + 9 <= me) {
                     continue;
                 }
-                let me = (h + 64).min(end);
+                let me = (h + telemetry_common::MARK_BYTES).min(end);
                 marks.push(FrameMark {
                     offset: (h - pos) as u32,
                     bytes: Bytes::copy_from_slice(&stream[h..me]),
@@ -542,7 +542,7 @@ fn lean_header_blocks_longer_than_a_mark_are_no_decode_error() {
     let dir = directory();
     let mut p = live_pipeline(&dir);
     // Real request headers run to a few hundred bytes: the kernel's mark of the
-    // HEADERS frame holds its first 64 bytes; the rest is a gap by design.
+    // HEADERS frame holds its first MARK_BYTES; the rest is a gap by design.
     let long = "a".repeat(300);
     let mut req = PREFACE.to_vec();
     let h_headers = req.len();

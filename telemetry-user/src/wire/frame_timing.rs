@@ -28,8 +28,9 @@ pub enum FrameTiming {
     SyncLost,
 }
 
-/// Header block bytes kept per block: the blocks are only timed, never decoded.
-const HEADER_BLOCK_CAP: usize = 64;
+/// Header block bytes kept per block: the blocks are only timed, never decoded, and
+/// a lean record carries at most a mark's bytes of each.
+const HEADER_BLOCK_CAP: usize = telemetry_common::MARK_BYTES;
 /// Streams whose message boundaries are followed at once; beyond, the oldest state
 /// is dropped (a stream that never ended: its reset was in the other direction).
 const MAX_STREAMS: usize = 1024;
@@ -227,7 +228,7 @@ mod tests {
         h
     }
 
-    /// A lean record as the kernel sends it: marks of up to 64 bytes at offsets.
+    /// A lean record as the kernel sends it: marks of up to MARK_BYTES at offsets.
     fn feed(
         t: &mut FrameTimer,
         pos: u64,
