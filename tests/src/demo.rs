@@ -188,12 +188,18 @@ impl Demo {
     /// Starts a demo with `grpc_workers` + `pipe_workers` workers (BEAM log in
     /// `dir/beam.log`) and waits until every worker is up and connected.
     pub fn start_ready(dir: &Path, grpc_workers: u32, pipe_workers: u32) -> Result<(Demo, Status)> {
-        let mut demo = Demo::start(&DemoOptions {
+        Demo::start_ready_with(&DemoOptions {
             grpc_workers,
             pipe_workers,
             log: Some(dir.join("beam.log")),
             ..DemoOptions::default()
-        })?;
+        })
+    }
+
+    /// Starts a demo with `opts` and waits (60 s at most) until every worker is up
+    /// and connected.
+    pub fn start_ready_with(opts: &DemoOptions) -> Result<(Demo, Status)> {
+        let mut demo = Demo::start(opts)?;
         let status = demo.wait_ready(Duration::from_secs(60))?;
         Ok((demo, status))
     }

@@ -377,7 +377,7 @@ fn every_session_callback_is_decoded_from_its_headers() {
     std::fs::write(&config, "[calls]\ninclude_internal = true\n").expect("agent config");
     let config = config.to_str().expect("utf-8 scratch path");
     let agent = Agent::start(&dir, &["--config", config]).expect("agent start");
-    let mut demo = Demo::start(&DemoOptions {
+    let (mut demo, _) = Demo::start_ready_with(&DemoOptions {
         grpc_workers: 2,
         pipe_workers: 0,
         init_session_per_call: true,
@@ -385,8 +385,6 @@ fn every_session_callback_is_decoded_from_its_headers() {
         ..DemoOptions::default()
     })
     .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
     std::thread::sleep(Duration::from_millis(500));
     let truth = demo
         .load_truth(

@@ -19,7 +19,7 @@ fn write_config(dir: &Path, otlp_table: &str) -> PathBuf {
 }
 
 fn start_demo(dir: &Path, autoload: u32) -> Demo {
-    let mut demo = Demo::start(&DemoOptions {
+    let (demo, _) = Demo::start_ready_with(&DemoOptions {
         grpc_workers: 2,
         pipe_workers: 1,
         autoload,
@@ -27,8 +27,6 @@ fn start_demo(dir: &Path, autoload: u32) -> Demo {
         ..DemoOptions::default()
     })
     .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
     // Let discovery pair every connection before the load.
     std::thread::sleep(Duration::from_millis(500));
     demo

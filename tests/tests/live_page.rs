@@ -41,13 +41,11 @@ fn live_page_fills_and_updates_during_a_load() {
         &["--http-listen", &listen, "--summary-interval-ms", "1000"],
     )
     .expect("agent start (with --http-listen)");
-    let mut demo = Demo::start(&DemoOptions {
+    let (mut demo, _) = Demo::start_ready_with(&DemoOptions {
         log: Some(dir.join("beam.log")),
         ..DemoOptions::default()
     })
     .expect("demo start");
-    demo.wait_ready(Duration::from_secs(60))
-        .expect("demo ready");
     std::thread::sleep(Duration::from_millis(500));
 
     let gt = dir.join("ground_truth.jsonl");
