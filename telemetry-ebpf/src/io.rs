@@ -420,7 +420,7 @@ fn copy_iovecs(ev: &mut IoEvent, w: &mut Walk, iov: u64, cnt: u32, want: u32, pr
         core::ptr::write_volatile(&mut w.vi, MAX_IOVECS);
         core::ptr::write_volatile(&mut w.vcnt, vcnt);
         core::ptr::write_volatile(&mut w.captured, copied);
-        core::ptr::write_volatile(&mut w.marks, want);
+        core::ptr::write_volatile(&mut w.copy_want, want);
         core::ptr::write_volatile(&mut w.probe, probe);
     }
     // SAFETY: copy_step has the bpf_loop callback signature and reaches its state
@@ -441,7 +441,7 @@ fn copy_iovecs(ev: &mut IoEvent, w: &mut Walk, iov: u64, cnt: u32, want: u32, pr
 const MAX_COPY_IOVECS: u32 = 1024;
 
 /// bpf_loop callback of `copy_iovecs` beyond the inline iovecs: copies iovec `w.vi`
-/// (state in WALK_SCRATCH: `captured` bytes copied of `marks` wanted, iovecs up to
+/// (state in WALK_SCRATCH: `captured` bytes copied of `copy_want`, iovecs up to
 /// `vcnt`). Returns LOOP_STOP when the prefix is complete or an iovec cannot be read.
 #[inline(never)]
 extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
@@ -451,7 +451,7 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
         (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
         _ => return LOOP_STOP,
     };
-    let (copied, want) = (w.captured, w.marks);
+    let (copied, want) = (w.captured, w.copy_want);
     if w.vi >= w.vcnt || copied >= want || want > MAX_CAPTURE as u32 {
         return LOOP_STOP;
     }
@@ -546,6 +546,8 @@ pub struct Walk {
     /// More headers than mark slots: later headers were read into a scratch slot
     /// that is not sent.
     overflow: u32,
+    /// The prefix length a copy beyond the inline iovecs aims at (`copy_step`).
+    copy_want: u32,
     hbuf: [u8; 16],
     /// The first `iovs_n` iovecs of the syscall, read in one helper call (see
     /// `load_iovecs`); 32 slots so that a masked length stays inside.
