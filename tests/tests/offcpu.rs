@@ -356,6 +356,7 @@ fn profiled_with_fetch(name: &str, path: &str) -> Profiled {
     wait_profiled(&dir, worker);
     std::thread::sleep(Duration::from_millis(1500));
     let (a, path) = (addr.clone(), path.to_string());
+    let window_opened = Instant::now();
     let fetch = std::thread::spawn(move || http_get(&a, &path));
     std::thread::sleep(Duration::from_millis(300));
     Profiled {
@@ -364,6 +365,7 @@ fn profiled_with_fetch(name: &str, path: &str) -> Profiled {
         agent,
         demo,
         fetch,
+        window_opened,
     }
 }
 
@@ -374,6 +376,25 @@ struct Profiled {
     agent: snakepit_testkit::agent::Agent,
     demo: Demo,
     fetch: JoinHandle<(u16, Vec<u8>)>,
+    /// About when the fetched profile's window opened.
+    window_opened: Instant,
+}
+
+/// Holds the tool's read for `hold` once it has opened the FIFO, then releases it,
+/// and says when that was in the fetched profile's window: the call must start,
+/// block, end and be attributed inside it. (CI once found no blocked read in these
+/// 6 s windows, on a machine 40 % slower than usual; here the FIFO is opened 0.3 s
+/// in. The line tells whether a failing call came late.)
+fn hold_read(held: HeldFifo, hold: Duration, window_opened: Instant) {
+    held.wait_opened();
+    let opened = window_opened.elapsed();
+    std::thread::sleep(hold);
+    held.release();
+    eprintln!(
+        "the tool opened the FIFO {opened:?} into the profile's window and was released \
+         {:?} into it",
+        window_opened.elapsed()
+    );
 }
 
 /// The HTTP endpoint's off-CPU profile, flame graph and function list, and the live
@@ -386,6 +407,7 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
         agent,
         demo,
         fetch,
+        window_opened,
     } = profiled_with_fetch(
         "offcpu-http",
         "/debug/pprof/profile?seconds=6&function=io_wait&mode=off-cpu",
@@ -393,9 +415,7 @@ fn http_endpoint_and_live_page_serve_off_cpu_profiles() {
     let fifo = dir.join("io.fifo");
     let held = HeldFifo::new(&fifo);
     let load = io_wait_call(demo, &dir, &fifo);
-    held.wait_opened();
-    std::thread::sleep(Duration::from_millis(1500));
-    held.release();
+    hold_read(held, Duration::from_millis(1500), window_opened);
     let demo = load.join().expect("load thread");
     let (status, body) = fetch.join().expect("fetch thread");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -447,6 +467,7 @@ fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
         agent,
         demo,
         fetch,
+        window_opened,
     } = profiled_with_fetch(
         "offcpu-helper",
         "/debug/pprof/profile?seconds=6&function=io_wait_offloaded&mode=off-cpu",
@@ -454,10 +475,8 @@ fn a_tool_on_a_helper_thread_has_the_helpers_blocking() {
     let fifo = dir.join("io.fifo");
     let held = HeldFifo::new(&fifo);
     let load = fifo_call(demo, &dir, &fifo, "io_wait_offloaded");
-    held.wait_opened();
     let hold = Duration::from_millis(1500);
-    std::thread::sleep(hold);
-    held.release();
+    hold_read(held, hold, window_opened);
     let demo = load.join().expect("load thread");
     let (status, body) = fetch.join().expect("fetch thread");
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
@@ -503,6 +522,7 @@ fn episodes_the_rate_limit_skips_still_weigh() {
         agent,
         demo,
         fetch,
+        window_opened: _,
     } = profiled_with_fetch(
         "offcpu-unwalked",
         "/debug/pprof/profile?seconds=7&function=io_wait&mode=off-cpu",
