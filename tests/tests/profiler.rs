@@ -315,6 +315,13 @@ fn http_endpoint_serves_pprof_and_flame_graphs() {
         .expect("agent start");
     let mut demo = demo_on(&dir, None);
     std::thread::sleep(Duration::from_millis(800));
+    // The worker's first hot_path call imports numpy. With the machine's disk busy
+    // (CI, the page cache cold) its page faults have held that call for up to 3.9 s,
+    // with and without this agent; the profile below is of the calls after it.
+    let mut warm_up = LoadSpec::new(4, 300, &[("hot_path", 1)]);
+    warm_up.concurrency = 1;
+    demo.load(&warm_up, &dir.join("warm-up.jsonl"))
+        .expect("hot_path warm-up");
     let a = addr.clone();
     let fetch = std::thread::spawn(move || {
         http_get(&a, "/debug/pprof/profile?seconds=5&function=hot_path")
