@@ -40,6 +40,9 @@ pub const MAP_IO_SCRATCH: &str = "IO_SCRATCH";
 /// from the sender's writes; the receiver's reads send frame headers only (see
 /// `Capture::Frames`), and only for syscalls in which a frame ends.
 pub const GLOBAL_DECODE_ONCE: &str = "DECODE_ONCE";
+/// Global (set by the loader, `u64`): unread bytes in EVENTS from which every record
+/// wakes the reader (the probes submit without a wakeup below it; the reader polls).
+pub const GLOBAL_RING_WAKE_BYTES: &str = "RING_WAKE_BYTES";
 /// Global (set by the loader from BTF): offsets of the first three syscall arguments
 /// in `struct pt_regs` (`[u32; 3]`), read at the exits of the read family.
 pub const GLOBAL_PT_REGS_ARG_OFFSETS: &str = "PT_REGS_ARG_OFFSETS";

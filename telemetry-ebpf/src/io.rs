@@ -26,7 +26,7 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, decode_once, io_watched, regs_arg_offsets, stat_add, BPF_RB_NO_WAKEUP,
+    capture_bytes, ctx_u64, decode_once, events_flags, io_watched, regs_arg_offsets, stat_add,
     CURSOR_HINTS, EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
 };
 
@@ -314,7 +314,7 @@ fn finish_io(
     let len = IO_HEADER_LEN + (used & (4 * MAX_CAPTURE - 1));
     // SAFETY: `len` <= size_of::<IoEvent>() (header + masked data length).
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const IoEvent as *const u8, len) };
-    match EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP) {
+    match EVENTS.output::<[u8]>(bytes, events_flags()) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }

@@ -14,7 +14,7 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    full_capture_chunks, stat_add, BPF_RB_NO_WAKEUP, CHUNK_SCRATCH, CHUNK_WALK, EVENTS,
+    events_flags, full_capture_chunks, stat_add, CHUNK_SCRATCH, CHUNK_WALK, EVENTS,
     FULL_CAPTURE_FDS,
 };
 
@@ -245,7 +245,7 @@ fn flush(w: &mut ChunkWalk, c: &mut IoChunk) {
     let len = IO_CHUNK_HEADER_LEN + (filled as usize & (2 * CHUNK_BYTES - 1));
     // SAFETY: `len` <= size_of::<IoChunk>() (header + masked data length).
     let bytes = unsafe { core::slice::from_raw_parts(c as *const IoChunk as *const u8, len) };
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP).is_err() {
+    if EVENTS.output::<[u8]>(bytes, events_flags()).is_err() {
         stat_add(w.probe, STAT_RINGBUF_DROPS, 1);
         // The rest would not be contiguous with what was sent: stop.
         w.failed = 1;

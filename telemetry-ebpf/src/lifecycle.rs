@@ -15,8 +15,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    ctx_u32, stat_add, task_exit_code_offset, task_pid_offset, task_real_parent_offset,
-    task_tgid_offset, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, WATCHED_PIDS,
+    ctx_u32, events_flags, stat_add, task_exit_code_offset, task_pid_offset,
+    task_real_parent_offset, task_tgid_offset, BPF_ANY, EVENTS, WATCHED_PIDS,
 };
 
 /// sched_process_exec record: `__data_loc char[] filename` at 8 (6.18 layout, see
@@ -64,7 +64,7 @@ pub(crate) fn empty_event(kind: RecordKind, pid_tgid: u64) -> ProcEvent {
 
 #[inline(always)]
 pub(crate) fn send(ev: &ProcEvent, probe: u32) {
-    match EVENTS.output::<ProcEvent>(ev, BPF_RB_NO_WAKEUP) {
+    match EVENTS.output::<ProcEvent>(ev, events_flags()) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }

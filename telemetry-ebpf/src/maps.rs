@@ -115,6 +115,9 @@ static PT_REGS_ARG_OFFSETS: [u32; 3] = [112, 104, 96];
 /// Offset of `pt_regs.orig_ax` (the syscall number), from BTF; x86_64 default.
 #[no_mangle]
 static PT_REGS_SYSCALL_OFFSET: u32 = 120;
+/// Unread bytes in EVENTS from which a record wakes the reader (see `events_flags`).
+#[no_mangle]
+static RING_WAKE_BYTES: u64 = u64::MAX;
 
 #[inline(always)]
 pub fn capture_bytes() -> u32 {
@@ -211,3 +214,21 @@ pub const BPF_NOEXIST: u64 = 1;
 /// bpf_ringbuf_output flag: do not wake the reader; it polls on a timer (a wakeup
 /// costs ~1.4 us per record, the flag ~25 ns).
 pub const BPF_RB_NO_WAKEUP: u64 = 1;
+/// bpf_ringbuf_output flag: wake the reader now.
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// bpf_ringbuf_query flag: bytes submitted or reserved and not yet consumed.
+pub const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for a record into EVENTS: no wakeup (the reader polls on a timer) unless the
+/// unread bytes have reached RING_WAKE_BYTES, as in a burst of repro chunks or large
+/// writes; then every record wakes the reader until it has drained below that.
+#[inline(always)]
+pub fn events_flags() -> u64 {
+    // SAFETY: a plain read of a loader-patched global.
+    let wake = unsafe { core::ptr::read_volatile(&RING_WAKE_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}

@@ -29,8 +29,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    regs_arg_offsets, regs_syscall_offset, split_generation, stat_add, task_pid_offset,
-    task_tgid_offset, BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
+    events_flags, regs_arg_offsets, regs_syscall_offset, split_generation, stat_add,
+    task_pid_offset, task_tgid_offset, BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
 };
 use crate::profile::{fill_sample, pstat, PROFILE_EVENTS};
 use crate::pystack::PY_PROCS;
@@ -332,7 +332,7 @@ fn switch_in(tgid: u32, tid: u32, now: u64, generation: u32) {
 
 #[inline(always)]
 fn emit_slice(slice: &SchedSlice) {
-    match EVENTS.output::<SchedSlice>(slice, BPF_RB_NO_WAKEUP) {
+    match EVENTS.output::<SchedSlice>(slice, events_flags()) {
         Ok(()) => stat_add(PROBE_SCHED_SWITCH, STAT_EVENTS, 1),
         Err(_) => stat_add(PROBE_SCHED_SWITCH, STAT_RINGBUF_DROPS, 1),
     }

@@ -14,9 +14,7 @@ use telemetry_common::{
     STAT_READ_ERRORS, STAT_RINGBUF_DROPS,
 };
 
-use crate::maps::{
-    split_generation, stat_add, BPF_ANY, BPF_RB_NO_WAKEUP, EVENTS, SERIALIZE_PENDING,
-};
+use crate::maps::{events_flags, split_generation, stat_add, BPF_ANY, EVENTS, SERIALIZE_PENDING};
 
 #[inline(always)]
 fn cookie(ctx: &impl EbpfContext) -> u64 {
@@ -114,7 +112,7 @@ pub fn serialize_exit(ctx: RetProbeContext) -> u32 {
         ts_end_ns: unsafe { bpf_ktime_get_ns() },
         bytes,
     };
-    match EVENTS.output::<SerializeEvent>(&ev, BPF_RB_NO_WAKEUP) {
+    match EVENTS.output::<SerializeEvent>(&ev, events_flags()) {
         Ok(()) => stat_add(PROBE_SERIALIZE, STAT_EVENTS, 1),
         Err(_) => stat_add(PROBE_SERIALIZE, STAT_RINGBUF_DROPS, 1),
     }

@@ -14,8 +14,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    ctx_u64, io_watched, stat_add, BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP, EEXIST, EVENTS,
-    PENDING_IO, WATCHED_FDS, WATCHED_PIDS,
+    ctx_u64, events_flags, io_watched, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO,
+    WATCHED_FDS, WATCHED_PIDS,
 };
 
 const ARG0: usize = 16;
@@ -107,7 +107,7 @@ fn emit_fd_event(
         bytes,
         calls,
     };
-    match EVENTS.output::<FdEvent>(&ev, BPF_RB_NO_WAKEUP) {
+    match EVENTS.output::<FdEvent>(&ev, events_flags()) {
         Ok(()) => stat_add(probe, STAT_EVENTS, 1),
         Err(_) => stat_add(probe, STAT_RINGBUF_DROPS, 1),
     }

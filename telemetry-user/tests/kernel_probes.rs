@@ -907,6 +907,93 @@ fn pipe_roundtrip(probes: &mut Probes, data: &[u8], writes: &[Vec<usize>]) -> [i
     fds
 }
 
+/// Events of `ep` within `ms`: 0 or 1 (one fd registered).
+fn epoll_events(ep: i32, ms: i32) -> i32 {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: one valid epoll_event to fill.
+    unsafe { libc::epoll_wait(ep, &mut ev, 1, ms) }
+}
+
+/// Records submitted while the ring holds less than an eighth of its size unread do
+/// not wake its reader (BPF_RB_NO_WAKEUP: it polls); beyond that each one does, so a
+/// burst is read at once instead of filling the ring before the next poll.
+#[test]
+fn ring_wakes_its_reader_only_when_filling() {
+    use std::os::fd::AsRawFd;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut probes = load_with(&KernelConfig {
+        ring_buffer_bytes: 1 << 20,
+        ..KernelConfig::default()
+    });
+    let ring = probes.ring_fd().expect("ring fd").as_raw_fd();
+    // SAFETY: plain syscalls on fds this test owns.
+    let ep = unsafe { libc::epoll_create1(0) };
+    assert!(ep >= 0, "epoll_create1");
+    let mut reg = libc::epoll_event {
+        // Edge-triggered: an event only for a wakeup after this point.
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: `ring` and `ep` are open; `reg` is valid.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ring, &mut reg) },
+        0
+    );
+    assert_eq!(epoll_events(ep, 0), 0, "the ring is not empty at start");
+
+    let mut fds = [0i32; 2];
+    // SAFETY: valid array of two ints.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let me = std::process::id();
+    probes.watch_fd(me, fds[1], FD_PIPE, Some([0, 0])).unwrap();
+    // {packet,4} frames, as the pipe workers write them.
+    let frame = |len: usize| {
+        let mut f = (len as u32).to_be_bytes().to_vec();
+        f.extend((0..len).map(|i| (i % 251) as u8));
+        f
+    };
+    // Written, then read back from the unwatched end (no records).
+    let mut back = vec![0u8; 8192];
+    let mut write = |bytes: &[u8]| {
+        // SAFETY: `bytes` is valid for its length and `back` holds more; the pipe has
+        // room for one frame.
+        unsafe {
+            let n = libc::write(fds[1], bytes.as_ptr().cast(), bytes.len());
+            assert_eq!(n, bytes.len() as isize, "pipe write");
+            let n = libc::read(fds[0], back.as_mut_ptr().cast(), back.len());
+            assert_eq!(n, bytes.len() as isize, "pipe read");
+        }
+    };
+    let writes = || probes.stats().get(PROBE_WRITE, STAT_EVENTS);
+    let before = writes();
+    for _ in 0..5 {
+        write(&frame(200));
+    }
+    assert_eq!(writes() - before, 5, "five watched writes, five records");
+    // Every exec on the host is a record too: the mark (128 KiB) leaves room for
+    // hundreds of them meanwhile.
+    assert_eq!(
+        epoll_events(ep, 200),
+        0,
+        "about 1.5 KB unread (of a 1 MiB ring) woke the reader"
+    );
+    for _ in 0..40 {
+        write(&frame(4000));
+    }
+    assert_eq!(writes() - before, 45, "45 watched writes, 45 records");
+    assert_eq!(
+        epoll_events(ep, 2000),
+        1,
+        "160 KB unread (over the 128 KiB mark of a 1 MiB ring) did not wake the reader"
+    );
+    // SAFETY: fds this test opened.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+        libc::close(ep);
+    }
+}
+
 #[test]
 fn frame_cursor_packet4_pipe() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

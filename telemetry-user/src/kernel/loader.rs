@@ -14,10 +14,11 @@ use aya::{
 use telemetry_common::{
     CursorHint, Direction, FdKey, FdState, CHUNK_BYTES, CURSOR_UNKNOWN, GLOBAL_CAPTURE_BYTES,
     GLOBAL_DECODE_ONCE, GLOBAL_FULL_CAPTURE, GLOBAL_OFF_CPU_PERIOD_NS, GLOBAL_PT_REGS_ARG_OFFSETS,
-    GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_TASK_EXIT_CODE_OFFSET, GLOBAL_TASK_PID_OFFSET,
-    GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET, MAP_CURSOR_HINTS, MAP_EVENTS,
-    MAP_FULL_CAPTURE_FDS, MAP_IO_PIDS, MAP_SCHED_PIDS, MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS,
-    MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS, PROBE_COUNT, STAT_KINDS,
+    GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_RING_WAKE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET,
+    GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET,
+    MAP_CURSOR_HINTS, MAP_EVENTS, MAP_FULL_CAPTURE_FDS, MAP_IO_PIDS, MAP_SCHED_PIDS,
+    MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS,
+    PROBE_COUNT, STAT_KINDS,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -268,6 +269,13 @@ pub(super) fn set_pid_bit(
 
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 << 20;
 
+/// Unread bytes from which the probes wake the reader: an eighth of the ring. At
+/// saturation the ring holds a few hundred KB between polls; a burst that fills an
+/// eighth (repro chunks of 50 MB messages) is read at once instead of at the next poll.
+fn ring_wake_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 8)
+}
+
 fn ring_size(requested: u32) -> u32 {
     let page = 4096u32;
     requested
@@ -412,6 +420,7 @@ impl Probes {
         let capture = cfg.capture_bytes.min(MAX_CAPTURE as u32);
         let ring_bytes = ring_size(cfg.ring_buffer_bytes);
         let decode_once = u32::from(cfg.decode_once);
+        let ring_wake = ring_wake_bytes(ring_bytes);
         let full_capture = cfg
             .full_capture_bytes
             .div_ceil(CHUNK_BYTES as u64)
@@ -424,6 +433,7 @@ impl Probes {
             .override_global(GLOBAL_TASK_TGID_OFFSET, &offsets.tgid, true)
             .override_global(GLOBAL_TASK_REAL_PARENT_OFFSET, &offsets.real_parent, true)
             .override_global(GLOBAL_DECODE_ONCE, &decode_once, true)
+            .override_global(GLOBAL_RING_WAKE_BYTES, &ring_wake, true)
             .override_global(GLOBAL_FULL_CAPTURE, &full_capture, true)
             .override_global(GLOBAL_PT_REGS_ARG_OFFSETS, &offsets.regs_args, true)
             .override_global(GLOBAL_PT_REGS_SYSCALL_OFFSET, &offsets.regs_syscall, true)
@@ -806,6 +816,12 @@ impl Probes {
             self.counters.records.load(Ordering::Relaxed),
             self.counters.decode_errors.load(Ordering::Relaxed),
         )
+    }
+
+    /// The ring buffer's fd, until `events` takes the ring: to watch its wakeups.
+    pub fn ring_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.ring.as_ref().map(|r| r.as_fd())
     }
 
     /// The decoded event stream, fed by a tokio task reading the ring buffer (call

@@ -1,9 +1,12 @@
-//! The ring-buffer reader task: drains EVENTS on a short timer, decodes each record
-//! at the one checked point and forwards it.
+//! The ring-buffer reader task: drains EVENTS on a timer, decodes each record at the
+//! one checked point and forwards it.
 //!
 //! The probes submit with BPF_RB_NO_WAKEUP: a wakeup costs the traced process ~1.4 us
 //! per record (and the agent a thread switch); polling costs nothing per record and
-//! adds at most `POLL_MAX` of latency.
+//! adds at most `POLL_MAX` of latency. Once the ring holds an eighth of its size
+//! unread, the probes submit with BPF_RB_FORCE_WAKEUP instead, and the reader, which
+//! waits on the ring's fd as well as its timer, drains it at once: a burst cannot fill
+//! the ring between two polls.
 use std::sync::{atomic::Ordering, Arc};
 use std::time::Duration;
 
@@ -26,11 +29,10 @@ const BATCH: usize = 1024;
 const ARENA_BYTES: usize = 256 * 1024;
 /// Poll interval while records keep coming, and the longest one when idle (the
 /// interval doubles from the first to the second while the ring stays empty).
-/// 16 ms took about 15 % off the agent's CPU per call (fewer cache-cold wakeups), but
-/// bursts of repro chunk records then filled the ring between polls: a longer poll
-/// needs the probes to force a wakeup when the ring fills (docs/benchmarks.md).
-const POLL_MIN: Duration = Duration::from_millis(4);
-const POLL_MAX: Duration = Duration::from_millis(20);
+/// Every wakeup walks the agent's working set cold: 16 ms instead of 4 ms took about
+/// 15 % off the agent's CPU per call (docs/benchmarks.md).
+const POLL_MIN: Duration = Duration::from_millis(16);
+const POLL_MAX: Duration = Duration::from_millis(32);
 
 /// The decoded records, in batches: one channel send per drain of the ring, not one
 /// per record (about 22 records per tool call, with its InitializeSession callback).
@@ -76,17 +78,18 @@ pub(crate) fn spawn(ring: RingBuf<MapData>, counters: Arc<ReaderCounters>) -> Ke
 }
 
 async fn run(
-    mut ring: RingBuf<MapData>,
+    ring: RingBuf<MapData>,
     tx: mpsc::Sender<Vec<KernelEvent>>,
     counters: Arc<ReaderCounters>,
 ) {
+    let mut ring = Ring::new(ring);
     let mut batch = Vec::with_capacity(BATCH);
     let mut arena = bytes::BytesMut::with_capacity(ARENA_BYTES);
     let mut pause = POLL_MIN;
     loop {
         let mut drained = true;
         let mut any = false;
-        while let Some(item) = ring.next() {
+        while let Some(item) = ring.ring().next() {
             any = true;
             counters.records.fetch_add(1, Ordering::Relaxed);
             match decode_with(&item, &mut arena) {
@@ -114,9 +117,61 @@ async fn run(
             } else {
                 (pause * 2).min(POLL_MAX)
             };
-            tokio::time::sleep(pause).await;
+            ring.wait(pause).await;
         } else if tx.is_closed() {
             return;
+        }
+    }
+}
+
+/// The ring, with its fd registered for the forced wakeups where that works.
+enum Ring {
+    Polled(AsyncFd<RingBuf<MapData>>),
+    TimerOnly(RingBuf<MapData>),
+}
+
+impl Ring {
+    fn new(ring: RingBuf<MapData>) -> Ring {
+        // SAFETY: the RingBuf owns its map fd and neither closes nor replaces it while
+        // the AsyncFd holds it (it is closed when the AsyncFd drops the RingBuf).
+        let registered =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+        match registered {
+            Ok(fd) => Ring::Polled(fd),
+            Err(e) => {
+                let (ring, e) = e.into_parts();
+                log::warn!(
+                    "ring buffer fd cannot be polled ({e}): records are read on the timer only"
+                );
+                Ring::TimerOnly(ring)
+            }
+        }
+    }
+
+    fn ring(&mut self) -> &mut RingBuf<MapData> {
+        match self {
+            Ring::Polled(fd) => fd.get_mut(),
+            Ring::TimerOnly(ring) => ring,
+        }
+    }
+
+    /// Waits for the poll interval or a forced wakeup, whichever comes first.
+    async fn wait(&mut self, pause: Duration) {
+        let fd = match self {
+            Ring::Polled(fd) => fd,
+            Ring::TimerOnly(_) => return tokio::time::sleep(pause).await,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            ready = fd.readable_mut() => match ready {
+                // Cleared before the drain that follows, so a wakeup during it is seen.
+                Ok(mut guard) => guard.clear_ready(),
+                // Only when the runtime shuts down: sleep, do not spin.
+                Err(e) => {
+                    log::debug!("ring buffer poll failed: {e}");
+                    tokio::time::sleep(pause).await
+                }
+            },
         }
     }
 }
