@@ -305,6 +305,7 @@ impl Agent {
                         tracing::error!("the ring-buffer reader stopped");
                         break;
                     };
+                    self.drain_profiler().await;
                     for ev in batch {
                         self.on_kernel_event(ev);
                     }
@@ -620,6 +621,18 @@ impl Agent {
                 .map(|w| (w.pid, crate::gpu::WorkerRef::from(w)))
                 .collect();
             let _ = self.gpu_workers.send(map);
+        }
+    }
+
+    /// Lets the profiler take the samples queued so far (see `Command::Drain`).
+    async fn drain_profiler(&self) {
+        let Some((tx, _)) = &self.profiler else {
+            return;
+        };
+        let (done, drained) = tokio::sync::oneshot::channel();
+        if tx.send(crate::profiler::Command::Drain(done)).is_ok() {
+            // An error only says the profiler has stopped.
+            let _ = drained.await;
         }
     }
 

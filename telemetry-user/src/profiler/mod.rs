@@ -145,8 +145,16 @@ pub struct FunctionCount {
 /// What the agent tells the profiler.
 #[derive(Debug)]
 pub enum Command {
-    WorkerUp { pid: u32, pool: String },
-    WorkerGone { pid: u32 },
+    WorkerUp {
+        pid: u32,
+        pool: String,
+    },
+    WorkerGone {
+        pid: u32,
+    },
+    /// Take the samples the kernel has queued, then answer: the agent asks before it
+    /// handles a batch of kernel records, so a call that ends in it finds its samples.
+    Drain(tokio::sync::oneshot::Sender<()>),
 }
 
 struct Proc {
@@ -162,7 +170,11 @@ struct Pending {
 
 /// How long a new worker's interpreter may take to come up before it is given up.
 const INSPECT_PATIENCE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(10);
+/// The sampler's ring is drained before each batch of kernel records (`Command::Drain`,
+/// every 16-32 ms under load); this timer covers the rest (samples of long calls
+/// without wire traffic, workers still to attach). A runtime wakeup of its own every
+/// 10 ms cost about what one of the ring reader's did (docs/benchmarks.md).
+const POLL: Duration = Duration::from_millis(50);
 
 pub struct Profiler {
     proc_root: PathBuf,
@@ -300,6 +312,10 @@ impl Profiler {
                     },
                 );
                 self.retry_pending();
+            }
+            Command::Drain(done) => {
+                self.drain();
+                let _ = done.send(());
             }
             Command::WorkerGone { pid } => {
                 self.drain();
