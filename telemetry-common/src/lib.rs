@@ -334,7 +334,12 @@ pub struct FdState {
     /// syscall (at most MAX_HDR_LEN - 1), completed by the next one.
     pub partial: [[u8; 8]; 2],
     pub partial_len: [u8; 2],
-    pub _pad2: [u8; 6],
+    /// Per direction: bytes of the last mark that the last syscall cut short (its frame
+    /// header came near that syscall's end); a lean record of the next syscall starts
+    /// with a mark of them, so the frame's first payload bytes (a gRPC message's
+    /// length prefix) are known. At most MARK_BYTES.
+    pub mark_rest: [u8; 2],
+    pub _pad2: [u8; 4],
 }
 
 /// A frame cursor learnt in user space for a stream whose kernel cursor is unknown
@@ -364,7 +369,8 @@ impl FdState {
             cursor,
             partial: [[0; 8]; 2],
             partial_len: [0; 2],
-            _pad2: [0; 6],
+            mark_rest: [0; 2],
+            _pad2: [0; 4],
         }
     }
 }

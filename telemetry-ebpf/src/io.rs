@@ -227,7 +227,11 @@ fn finish_io(
     if !lean && st.cursor[dir] == CURSOR_UNKNOWN && st.fd_kind == FD_SOCKET {
         take_cursor_hint(st, &key, dir);
     }
-    if lean && st.partial_len[dir] == 0 && (st.cursor[dir] as u64) > ret as u64 {
+    if lean
+        && st.partial_len[dir] == 0
+        && st.mark_rest[dir] == 0
+        && (st.cursor[dir] as u64) > ret as u64
+    {
         // Inside one frame from start to end: nothing for the timing to see.
         st.cursor[dir] -= ret as u32;
         return Ok(());
@@ -304,6 +308,17 @@ fn finish_io(
     if ret > 0 {
         marks = follow_frames(state, dir, ev, pending, ret as u64, captured, probe);
     }
+    // Re-read from the record: values kept in registers across the walk would be
+    // live at its bpf_loop call, and every distinct range of them another verification
+    // of the walk.
+    // SAFETY: plain reads of fields of the per-CPU record.
+    let (ret, captured, seq) = unsafe {
+        (
+            core::ptr::read_volatile(&ev.header.ret),
+            core::ptr::read_volatile(&ev.header.captured_len),
+            core::ptr::read_volatile(&ev.header.seq),
+        )
+    };
 
     // Repro: a request sender's bytes beyond the prefix go first, as chunk records.
     if ret > 0 {
@@ -530,6 +545,9 @@ pub struct Walk {
     /// The last mark's range [mstart, mend): later headers inside it need no mark.
     mstart: u64,
     mend: u64,
+    /// Where the last mark was meant to end: past `mend` when the syscall cut it
+    /// (the next syscall's lean record carries the rest, see `FdState::mark_rest`).
+    mwant: u64,
     /// Data-area offset of the last mark's bytes.
     mdata: u64,
     vi: u32,
@@ -548,6 +566,8 @@ pub struct Walk {
     overflow: u32,
     /// The prefix length a copy beyond the inline iovecs aims at (`copy_step`).
     copy_want: u32,
+    /// Bytes at the syscall's start to mark before the walk (`FdState::mark_rest`).
+    carry: u32,
     hbuf: [u8; 16],
     /// The first `iovs_n` iovecs of the syscall, read in one helper call (see
     /// `load_iovecs`); 32 slots so that a masked length stays inside.
@@ -623,11 +643,16 @@ fn follow_frames(
         return 0;
     }
     let partial = st.partial_len[dir] as u32;
+    // The rest of a mark the last syscall cut (`carry_step` marks it in a lean record).
+    // Not tested against `captured` here: splitting that precise value before the walk
+    // doubles the verifier's work on the walk.
+    let carry = st.mark_rest[dir] as u32;
+    st.mark_rest[dir] = 0;
     ev.header.cursor_in = cursor;
     ev.header.partial_in = partial as u8;
     ev.header.frame_status = FrameStatus::Tracked as u8;
     // The common case for large frames: no header in this syscall at all.
-    if partial == 0 && (cursor as u64) >= ret {
+    if partial == 0 && carry == 0 && (cursor as u64) >= ret {
         st.cursor[dir] = cursor - ret as u32;
         return 0;
     }
@@ -643,10 +668,11 @@ fn follow_frames(
         None => return 0,
     };
     w.ret = ret;
-    w.pos = if partial > 0 { 0 } else { cursor as u64 };
+    w.pos = 0;
     w.vbase = 0;
     w.mstart = 0;
     w.mend = 0;
+    w.mwant = 0;
     w.mdata = 0;
     if pending.buf != 0 {
         w.iov = 0;
@@ -671,6 +697,22 @@ fn follow_frames(
     w.hgot = if partial < hdr { partial } else { 0 };
     w.state = WALK_RUNNING;
     w.hbuf[..8].copy_from_slice(&st.partial[dir]);
+    if carry > 0 {
+        w.pos = 0;
+        w.carry = carry;
+        // SAFETY: carry_step has the bpf_loop callback signature and reaches its state
+        // through maps only. (A callback of its own: inlined here or as a branch of
+        // walk_step, the copy loop multiplies the paths the verifier walks.)
+        unsafe {
+            generated::bpf_loop(
+                1,
+                carry_step as *const () as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            );
+        }
+    }
+    w.pos = if partial > 0 { 0 } else { cursor as u64 };
 
     // SAFETY: walk_step has the bpf_loop callback signature and reaches its state through maps
     // only.
@@ -683,6 +725,8 @@ fn follow_frames(
         );
     }
 
+    // SAFETY: a plain read of the walk's own field (see finish_io's re-reads).
+    let ret = unsafe { core::ptr::read_volatile(&w.ret) };
     let mut lost = w.state != WALK_DONE;
     if !lost {
         if w.hgot > 0 {
@@ -694,6 +738,7 @@ fn follow_frames(
             if next < CURSOR_UNKNOWN as u64 {
                 st.partial_len[dir] = 0;
                 st.cursor[dir] = next as u32;
+                st.mark_rest[dir] = mark_rest(w, next);
             } else {
                 lost = true;
             }
@@ -753,7 +798,9 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
             || captured < MAX_CAPTURE as u64)
     {
         w.pos
-    } else if w.pos >= w.mstart && w.pos + k <= w.mend {
+    } else if w.pos >= w.mstart && w.pos + k <= w.mend && w.pos + need + MSG_PREFIX_LEN <= w.mwant {
+        // Inside the last mark, with the frame's first payload bytes (a gRPC message's
+        // length prefix) inside it too, or in the rest the next syscall carries.
         w.mdata + (w.pos - w.mstart)
     } else {
         // The header is beyond what was copied: find the iovec holding it (only
@@ -796,6 +843,7 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         w.marks += 1;
         w.mstart = w.pos;
         w.mend = w.pos + got as u64;
+        w.mwant = w.pos + MARK_BYTES as u64;
         w.mdata = (slot + SLOT_BYTES_OFF) as u64;
         w.mdata
     };
@@ -826,6 +874,62 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
     w.pos += need + len as u64;
     w.hgot = 0;
     LOOP_CONTINUE
+}
+
+/// A gRPC message's length prefix: a header inside the last mark reuses it only when
+/// these bytes after the header lie in it too (the lean timing reads message lengths).
+const MSG_PREFIX_LEN: u64 = 5;
+
+/// bpf_loop callback run once before the walk: the first mark of a lean record holds
+/// the `w.carry` bytes at the syscall's start that the last syscall's final mark was
+/// meant to hold (see `FdState::mark_rest`).
+#[inline(never)]
+extern "C" fn carry_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
+        // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted,
+        // so nothing else uses it on this CPU meanwhile.
+        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
+        _ => return LOOP_STOP,
+    };
+    // A full record's prefix starts at the same place: it has those bytes.
+    if w.captured != 0 {
+        return LOOP_STOP;
+    }
+    let want = w.carry as u64;
+    let n = if want < w.ret { want } else { w.ret } as u32;
+    let slot = (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
+    let got = gather(w, ev, n);
+    if got == 0 {
+        return LOOP_STOP;
+    }
+    // SAFETY: `slot` is masked to lie inside `ev.data` with room for a whole mark slot.
+    unsafe {
+        let p = ev.data.as_mut_ptr().add(slot);
+        core::ptr::write_unaligned(p as *mut u32, w.pos as u32);
+        core::ptr::write_unaligned(p.add(4) as *mut u32, got);
+    }
+    w.marks += 1;
+    w.mstart = w.pos;
+    w.mend = w.pos + got as u64;
+    w.mwant = w.pos + want;
+    w.mdata = (slot + SLOT_BYTES_OFF) as u64;
+    LOOP_STOP
+}
+
+/// What of the walk's last mark the syscall cut (it ends at the syscall's end short of
+/// where it was meant to), up to the `next` bytes left of the current frame.
+#[inline(always)]
+fn mark_rest(w: &Walk, next: u64) -> u8 {
+    if w.marks == 0 || next == 0 || w.mend != w.ret || w.mwant <= w.mend {
+        return 0;
+    }
+    let rest = w.mwant - w.mend;
+    let rest = if rest < next { rest } else { next };
+    if rest > MARK_BYTES as u64 {
+        MARK_BYTES as u8
+    } else {
+        rest as u8
+    }
 }
 
 #[inline(always)]

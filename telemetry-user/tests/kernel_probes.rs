@@ -528,10 +528,13 @@ fn http2_plan(h: &[usize], total: usize) -> Vec<Op> {
 
 /// Runs `plan` in a watched python child (new sockets watched by the kernel, so the
 /// cursors start at the preface): it writes `data` on the connecting end and reads it
-/// on the accepted end with recv/recvmsg_into of varied sizes.
+/// on the accepted end with recv/recvmsg_into of varied sizes, or, given a third
+/// argument (a JSON list of sizes), with recv of exactly those sizes once all is written.
 const CHILD_PLAN: &str = r#"
 import json, os, socket, sys, threading
 plan = json.load(open(sys.argv[1])); data = open(sys.argv[2], "rb").read()
+exact = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+written = threading.Event()
 sys.stdout.write("ready\n"); sys.stdout.flush()
 sys.stdin.readline()
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
@@ -541,6 +544,11 @@ got = []
 def reader():
     n = 0; i = 0
     sizes = [1000, 7, 65536, 3, 16393, 9, 40000, 1, 5000]
+    if exact:
+        written.wait()
+        for sz in exact:
+            b = s.recv(sz, socket.MSG_WAITALL)
+            got.append(b); n += len(b)
     while n < len(data):
         sz = sizes[i % len(sizes)]; i += 1
         if i % 5 == 0:
@@ -566,6 +574,7 @@ for op in plan:
     else:
         n = c.sendmsg(parts)
     assert n == total, (op["op"], n, total)
+written.set()
 t.join()
 assert b"".join(got) == data, "stream mismatch"
 sys.stdout.write("%d %d\n" % (c.fileno(), s.fileno())); sys.stdout.flush()
@@ -775,6 +784,76 @@ fn lean_ingress_http2_socket() {
     });
 }
 
+/// Lean records keep each DATA frame's first payload bytes (a gRPC message's length
+/// prefix, which the receiver's timing reads) when a read ends just after the frame's
+/// header or inside that prefix: the next read's record starts with a mark of the rest.
+#[test]
+fn lean_marks_carry_a_frame_start_cut_by_a_read() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        // Preface, then DATA frames of one gRPC message each (5-byte prefix + body).
+        let mut stream = PREFACE.to_vec();
+        let mut heads = Vec::new();
+        for i in 0..24u32 {
+            let body = 100 + 3 * i as usize;
+            heads.push(stream.len());
+            stream.extend_from_slice(&((body + 5) as u32).to_be_bytes()[1..]);
+            stream.extend([0u8, 0, 0, 0, 0, 1]);
+            stream.extend([0u8]);
+            stream.extend_from_slice(&(body as u32).to_be_bytes());
+            stream.extend((0..body).map(|b| b as u8));
+        }
+        // Reads that end at each frame's header end plus 0..=4 bytes, in turn, or in
+        // the middle of the frame (unchanged behaviour).
+        let mut reads = Vec::new();
+        let mut at = 0usize;
+        for (i, &h) in heads.iter().enumerate() {
+            let cut = match i % 7 {
+                5 => h + 60,
+                6 => continue,
+                k => h + 9 + k,
+            };
+            reads.push(cut - at);
+            at = cut;
+        }
+        reads.push(stream.len() - at);
+        let plan = vec![Op {
+            op: "sendmsg",
+            iov: vec![stream.len()],
+        }];
+        let (pid, evs, fds) =
+            run_plan_reads(&mut probes, &mut rx, &stream, &plan, Some(&reads)).await;
+        let in_recs = io_stream(&evs, pid, fds[1], Direction::Ingress);
+        assert_eq!(
+            fd_close_calls(&evs, pid, fds[1]),
+            reads.len() as u64,
+            "the reads were not the planned ones"
+        );
+        check_lean("ingress", &in_recs, &stream, &heads);
+        // Every byte known from the marks, by stream offset.
+        let mut known = vec![false; stream.len()];
+        for r in in_recs.iter().filter(|r| r.ret > 0) {
+            for m in &r.marks {
+                let off = r.stream_pos as usize + m.offset as usize;
+                known[off..off + m.bytes.len()].fill(true);
+            }
+        }
+        let cut: Vec<usize> = heads
+            .iter()
+            .enumerate()
+            .filter(|&(_, &h)| !known[h + 9..h + 14].iter().all(|&k| k))
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            cut.is_empty(),
+            "DATA frames whose message prefix no lean record holds: {cut:?}"
+        );
+        assert_eq!(lost_count(&probes), 0, "{:?}", probes.stats().nonzero());
+    });
+}
+
 /// Reads (or writes) of `fd` counted by the kernel, from its close event.
 fn fd_close_calls(evs: &[KernelEvent], tgid: u32, fd: i32) -> u64 {
     evs.iter()
@@ -819,17 +898,16 @@ fn check_lean(what: &str, recs: &[IoRecord], stream: &[u8], heads: &[usize]) -> 
             );
             assert!(
                 m.bytes.len() == telemetry_common::MARK_BYTES
-                    || off + m.bytes.len() == base + r.ret as usize,
+                    || off + m.bytes.len() == base + r.ret as usize
+                    || m.offset == 0,
                 "{what}: a short lean mark of {} bytes at {off}",
                 m.bytes.len()
             );
             if heads.binary_search(&off).is_ok() {
                 marked.push((off, off + m.bytes.len()));
             } else {
-                assert!(
-                    m.offset == 0 && r.partial_in > 0,
-                    "{what}: mark at {off} is not at a header"
-                );
+                // The rest of a header split by the last read, or of a mark it cut.
+                assert!(m.offset == 0, "{what}: mark at {off} is not at a header");
             }
         }
         let frame_ends = r.partial_in > 0
@@ -1238,16 +1316,32 @@ async fn run_plan(
     stream: &[u8],
     plan: &[Op],
 ) -> (u32, Vec<KernelEvent>, [i32; 2]) {
+    run_plan_reads(probes, rx, stream, plan, None).await
+}
+
+/// [`run_plan`], the reading end reading exactly `reads` (sizes, in order) once the
+/// whole stream is written, when given.
+async fn run_plan_reads(
+    probes: &mut Probes,
+    rx: &mut KernelEvents,
+    stream: &[u8],
+    plan: &[Op],
+    reads: Option<&[usize]>,
+) -> (u32, Vec<KernelEvent>, [i32; 2]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let plan_path = dir.path().join("plan.json");
     let data_path = dir.path().join("data.bin");
     std::fs::write(&plan_path, serde_json::to_vec(plan).expect("json")).expect("plan");
     std::fs::write(&data_path, stream).expect("data");
-    let mut child = Command::new("python3")
-        .arg("-c")
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
         .arg(CHILD_PLAN)
         .arg(&plan_path)
-        .arg(&data_path)
+        .arg(&data_path);
+    if let Some(reads) = reads {
+        cmd.arg(serde_json::to_string(reads).expect("json"));
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

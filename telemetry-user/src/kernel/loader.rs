@@ -345,7 +345,26 @@ fn verify_in_parallel(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Ker
         std::thread::scope(|s| {
             let running: Vec<_> = programs
                 .into_iter()
-                .map(|(name, prog)| (name, s.spawn(move || load_program(prog))))
+                .map(|(name, prog)| {
+                    (
+                        name,
+                        s.spawn(move || {
+                            let started = std::time::Instant::now();
+                            let r = load_program(prog);
+                            // What the verifier walked: the budget is 1M instructions per
+                            // program, and the frame walk is the biggest.
+                            let verified = prog
+                                .info()
+                                .ok()
+                                .and_then(|i| i.verified_instruction_count());
+                            log::debug!(
+                                "loaded {name}: {verified:?} instructions verified in {:?}",
+                                started.elapsed()
+                            );
+                            r
+                        }),
+                    )
+                })
                 .collect();
             running
                 .into_iter()
