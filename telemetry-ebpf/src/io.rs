@@ -455,16 +455,25 @@ fn copy_iovecs(ev: &mut IoEvent, w: &mut Walk, iov: u64, cnt: u32, want: u32, pr
 /// iovecs a prefix copy follows at most (the kernel's UIO_MAXIOV).
 const MAX_COPY_IOVECS: u32 = 1024;
 
+/// The per-CPU walk and record, for bpf_loop callbacks (which reach their state
+/// through maps only).
+#[inline(always)]
+fn scratch() -> Option<(&'static mut Walk, &'static mut IoEvent)> {
+    match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
+        // SAFETY: per-CPU scratch values from successful lookups; a BPF program is not
+        // preempted, so nothing else uses them on this CPU meanwhile.
+        (Some(w), Some(ev)) => unsafe { Some((&mut *w, &mut *ev)) },
+        _ => None,
+    }
+}
+
 /// bpf_loop callback of `copy_iovecs` beyond the inline iovecs: copies iovec `w.vi`
 /// (state in WALK_SCRATCH: `captured` bytes copied of `copy_want`, iovecs up to
 /// `vcnt`). Returns LOOP_STOP when the prefix is complete or an iovec cannot be read.
 #[inline(never)]
 extern "C" fn copy_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
-        // SAFETY: per-CPU scratch values from successful lookups; a BPF program is not
-        // preempted, so nothing else uses them on this CPU meanwhile.
-        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
-        _ => return LOOP_STOP,
+    let Some((w, ev)) = scratch() else {
+        return LOOP_STOP;
     };
     let (copied, want) = (w.captured, w.copy_want);
     if w.vi >= w.vcnt || copied >= want || want > MAX_CAPTURE as u32 {
@@ -769,11 +778,8 @@ fn follow_frames(
 /// one header). Returns LOOP_STOP when the walk is done or lost.
 #[inline(never)]
 extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
-        // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted,
-        // so nothing else uses it on this CPU meanwhile.
-        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
-        _ => return LOOP_STOP,
+    let Some((w, ev)) = scratch() else {
+        return LOOP_STOP;
     };
     if w.state != WALK_RUNNING {
         return LOOP_STOP;
@@ -828,24 +834,11 @@ extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         } else {
             MARK_BYTES as u32
         };
-        let slot =
-            (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
         let got = gather(w, ev, n);
         if (got as u64) < k {
             return lose(w);
         }
-        // SAFETY: `slot` is masked to lie inside `ev.data` with room for a whole mark slot.
-        unsafe {
-            let p = ev.data.as_mut_ptr().add(slot);
-            core::ptr::write_unaligned(p as *mut u32, w.pos as u32);
-            core::ptr::write_unaligned(p.add(4) as *mut u32, got);
-        }
-        w.marks += 1;
-        w.mstart = w.pos;
-        w.mend = w.pos + got as u64;
-        w.mwant = w.pos + MARK_BYTES as u64;
-        w.mdata = (slot + SLOT_BYTES_OFF) as u64;
-        w.mdata
+        add_mark(w, ev, got, MARK_BYTES as u64)
     };
     // One bound check for the verifier, then unchecked byte reads.
     if src > (IO_DATA_AREA - 2 * MAX_HDR_LEN) as u64 {
@@ -885,11 +878,8 @@ const MSG_PREFIX_LEN: u64 = 5;
 /// meant to hold (see `FdState::mark_rest`).
 #[inline(never)]
 extern "C" fn carry_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let (w, ev) = match (WALK_SCRATCH.get_ptr_mut(0), IO_SCRATCH.get_ptr_mut(0)) {
-        // SAFETY: a per-CPU scratch value from a successful lookup; a BPF program is not preempted,
-        // so nothing else uses it on this CPU meanwhile.
-        (Some(w), Some(ev)) => unsafe { (&mut *w, &mut *ev) },
-        _ => return LOOP_STOP,
+    let Some((w, ev)) = scratch() else {
+        return LOOP_STOP;
     };
     // A full record's prefix starts at the same place: it has those bytes.
     if w.captured != 0 {
@@ -897,11 +887,19 @@ extern "C" fn carry_step(_index: u64, _ctx: *mut c_void) -> i64 {
     }
     let want = w.carry as u64;
     let n = if want < w.ret { want } else { w.ret } as u32;
-    let slot = (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
     let got = gather(w, ev, n);
-    if got == 0 {
-        return LOOP_STOP;
+    if got > 0 {
+        add_mark(w, ev, got, want);
     }
+    LOOP_STOP
+}
+
+/// Completes mark slot number `w.marks`, whose `got` bytes `gather` copied from `w.pos`
+/// on (`want` were meant): writes its offset and length, makes it the last mark.
+/// Returns the data-area offset of its bytes.
+#[inline(always)]
+fn add_mark(w: &mut Walk, ev: &mut IoEvent, got: u32, want: u64) -> u64 {
+    let slot = (w.captured as usize & PREFIX_MASK) + (w.marks as usize & SLOT_MASK) * MARK_SLOT_LEN;
     // SAFETY: `slot` is masked to lie inside `ev.data` with room for a whole mark slot.
     unsafe {
         let p = ev.data.as_mut_ptr().add(slot);
@@ -913,7 +911,7 @@ extern "C" fn carry_step(_index: u64, _ctx: *mut c_void) -> i64 {
     w.mend = w.pos + got as u64;
     w.mwant = w.pos + want;
     w.mdata = (slot + SLOT_BYTES_OFF) as u64;
-    LOOP_STOP
+    w.mdata
 }
 
 /// What of the walk's last mark the syscall cut (it ends at the syscall's end short of
