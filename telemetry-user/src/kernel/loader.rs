@@ -247,9 +247,6 @@ impl TaskOffsets {
     }
 }
 
-/// The ring buffer to user space by default. Its data area is mapped twice in the
-/// agent (RSS counts 32 MiB for these 16 MiB). 8 MiB dropped records when 30 MB
-/// requests were captured for repro scripts next to other calls (hardening tests).
 /// Sets or clears `tgid`'s bit in a tgid bitmap (SCHED_PIDS, IO_PIDS: word `tgid /
 /// 64`, bit `tgid % 64`). Only this process writes them; the programs only read.
 pub(super) fn set_pid_bit(
@@ -267,7 +264,12 @@ pub(super) fn set_pid_bit(
     Ok(())
 }
 
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 << 20;
+/// The ring buffer to user space by default. Its data area is mapped twice in the
+/// agent, so RSS counts twice its size once the ring has wrapped. 8 MiB dropped
+/// records when 30 MB requests were captured for repro scripts next to other calls
+/// (hardening tests), while the reader only polled; since the probes force a wakeup
+/// past an eighth of the ring (RING_WAKE_BYTES), 8 MiB holds those bursts.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 8 << 20;
 
 /// Unread bytes from which the probes wake the reader: an eighth of the ring. At
 /// saturation the ring holds a few hundred KB between polls; a burst that fills an
