@@ -636,6 +636,17 @@ pub const SCHED_PID_WORDS: u32 = 65536;
 /// read/write exits test it before anything else: an unrelated process's syscall pays
 /// one inlined array lookup, not a register read and a hash lookup.
 pub const MAP_IO_PIDS: &str = "IO_PIDS";
+/// `WATCH_GEN` (an array of one `u64`): the generation of the set of watched fds,
+/// raised after every insert into WATCHED_FDS (atomically by 1 in the kernel, by
+/// `WATCH_GEN_USER_STEP` from user space, which cannot add atomically: its write can
+/// lose a concurrent kernel raise but still leaves a value never seen before). The
+/// read/write exits cache "this fd of a watched process is not watched" per CPU with
+/// the generation they saw; a raise makes every such entry stale, so a newly watched
+/// fd is never skipped.
+pub const MAP_WATCH_GEN: &str = "WATCH_GEN";
+/// What user space adds to WATCH_GEN: more than the kernel can add between its read
+/// and its write, so the new value is larger than every value seen before.
+pub const WATCH_GEN_USER_STEP: u64 = 1 << 32;
 /// `SPLIT_GATE` (an array of one `u64`): whether the worker split's probes (the
 /// scheduling edges, the off-CPU walks and the (de)serialization uprobes) record, and
 /// the generation of the current recording window. Above `[profile]

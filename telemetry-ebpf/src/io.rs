@@ -1,8 +1,9 @@
 //! read/write family: capture the payload of syscalls on watched fds.
 //!
 //! Exit programs only: one IO_PIDS bit test (the only cost for every other process on
-//! the host), then one register read and one WATCHED_FDS lookup; on a hit the payload
-//! is copied into a per-CPU IoEvent and sent with only its used length.
+//! the host), then one register read, a per-CPU cache of the watched processes'
+//! unwatched fds and one WATCHED_FDS lookup; on a hit the payload is copied into a
+//! per-CPU IoEvent and sent with only its used length.
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -26,8 +27,9 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    capture_bytes, ctx_u64, decode_once, events_flags, io_watched, regs_arg_offsets, stat_add,
-    CURSOR_HINTS, EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
+    cached_unwatched, capture_bytes, ctx_u64, decode_once, events_flags, io_watched,
+    regs_arg_offsets, remember_unwatched, stat_add, unwatched_slot, watch_generation, CURSOR_HINTS,
+    EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -139,8 +141,20 @@ fn try_exit(
     let offs = regs_arg_offsets();
     let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
     let key = FdKey { tgid, fd };
-    // A watched process's unwatched fd: one register read and one hash lookup.
+    // A watched process's unwatched fd: one register read, then this CPU's cache of
+    // such fds, valid while no fd was watched since (the generation is read before
+    // the hash lookup, so an insert the lookup misses raises it afterwards).
+    let gen = watch_generation();
+    let slot = unwatched_slot(key);
+    if let Some(slot) = slot {
+        if cached_unwatched(slot, key, gen) {
+            return Ok(());
+        }
+    }
     let Some(state) = WATCHED_FDS.get_ptr_mut(key) else {
+        if let Some(slot) = slot {
+            remember_unwatched(slot, key, gen);
+        }
         return Ok(());
     };
     let arg = read_kernel_u64(regs, offs[1]).ok_or(())?;
@@ -363,7 +377,7 @@ fn take_cursor_hint(st: &mut FdState, key: &FdKey, dir: usize) {
 /// atomicrmw add to the legacy non-fetching XADD even when the result is used (every
 /// seq came out as the addend); SeqCst emits BPF_ATOMIC|BPF_ADD|BPF_FETCH.
 #[inline(always)]
-unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+pub(crate) unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
     // SAFETY: callers pass a pointer into a live map value, 8-byte aligned.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
 }

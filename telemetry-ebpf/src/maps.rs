@@ -46,6 +46,80 @@ pub fn io_watched(tgid: u32) -> bool {
     }
 }
 
+/// Generation of the set of watched fds (telemetry_common::MAP_WATCH_GEN).
+#[map]
+pub static WATCH_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The current WATCH_GEN (one inlined array lookup).
+#[inline(always)]
+pub fn watch_generation() -> u64 {
+    match WATCH_GEN.get(0) {
+        Some(g) => *g,
+        None => 0,
+    }
+}
+
+/// Raises WATCH_GEN after an insert into WATCHED_FDS: every cached "not watched" entry
+/// becomes stale.
+#[inline(always)]
+pub fn raise_watch_generation() {
+    if let Some(g) = WATCH_GEN.get_ptr_mut(0) {
+        // SAFETY: a pointer into the live array value, 8-byte aligned.
+        unsafe { crate::io::fetch_add(g, 1) };
+    }
+}
+
+/// One cached miss of a watched process's exit: `key` was not in WATCHED_FDS while
+/// WATCH_GEN was `gen`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnwatchedFd {
+    pub key: FdKey,
+    pub gen: u64,
+}
+
+/// Slots of UNWATCHED_FDS per CPU (a power of two).
+const UNWATCHED_SLOTS: u32 = 64;
+
+/// Per CPU, direct-mapped by (tgid, fd): the fds of watched processes that their last
+/// exit found unwatched. At saturation about 13 read/write exits per call are the
+/// runtimes' own wakeups (the BEAM's pipe, each worker's eventfd); with this they cost
+/// two inlined array lookups instead of a cache-cold WATCHED_FDS hash lookup.
+#[map]
+pub static UNWATCHED_FDS: PerCpuArray<UnwatchedFd> =
+    PerCpuArray::with_max_entries(UNWATCHED_SLOTS, 0);
+
+/// `key`'s slot in this CPU's UNWATCHED_FDS.
+#[inline(always)]
+pub fn unwatched_slot(key: FdKey) -> Option<*mut UnwatchedFd> {
+    // Fibonacci hashing of both halves: pids and fds are small, dense numbers.
+    let h = key.tgid.wrapping_mul(0x9E37_79B1) ^ key.fd.wrapping_mul(0x85EB_CA77);
+    UNWATCHED_FDS.get_ptr_mut(h >> (32 - UNWATCHED_SLOTS.trailing_zeros()))
+}
+
+/// Whether `slot` says `key` is unwatched at generation `gen`.
+#[inline(always)]
+pub fn cached_unwatched(slot: *mut UnwatchedFd, key: FdKey, gen: u64) -> bool {
+    // SAFETY: `slot` points into this CPU's live UNWATCHED_FDS value.
+    let s = unsafe { core::ptr::read_volatile(slot) };
+    s.gen == gen && s.key.tgid == key.tgid && s.key.fd == key.fd
+}
+
+/// Records in `slot` that `key` was unwatched at generation `gen`. The generation is
+/// invalidated first and written last: a program that preempts this one on the same
+/// CPU and writes the slot in between leaves either its own entry or one whose
+/// generation is no newer than the key's check, never a key paired with a later
+/// generation than the one its lookup saw.
+#[inline(always)]
+pub fn remember_unwatched(slot: *mut UnwatchedFd, key: FdKey, gen: u64) {
+    // SAFETY: `slot` points into this CPU's live UNWATCHED_FDS value.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*slot).gen), u64::MAX);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*slot).key), key);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*slot).gen), gen);
+    }
+}
+
 /// Whether the worker split's probes record, and the window's generation
 /// (telemetry_common::MAP_SPLIT_GATE).
 #[map]

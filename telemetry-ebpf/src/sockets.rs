@@ -14,8 +14,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    ctx_u64, events_flags, io_watched, stat_add, BPF_ANY, BPF_NOEXIST, EEXIST, EVENTS, PENDING_IO,
-    WATCHED_FDS, WATCHED_PIDS,
+    ctx_u64, events_flags, io_watched, raise_watch_generation, stat_add, BPF_ANY, BPF_NOEXIST,
+    EEXIST, EVENTS, PENDING_IO, WATCHED_FDS, WATCHED_PIDS,
 };
 
 const ARG0: usize = 16;
@@ -72,8 +72,11 @@ fn wants_new_sockets(tgid: u32) -> bool {
 #[inline(always)]
 fn watch_fd<C: EbpfContext>(ctx: &C, tgid: u32, fd: u32, flags: u64, probe: u32, cursor: [u32; 2]) {
     let state = FdState::new(FD_SOCKET, cursor);
-    if let Err(e) = WATCHED_FDS.insert(FdKey { tgid, fd }, state, flags) {
-        if -(e as i64) != EEXIST {
+    match WATCHED_FDS.insert(FdKey { tgid, fd }, state, flags) {
+        // After the insert: the exits' cached misses of this fd number are stale now.
+        Ok(()) => raise_watch_generation(),
+        Err(e) if -(e as i64) == EEXIST => {}
+        Err(_) => {
             stat_add(probe, STAT_MAP_FULL, 1);
             aya_log_ebpf::warn!(ctx, "WATCHED_FDS full: tgid {} fd {} not watched", tgid, fd);
         }

@@ -394,13 +394,27 @@ fn miss_path_cost() {
     const N: usize = 200_000;
     write_devnull_loop(N / 10); // warm up
     let before = write_devnull_loop(N);
-    let probes = load();
+    let mut probes = load();
     let with = write_devnull_loop(N);
     let run: Vec<_> = probes
         .prog_run_stats()
         .into_iter()
         .filter(|s| s.name.ends_with("_write"))
         .collect();
+    // A watched process's unwatched fd (a runtime's wakeup pipe or eventfd): the
+    // register read and the per-CPU cache of unwatched fds.
+    let me = std::process::id();
+    probes.watch_pid(me, 0).expect("watch pid");
+    let exit_write = |p: &Probes| {
+        p.prog_run_stats()
+            .into_iter()
+            .find(|s| s.name == "sys_exit_write")
+            .map(|s| (s.run_count, s.run_time_ns))
+            .unwrap_or((0, 0))
+    };
+    let (runs0, ns0) = exit_write(&probes);
+    let watched = write_devnull_loop(N);
+    let (runs1, ns1) = exit_write(&probes);
     drop(probes);
     let after = write_devnull_loop(N);
     println!(
@@ -416,6 +430,15 @@ fn miss_path_cost() {
             s.avg_ns().unwrap_or(0.0)
         );
     }
+    assert!(
+        runs1 - runs0 >= N as u64,
+        "sys_exit_write did not run for each write"
+    );
+    println!(
+        "write(/dev/null) x{N} by a watched process: {watched:.0} ns/syscall; \
+         sys_exit_write {:.0} ns/run in-kernel",
+        (ns1 - ns0) as f64 / (runs1 - runs0) as f64
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -851,6 +874,112 @@ fn lean_marks_carry_a_frame_start_cut_by_a_read() {
             "DATA frames whose message prefix no lean record holds: {cut:?}"
         );
         assert_eq!(lost_count(&probes), 0, "{:?}", probes.stats().nonzero());
+    });
+}
+
+/// Pins the calling thread to CPU 0: the exits cache unwatched fds per CPU, and the
+/// test below needs its misses and its later writes to meet the same cache.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+fn write_fd(fd: i32, bytes: &[u8]) {
+    // SAFETY: a valid buffer of bytes.len() bytes.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(n, bytes.len() as isize, "write to fd {fd}");
+}
+
+/// The exits remember, per CPU, which fds of a watched process they found unwatched
+/// (the runtimes' wakeup pipes and eventfds), and skip the WATCHED_FDS lookup for them
+/// next time. An fd that becomes watched afterwards must be captured at once: whether
+/// user space watches it (a connection found by the /proc scan) or the kernel does (an
+/// accept that reuses the number of a closed fd that was cached as unwatched).
+#[test]
+fn an_fd_cached_as_unwatched_is_captured_once_watched() {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    runtime().block_on(async {
+        let mut probes = load();
+        let mut rx = probes.events().expect("events");
+        let me = std::process::id();
+        // The syscalls below run on a thread of their own, pinned to one CPU.
+        let (pipe_w, accepted) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    pin_to_cpu0();
+                    probes
+                        .watch_pid(me, PID_WATCH_NEW_SOCKETS)
+                        .expect("watch pid");
+                    // 1. User space watches an fd after its misses were cached.
+                    let mut fds = [0i32; 2];
+                    // SAFETY: valid array of two ints.
+                    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+                    let mut sink = [0u8; 64];
+                    for _ in 0..50 {
+                        write_fd(fds[1], b"unwatched");
+                        // SAFETY: `sink` is 64 bytes long.
+                        unsafe { libc::read(fds[0], sink.as_mut_ptr().cast(), sink.len()) };
+                    }
+                    probes
+                        .watch_fd(me, fds[1], FD_PIPE, None)
+                        .expect("watch fd");
+                    write_fd(fds[1], b"after-user-watch");
+                    // 2. The kernel's accept reuses a number cached as unwatched.
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                    let client = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                        .expect("connect");
+                    let spare = std::fs::File::create("/dev/null")
+                        .expect("/dev/null")
+                        .into_raw_fd();
+                    for _ in 0..50 {
+                        write_fd(spare, b"unwatched");
+                    }
+                    // SAFETY: `spare` is ours and closed once.
+                    unsafe { libc::close(spare) };
+                    let (conn, _) = listener.accept().expect("accept");
+                    assert_eq!(
+                        conn.as_raw_fd(),
+                        spare,
+                        "accept did not reuse the closed fd's number"
+                    );
+                    write_fd(conn.as_raw_fd(), b"after-accept");
+                    drop(client);
+                    (fds[1], conn.into_raw_fd())
+                })
+                .join()
+                .expect("pinned thread")
+        });
+        let evs = collect(&mut rx, Duration::from_secs(5), |evs| {
+            !io_stream(evs, me, pipe_w, Direction::Egress).is_empty()
+                && !io_stream(evs, me, accepted, Direction::Egress).is_empty()
+        })
+        .await;
+        let pipe_recs = io_stream(&evs, me, pipe_w, Direction::Egress);
+        assert_eq!(
+            pipe_recs.iter().map(|r| r.ret).collect::<Vec<_>>(),
+            vec![16],
+            "the pipe's write after user space watched it"
+        );
+        let conn_recs = io_stream(&evs, me, accepted, Direction::Egress);
+        assert_eq!(
+            conn_recs.iter().map(|r| r.ret).collect::<Vec<_>>(),
+            vec![12],
+            "the accepted socket's write"
+        );
+        // SAFETY: both fds are ours and closed once.
+        unsafe {
+            libc::close(pipe_w);
+            libc::close(accepted);
+        }
     });
 }
 

@@ -17,8 +17,8 @@ use telemetry_common::{
     GLOBAL_PT_REGS_SYSCALL_OFFSET, GLOBAL_RING_WAKE_BYTES, GLOBAL_TASK_EXIT_CODE_OFFSET,
     GLOBAL_TASK_PID_OFFSET, GLOBAL_TASK_REAL_PARENT_OFFSET, GLOBAL_TASK_TGID_OFFSET,
     MAP_CURSOR_HINTS, MAP_EVENTS, MAP_FULL_CAPTURE_FDS, MAP_IO_PIDS, MAP_SCHED_PIDS,
-    MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAX_CAPTURE, MAX_CHUNKS,
-    PROBE_COUNT, STAT_KINDS,
+    MAP_SPLIT_GATE, MAP_STATS, MAP_WATCHED_FDS, MAP_WATCHED_PIDS, MAP_WATCH_GEN, MAX_CAPTURE,
+    MAX_CHUNKS, PROBE_COUNT, STAT_KINDS, WATCH_GEN_USER_STEP,
 };
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -310,6 +310,8 @@ pub struct Probes {
     pub(super) worker_links: super::workers::WorkerLinks,
     watched_pids: HashMap<MapData, u32, u32>,
     watched_fds: HashMap<MapData, FdKey, FdState>,
+    /// WATCH_GEN: raised after each insert into WATCHED_FDS.
+    watch_gen: Array<MapData, u64>,
     cursor_hints: HashMap<MapData, FdKey, CursorHint>,
     full_capture_fds: HashMap<MapData, FdKey, u32>,
     stats: PerCpuArray<MapData, u64>,
@@ -556,6 +558,8 @@ impl Probes {
             .map_err(map_err(MAP_WATCHED_PIDS))?;
         let watched_fds = HashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_FDS)?)
             .map_err(map_err(MAP_WATCHED_FDS))?;
+        let watch_gen =
+            Array::try_from(take_map(&mut ebpf, MAP_WATCH_GEN)?).map_err(map_err(MAP_WATCH_GEN))?;
         let cursor_hints = HashMap::try_from(take_map(&mut ebpf, MAP_CURSOR_HINTS)?)
             .map_err(map_err(MAP_CURSOR_HINTS))?;
         let full_capture_fds = HashMap::try_from(take_map(&mut ebpf, MAP_FULL_CAPTURE_FDS)?)
@@ -586,6 +590,7 @@ impl Probes {
             worker_links: Default::default(),
             watched_pids,
             watched_fds,
+            watch_gen,
             cursor_hints,
             full_capture_fds,
             stats,
@@ -647,8 +652,19 @@ impl Probes {
             {
                 Ok(())
             }
-            r => r.map_err(map_err(MAP_WATCHED_FDS)),
+            Ok(()) => self.raise_watch_generation(),
+            Err(e) => Err(map_err(MAP_WATCHED_FDS)(e)),
         }
+    }
+
+    /// After an insert into WATCHED_FDS: the exits' cached misses are stale. Not
+    /// atomic against the kernel's own raises (by 1), hence the larger step: the value
+    /// written is larger than any the kernel could have written meanwhile.
+    fn raise_watch_generation(&mut self) -> Result<(), KernelError> {
+        let gen = self.watch_gen.get(&0, 0).map_err(map_err(MAP_WATCH_GEN))?;
+        self.watch_gen
+            .set(0, gen.wrapping_add(WATCH_GEN_USER_STEP), 0)
+            .map_err(map_err(MAP_WATCH_GEN))
     }
 
     /// Tells the kernel where the next frame header of a stream lies, learnt by a

@@ -258,7 +258,7 @@ impl Report {
                 let top: Vec<String> = last
                     .ebpf_by_prog
                     .iter()
-                    .take(5)
+                    .take(8)
                     .map(|(n, t, runs)| {
                         format!(
                             "{n} {:.0} ({:.1} runs of {:.0} ns)",
