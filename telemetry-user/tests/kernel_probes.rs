@@ -18,6 +18,26 @@ use telemetry_common::{
     STAT_CURSOR_LOST, STAT_EVENTS, STAT_TRUNCATED,
 };
 
+/// The `sendmsg` records of `pid`, in arrival order.
+fn sendmsg_records(evs: &[KernelEvent], pid: u32) -> Vec<&IoRecord> {
+    evs.iter()
+        .filter_map(|e| match e {
+            KernelEvent::Io(io) if io.tgid == pid && io.syscall == Syscall::Sendmsg => Some(io),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (run time in ns, runs) of the program `name` so far.
+fn prog_run(probes: &Probes, name: &str) -> (u64, u64) {
+    probes
+        .prog_run_stats()
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| (s.run_time_ns, s.run_count))
+        .unwrap_or((0, 0))
+}
+
 /// Loading probes twice at once is fine, but the timing test must run alone.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -83,16 +103,18 @@ fn expected_stream() -> Vec<u8> {
 }
 
 fn spawn_python(script: &str) -> (Child, BufReader<std::process::ChildStdout>) {
-    spawn_interpreter("python3".as_ref(), script)
+    spawn_interpreter("python3".as_ref(), script, &[])
 }
 
-/// `script` run by `python`, once it said "ready".
+/// `script` run by `python` with `args`, once it said "ready".
 fn spawn_interpreter(
     python: &std::ffi::OsStr,
     script: &str,
+    args: &[&str],
 ) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(python)
         .args(["-c", script])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -405,16 +427,9 @@ fn miss_path_cost() {
     // register read and the per-CPU cache of unwatched fds.
     let me = std::process::id();
     probes.watch_pid(me, 0).expect("watch pid");
-    let exit_write = |p: &Probes| {
-        p.prog_run_stats()
-            .into_iter()
-            .find(|s| s.name == "sys_exit_write")
-            .map(|s| (s.run_count, s.run_time_ns))
-            .unwrap_or((0, 0))
-    };
-    let (runs0, ns0) = exit_write(&probes);
+    let (ns0, runs0) = prog_run(&probes, "sys_exit_write");
     let watched = write_devnull_loop(N);
-    let (runs1, ns1) = exit_write(&probes);
+    let (ns1, runs1) = prog_run(&probes, "sys_exit_write");
     drop(probes);
     let after = write_devnull_loop(N);
     println!(
@@ -1381,24 +1396,12 @@ fn frame_cursor_cost() {
         const N: usize = 50;
         let mut probes = load();
         let mut rx = probes.events().expect("events");
-        let mut child = Command::new("python3")
-            .args(["-c", CHILD_COST, &N.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut child, mut out) =
+            spawn_interpreter("python3".as_ref(), CHILD_COST, &[&N.to_string()]);
         let mut line = String::new();
-        out.read_line(&mut line).expect("ready");
         let pid = child.id();
         probes.watch_pid(pid, PID_WATCH_NEW_SOCKETS).unwrap();
-        let sendmsg_run = |p: &Probes| {
-            p.prog_run_stats()
-                .into_iter()
-                .find(|s| s.name == "sys_exit_sendmsg")
-                .map(|s| (s.run_time_ns, s.run_count))
-                .unwrap_or((0, 0))
-        };
+        let sendmsg_run = |p: &Probes| prog_run(p, "sys_exit_sendmsg");
         let mut results = Vec::new();
         for _ in 0..2 {
             let (t0, c0) = sendmsg_run(&probes);
@@ -1414,13 +1417,7 @@ fn frame_cursor_cost() {
             exit_of(evs, pid).is_some()
         })
         .await;
-        let sends: Vec<&IoRecord> = evs
-            .iter()
-            .filter_map(|e| match e {
-                KernelEvent::Io(io) if io.tgid == pid && io.syscall == Syscall::Sendmsg => Some(io),
-                _ => None,
-            })
-            .collect();
+        let sends = sendmsg_records(&evs, pid);
         let with = sends.iter().filter(|r| r.marks.len() == 63).count();
         let without = sends
             .iter()
@@ -1649,7 +1646,7 @@ fn serialization_uprobes_follow_the_split_windows() {
     runtime().block_on(async {
         let mut probes = load();
         let mut rx = probes.events().expect("events");
-        let (mut child, _out) = spawn_interpreter(venv_python().as_os_str(), ORJSON_LOOP);
+        let (mut child, _out) = spawn_interpreter(venv_python().as_os_str(), ORJSON_LOOP, &[]);
         let pid = child.id();
 
         let plan =
@@ -1758,26 +1755,14 @@ fn small_grpc_sends_are_captured_whole() {
         const N: usize = 5000;
         let mut probes = load();
         let mut rx = probes.events().expect("events");
-        let mut child = Command::new("python3")
-            .args(["-c", CHILD_SMALL, &N.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut child, mut out) =
+            spawn_interpreter("python3".as_ref(), CHILD_SMALL, &[&N.to_string()]);
         let mut line = String::new();
-        out.read_line(&mut line).expect("ready");
         let pid = child.id();
         probes
             .watch_pid(pid, PID_WATCH_NEW_SOCKETS)
             .expect("watch pid");
-        let sendmsg_run = |p: &Probes| {
-            p.prog_run_stats()
-                .into_iter()
-                .find(|s| s.name == "sys_exit_sendmsg")
-                .map(|s| (s.run_time_ns, s.run_count))
-                .unwrap_or((0, 0))
-        };
+        let sendmsg_run = |p: &Probes| prog_run(p, "sys_exit_sendmsg");
         let (t0, c0) = sendmsg_run(&probes);
         child
             .stdin
@@ -1793,13 +1778,7 @@ fn small_grpc_sends_are_captured_whole() {
             exit_of(evs, pid).is_some()
         })
         .await;
-        let sends: Vec<&IoRecord> = evs
-            .iter()
-            .filter_map(|e| match e {
-                KernelEvent::Io(io) if io.tgid == pid && io.syscall == Syscall::Sendmsg => Some(io),
-                _ => None,
-            })
-            .collect();
+        let sends = sendmsg_records(&evs, pid);
         assert_eq!(sends.len(), N, "sendmsg records");
         for (i, r) in sends.iter().enumerate() {
             assert_eq!(r.payload.as_ref(), small_send(i).as_slice(), "send {i}");
