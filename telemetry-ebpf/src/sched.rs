@@ -307,7 +307,13 @@ fn switch_in(tgid: u32, tid: u32, now: u64, generation: u32) {
         if t.walk_pending != 0 {
             let _ = OFF_CPU_PENDING.remove(&tid);
         }
-        *t = idle;
+        // The walks' rate limit outlives the window: reset with the rest, every
+        // thread got a fresh burst of OFF_CPU_BURST walks at each window (about 900
+        // walks a second at 200 calls/s, where the rate allows 5 per thread).
+        *t = SchedThread {
+            walk_tat_ns: t.walk_tat_ns,
+            ..idle
+        };
         emit_slice(&slice);
         return;
     }
