@@ -35,6 +35,8 @@ struct ProcMaps {
     /// Every mapping's range, anonymous ones too, sorted.
     spans: Vec<(u64, u64)>,
     read_at: Instant,
+    /// The process's code size when the maps were read (see [`code_kb`]).
+    code_kb: Option<u64>,
 }
 
 impl ProcMaps {
@@ -109,11 +111,22 @@ impl Symbolizer {
                 return None;
             }
         }
+        // Nothing new is mapped as code while its size stays: a status read (tens of
+        // us) instead of the maps (about 1 ms for a busy gRPC worker, a few times a
+        // second at saturation, for the bad frames of unwinding without frame pointers).
+        let code_kb = code_kb(&self.proc_root, pid);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            if code_kb.is_some() && p.code_kb == code_kb {
+                p.read_at = Instant::now();
+                return None;
+            }
+        }
         let text = read_maps_text(&self.proc_root, pid).ok()?;
         let p = ProcMaps {
             maps: parse_maps(&text),
             spans: parse_spans(&text),
             read_at: Instant::now(),
+            code_kb,
         };
         let m = p.exec_mapping(addr).cloned();
         self.procs.insert(pid, p);
@@ -158,6 +171,22 @@ impl Symbolizer {
     }
 }
 
+/// The size of the process's code mappings, kB (`VmExe` + `VmLib` of its status: the
+/// kernel's count of executable, non-writable pages); a library loaded or a JIT's
+/// code mapped changes it.
+fn code_kb(proc_root: &Path, pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    parse_code_kb(&text)
+}
+
+fn parse_code_kb(status: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+        line.trim().strip_suffix("kB")?.trim().parse().ok()
+    };
+    Some(field("VmExe:")? + field("VmLib:")?)
+}
+
 /// Whether `addr`, in no code mapping of `p`, may be code mapped since `p` was read.
 fn maps_worth_rereading(p: &ProcMaps, addr: u64) -> bool {
     if !(LOWEST_CODE..USER_SPACE_END).contains(&addr) {
@@ -184,7 +213,42 @@ mod tests {
             maps: parse_maps(text),
             spans: parse_spans(text),
             read_at: Instant::now() - ago,
+            code_kb: Some(10),
         }
+    }
+
+    #[test]
+    fn code_size_is_read_from_the_status() {
+        let status = "Name:\tpython3\nVmPeak:\t  500 kB\nVmExe:\t    8 kB\nVmLib:\t 4096 kB\n";
+        assert_eq!(parse_code_kb(status), Some(4104));
+        assert_eq!(parse_code_kb("Name:\tkthreadd\n"), None);
+        assert_eq!(parse_code_kb("VmExe:\t x kB\nVmLib:\t 1 kB\n"), None);
+    }
+
+    /// An address in no mapping re-reads the maps only when the process's code size
+    /// moved since they were read.
+    #[test]
+    fn maps_are_reread_only_when_code_was_mapped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proc_dir = dir.path().join("7");
+        std::fs::create_dir_all(&proc_dir).expect("mkdir");
+        let lib = "7f0000000000-7f0000200000 r-xp 00100000 08:01 456 /lib/libpython3.11.so.1.0\n";
+        let numpy = "7f0000600000-7f0000700000 r-xp 00000000 08:01 457 /lib/libnumpy.so\n";
+        let status = |kb: u64| format!("VmExe:\t 0 kB\nVmLib:\t {kb} kB\n");
+        std::fs::write(proc_dir.join("maps"), lib).expect("maps");
+        std::fs::write(proc_dir.join("status"), status(2048)).expect("status");
+        let mut s = Symbolizer::new(dir.path());
+        let in_numpy = 0x7f00_0060_1000;
+        assert!(s.mapping(7, in_numpy).is_none());
+        // numpy is mapped but the code size says nothing moved (a stale maps file
+        // stands in for it): not re-read.
+        std::fs::write(proc_dir.join("maps"), format!("{lib}{numpy}")).expect("maps");
+        s.procs.get_mut(&7).expect("read").read_at -= MAPS_REFRESH;
+        assert!(s.mapping(7, in_numpy).is_none());
+        // The code size moved: re-read, found.
+        std::fs::write(proc_dir.join("status"), status(3072)).expect("status");
+        s.procs.get_mut(&7).expect("read").read_at -= MAPS_REFRESH;
+        assert!(s.mapping(7, in_numpy).is_some());
     }
 
     #[test]
