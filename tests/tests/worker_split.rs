@@ -749,12 +749,20 @@ fn serialization_split_on_protobuf_6() {
 
 /// One agent run over `secs` of `rate` echo calls/s with `[profile]
 /// split_max_calls_per_s = max`: (calls, calls with a split, their stops, the
-/// scheduling records the kernel sent, the agent's split_sampling stats).
-fn sampled_run(dir: &Path, demo: &mut Demo, max: u32, rate: u32, secs: u64) -> SampledRun {
+/// scheduling records the kernel sent, the agent's split_sampling stats). `profile`:
+/// more `[profile]` settings.
+fn sampled_run(
+    dir: &Path,
+    demo: &mut Demo,
+    max: u32,
+    rate: u32,
+    secs: u64,
+    profile: &str,
+) -> SampledRun {
     let config = dir.join(format!("split-max-{max}.toml"));
     std::fs::write(
         &config,
-        format!("[profile]\nsplit_max_calls_per_s = {max}\n"),
+        format!("[profile]\nsplit_max_calls_per_s = {max}\n{profile}"),
     )
     .expect("config");
     let out = dir.join(format!("events-max-{max}.jsonl"));
@@ -795,6 +803,9 @@ fn sampled_run(dir: &Path, demo: &mut Demo, max: u32, rate: u32, secs: u64) -> S
                     .unwrap_or(0)
             })
             .sum(),
+        off_cpu_samples: stats["metadata"]["profiler"]["off_cpu_samples"]
+            .as_u64()
+            .unwrap_or(0),
         stops,
     }
 }
@@ -807,6 +818,8 @@ struct SampledRun {
     sampling: Value,
     /// Runs of the (de)serialization uprobe programs (the agent's own stats).
     serialize_runs: u64,
+    /// Off-CPU stacks the kernel walked and sent.
+    off_cpu_samples: u64,
 }
 
 /// Above `split_max_calls_per_s` the split's probes record in windows: far fewer
@@ -819,8 +832,8 @@ fn above_the_split_rate_the_probes_record_in_windows() {
     let dir = scratch_dir("split-sampling");
     let (mut demo, _) = start_demo(&dir, &[], DEMO_NICE);
     let (rate, secs) = (200, 8);
-    let all = sampled_run(&dir, &mut demo, 0, rate, secs);
-    let sampled = sampled_run(&dir, &mut demo, 20, rate, secs);
+    let all = sampled_run(&dir, &mut demo, 0, rate, secs, "");
+    let sampled = sampled_run(&dir, &mut demo, 20, rate, secs, "");
     demo.stop().expect("demo stop");
     for run in [&all, &sampled] {
         eprintln!(
@@ -905,5 +918,42 @@ fn above_the_split_rate_the_probes_record_in_windows() {
         with_decode * 10 >= sampled.split * 8,
         "split calls with their deserialization measured: {with_decode} of {}",
         sampled.split
+    );
+}
+
+/// The off-CPU walks' rate limit (`off_cpu_hz` per thread after a burst) holds across
+/// the split's recording windows: a window that opens resets each thread's scheduling
+/// state, and once reset the limit with it, giving every thread a fresh burst of walks
+/// per window (about 2 windows a second at twice the split's rate). Recording in
+/// windows must then walk no more stacks than recording all the time.
+#[test]
+fn the_off_cpu_walk_limit_holds_across_recording_windows() {
+    require::root_and_bpf();
+    let dir = scratch_dir("split-walk-limit");
+    let (mut demo, _) = start_demo(&dir, &[], DEMO_NICE);
+    let (rate, secs) = (200, 8);
+    let walks = "off_cpu_hz = 1\n";
+    let always = sampled_run(&dir, &mut demo, 0, rate, secs, walks);
+    let windows = sampled_run(&dir, &mut demo, 100, rate, secs, walks);
+    demo.stop().expect("demo stop");
+    for run in [&always, &windows] {
+        eprintln!(
+            "{} calls, {} off-CPU walks, sampling {}",
+            run.calls, run.off_cpu_samples, run.sampling
+        );
+        assert!(run.calls as u64 >= rate as u64 * secs / 2, "the load ran");
+    }
+    let opened = windows.sampling["windows"].as_u64().unwrap_or(0);
+    assert!(opened >= 6, "windows opened: {}", windows.sampling);
+    assert!(
+        always.off_cpu_samples >= 5,
+        "the workers' threads are walked: {}",
+        always.off_cpu_samples
+    );
+    assert!(
+        windows.off_cpu_samples <= always.off_cpu_samples * 3 / 2 + 10,
+        "{} off-CPU walks recording in {opened} windows, {} recording all the time",
+        windows.off_cpu_samples,
+        always.off_cpu_samples
     );
 }
