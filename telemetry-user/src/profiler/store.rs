@@ -110,6 +110,32 @@ impl RecentCall {
     }
 }
 
+/// `d.partition_point(pred)` (`pred` true on a prefix), looked for from the back first:
+/// the profiler's lookups are near its newest samples (a sample just sent, a call that
+/// just ended), and a binary search over a worker's thousands of samples missed the
+/// cache at every step (40 % of `call_finished` at 200 calls/s).
+fn partition_recent<T>(d: &VecDeque<T>, pred: impl Fn(&T) -> bool) -> usize {
+    const SCAN: usize = 32;
+    let stop = d.len().saturating_sub(SCAN);
+    let mut hi = d.len();
+    while hi > stop {
+        if pred(&d[hi - 1]) {
+            return hi;
+        }
+        hi -= 1;
+    }
+    let mut lo = 0;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(&d[mid]) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// Finished calls remembered per worker for late off-CPU samples.
 const RECENT_CALLS: usize = 256;
 /// Last walked off-CPU stacks remembered per worker (by thread and how it blocked).
@@ -159,7 +185,7 @@ impl Worker {
             .take_while(|c| c.reach_ns >= ts_ns)
             .find(|c| c.holds(ts_ns, off_cpu_ns, stack.tid))
             .map(|c| c.function.clone());
-        let at = self.off_cpu.partition_point(|s| s.ts_ns <= ts_ns);
+        let at = partition_recent(&self.off_cpu, |s| s.ts_ns <= ts_ns);
         self.off_cpu.insert(
             at,
             StoredSample {
@@ -468,7 +494,7 @@ impl SampleStore {
         } = *c;
         let w = self.workers.get_mut(&pid)?;
         let call = RecentCall::new(start_ns, end_ns, function, serving_tid, handoffs);
-        let first = w.off_cpu.partition_point(|s| s.ts_ns < start_ns);
+        let first = partition_recent(&w.off_cpu, |s| s.ts_ns < start_ns);
         for s in w.off_cpu.range_mut(first..) {
             if s.ts_ns > call.reach_ns {
                 break;
@@ -486,9 +512,9 @@ impl SampleStore {
         if w.recent.len() >= RECENT_CALLS {
             w.recent.pop_front();
         }
-        let at = w.recent.partition_point(|c| c.reach_ns <= call.reach_ns);
+        let at = partition_recent(&w.recent, |c| c.reach_ns <= call.reach_ns);
         w.recent.insert(at, call);
-        let first = w.samples.partition_point(|s| s.ts_ns < start_ns);
+        let first = partition_recent(&w.samples, |s| s.ts_ns < start_ns);
         let mut n = 0u64;
         let mut frames: FastMap<&str, u64> = FastMap::default();
         let mut libs: FastMap<&str, u64> = FastMap::default();
@@ -918,5 +944,21 @@ mod off_cpu_tests {
         let got = st.select(&off(None));
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|(_, s)| s.ts_ns >= 1045));
+    }
+
+    #[test]
+    fn partition_recent_is_partition_point() {
+        let d: VecDeque<u64> = (0..200u64).map(|i| i * 3 / 2).collect();
+        for x in [0, 1, 5, 100, 250, 290, 298, 299, 300, 1_000] {
+            for strict in [true, false] {
+                let pred = |v: &u64| if strict { *v < x } else { *v <= x };
+                assert_eq!(
+                    partition_recent(&d, pred),
+                    d.partition_point(pred),
+                    "{x} {strict}"
+                );
+            }
+        }
+        assert_eq!(partition_recent(&VecDeque::<u64>::new(), |_| true), 0);
     }
 }
