@@ -2,19 +2,21 @@
 //! accounting -> events on the bus -> sinks. One task owns all mutable state, so no
 //! locks sit on the per-event path.
 pub(crate) mod io_summary;
+mod kernel_events;
 mod output_file;
 pub mod reload;
 mod stats_event;
+mod topology;
 pub mod topology_events;
 mod worker_probes;
 
-use crate::calls::input::{Lifecycle, Observation};
+use crate::calls::input::Observation;
 use crate::calls::CallTracker;
 use crate::config::Config;
-use crate::discovery::{Discovery, ExitInfo, ProcSource, Selectors, TopologyChange};
+use crate::discovery::{Discovery, ProcSource, Selectors};
 use crate::events::{schema, Bus, Event};
 use crate::fast_hash::{FastMap, FastSet};
-use crate::kernel::{self, KernelConfig, KernelEvent, Probes};
+use crate::kernel::{self, KernelConfig, Probes};
 use crate::pipeline::Pipeline;
 use crate::sinks;
 use anyhow::Context;
@@ -409,221 +411,6 @@ impl Agent {
         }
     }
 
-    fn on_kernel_event(&mut self, ev: KernelEvent) {
-        self.counters.kernel_events += 1;
-        match ev {
-            KernelEvent::IoChunk {
-                tgid,
-                fd,
-                seq,
-                offset,
-                bytes,
-            } => self.chunks.chunk(tgid, fd, seq, offset, bytes),
-            KernelEvent::Io(mut rec) => {
-                self.chunks.join(&mut rec);
-                if rec.fd >= 0 {
-                    self.io.record(
-                        rec.tgid,
-                        rec.fd as u32,
-                        rec.direction.index(),
-                        rec.ret,
-                        rec.stream_pos,
-                        rec.capture == kernel::Capture::Frames,
-                    );
-                    self.pipeline
-                        .on_io(rec, &self.discovery, &mut self.observations);
-                    self.feed_tracker();
-                    self.pass_cursor_hints();
-                }
-            }
-            KernelEvent::Sched(ep) => {
-                self.tracker.activity_mut().on_episode(&ep);
-                self.weigh_unwalked(&ep);
-            }
-            KernelEvent::Serialize(rec) => self.tracker.activity_mut().on_serialize(&rec),
-            KernelEvent::Exec { tgid, .. } => {
-                let changes = self.discovery.on_exec(tgid);
-                self.apply(changes);
-            }
-            KernelEvent::OomKill { tgid, .. } => {
-                // Its exit follows: the crash is then reported as an OOM kill.
-                self.oom_victims.insert(tgid);
-            }
-            KernelEvent::Fork { .. } => {
-                // The kernel already put the child in the lineage; its exec is what
-                // tells whether it is a worker.
-            }
-            KernelEvent::Exit { tgid, status, .. } => {
-                // A dying process's fds close without close(2): take their final
-                // kernel totals before the entries go.
-                let ends: Vec<u32> = self
-                    .discovery
-                    .connections()
-                    .flat_map(|c| [(c.beam_pid, c.beam_fd), (c.worker_pid, c.worker_fd)])
-                    .filter(|(p, _)| *p == tgid)
-                    .map(|(_, fd)| fd)
-                    .collect();
-                for fd in ends {
-                    if let Some(t) = self.probes.fd_totals(tgid, fd as i32) {
-                        self.io.closed(tgid, fd, t);
-                    }
-                }
-                let exit = exit_info(status);
-                let changes = self.discovery.on_exit(tgid, exit);
-                self.apply(changes);
-                self.oom_victims.remove(&tgid);
-                self.pipeline.process_exited(tgid);
-                self.probes.forget_tgid(tgid);
-                self.worker_probes
-                    .forget(&mut self.probes, &mut self.tracker, tgid);
-                self.watched_pids.remove(&tgid);
-                self.watched_fds.retain(|k| k.0 != tgid);
-                let keep: FastSet<u32> = self
-                    .closing
-                    .iter()
-                    .flat_map(|c| {
-                        [
-                            (c.conn.beam_pid, c.conn.beam_fd),
-                            (c.conn.worker_pid, c.conn.worker_fd),
-                        ]
-                    })
-                    .filter(|(p, _)| *p == tgid)
-                    .map(|(_, fd)| fd)
-                    .collect();
-                self.io.forget_process(tgid, &keep);
-            }
-            KernelEvent::FdOpen { tgid, fd, ret, .. } => {
-                // A failed accept gives no fd; a connect in progress is still a socket.
-                let fd = if ret >= 0 && fd < 0 { ret as i32 } else { fd };
-                if fd >= 0 {
-                    self.pipeline.fd_opened(tgid, fd);
-                    let changes = self.discovery.on_fd_open(tgid, fd as u32);
-                    self.apply(changes);
-                }
-            }
-            KernelEvent::FdClose {
-                tgid, fd, totals, ..
-            } => {
-                if fd >= 0 {
-                    self.io.closed(tgid, fd as u32, totals);
-                    self.watched_fds.remove(&(tgid, fd as u32));
-                    let changes = self.discovery.on_fd_close(tgid, fd as u32);
-                    self.apply(changes);
-                    self.pipeline.fd_closed(tgid, fd);
-                    let _ = self.probes.clear_cursor_hint(tgid, fd);
-                    self.finish_closing(kernel::monotonic_now_ns());
-                }
-            }
-        }
-    }
-
-    /// Publishes topology changes and brings the kernel's watch maps in line.
-    /// Repro: the request sender of a gRPC connection (the BEAM's end of a worker
-    /// connection, the worker's end of a callback one) is captured whole.
-    fn repro_capture(&mut self, conn: &crate::discovery::ConnInfo, on: bool) {
-        use crate::discovery::ConnRole;
-        if !self.config.repro.repro_on_error {
-            return;
-        }
-        let (pid, fd) = match conn.role {
-            ConnRole::BeamClient => (conn.beam_pid, conn.beam_fd),
-            ConnRole::WorkerCallback => (conn.worker_pid, conn.worker_fd),
-            ConnRole::PipeStdin | ConnRole::PipeStdout => return,
-        };
-        let r = if on {
-            self.probes.capture_whole(pid, fd)
-        } else {
-            self.probes.stop_capture_whole(pid, fd)
-        };
-        if let Err(e) = r {
-            tracing::debug!(pid, fd, error = %e, "repro: full capture not changed");
-        }
-    }
-
-    fn apply(&mut self, changes: Vec<TopologyChange>) {
-        let now = kernel::monotonic_now_ns();
-        for change in &changes {
-            self.bus
-                .publish(topology_events::to_event_in(change, &self.discovery));
-            match change {
-                TopologyChange::ConnectionClosed { conn, .. } => {
-                    self.repro_capture(conn, false);
-                    self.closing.push(Closing {
-                        conn: conn.clone(),
-                        deadline_mono_ns: now + CLOSE_GRACE_NS,
-                    });
-                    self.tracker.lifecycle(Lifecycle::ConnectionClosed {
-                        conn_id: conn.id,
-                        ts_ns: now,
-                    });
-                }
-                TopologyChange::ConnectionOpened { conn } => {
-                    self.repro_capture(conn, true);
-                    if self.initial_scan_done && conn.transport == crate::discovery::Transport::Pipe
-                    {
-                        self.pipeline.pipe_is_live(conn);
-                    }
-                    self.pipeline
-                        .connection_opened(conn, &self.discovery, &mut self.observations);
-                }
-                TopologyChange::WorkerDiscovered(w) => {
-                    self.profiler_command(crate::profiler::Command::WorkerUp {
-                        pid: w.pid,
-                        pool: w.pool.clone(),
-                    });
-                    self.tracker.lifecycle(Lifecycle::WorkerUp {
-                        pool: w.pool.clone(),
-                        worker_id: w.worker_id.clone(),
-                        worker_pid: w.pid,
-                        beam_pid: w.beam_pid,
-                        ts_ns: now,
-                    })
-                }
-                TopologyChange::WorkerExited {
-                    pool,
-                    worker_id,
-                    pid,
-                    exit_code,
-                    signal,
-                    ..
-                } => {
-                    // Observations decoded before the exit belong before it.
-                    self.feed_tracker();
-                    self.profiler_command(crate::profiler::Command::WorkerGone { pid: *pid });
-                    self.tracker.lifecycle(Lifecycle::WorkerExited {
-                        pool: pool.clone(),
-                        worker_id: worker_id.clone(),
-                        worker_pid: *pid,
-                        exit_code: *exit_code,
-                        signal: *signal,
-                        oom_killed: self.oom_victims.remove(pid),
-                        ts_ns: now,
-                    });
-                }
-                _ => {}
-            }
-        }
-        self.feed_tracker();
-        self.finish_closing(kernel::monotonic_now_ns());
-        self.sync_watch_maps();
-        if changes.iter().any(|c| {
-            matches!(
-                c,
-                TopologyChange::WorkerDiscovered(_) | TopologyChange::WorkerExited { .. }
-            )
-        }) {
-            let map: crate::gpu::WorkerMap = self
-                .discovery
-                .snapshot()
-                .deployments
-                .iter()
-                .flat_map(|d| d.pools.iter().flat_map(|p| p.workers.iter()))
-                .map(|w| (w.pid, crate::gpu::WorkerRef::from(w)))
-                .collect();
-            let _ = self.gpu_workers.send(map);
-        }
-    }
-
     /// Lets the profiler take the samples queued so far (see `Command::Drain`).
     async fn drain_profiler(&self) {
         let Some((tx, _)) = &self.profiler else {
@@ -642,147 +429,15 @@ impl Agent {
         }
     }
 
-    /// A blocked episode the kernel's rate limit did not walk still weighs in the
-    /// off-CPU profile (see `SampleStore::push_unwalked`).
-    fn weigh_unwalked(&self, ep: &crate::kernel::SchedEpisode) {
-        let Some(off) = ep.off.filter(|o| o.state != 0 && !o.walked) else {
-            return;
-        };
-        let Some((_, handle)) = &self.profiler else {
-            return;
-        };
-        let blocked = crate::profiler::BlockedIn {
-            syscall: off.syscall.map_or(-1, i64::from),
-            state: off.state,
-        };
-        handle.unwalked(
-            ep.tgid,
-            ep.tid,
-            off.out_ns,
-            ep.in_ns.saturating_sub(off.out_ns),
-            blocked,
-        );
-    }
-
     /// The sampler's store, when sampling runs (for `snakepit-agent profile`).
     pub fn profile(&self) -> Option<crate::profiler::ProfileHandle> {
         self.profiler.as_ref().map(|(_, h)| h.clone())
-    }
-
-    /// Frame cursors the decoders know and the kernel does not (streams joined
-    /// mid-way) go to the kernel, which then follows frames and sends lean records.
-    fn pass_cursor_hints(&mut self) {
-        for h in self.pipeline.take_cursor_hints() {
-            if let Err(e) =
-                self.probes
-                    .set_cursor_hint(h.tgid, h.fd, h.direction, h.after_seq, h.cursor)
-            {
-                self.counters.watch_errors += 1;
-                tracing::debug!(tgid = h.tgid, fd = h.fd, error = %e, "cannot pass a frame cursor");
-            }
-        }
     }
 
     fn feed_tracker(&mut self) {
         for obs in self.observations.drain(..) {
             self.tracker.observe(obs);
         }
-    }
-
-    /// Emits the final summary of closed connections whose two ends both closed (or
-    /// whose grace period ran out).
-    fn finish_closing(&mut self, now_mono_ns: u64) {
-        if self.closing.is_empty() {
-            return;
-        }
-        let (done, waiting): (Vec<Closing>, Vec<Closing>) = std::mem::take(&mut self.closing)
-            .into_iter()
-            .partition(|c| {
-                let ends_closed = self.io.is_closed(c.conn.beam_pid, c.conn.beam_fd)
-                    && self.io.is_closed(c.conn.worker_pid, c.conn.worker_fd);
-                ends_closed || now_mono_ns >= c.deadline_mono_ns
-            });
-        self.closing = waiting;
-        for c in done {
-            let probes = &self.probes;
-            let ev = self
-                .io
-                .summary(&c.conn, |p, f| probes.fd_totals(p, f as i32), true);
-            self.bus.publish(ev);
-            self.io.forget(&c.conn);
-        }
-    }
-
-    fn sync_watch_maps(&mut self) {
-        let plan = self.discovery.watch_plan();
-        let mut want_pids = FastMap::with_capacity_and_hasher(plan.pids.len(), Default::default());
-        for (tgid, flags) in plan.pids {
-            want_pids.insert(tgid, flags);
-            if self.watched_pids.get(&tgid) != Some(&flags) {
-                if let Err(e) = self.probes.watch_pid(tgid, flags) {
-                    self.counters.watch_errors += 1;
-                    tracing::warn!(tgid, error = %e, "cannot watch process");
-                    continue;
-                }
-                self.watched_pids.insert(tgid, flags);
-            }
-        }
-        let stale: Vec<u32> = self
-            .watched_pids
-            .keys()
-            .filter(|p| !want_pids.contains_key(p))
-            .copied()
-            .collect();
-        for tgid in stale {
-            let _ = self.probes.unwatch_pid(tgid);
-            self.watched_pids.remove(&tgid);
-        }
-        self.sync_worker_probes();
-        let mut want_fds = FastSet::with_capacity_and_hasher(plan.fds.len(), Default::default());
-        // Ends of half-closed connections stay watched until they close.
-        for c in &self.closing {
-            want_fds.insert((c.conn.beam_pid, c.conn.beam_fd));
-            want_fds.insert((c.conn.worker_pid, c.conn.worker_fd));
-        }
-        for (tgid, fd, kind) in plan.fds {
-            want_fds.insert((tgid, fd));
-            if !self.watched_fds.contains(&(tgid, fd)) {
-                match self.probes.watch_fd(tgid, fd as i32, kind, None) {
-                    Ok(()) => {
-                        self.watched_fds.insert((tgid, fd));
-                    }
-                    Err(e) => {
-                        self.counters.watch_errors += 1;
-                        tracing::warn!(tgid, fd, error = %e, "cannot watch fd");
-                    }
-                }
-            }
-        }
-        // Only fds this loop added are removed here: the kernel itself adds the new
-        // sockets of watched processes, and discovery decides about them later.
-        let stale: Vec<(u32, u32)> = self.watched_fds.difference(&want_fds).copied().collect();
-        for (tgid, fd) in stale {
-            let _ = self.probes.unwatch_fd(tgid, fd as i32);
-            self.watched_fds.remove(&(tgid, fd));
-        }
-    }
-
-    /// Scheduling records and (de)serialization probes for the watched workers.
-    fn sync_worker_probes(&mut self) {
-        let workers: Vec<u32> = self
-            .watched_pids
-            .iter()
-            .filter(|(_, f)| **f & kernel::PID_WORKER != 0)
-            .map(|(p, _)| *p)
-            .collect();
-        self.worker_probes.sync(
-            &mut self.probes,
-            &mut self.tracker,
-            &self.config.discovery.proc_root,
-            &workers,
-            &self.config.profile,
-            kernel::monotonic_now_ns(),
-        );
     }
 
     /// Pauses or resumes the worker split's probes (recording windows above
@@ -830,24 +485,5 @@ fn release_free_heap() {
     // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointer.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-fn exit_info(status: kernel::ExitStatus) -> ExitInfo {
-    match status {
-        kernel::ExitStatus::Exited(code) => ExitInfo {
-            code: Some(i32::from(code)),
-            signal: None,
-            core_dumped: false,
-        },
-        kernel::ExitStatus::Signaled {
-            signal,
-            core_dumped,
-        } => ExitInfo {
-            code: None,
-            signal: Some(i32::from(signal)),
-            core_dumped,
-        },
-        kernel::ExitStatus::Unknown => ExitInfo::default(),
     }
 }
