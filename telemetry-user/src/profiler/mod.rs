@@ -29,6 +29,7 @@ pub use offcpu::ProfileMode;
 pub use output::ProfileFormat;
 pub use store::{BlockedIn, CallProfile, Filter, FinishedCall, SampleStore};
 
+use crate::fast_hash::FastMap;
 use crate::kernel::ProfilerMaps;
 use code::CodeCache;
 use layout::Interpreter;
@@ -179,7 +180,7 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct Profiler {
     proc_root: PathBuf,
     maps: ProfilerMaps,
-    procs: HashMap<u32, Proc>,
+    procs: FastMap<u32, Proc>,
     pending: HashMap<u32, Pending>,
     code: CodeCache,
     native: Symbolizer,
@@ -191,7 +192,12 @@ pub struct Profiler {
     task_fsbase_off: u32,
     stacks: stacks::Interner,
     python_frames: stacks::PythonFrames,
+    /// Samples taken from the ring, DRAIN_BATCH at a time (one buffer kept for all).
+    batch: Vec<PySample>,
 }
+
+/// Samples (about 1 KB each) copied out of the ring before they are resolved.
+const DRAIN_BATCH: usize = 256;
 
 /// Offset of `task_struct.thread.fsbase`: a 3.10 thread state names its thread by
 /// pthread id, which is the thread's fs base on x86_64 glibc.
@@ -215,7 +221,7 @@ impl Profiler {
             native: Symbolizer::new(&proc_root),
             proc_root,
             maps,
-            procs: HashMap::new(),
+            procs: FastMap::default(),
             pending: HashMap::new(),
             code: CodeCache::new(65_536),
             handle: ProfileHandle::new(store, cfg.sample_hz),
@@ -224,6 +230,7 @@ impl Profiler {
             task_fsbase_off: task_fsbase_off(),
             stacks: stacks::Interner::default(),
             python_frames: stacks::PythonFrames::default(),
+            batch: Vec::with_capacity(DRAIN_BATCH),
         }
     }
 
@@ -395,19 +402,30 @@ impl Profiler {
 
     /// Takes every sample the kernel has queued.
     fn drain(&mut self) {
-        let mut batch = Vec::new();
-        while let Some(item) = self.maps.ring.next() {
-            if item.len() < PY_SAMPLE_LEN {
-                self.decode_errors += 1;
-                continue;
+        let mut batch = std::mem::take(&mut self.batch);
+        loop {
+            while batch.len() < DRAIN_BATCH {
+                let Some(item) = self.maps.ring.next() else {
+                    break;
+                };
+                if item.len() < PY_SAMPLE_LEN {
+                    self.decode_errors += 1;
+                    continue;
+                }
+                // SAFETY: length checked; PySample is plain old data, read unaligned.
+                let s = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PySample) };
+                batch.push(s);
             }
-            // SAFETY: length checked; PySample is plain old data, read unaligned.
-            let s: PySample = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const PySample) };
-            batch.push(s);
+            let full = batch.len() >= DRAIN_BATCH;
+            for s in &batch {
+                self.on_sample(s);
+            }
+            batch.clear();
+            if !full {
+                break;
+            }
         }
-        for s in &batch {
-            self.on_sample(s);
-        }
+        self.batch = batch;
     }
 
     fn on_sample(&mut self, s: &PySample) {

@@ -1,7 +1,7 @@
 //! Native user frames -> (object file, symbol), through the process's mappings and the
 //! files' ELF symbol tables (`.symtab` where present, else `.dynsym`).
 use super::elf::{parse_maps, parse_spans, read_maps_text, ElfSymbols, Mapping};
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,12 +70,13 @@ const USER_SPACE_END: u64 = 1 << 48;
 
 pub struct Symbolizer {
     proc_root: PathBuf,
-    procs: HashMap<u32, ProcMaps>,
-    files: HashMap<PathBuf, Option<Arc<ElfSymbols>>>,
+    procs: FastMap<u32, ProcMaps>,
+    files: FastMap<PathBuf, Option<Arc<ElfSymbols>>>,
     /// (pid, address, caller) -> its frame: a worker's samples repeat the same few
     /// hundred return addresses, each resolved once (a mapping scan, a path join and
-    /// a symbol search otherwise, for every frame of every sample).
-    resolved: HashMap<(u32, u64, bool), NativeFrame>,
+    /// a symbol search otherwise, for every frame of every sample). (foldhash: std's
+    /// SipHash was most of a cache hit.)
+    resolved: FastMap<(u32, u64, bool), NativeFrame>,
 }
 
 /// Resolved frames kept at most (cleared beyond: a new library or a JIT's addresses);
@@ -86,9 +87,9 @@ impl Symbolizer {
     pub fn new(proc_root: &Path) -> Self {
         Symbolizer {
             proc_root: proc_root.to_path_buf(),
-            procs: HashMap::new(),
-            files: HashMap::new(),
-            resolved: HashMap::new(),
+            procs: FastMap::default(),
+            files: FastMap::default(),
+            resolved: FastMap::default(),
         }
     }
 

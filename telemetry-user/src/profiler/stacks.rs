@@ -209,15 +209,19 @@ impl Interner {
             self.frames.clear();
             self.names.clear();
         }
-        if !self.frames.contains(&stack.frames) {
-            let own: Frames = stack
-                .frames
-                .iter()
-                .map(|f| share(&mut self.frame, f.clone()))
-                .collect();
-            stack.frames = own;
-        }
-        stack.frames = share(&mut self.frames, stack.frames);
+        // One hash of the whole stack when it was seen before (most samples).
+        stack.frames = match self.frames.get(&stack.frames) {
+            Some(kept) => kept.clone(),
+            None => {
+                let own: Frames = stack
+                    .frames
+                    .iter()
+                    .map(|f| share(&mut self.frame, f.clone()))
+                    .collect();
+                self.frames.insert(own.clone());
+                own
+            }
+        };
         stack.hot_frame = share(&mut self.names, stack.hot_frame);
         stack.library = share(&mut self.names, stack.library);
         stack
