@@ -1,9 +1,9 @@
 //! Joins the kernel's chunk records (a request sender's bytes beyond its record's
 //! prefix, see telemetry-ebpf/src/io_chunks.rs) to their I/O record: they come just
 //! before it in the ring and become marks, so the decoders see the bytes whole.
+use crate::fast_hash::FastMap;
 use crate::kernel::{FrameMark, IoRecord};
 use bytes::Bytes;
-use std::collections::HashMap;
 
 /// fds with chunks waiting at most (a record lost in the ring leaves its chunks here).
 const MAX_WAITING: usize = 1024;
@@ -11,7 +11,7 @@ const MAX_WAITING: usize = 1024;
 #[derive(Default)]
 pub struct ChunkJoin {
     /// (tgid, fd) -> the syscall's seq and its chunks so far.
-    waiting: HashMap<(u32, i32), (u64, Vec<FrameMark>)>,
+    waiting: FastMap<(u32, i32), (u64, Vec<FrameMark>)>,
     /// Chunk bytes joined to records, and chunks whose record never came.
     pub joined_bytes: u64,
     pub orphans: u64,

@@ -1,6 +1,6 @@
 //! Request messages of calls in flight, bounded per call (`max_payload_bytes`) and in
 //! total (`max_inflight_bytes`). Kept raw: they are decoded only for failed calls.
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 
 /// Why a stored request is not the whole message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct PayloadStore {
     max_payload: u64,
     max_inflight: u64,
     held: u64,
-    calls: HashMap<u64, StoredRequest>,
+    calls: FastMap<u64, StoredRequest>,
 }
 
 impl PayloadStore {
@@ -47,7 +47,7 @@ impl PayloadStore {
             max_payload,
             max_inflight,
             held: 0,
-            calls: HashMap::new(),
+            calls: FastMap::default(),
         }
     }
 

@@ -11,7 +11,7 @@
 use super::grpc::{GrpcMessage, MessageReassembler};
 use super::http2::{FrameDecoder, Http2Config, Http2Event, Start};
 use super::{DecodeStats, ErrorKind};
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 
 /// A frame of interest ended in the syscall being fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub struct FrameTimer {
     /// Stream position just after the last fed syscall.
     next_pos: Option<u64>,
     /// gRPC message boundaries per HTTP/2 stream (lengths only, no bytes kept).
-    messages: HashMap<u32, MessageReassembler>,
+    messages: FastMap<u32, MessageReassembler>,
     /// The frame events of one feed, kept for the next.
     events: Vec<Http2Event>,
     /// The messages of one DATA piece, kept likewise.
@@ -60,7 +60,7 @@ impl FrameTimer {
         FrameTimer {
             frames: searching_decoder(),
             next_pos: None,
-            messages: HashMap::new(),
+            messages: FastMap::default(),
             events: Vec::new(),
             message_scratch: Vec::new(),
         }

@@ -2,7 +2,7 @@
 //! response metadata, and [`GrpcDirectionDecoder`], which ties the frame decoder,
 //! the HPACK decoder and the per-stream reassemblers of one connection direction.
 
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 
 use super::hpack::{DecodedBlock, HeaderField, HeaderValue, HpackDecoder, DEFAULT_TABLE_SIZE};
 use super::http2::{FrameDecoder, Http2Config, Http2Event, Start};
@@ -402,7 +402,7 @@ pub struct GrpcDirectionDecoder {
     cfg: GrpcConfig,
     frames: FrameDecoder,
     hpack: HpackDecoder,
-    streams: HashMap<u32, StreamState>,
+    streams: FastMap<u32, StreamState>,
     stats: DecodeStats,
     /// The frame events of one feed, kept for the next (a record's events otherwise
     /// cost an allocation and a regrowth or two per record).
@@ -426,7 +426,7 @@ impl GrpcDirectionDecoder {
             frames: FrameDecoder::new(cfg.http2.clone(), start),
             cfg,
             hpack,
-            streams: HashMap::new(),
+            streams: FastMap::default(),
             stats: DecodeStats::default(),
             frame_events: Vec::new(),
             messages: Vec::new(),
