@@ -117,23 +117,11 @@ impl RecentCall {
 fn partition_recent<T>(d: &VecDeque<T>, pred: impl Fn(&T) -> bool) -> usize {
     const SCAN: usize = 32;
     let stop = d.len().saturating_sub(SCAN);
-    let mut hi = d.len();
-    while hi > stop {
-        if pred(&d[hi - 1]) {
-            return hi;
-        }
-        hi -= 1;
+    match (stop..d.len()).rev().find(|&i| pred(&d[i])) {
+        Some(i) => i + 1,
+        // The boundary is older than the newest SCAN.
+        None => d.partition_point(pred),
     }
-    let mut lo = 0;
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if pred(&d[mid]) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
 }
 
 /// Finished calls remembered per worker for late off-CPU samples.
