@@ -1,0 +1,294 @@
+//! A tolerant protobuf field scanner for messages the copy limit may have cut, and
+//! the partial decoding built on it (complete fields through prost, the cut one by hand).
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    /// Length-delimited. `data.len() < declared` when the message was cut.
+    Len {
+        data: &'a [u8],
+        declared: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScannedField<'a> {
+    pub number: u32,
+    pub value: FieldValue<'a>,
+    /// Byte range of the whole field (key included) in the scanned buffer.
+    pub start: usize,
+    pub end: usize,
+}
+
+impl<'a> ScannedField<'a> {
+    pub fn is_truncated(&self) -> bool {
+        matches!(self.value, FieldValue::Len { data, declared } if data.len() < declared)
+    }
+
+    pub fn bytes(&self) -> Option<&'a [u8]> {
+        match self.value {
+            FieldValue::Len { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    pub fn varint(&self) -> Option<u64> {
+        match self.value {
+            FieldValue::Varint(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// Walks the fields of a (possibly cut) protobuf message. Stops at the end, at a
+/// cut (setting `truncated`; a cut length-delimited field is still yielded with
+/// the bytes present) or at malformed bytes (setting `malformed`).
+#[derive(Debug, Clone)]
+pub struct FieldScanner<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    pub truncated: bool,
+    pub malformed: bool,
+    /// End of the last complete field.
+    pub complete_end: usize,
+}
+
+impl<'a> FieldScanner<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        FieldScanner {
+            buf,
+            pos: 0,
+            truncated: false,
+            malformed: false,
+            complete_end: 0,
+        }
+    }
+
+    /// Scans everything, returning the fields (on the stack up to 8: the agent's
+    /// messages have fewer top-level fields, and several scans run per message).
+    pub fn collect_all(buf: &'a [u8]) -> (SmallVec<[ScannedField<'a>; 8]>, FieldScanner<'a>) {
+        let mut s = FieldScanner::new(buf);
+        let fields: SmallVec<[ScannedField<'a>; 8]> = s.by_ref().collect();
+        (fields, s)
+    }
+
+    fn varint(&mut self) -> Option<Result<u64, ()>> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.buf.get(self.pos)?;
+            self.pos += 1;
+            if i == 9 && *b > 1 {
+                return Some(Err(()));
+            }
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some(Ok(v));
+            }
+        }
+        Some(Err(()))
+    }
+}
+
+impl<'a> Iterator for FieldScanner<'a> {
+    type Item = ScannedField<'a>;
+
+    fn next(&mut self) -> Option<ScannedField<'a>> {
+        if self.truncated || self.malformed || self.pos >= self.buf.len() {
+            return None;
+        }
+        let start = self.pos;
+        let key = match self.varint() {
+            None => {
+                self.truncated = true;
+                return None;
+            }
+            Some(Err(())) => {
+                self.malformed = true;
+                return None;
+            }
+            Some(Ok(k)) => k,
+        };
+        let number = (key >> 3) as u32;
+        if number == 0 || key >> 3 > 0x1fff_ffff {
+            self.malformed = true;
+            return None;
+        }
+        let value = match key & 7 {
+            0 => match self.varint() {
+                None => {
+                    self.truncated = true;
+                    return None;
+                }
+                Some(Err(())) => {
+                    self.malformed = true;
+                    return None;
+                }
+                Some(Ok(v)) => FieldValue::Varint(v),
+            },
+            1 => match self.buf.get(self.pos..self.pos + 8) {
+                Some(b) => {
+                    self.pos += 8;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    FieldValue::Fixed64(u64::from_le_bytes(a))
+                }
+                None => {
+                    self.truncated = true;
+                    return None;
+                }
+            },
+            5 => match self.buf.get(self.pos..self.pos + 4) {
+                Some(b) => {
+                    self.pos += 4;
+                    FieldValue::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                }
+                None => {
+                    self.truncated = true;
+                    return None;
+                }
+            },
+            2 => {
+                let len = match self.varint() {
+                    None => {
+                        self.truncated = true;
+                        return None;
+                    }
+                    Some(Err(())) => {
+                        self.malformed = true;
+                        return None;
+                    }
+                    Some(Ok(l)) => l,
+                };
+                let declared = usize::try_from(len).unwrap_or(usize::MAX);
+                let avail = self.buf.len() - self.pos;
+                let take = declared.min(avail);
+                let data = &self.buf[self.pos..self.pos + take];
+                self.pos += take;
+                if take < declared {
+                    self.truncated = true;
+                }
+                FieldValue::Len { data, declared }
+            }
+            _ => {
+                // Groups (3, 4) are not used by these protos; 6 and 7 are invalid.
+                self.malformed = true;
+                return None;
+            }
+        };
+        let f = ScannedField {
+            number,
+            value,
+            start,
+            end: self.pos,
+        };
+        if !f.is_truncated() {
+            self.complete_end = self.pos;
+        }
+        Some(f)
+    }
+}
+
+/// A message decoded from a possibly cut buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial<T> {
+    pub msg: T,
+    /// The buffer was cut: fields after the cut are missing, the cut one may be
+    /// partly filled in.
+    pub truncated: bool,
+    /// Number of the field that was cut, if it was a length-delimited one.
+    pub cut_field: Option<u32>,
+}
+
+/// Decodes the complete fields of `buf` with prost and returns the cut field.
+fn decode_complete<T: prost::Message + Default>(
+    buf: &[u8],
+) -> Result<(T, bool, Option<ScannedField<'_>>), WireError> {
+    let (fields, scan) = FieldScanner::collect_all(buf);
+    if scan.malformed {
+        return Err(WireError::Protobuf("malformed field"));
+    }
+    let cut = fields.last().filter(|f| f.is_truncated()).copied();
+    let msg =
+        T::decode(&buf[..scan.complete_end]).map_err(|_| WireError::Protobuf("invalid message"))?;
+    Ok((msg, scan.truncated, cut))
+}
+
+/// Generic prefix decoding: complete fields only.
+pub fn decode_prefix<T: prost::Message + Default>(buf: &[u8]) -> Result<Partial<T>, WireError> {
+    let (msg, truncated, cut) = decode_complete::<T>(buf)?;
+    Ok(Partial {
+        msg,
+        truncated,
+        cut_field: cut.map(|f| f.number),
+    })
+}
+
+pub(super) fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn partial_any(data: &[u8]) -> Any {
+    let mut any = Any::default();
+    for f in FieldScanner::new(data) {
+        match (f.number, f.value) {
+            (1, FieldValue::Len { data, .. }) => any.type_url = lossy(data),
+            (2, FieldValue::Len { data, .. }) => any.value = data.to_vec(),
+            _ => {}
+        }
+    }
+    any
+}
+
+/// ExecuteToolRequest (also ExecuteElixirToolRequest) from a possibly cut buffer.
+/// A session id, tool name, parameter or metadata entry cut by the copy limit stays
+/// out (empty / absent, `cut_field` says which): a prefix reported as the value
+/// would be wrong.
+pub fn decode_execute_tool_request(buf: &[u8]) -> Result<Partial<ExecuteToolRequest>, WireError> {
+    let (msg, truncated, cut) = decode_complete::<ExecuteToolRequest>(buf)?;
+    Ok(Partial {
+        msg,
+        truncated,
+        cut_field: cut.map(|f| f.number),
+    })
+}
+
+/// ExecuteToolResponse (also ExecuteElixirToolResponse) from a possibly cut buffer.
+pub fn decode_execute_tool_response(buf: &[u8]) -> Result<Partial<ExecuteToolResponse>, WireError> {
+    let (mut msg, truncated, cut) = decode_complete::<ExecuteToolResponse>(buf)?;
+    if let Some(f) = cut {
+        let data = f.bytes().unwrap_or_default();
+        match f.number {
+            2 => msg.result = Some(partial_any(data)),
+            3 => msg.error_message = lossy(data),
+            6 => msg.binary_result = data.to_vec(),
+            _ => {}
+        }
+    }
+    Ok(Partial {
+        msg,
+        truncated,
+        cut_field: cut.map(|f| f.number),
+    })
+}
+
+/// ToolChunk from a possibly cut buffer.
+pub fn decode_tool_chunk(buf: &[u8]) -> Result<Partial<ToolChunk>, WireError> {
+    let (mut msg, truncated, cut) = decode_complete::<ToolChunk>(buf)?;
+    if let Some(f) = cut {
+        let data = f.bytes().unwrap_or_default();
+        match f.number {
+            1 => msg.chunk_id = lossy(data),
+            2 => msg.data = data.to_vec(),
+            _ => {}
+        }
+    }
+    Ok(Partial {
+        msg,
+        truncated,
+        cut_field: cut.map(|f| f.number),
+    })
+}
