@@ -256,6 +256,67 @@ impl Btf {
     }
 }
 
+/// task_struct offsets from BTF; u32::MAX where unknown (the probes then degrade).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskOffsets {
+    pub exit_code: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub real_parent: u32,
+    /// `struct pt_regs` di, si, dx: the first three syscall arguments (x86_64).
+    pub regs_args: [u32; 3],
+    /// `struct pt_regs` orig_ax: the syscall number.
+    pub regs_syscall: u32,
+}
+
+/// `struct pt_regs` di, si, dx on x86_64 (its layout is the ptrace ABI).
+const X86_64_REGS_ARGS: [u32; 3] = [112, 104, 96];
+/// `struct pt_regs` orig_ax on x86_64.
+const X86_64_REGS_ORIG_AX: u32 = 120;
+
+impl TaskOffsets {
+    pub fn from_kernel() -> TaskOffsets {
+        let unknown = TaskOffsets {
+            exit_code: u32::MAX,
+            pid: u32::MAX,
+            tgid: u32::MAX,
+            real_parent: u32::MAX,
+            regs_args: X86_64_REGS_ARGS,
+            regs_syscall: X86_64_REGS_ORIG_AX,
+        };
+        let btf = match Btf::from_sys() {
+            Ok(b) => b,
+            Err(e) => {
+                log::warn!("kernel BTF unavailable ({e}): exit codes, forks and ppids degrade");
+                return unknown;
+            }
+        };
+        let get = |m: &str| match btf.member_offset("task_struct", m) {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("BTF: {e}");
+                u32::MAX
+            }
+        };
+        let mut regs_args = X86_64_REGS_ARGS;
+        for (slot, reg) in regs_args.iter_mut().zip(["di", "si", "dx"]) {
+            if let Ok(o) = btf.member_offset("pt_regs", reg) {
+                *slot = o;
+            }
+        }
+        TaskOffsets {
+            exit_code: get("exit_code"),
+            pid: get("pid"),
+            tgid: get("tgid"),
+            real_parent: get("real_parent"),
+            regs_args,
+            regs_syscall: btf
+                .member_offset("pt_regs", "orig_ax")
+                .unwrap_or(X86_64_REGS_ORIG_AX),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
 //! Loads snakepit-probes, sets its globals, attaches every program and owns the maps.
 use std::{
-    ffi::CString,
     os::fd::OwnedFd,
-    path::Path,
     sync::{atomic::Ordering, Arc},
 };
 
@@ -23,12 +21,15 @@ use telemetry_common::{
 use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{
-    btf::Btf,
+    btf::TaskOffsets,
     decode::FdTotals,
     error::KernelError,
+    mounts::ensure_mounts,
     reader,
     stats::{KernelStats, ProgRunStats, ReaderCounters},
 };
+
+mod watch;
 
 static PROBES_OBJ: &[u8] = aya::include_bytes_aligned!(env!("SNAKEPIT_PROBES_OBJ"));
 
@@ -126,125 +127,6 @@ pub fn required_tracepoints() -> Vec<String> {
             Hook::Raw(n) => format!("raw:{n}"),
         })
         .collect()
-}
-
-const TRACEFS: &str = "/sys/kernel/tracing";
-const BPFFS: &str = "/sys/fs/bpf";
-
-fn is_mounted(path: &str, fstype: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                f.nth(1) == Some(path) && f.next() == Some(fstype)
-            })
-        })
-        .unwrap_or(false)
-}
-
-fn mount(fstype: &'static str, path: &'static str) -> Result<(), KernelError> {
-    let err = |source| KernelError::Mount {
-        what: fstype,
-        path,
-        source,
-    };
-    let (src, dst) = match (CString::new(fstype), CString::new(path)) {
-        (Ok(s), Ok(d)) => (s, d),
-        _ => return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput))),
-    };
-    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            src.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        // EBUSY: mounted meanwhile (by another agent or the test harness).
-        if e.raw_os_error() != Some(libc::EBUSY) {
-            return Err(err(e));
-        }
-    }
-    Ok(())
-}
-
-/// Mounts tracefs (needed to attach tracepoints) and bpffs if missing. Idempotent.
-pub fn ensure_mounts() -> Result<(), KernelError> {
-    if !Path::new(TRACEFS).join("events").is_dir() && !is_mounted(TRACEFS, "tracefs") {
-        mount("tracefs", TRACEFS)?;
-    }
-    if !is_mounted(BPFFS, "bpf") {
-        // Nothing is pinned today; a failure here must not stop the agent.
-        if let Err(e) = mount("bpf", BPFFS) {
-            log::warn!("{e}");
-        }
-    }
-    Ok(())
-}
-
-/// task_struct offsets from BTF; u32::MAX where unknown (the probes then degrade).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskOffsets {
-    pub exit_code: u32,
-    pub pid: u32,
-    pub tgid: u32,
-    pub real_parent: u32,
-    /// `struct pt_regs` di, si, dx: the first three syscall arguments (x86_64).
-    pub regs_args: [u32; 3],
-    /// `struct pt_regs` orig_ax: the syscall number.
-    pub regs_syscall: u32,
-}
-
-/// `struct pt_regs` di, si, dx on x86_64 (its layout is the ptrace ABI).
-const X86_64_REGS_ARGS: [u32; 3] = [112, 104, 96];
-/// `struct pt_regs` orig_ax on x86_64.
-const X86_64_REGS_ORIG_AX: u32 = 120;
-
-impl TaskOffsets {
-    pub fn from_kernel() -> TaskOffsets {
-        let unknown = TaskOffsets {
-            exit_code: u32::MAX,
-            pid: u32::MAX,
-            tgid: u32::MAX,
-            real_parent: u32::MAX,
-            regs_args: X86_64_REGS_ARGS,
-            regs_syscall: X86_64_REGS_ORIG_AX,
-        };
-        let btf = match Btf::from_sys() {
-            Ok(b) => b,
-            Err(e) => {
-                log::warn!("kernel BTF unavailable ({e}): exit codes, forks and ppids degrade");
-                return unknown;
-            }
-        };
-        let get = |m: &str| match btf.member_offset("task_struct", m) {
-            Ok(o) => o,
-            Err(e) => {
-                log::warn!("BTF: {e}");
-                u32::MAX
-            }
-        };
-        let mut regs_args = X86_64_REGS_ARGS;
-        for (slot, reg) in regs_args.iter_mut().zip(["di", "si", "dx"]) {
-            if let Ok(o) = btf.member_offset("pt_regs", reg) {
-                *slot = o;
-            }
-        }
-        TaskOffsets {
-            exit_code: get("exit_code"),
-            pid: get("pid"),
-            tgid: get("tgid"),
-            real_parent: get("real_parent"),
-            regs_args,
-            regs_syscall: btf
-                .member_offset("pt_regs", "orig_ax")
-                .unwrap_or(X86_64_REGS_ORIG_AX),
-        }
-    }
 }
 
 /// Sets or clears `tgid`'s bit in a tgid bitmap (SCHED_PIDS, IO_PIDS: word `tgid /
@@ -603,185 +485,6 @@ impl Probes {
         })
     }
 
-    /// Sets the WATCHED_PIDS flags (PID_*) of `tgid`, replacing earlier ones.
-    pub fn watch_pid(&mut self, tgid: u32, flags: u32) -> Result<(), KernelError> {
-        // Before the entry: with PID_WATCH_NEW_SOCKETS the kernel may watch its next
-        // socket at once, and the read/write exits look at IO_PIDS first.
-        set_pid_bit(&mut self.io_pids, tgid, true).map_err(map_err(MAP_IO_PIDS))?;
-        self.watched_pids
-            .insert(tgid, flags, 0)
-            .map_err(map_err(MAP_WATCHED_PIDS))
-    }
-
-    /// Current flags of `tgid`, if watched.
-    pub fn pid_flags(&self, tgid: u32) -> Option<u32> {
-        self.watched_pids.get(&tgid, 0).ok()
-    }
-
-    /// Stops watching `tgid` (no error if it was not watched).
-    pub fn unwatch_pid(&mut self, tgid: u32) -> Result<(), KernelError> {
-        ignore_missing(self.watched_pids.remove(&tgid)).map_err(map_err(MAP_WATCHED_PIDS))
-    }
-
-    /// Starts capturing (tgid, fd). An entry the kernel already made (accept/connect)
-    /// is kept, with its sequence numbers, totals and frame cursors.
-    ///
-    /// `cursors` (index `Direction::index`): bytes until the next frame header
-    /// in each direction, when known (e.g. `Some([0, 0])` for a pipe that has carried
-    /// nothing yet); `None` leaves the kernel frame cursor off for this fd.
-    pub fn watch_fd(
-        &mut self,
-        tgid: u32,
-        fd: i32,
-        fd_kind: u32,
-        cursors: Option<[u32; 2]>,
-    ) -> Result<(), KernelError> {
-        let state = FdState::new(fd_kind, cursors.unwrap_or([CURSOR_UNKNOWN; 2]));
-        set_pid_bit(&mut self.io_pids, tgid, true).map_err(map_err(MAP_IO_PIDS))?;
-        const BPF_NOEXIST: u64 = 1;
-        match self.watched_fds.insert(
-            FdKey {
-                tgid,
-                fd: fd as u32,
-            },
-            state,
-            BPF_NOEXIST,
-        ) {
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(())
-            }
-            Ok(()) => self.raise_watch_generation(),
-            Err(e) => Err(map_err(MAP_WATCHED_FDS)(e)),
-        }
-    }
-
-    /// After an insert into WATCHED_FDS: the exits' cached misses are stale. Not
-    /// atomic against the kernel's own raises (by 1), hence the larger step: the value
-    /// written is larger than any the kernel could have written meanwhile.
-    fn raise_watch_generation(&mut self) -> Result<(), KernelError> {
-        let gen = self.watch_gen.get(&0, 0).map_err(map_err(MAP_WATCH_GEN))?;
-        self.watch_gen
-            .set(0, gen.wrapping_add(WATCH_GEN_USER_STEP), 0)
-            .map_err(map_err(MAP_WATCH_GEN))
-    }
-
-    /// Tells the kernel where the next frame header of a stream lies, learnt by a
-    /// decoder in user space: `cursor` bytes after the end of the syscall numbered
-    /// `after_seq` in `direction`. Taken only if the
-    /// kernel's own cursor is unknown and that syscall is still the latest one.
-    pub fn set_cursor_hint(
-        &mut self,
-        tgid: u32,
-        fd: i32,
-        direction: Direction,
-        after_seq: u64,
-        cursor: u32,
-    ) -> Result<(), KernelError> {
-        let key = FdKey {
-            tgid,
-            fd: fd as u32,
-        };
-        let mut hint = self.cursor_hints.get(&key, 0).unwrap_or_default();
-        let d = direction.index();
-        hint.after_seq[d] = after_seq;
-        hint.cursor[d] = cursor;
-        hint.valid[d] = 1;
-        self.cursor_hints
-            .insert(key, hint, 0)
-            .map_err(map_err(MAP_CURSOR_HINTS))
-    }
-
-    /// Repro: `fd` of `tgid` sends requests; capture its egress whole (when the probes
-    /// were loaded with `full_capture`).
-    pub fn capture_whole(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
-        self.full_capture_fds
-            .insert(FdKey { tgid, fd }, 1, 0)
-            .map_err(map_err(MAP_FULL_CAPTURE_FDS))
-    }
-
-    pub fn stop_capture_whole(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
-        ignore_missing(self.full_capture_fds.remove(&FdKey { tgid, fd }))
-            .map_err(map_err(MAP_FULL_CAPTURE_FDS))
-    }
-
-    /// Forgets the hints of a stream that is in sync (or closed).
-    pub fn clear_cursor_hint(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
-        ignore_missing(self.cursor_hints.remove(&FdKey {
-            tgid,
-            fd: fd as u32,
-        }))
-        .map_err(map_err(MAP_CURSOR_HINTS))
-    }
-
-    /// The kernel's frame cursors of a watched fd (index `Direction::index`):
-    /// `Some(bytes to the next header)`, or None where unknown or mid-header.
-    pub fn fd_cursors(&self, tgid: u32, fd: i32) -> Option<[Option<u32>; 2]> {
-        let s = self
-            .watched_fds
-            .get(
-                &FdKey {
-                    tgid,
-                    fd: fd as u32,
-                },
-                0,
-            )
-            .ok()?;
-        let one = |d: usize| {
-            (s.cursor[d] != CURSOR_UNKNOWN && s.partial_len[d] == 0).then_some(s.cursor[d])
-        };
-        Some([one(0), one(1)])
-    }
-
-    /// Stops capturing (tgid, fd) (no error if it was not watched).
-    pub fn unwatch_fd(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
-        ignore_missing(self.watched_fds.remove(&FdKey {
-            tgid,
-            fd: fd as u32,
-        }))
-        .map_err(map_err(MAP_WATCHED_FDS))
-    }
-
-    /// Drops every watched fd of `tgid` (after its Exit: the kernel sees no close()).
-    /// Returns how many were removed.
-    pub fn forget_tgid(&mut self, tgid: u32) -> usize {
-        let keys: Vec<FdKey> = self
-            .watched_fds
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.tgid == tgid)
-            .collect();
-        for k in &keys {
-            let _ = self.cursor_hints.remove(k);
-        }
-        // Its exit: a stale bit would only cost the next process with this pid a
-        // register read and a lookup per read or write.
-        let _ = set_pid_bit(&mut self.io_pids, tgid, false);
-        keys.iter()
-            .filter(|k| self.watched_fds.remove(k).is_ok())
-            .count()
-    }
-
-    /// The kernel's running totals of a watched fd.
-    pub fn fd_totals(&self, tgid: u32, fd: i32) -> Option<FdTotals> {
-        self.watched_fds
-            .get(
-                &FdKey {
-                    tgid,
-                    fd: fd as u32,
-                },
-                0,
-            )
-            .ok()
-            .map(|s| FdTotals::from_arrays(s.bytes, s.calls))
-    }
-
-    /// Number of watched fds (for `check` and self-metrics).
-    pub fn watched_fd_count(&self) -> usize {
-        self.watched_fds.keys().filter(Result::is_ok).count()
-    }
-
     /// Snapshot of the in-kernel counters.
     pub fn stats(&self) -> KernelStats {
         let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -876,18 +579,6 @@ impl Probes {
             }
         }
         Ok(events)
-    }
-}
-
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
-    match r {
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        r => r,
     }
 }
 

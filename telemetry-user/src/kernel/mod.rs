@@ -1,12 +1,14 @@
 //! The kernel side of the agent: loading and attaching the eBPF probes
 //! (telemetry-ebpf), driving their maps, and reading their ring buffer.
 //!
-//! - `loader`: `Probes::load`, watch/unwatch of pids and fds, stats.
+//! - `loader`: `Probes::load` and stats; `loader/watch`: watch/unwatch of pids and fds.
+//! - `mounts`: tracefs and bpffs, mounted when missing.
 //! - `reader`: the tokio task behind `Probes::events()`.
 //! - `decode`: THE one checked decode point for kernel records.
 //! - `workers`: the per-worker probes: the sched bitmap, (de)serialization uprobes.
 //! - `uprobe_multi`: those uprobes as multi-uprobe links, attached per split window.
-//! - `btf`: task_struct offsets from /sys/kernel/btf/vmlinux (no CO-RE in Rust eBPF).
+//! - `btf`: task_struct and pt_regs offsets from /sys/kernel/btf/vmlinux (no CO-RE in
+//!   Rust eBPF).
 //! - `preflight`: what `snakepit-agent check` reports.
 //!
 //! Timestamps in events are CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns); use
@@ -16,6 +18,7 @@ pub mod decode;
 pub mod error;
 mod frame_marks;
 pub mod loader;
+mod mounts;
 pub mod preflight;
 mod profiling;
 mod reader;
@@ -24,13 +27,15 @@ mod teardown;
 mod uprobe_multi;
 mod workers;
 
+pub use btf::TaskOffsets;
 pub use decode::{
     decode, Capture, DecodeError, Direction, ExitStatus, FdTotals, FrameMark, FrameMarks,
     FrameStatus, IoRecord, KernelEvent, OffCpu, SchedEdge, SchedEpisode, SchedRecord,
     SerializeRecord,
 };
 pub use error::KernelError;
-pub use loader::{ensure_mounts, KernelConfig, Probes, TaskOffsets, DEFAULT_RING_BUFFER_BYTES};
+pub use loader::{KernelConfig, Probes, DEFAULT_RING_BUFFER_BYTES};
+pub use mounts::ensure_mounts;
 pub use preflight::{preflight, Preflight};
 pub use profiling::ProfilerMaps;
 pub use reader::KernelEvents;
