@@ -13,13 +13,7 @@ pub enum Side {
     Worker,
 }
 
-/// From the RPC's client to its server (`Request`) or back (`Response`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Flow {
-    Request,
-    Response,
-}
+pub use crate::wire::Flow;
 
 /// Who is the RPC client on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -17,7 +17,7 @@ use crate::events::{
 };
 use crate::fast_hash::{FastMap, FastSet};
 use crate::wire::grpc::GrpcMessage;
-use crate::wire::snakepit::{self as sp, Direction, Method};
+use crate::wire::snakepit::{self as sp, Method};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};

@@ -6,7 +6,7 @@ use super::grpc::{GrpcConfig, GrpcDirectionDecoder, MessageReassembler};
 use super::hpack::{self, enc, HpackDecoder};
 use super::http2::{self, FrameDecoder, Http2Config, Start};
 use super::port_packet::PacketDecoder;
-use super::snakepit::{self, Direction};
+use super::snakepit::{self, Flow};
 use super::DecodeStats;
 
 struct Rng(u64);
@@ -117,8 +117,8 @@ fn random_buffers_never_panic() {
         let _ = snakepit::decode_execute_tool_response(&buf);
         let _ = snakepit::decode_tool_chunk(&buf);
         let _ = snakepit::decode_prefix::<snakepit::TelemetryEvent>(&buf);
-        let _ = snakepit::identify_method(Direction::Request, &buf);
-        let _ = snakepit::identify_method(Direction::Response, &buf);
+        let _ = snakepit::identify_method(Flow::Request, &buf);
+        let _ = snakepit::identify_method(Flow::Response, &buf);
         if let Ok(s) = std::str::from_utf8(&buf) {
             let _ = snakepit::parse_tool_error(s);
         }

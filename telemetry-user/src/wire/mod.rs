@@ -40,7 +40,7 @@ pub use grpc::{
 pub use hpack::{DecodedBlock, HeaderField, HeaderValue, HpackDecoder};
 pub use http2::{FrameDecoder, Http2Config, Http2Event, Setting};
 pub use port_packet::{PacketDecoder, PortMessage, PortPacket};
-pub use snakepit::{identify_method, Direction, Method};
+pub use snakepit::{identify_method, Flow, Method};
 
 /// Everything that can go wrong while decoding. The decoders count these in
 /// [`DecodeStats`] and carry on; none of them is fatal to the process.

@@ -302,9 +302,12 @@ impl Method {
     }
 }
 
-/// Which way a message travels on its call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
+/// Which way a message travels on its call: from the RPC's client to its server
+/// (`Request`) or back (`Response`). Not the kernel's [`crate::kernel::Direction`],
+/// which is which way bytes move through one process's fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
     Request,
     Response,
 }

@@ -22,7 +22,7 @@ impl CallTracker {
         call.request_parsed = true;
         call.info_ready = true;
         if call.method.is_none() {
-            let guess = sp::identify_method(Direction::Request, &message.data).map(|m| {
+            let guess = sp::identify_method(Flow::Request, &message.data).map(|m| {
                 // Same shapes both ways: the connection's direction tells them apart.
                 if role == Some(CallRole::WorkerCallsBeam) && m == Method::ExecuteTool {
                     Method::ExecuteElixirTool

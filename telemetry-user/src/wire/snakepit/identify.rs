@@ -60,7 +60,7 @@ fn complete_bytes<'a>(f: &ScannedField<'a>) -> Option<&'a [u8]> {
 /// ExecuteTool; the connection's direction tells them apart). CleanupSession and
 /// GetSession requests (a session id only) look like Ping. Empty messages, and
 /// responses with every field at its default, say nothing: None.
-pub fn identify_method(direction: Direction, bytes: &[u8]) -> Option<Method> {
+pub fn identify_method(flow: Flow, bytes: &[u8]) -> Option<Method> {
     let (fields, scan) = FieldScanner::collect_all(bytes);
     if scan.malformed || fields.is_empty() {
         return None;
@@ -77,8 +77,8 @@ pub fn identify_method(direction: Direction, bytes: &[u8]) -> Option<Method> {
             allowed.contains(&(f.number, wt))
         })
     };
-    match direction {
-        Direction::Request => {
+    match flow {
+        Flow::Request => {
             if all_in(&[(1, 2), (2, 2), (3, 2), (4, 2), (5, 0), (6, 2)]) {
                 if let Some(name) = get(2).and_then(|f| complete_bytes(f)) {
                     if is_identifier(name)
@@ -127,7 +127,7 @@ pub fn identify_method(direction: Direction, bytes: &[u8]) -> Option<Method> {
             }
             None
         }
-        Direction::Response => {
+        Flow::Response => {
             if get(4).is_some_and(|f| f.varint().is_some())
                 && all_in(&[(1, 2), (2, 2), (3, 2), (4, 0), (5, 2)])
             {

@@ -40,7 +40,7 @@ fn roundtrip_and_snakebridge() {
         serde_json::json!([1, 1, 1, 1])
     );
     assert_eq!(
-        identify_method(Direction::Request, &bytes),
+        identify_method(Flow::Request, &bytes),
         Some(Method::ExecuteTool)
     );
 }
@@ -57,7 +57,7 @@ fn truncated_request_keeps_what_is_present() {
             assert_eq!(p.msg.session_id, "sess-1");
             assert_eq!(p.msg.tool_name, "snakebridge.call");
             assert_eq!(
-                identify_method(Direction::Request, &bytes[..cut]),
+                identify_method(Flow::Request, &bytes[..cut]),
                 Some(Method::ExecuteTool)
             );
         }
@@ -145,12 +145,12 @@ fn truncated_response_error_text() {
 
 #[test]
 fn identify_shapes() {
-    use Direction::*;
+    use Flow::*;
     let ts = Some(Timestamp {
         seconds: 1_700_000_000,
         nanos: 5,
     });
-    let cases: Vec<(Direction, Vec<u8>, Option<Method>)> = vec![
+    let cases: Vec<(Flow, Vec<u8>, Option<Method>)> = vec![
         (
             Request,
             PingRequest {
