@@ -203,7 +203,7 @@ async fn capture_lifecycle_and_stats_body() {
     assert_eq!(exit_of(&evs, grandchild), Some(ExitStatus::Exited(0)));
 
     // fd opens: one connect (ret 0) and one accept4.
-    let opens: Vec<(i32, Syscall, i64)> = evs
+    let opens: Vec<(Option<u32>, Syscall, i64)> = evs
         .iter()
         .filter_map(|e| match e {
             KernelEvent::FdOpen {
@@ -220,16 +220,18 @@ async fn capture_lifecycle_and_stats_body() {
         .iter()
         .find(|o| o.1 == Syscall::Connect && o.2 == 0)
         .unwrap_or_else(|| panic!("no connect open: {opens:?}"))
-        .0;
+        .0
+        .expect("a connect's fd");
     let accept_fd = opens
         .iter()
         .find(|o| o.1 == Syscall::Accept4 || o.1 == Syscall::Accept)
         .unwrap_or_else(|| panic!("no accept open: {opens:?}"))
-        .0;
+        .0
+        .expect("an accept's fd");
 
     // I/O per (fd, direction): contiguous seq, exact bytes and payload.
     let want = expected_stream();
-    let mut streams: BTreeMap<(i32, Direction), Vec<_>> = BTreeMap::new();
+    let mut streams: BTreeMap<(u32, Direction), Vec<_>> = BTreeMap::new();
     for e in &evs {
         if let KernelEvent::Io(io) = e {
             if io.tgid == pid {
@@ -287,7 +289,7 @@ async fn capture_lifecycle_and_stats_body() {
         }
     }
     // fd closes carry the kernel totals.
-    let close_totals = |fd: i32| {
+    let close_totals = |fd: u32| {
         evs.iter()
             .find_map(|e| match e {
                 KernelEvent::FdClose {
@@ -332,8 +334,8 @@ async fn capture_lifecycle_and_stats_body() {
     // SAFETY: valid array of two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let me = std::process::id();
-    probes.watch_fd(me, fds[0], FD_PIPE, None).unwrap();
-    probes.watch_fd(me, fds[1], FD_PIPE, None).unwrap();
+    probes.watch_fd(me, open_fd(fds[0]), FD_PIPE, None).unwrap();
+    probes.watch_fd(me, open_fd(fds[1]), FD_PIPE, None).unwrap();
     let msg = b"pipe-bytes";
     let mut buf = [0u8; 64];
     // SAFETY: valid buffers and fds.
@@ -341,9 +343,13 @@ async fn capture_lifecycle_and_stats_body() {
         assert_eq!(libc::write(fds[1], msg.as_ptr().cast(), msg.len()), 10);
         assert_eq!(libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len()), 10);
     }
-    let t = probes.fd_totals(me, fds[1]).expect("totals of watched fd");
+    let t = probes
+        .fd_totals(me, open_fd(fds[1]))
+        .expect("totals of watched fd");
     assert_eq!((t.bytes_out, t.calls_out), (10, 1));
-    let t = probes.fd_totals(me, fds[0]).expect("totals of watched fd");
+    let t = probes
+        .fd_totals(me, open_fd(fds[0]))
+        .expect("totals of watched fd");
     assert_eq!((t.bytes_in, t.calls_in), (10, 1));
     let evs = collect(&mut rx, Duration::from_secs(5), |evs| {
         evs.iter()
@@ -361,9 +367,9 @@ async fn capture_lifecycle_and_stats_body() {
         .collect();
     assert_eq!(pipe_payloads.len(), 2, "{pipe_payloads:?}");
     assert!(pipe_payloads.iter().all(|(_, p)| &p[..] == msg));
-    probes.unwatch_fd(me, fds[0]).unwrap();
-    probes.unwatch_fd(me, fds[1]).unwrap();
-    assert_eq!(probes.fd_totals(me, fds[1]), None);
+    probes.unwatch_fd(me, open_fd(fds[0])).unwrap();
+    probes.unwatch_fd(me, open_fd(fds[1])).unwrap();
+    assert_eq!(probes.fd_totals(me, open_fd(fds[1])), None);
     // SAFETY: our fds.
     unsafe {
         libc::close(fds[0]);
@@ -621,6 +627,7 @@ c.close(); s.close()
 
 /// The records of one (tgid, fd, direction), in seq order.
 fn io_stream(evs: &[KernelEvent], tgid: u32, fd: i32, dir: Direction) -> Vec<IoRecord> {
+    let fd = open_fd(fd);
     let mut v: Vec<IoRecord> = evs
         .iter()
         .filter_map(|e| match e {
@@ -945,7 +952,7 @@ fn an_fd_cached_as_unwatched_is_captured_once_watched() {
                         unsafe { libc::read(fds[0], sink.as_mut_ptr().cast(), sink.len()) };
                     }
                     probes
-                        .watch_fd(me, fds[1], FD_PIPE, None)
+                        .watch_fd(me, open_fd(fds[1]), FD_PIPE, None)
                         .expect("watch fd");
                     write_fd(fds[1], b"after-user-watch");
                     // 2. The kernel's accept reuses a number cached as unwatched.
@@ -1000,6 +1007,7 @@ fn an_fd_cached_as_unwatched_is_captured_once_watched() {
 
 /// Reads (or writes) of `fd` counted by the kernel, from its close event.
 fn fd_close_calls(evs: &[KernelEvent], tgid: u32, fd: i32) -> u64 {
+    let fd = open_fd(fd);
     evs.iter()
         .find_map(|e| match e {
             KernelEvent::FdClose {
@@ -1081,8 +1089,12 @@ fn pipe_roundtrip(probes: &mut Probes, data: &[u8], writes: &[Vec<usize>]) -> [i
     // SAFETY: valid array of two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let me = std::process::id();
-    probes.watch_fd(me, fds[0], FD_PIPE, Some([0, 0])).unwrap();
-    probes.watch_fd(me, fds[1], FD_PIPE, Some([0, 0])).unwrap();
+    probes
+        .watch_fd(me, open_fd(fds[0]), FD_PIPE, Some([0, 0]))
+        .unwrap();
+    probes
+        .watch_fd(me, open_fd(fds[1]), FD_PIPE, Some([0, 0]))
+        .unwrap();
     let total = data.len();
     let rfd = fds[0];
     let reader = std::thread::spawn(move || {
@@ -1167,7 +1179,9 @@ fn ring_wakes_its_reader_only_when_filling() {
     // SAFETY: valid array of two ints.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     let me = std::process::id();
-    probes.watch_fd(me, fds[1], FD_PIPE, Some([0, 0])).unwrap();
+    probes
+        .watch_fd(me, open_fd(fds[1]), FD_PIPE, Some([0, 0]))
+        .unwrap();
     // {packet,4} frames, as the pipe workers write them.
     let frame = |len: usize| {
         let mut f = (len as u32).to_be_bytes().to_vec();
@@ -1257,7 +1271,7 @@ fn frame_cursor_packet4_pipe() {
         }
         let fds = pipe_roundtrip(&mut probes, &data, &writes);
         let me = std::process::id();
-        let cursors = probes.fd_cursors(me, fds[1]).expect("watched");
+        let cursors = probes.fd_cursors(me, open_fd(fds[1])).expect("watched");
         let evs = collect(&mut rx, Duration::from_secs(10), |evs| {
             let n = |d| {
                 evs.iter()
@@ -1289,7 +1303,7 @@ fn frame_cursor_packet4_pipe() {
         );
         assert_eq!(lost_count(&probes), 0, "{:?}", probes.stats().nonzero());
         for fd in fds {
-            probes.unwatch_fd(me, fd).unwrap();
+            probes.unwatch_fd(me, open_fd(fd)).unwrap();
             // SAFETY: our fd.
             unsafe { libc::close(fd) };
         }
@@ -1341,11 +1355,14 @@ fn frame_cursor_garbage() {
         let before = lost_count(&probes);
         let fds = pipe_roundtrip(&mut probes, &data, &[vec![4, 5000], vec![5000]]);
         let me = std::process::id();
-        assert_eq!(probes.fd_cursors(me, fds[1]), Some([Some(0), None]));
+        assert_eq!(
+            probes.fd_cursors(me, open_fd(fds[1])),
+            Some([Some(0), None])
+        );
         assert_eq!(lost_count(&probes), before + 2, "write and read side");
         println!("garbage: {:?}", probes.stats().nonzero());
         for fd in fds {
-            probes.unwatch_fd(me, fd).unwrap();
+            probes.unwatch_fd(me, open_fd(fd)).unwrap();
             // SAFETY: our fd.
             unsafe { libc::close(fd) };
         }
@@ -1799,4 +1816,9 @@ fn small_grpc_sends_are_captured_whole() {
             (t1 - t0) as f64 / (c1 - c0).max(1) as f64
         );
     });
+}
+
+/// An fd this test opened, as the agent's fd type.
+fn open_fd(fd: i32) -> u32 {
+    u32::try_from(fd).expect("an open fd is not negative")
 }

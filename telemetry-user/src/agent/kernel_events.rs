@@ -19,20 +19,18 @@ impl Agent {
             } => self.chunks.chunk(tgid, fd, seq, offset, bytes),
             KernelEvent::Io(mut rec) => {
                 self.chunks.join(&mut rec);
-                if rec.fd >= 0 {
-                    self.io.record(
-                        rec.tgid,
-                        rec.fd as u32,
-                        rec.direction.index(),
-                        rec.ret,
-                        rec.stream_pos,
-                        rec.capture == kernel::Capture::Frames,
-                    );
-                    self.pipeline
-                        .on_io(rec, &self.discovery, &mut self.observations);
-                    self.feed_tracker();
-                    self.pass_cursor_hints();
-                }
+                self.io.record(
+                    rec.tgid,
+                    rec.fd,
+                    rec.direction.index(),
+                    rec.ret,
+                    rec.stream_pos,
+                    rec.capture == kernel::Capture::Frames,
+                );
+                self.pipeline
+                    .on_io(rec, &self.discovery, &mut self.observations);
+                self.feed_tracker();
+                self.pass_cursor_hints();
             }
             KernelEvent::Sched(ep) => {
                 self.tracker.activity_mut().on_episode(&ep);
@@ -52,27 +50,25 @@ impl Agent {
                 // tells whether it is a worker.
             }
             KernelEvent::Exit { tgid, status, .. } => self.on_exit(tgid, status),
-            KernelEvent::FdOpen { tgid, fd, ret, .. } => {
+            KernelEvent::FdOpen { tgid, fd, .. } => {
                 // A failed accept gives no fd; a connect in progress is still a socket.
-                let fd = if ret >= 0 && fd < 0 { ret as i32 } else { fd };
-                if fd >= 0 {
+                if let Some(fd) = fd {
                     self.pipeline.fd_opened(tgid, fd);
-                    let changes = self.discovery.on_fd_open(tgid, fd as u32);
+                    let changes = self.discovery.on_fd_open(tgid, fd);
                     self.apply(changes);
                 }
             }
             KernelEvent::FdClose {
                 tgid, fd, totals, ..
             } => {
-                if fd >= 0 {
-                    self.io.closed(tgid, fd as u32, totals);
-                    self.watched_fds.remove(&(tgid, fd as u32));
-                    let changes = self.discovery.on_fd_close(tgid, fd as u32);
-                    self.apply(changes);
-                    self.pipeline.fd_closed(tgid, fd);
-                    let _ = self.probes.clear_cursor_hint(tgid, fd);
-                    self.finish_closing(kernel::monotonic_now_ns());
-                }
+                // Only watched fds, never negative: the kernel looked the fd up.
+                self.io.closed(tgid, fd, totals);
+                self.watched_fds.remove(&(tgid, fd));
+                let changes = self.discovery.on_fd_close(tgid, fd);
+                self.apply(changes);
+                self.pipeline.fd_closed(tgid, fd);
+                let _ = self.probes.clear_cursor_hint(tgid, fd);
+                self.finish_closing(kernel::monotonic_now_ns());
             }
         }
     }
@@ -90,7 +86,7 @@ impl Agent {
             .map(|(_, fd)| fd)
             .collect();
         for fd in ends {
-            if let Some(t) = self.probes.fd_totals(tgid, fd as i32) {
+            if let Some(t) = self.probes.fd_totals(tgid, fd) {
                 self.io.closed(tgid, fd, t);
             }
         }

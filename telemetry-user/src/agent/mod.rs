@@ -468,7 +468,7 @@ impl Agent {
         for conn in &conns {
             let ev = self
                 .io
-                .summary(conn, |p, f| probes.fd_totals(p, f as i32), final_summary);
+                .summary(conn, |p, f| probes.fd_totals(p, f), final_summary);
             self.bus.publish(ev);
         }
         self.bus.publish(self.stats_event());

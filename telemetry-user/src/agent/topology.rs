@@ -132,7 +132,7 @@ impl Agent {
             let probes = &self.probes;
             let ev = self
                 .io
-                .summary(&c.conn, |p, f| probes.fd_totals(p, f as i32), true);
+                .summary(&c.conn, |p, f| probes.fd_totals(p, f), true);
             self.bus.publish(ev);
             self.io.forget(&c.conn);
         }
@@ -172,7 +172,7 @@ impl Agent {
         for (tgid, fd, kind) in plan.fds {
             want_fds.insert((tgid, fd));
             if !self.watched_fds.contains(&(tgid, fd)) {
-                match self.probes.watch_fd(tgid, fd as i32, kind, None) {
+                match self.probes.watch_fd(tgid, fd, kind, None) {
                     Ok(()) => {
                         self.watched_fds.insert((tgid, fd));
                     }
@@ -187,7 +187,7 @@ impl Agent {
         // sockets of watched processes, and discovery decides about them later.
         let stale: Vec<(u32, u32)> = self.watched_fds.difference(&want_fds).copied().collect();
         for (tgid, fd) in stale {
-            let _ = self.probes.unwatch_fd(tgid, fd as i32);
+            let _ = self.probes.unwatch_fd(tgid, fd);
             self.watched_fds.remove(&(tgid, fd));
         }
     }

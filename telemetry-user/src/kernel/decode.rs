@@ -98,7 +98,7 @@ impl ExitStatus {
 pub struct IoRecord {
     pub tgid: u32,
     pub tid: u32,
-    pub fd: i32,
+    pub fd: u32,
     pub direction: Direction,
     pub syscall: Syscall,
     /// Bytes moved, or -errno; 0 is EOF on reads.
@@ -154,14 +154,16 @@ pub enum KernelEvent {
     FdOpen {
         tgid: u32,
         tid: u32,
-        fd: i32,
+        /// The fd the call opened or connected; None when it gave none (a negative
+        /// argument or result).
+        fd: Option<u32>,
         syscall: Syscall,
         ret: i64,
         ts_ns: u64,
     },
     FdClose {
         tgid: u32,
-        fd: i32,
+        fd: u32,
         ts_ns: u64,
         totals: FdTotals,
     },
@@ -169,7 +171,7 @@ pub enum KernelEvent {
     /// precede the record of the same (tgid, fd, seq) and join it as a mark.
     IoChunk {
         tgid: u32,
-        fd: i32,
+        fd: u32,
         seq: u64,
         offset: u32,
         bytes: Bytes,
@@ -375,7 +377,7 @@ pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, De
             }
             Ok(KernelEvent::IoChunk {
                 tgid: r.u32(offset_of!(H, tgid)),
-                fd: r.u32(offset_of!(H, fd)) as i32,
+                fd: r.u32(offset_of!(H, fd)),
                 seq: r.u64(offset_of!(H, seq)),
                 offset: r.u32(offset_of!(H, offset)),
                 // Its own copy: a chunk may wait for its record (see repro::chunks).
@@ -434,7 +436,7 @@ pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, De
             Ok(KernelEvent::Io(IoRecord {
                 tgid: r.u32(offset_of!(H, tgid)),
                 tid: r.u32(offset_of!(H, tid)),
-                fd: r.u32(offset_of!(H, fd)) as i32,
+                fd: r.u32(offset_of!(H, fd)),
                 direction,
                 syscall: syscall(r.u8(offset_of!(H, syscall)))?,
                 ret,
@@ -520,15 +522,22 @@ pub fn decode_with(bytes: &[u8], arena: &mut BytesMut) -> Result<KernelEvent, De
             need(raw_kind, bytes, size_of::<FdEvent>())?;
             type F = FdEvent;
             let tgid = r.u32(offset_of!(F, tgid));
-            let fd = r.u32(offset_of!(F, fd)) as i32;
+            let fd = r.u32(offset_of!(F, fd));
             let ts_ns = r.u64(offset_of!(F, ts_ns));
             if kind == RecordKind::FdOpen {
+                let ret = r.i64(offset_of!(F, ret));
+                // The fd is the call's argument (connect) or its result (accept).
+                let opened = if (fd as i32) >= 0 {
+                    Some(fd)
+                } else {
+                    u32::try_from(ret).ok()
+                };
                 Ok(KernelEvent::FdOpen {
                     tgid,
                     tid: r.u32(offset_of!(F, tid)),
-                    fd,
+                    fd: opened,
                     syscall: syscall(r.u8(offset_of!(F, syscall)))?,
-                    ret: r.i64(offset_of!(F, ret)),
+                    ret,
                     ts_ns,
                 })
             } else {
@@ -813,6 +822,28 @@ mod tests {
                 calls_out: 4
             }
         );
+    }
+
+    /// An open's fd is its argument (connect) or, where that is negative, its result
+    /// (accept); neither gives none.
+    #[test]
+    fn fd_open_takes_the_argument_or_the_result() {
+        type F = FdEvent;
+        let open = |arg: i32, ret: i64| {
+            let mut v = vec![0u8; size_of::<F>()];
+            put32(&mut v, 0, RecordKind::FdOpen as u32);
+            put32(&mut v, offset_of!(F, fd), arg as u32);
+            put64(&mut v, offset_of!(F, ret), ret as u64);
+            v[offset_of!(F, syscall)] = Syscall::Connect as u8;
+            match decode(&v) {
+                Ok(KernelEvent::FdOpen { fd, .. }) => fd,
+                other => panic!("not an open: {other:?}"),
+            }
+        };
+        assert_eq!(open(7, 0), Some(7));
+        assert_eq!(open(7, -115), Some(7), "a connect in progress is a socket");
+        assert_eq!(open(-1, 12), Some(12));
+        assert_eq!(open(-1, -9), None);
     }
 
     #[test]

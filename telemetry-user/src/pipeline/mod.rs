@@ -60,7 +60,7 @@ struct DirDecoder {
     side: Side,
     flow: Flow,
     /// The other end of the connection (its tgid and fd).
-    peer: (u32, i32),
+    peer: (u32, u32),
     /// One lean chunk's frame ends, kept for the next.
     timing_ends: Vec<FrameTiming>,
 }
@@ -71,7 +71,7 @@ struct DirDecoder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CursorHint {
     pub tgid: u32,
-    pub fd: i32,
+    pub fd: u32,
     pub direction: Direction,
     /// The syscall after which the next frame header is `cursor` bytes ahead.
     pub after_seq: u64,
@@ -83,9 +83,9 @@ pub struct Pipeline {
     decoders: FastMap<StreamKey, DirDecoder>,
     pending: FastMap<StreamKey, VecDeque<Ordered>>,
     /// Fds the kernel reported from accept/connect: seen from their first byte.
-    opened_live: FastSet<(u32, i32)>,
+    opened_live: FastSet<(u32, u32)>,
     /// Pipe ends of connections discovered live: seen from their first byte.
-    live_pipes: FastSet<(u32, i32)>,
+    live_pipes: FastSet<(u32, u32)>,
     /// Workers whose every pipe fd is live (a worker's stdout pipe may be reached
     /// through several fds: 1, 2 and a dup such as 3).
     live_pipe_workers: FastSet<u32>,
@@ -131,14 +131,14 @@ impl Pipeline {
     }
 
     /// The kernel created this fd's watch entry at accept/connect.
-    pub fn fd_opened(&mut self, tgid: u32, fd: i32) {
+    pub fn fd_opened(&mut self, tgid: u32, fd: u32) {
         self.opened_live.insert((tgid, fd));
     }
 
     /// A pipe connection discovered while its worker started: both ends are watched
     /// since before its first byte.
     pub fn pipe_is_live(&mut self, conn: &ConnInfo) {
-        self.live_pipes.insert((conn.beam_pid, conn.beam_fd as i32));
+        self.live_pipes.insert((conn.beam_pid, conn.beam_fd));
         self.live_pipe_workers.insert(conn.worker_pid);
     }
 
@@ -207,7 +207,7 @@ impl Pipeline {
             for direction in [Direction::Ingress, Direction::Egress] {
                 let key = StreamKey {
                     tgid: pid,
-                    fd: fd as i32,
+                    fd,
                     direction,
                 };
                 if let Some(items) = self.pending.remove(&key) {
@@ -220,7 +220,7 @@ impl Pipeline {
     }
 
     /// An fd closed (or its process exited): forget its streams.
-    pub fn fd_closed(&mut self, tgid: u32, fd: i32) {
+    pub fn fd_closed(&mut self, tgid: u32, fd: u32) {
         let _ = self.assembler.remove(tgid, fd);
         for direction in [Direction::Ingress, Direction::Egress] {
             let key = StreamKey {
@@ -296,7 +296,7 @@ impl Pipeline {
             return; // an empty record only kept the sequence contiguous
         }
         if !self.decoders.contains_key(&key) {
-            match discovery.conn_for_fd(key.tgid, key.fd as u32) {
+            match discovery.conn_for_fd(key.tgid, key.fd) {
                 Some(conn) => {
                     let first_seq = match &item {
                         Ordered::Chunk(c) => Some(c.seq),
@@ -550,7 +550,7 @@ impl Pipeline {
         first_seq: Option<u64>,
         discovery: &dyn ConnDirectory,
     ) -> DirDecoder {
-        let side = if key.tgid == conn.beam_pid && key.fd as u32 == conn.beam_fd {
+        let side = if key.tgid == conn.beam_pid && key.fd == conn.beam_fd {
             Side::Beam
         } else {
             Side::Worker
@@ -627,8 +627,8 @@ impl Pipeline {
             (ConnRole::PipeStdin | ConnRole::PipeStdout, _) => Decoder::Ignore,
         };
         let peer = match side {
-            Side::Beam => (conn.worker_pid, conn.worker_fd as i32),
-            Side::Worker => (conn.beam_pid, conn.beam_fd as i32),
+            Side::Beam => (conn.worker_pid, conn.worker_fd),
+            Side::Worker => (conn.beam_pid, conn.beam_fd),
         };
         DirDecoder {
             decoder,

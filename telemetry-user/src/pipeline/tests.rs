@@ -158,7 +158,7 @@ fn full_records(
         out.push(IoRecord {
             tgid: r.tgid,
             tid: r.tgid + 1,
-            fd: r.fd as i32,
+            fd: r.fd,
             direction: r.direction,
             syscall: Syscall::Writev,
             ret: n as i64,
@@ -220,7 +220,7 @@ fn lean_records(r: Rec, stream: &[u8], heads: &[usize], reads: &[usize], t: u64)
             out.push(IoRecord {
                 tgid: r.tgid,
                 tid: r.tgid + 2,
-                fd: r.fd as i32,
+                fd: r.fd,
                 direction: r.direction,
                 syscall: Syscall::Recvfrom,
                 ret: n as i64,
@@ -267,8 +267,8 @@ fn feed(p: &mut Pipeline, dir: &OneConn, recs: Vec<IoRecord>) -> Vec<Observation
 
 fn live_pipeline(dir: &OneConn) -> Pipeline {
     let mut p = Pipeline::default();
-    p.fd_opened(BEAM, BEAM_FD as i32);
-    p.fd_opened(WORKER, WORKER_FD as i32);
+    p.fd_opened(BEAM, BEAM_FD);
+    p.fd_opened(WORKER, WORKER_FD);
     let mut out = Vec::new();
     p.connection_opened(&dir.0, dir, &mut out);
     p
@@ -485,13 +485,7 @@ fn joined_mid_stream_full_records_find_frames_and_hint_the_kernel() {
             last.after_seq,
             last.cursor
         ),
-        (
-            BEAM,
-            BEAM_FD as i32,
-            Direction::Egress,
-            41,
-            (data_len - 7) as u32
-        )
+        (BEAM, BEAM_FD, Direction::Egress, 41, (data_len - 7) as u32)
     );
 }
 

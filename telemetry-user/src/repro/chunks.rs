@@ -11,14 +11,14 @@ const MAX_WAITING: usize = 1024;
 #[derive(Default)]
 pub struct ChunkJoin {
     /// (tgid, fd) -> the syscall's seq and its chunks so far.
-    waiting: FastMap<(u32, i32), (u64, Vec<FrameMark>)>,
+    waiting: FastMap<(u32, u32), (u64, Vec<FrameMark>)>,
     /// Chunk bytes joined to records, and chunks whose record never came.
     pub joined_bytes: u64,
     pub orphans: u64,
 }
 
 impl ChunkJoin {
-    pub fn chunk(&mut self, tgid: u32, fd: i32, seq: u64, offset: u32, bytes: Bytes) {
+    pub fn chunk(&mut self, tgid: u32, fd: u32, seq: u64, offset: u32, bytes: Bytes) {
         if self.waiting.len() >= MAX_WAITING && !self.waiting.contains_key(&(tgid, fd)) {
             self.orphans += self.waiting.values().map(|w| w.1.len() as u64).sum::<u64>();
             self.waiting.clear();
@@ -63,7 +63,7 @@ mod tests {
     use std::mem::offset_of;
     use telemetry_common::{IoChunkHeader, RecordKind, IO_CHUNK_HEADER_LEN};
 
-    fn chunk_record(tgid: u32, fd: i32, seq: u64, offset: u32, data: &[u8]) -> Vec<u8> {
+    fn chunk_record(tgid: u32, fd: u32, seq: u64, offset: u32, data: &[u8]) -> Vec<u8> {
         type H = IoChunkHeader;
         let mut v = vec![0u8; IO_CHUNK_HEADER_LEN];
         let put = |v: &mut Vec<u8>, at: usize, b: &[u8]| v[at..at + b.len()].copy_from_slice(b);
@@ -85,7 +85,7 @@ mod tests {
         v
     }
 
-    fn io(tgid: u32, fd: i32, seq: u64, payload: &[u8], ret: i64) -> IoRecord {
+    fn io(tgid: u32, fd: u32, seq: u64, payload: &[u8], ret: i64) -> IoRecord {
         IoRecord {
             tgid,
             tid: tgid,

@@ -117,7 +117,7 @@ pub enum Ordered {
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamKey {
     pub tgid: u32,
-    pub fd: i32,
+    pub fd: u32,
     pub direction: Direction,
 }
 
@@ -209,7 +209,7 @@ impl Assembler {
     }
 
     /// Forgets a stream (fd closed).
-    pub fn remove(&mut self, tgid: u32, fd: i32) -> Vec<(StreamKey, Ordered)> {
+    pub fn remove(&mut self, tgid: u32, fd: u32) -> Vec<(StreamKey, Ordered)> {
         let mut out = Vec::new();
         for direction in [Direction::Ingress, Direction::Egress] {
             let key = StreamKey {

@@ -33,21 +33,17 @@ impl Probes {
     pub fn watch_fd(
         &mut self,
         tgid: u32,
-        fd: i32,
+        fd: u32,
         fd_kind: u32,
         cursors: Option<[u32; 2]>,
     ) -> Result<(), KernelError> {
         let state = FdState::new(fd_kind, cursors.unwrap_or([CURSOR_UNKNOWN; 2]));
         set_pid_bit(&mut self.io_pids, tgid, true).map_err(map_err(MAP_IO_PIDS))?;
         const BPF_NOEXIST: u64 = 1;
-        match self.watched_fds.insert(
-            FdKey {
-                tgid,
-                fd: fd as u32,
-            },
-            state,
-            BPF_NOEXIST,
-        ) {
+        match self
+            .watched_fds
+            .insert(FdKey { tgid, fd }, state, BPF_NOEXIST)
+        {
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
             {
@@ -75,15 +71,12 @@ impl Probes {
     pub fn set_cursor_hint(
         &mut self,
         tgid: u32,
-        fd: i32,
+        fd: u32,
         direction: Direction,
         after_seq: u64,
         cursor: u32,
     ) -> Result<(), KernelError> {
-        let key = FdKey {
-            tgid,
-            fd: fd as u32,
-        };
+        let key = FdKey { tgid, fd };
         let mut hint = self.cursor_hints.get(&key, 0).unwrap_or_default();
         let d = direction.index();
         hint.after_seq[d] = after_seq;
@@ -108,27 +101,15 @@ impl Probes {
     }
 
     /// Forgets the hints of a stream that is in sync (or closed).
-    pub fn clear_cursor_hint(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
-        ignore_missing(self.cursor_hints.remove(&FdKey {
-            tgid,
-            fd: fd as u32,
-        }))
-        .map_err(map_err(MAP_CURSOR_HINTS))
+    pub fn clear_cursor_hint(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
+        ignore_missing(self.cursor_hints.remove(&FdKey { tgid, fd }))
+            .map_err(map_err(MAP_CURSOR_HINTS))
     }
 
     /// The kernel's frame cursors of a watched fd (index `Direction::index`):
     /// `Some(bytes to the next header)`, or None where unknown or mid-header.
-    pub fn fd_cursors(&self, tgid: u32, fd: i32) -> Option<[Option<u32>; 2]> {
-        let s = self
-            .watched_fds
-            .get(
-                &FdKey {
-                    tgid,
-                    fd: fd as u32,
-                },
-                0,
-            )
-            .ok()?;
+    pub fn fd_cursors(&self, tgid: u32, fd: u32) -> Option<[Option<u32>; 2]> {
+        let s = self.watched_fds.get(&FdKey { tgid, fd }, 0).ok()?;
         let one = |d: usize| {
             (s.cursor[d] != CURSOR_UNKNOWN && s.partial_len[d] == 0).then_some(s.cursor[d])
         };
@@ -136,12 +117,9 @@ impl Probes {
     }
 
     /// Stops capturing (tgid, fd) (no error if it was not watched).
-    pub fn unwatch_fd(&mut self, tgid: u32, fd: i32) -> Result<(), KernelError> {
-        ignore_missing(self.watched_fds.remove(&FdKey {
-            tgid,
-            fd: fd as u32,
-        }))
-        .map_err(map_err(MAP_WATCHED_FDS))
+    pub fn unwatch_fd(&mut self, tgid: u32, fd: u32) -> Result<(), KernelError> {
+        ignore_missing(self.watched_fds.remove(&FdKey { tgid, fd }))
+            .map_err(map_err(MAP_WATCHED_FDS))
     }
 
     /// Drops every watched fd of `tgid` (after its Exit: the kernel sees no close()).
@@ -165,15 +143,9 @@ impl Probes {
     }
 
     /// The kernel's running totals of a watched fd.
-    pub fn fd_totals(&self, tgid: u32, fd: i32) -> Option<FdTotals> {
+    pub fn fd_totals(&self, tgid: u32, fd: u32) -> Option<FdTotals> {
         self.watched_fds
-            .get(
-                &FdKey {
-                    tgid,
-                    fd: fd as u32,
-                },
-                0,
-            )
+            .get(&FdKey { tgid, fd }, 0)
             .ok()
             .map(|s| FdTotals::from_arrays(s.bytes, s.calls))
     }
