@@ -203,28 +203,32 @@ pub struct Partial<T> {
     pub cut_field: Option<u32>,
 }
 
-/// Decodes the complete fields of `buf` with prost and returns the cut field.
-fn decode_complete<T: prost::Message + Default>(
+/// Decodes the complete fields of `buf` with prost; `fill_cut` then gets the number
+/// and present bytes of a cut length-delimited field, to fill in what matters.
+fn decode_partial<T: prost::Message + Default>(
     buf: &[u8],
-) -> Result<(T, bool, Option<ScannedField<'_>>), WireError> {
+    fill_cut: impl FnOnce(&mut T, u32, &[u8]),
+) -> Result<Partial<T>, WireError> {
     let (fields, scan) = FieldScanner::collect_all(buf);
     if scan.malformed {
         return Err(WireError::Protobuf("malformed field"));
     }
     let cut = fields.last().filter(|f| f.is_truncated()).copied();
-    let msg =
+    let mut msg =
         T::decode(&buf[..scan.complete_end]).map_err(|_| WireError::Protobuf("invalid message"))?;
-    Ok((msg, scan.truncated, cut))
+    if let Some(f) = cut {
+        fill_cut(&mut msg, f.number, f.bytes().unwrap_or_default());
+    }
+    Ok(Partial {
+        msg,
+        truncated: scan.truncated,
+        cut_field: cut.map(|f| f.number),
+    })
 }
 
 /// Generic prefix decoding: complete fields only.
 pub fn decode_prefix<T: prost::Message + Default>(buf: &[u8]) -> Result<Partial<T>, WireError> {
-    let (msg, truncated, cut) = decode_complete::<T>(buf)?;
-    Ok(Partial {
-        msg,
-        truncated,
-        cut_field: cut.map(|f| f.number),
-    })
+    decode_partial(buf, |_, _, _| {})
 }
 
 pub(super) fn lossy(b: &[u8]) -> String {
@@ -248,47 +252,27 @@ fn partial_any(data: &[u8]) -> Any {
 /// out (empty / absent, `cut_field` says which): a prefix reported as the value
 /// would be wrong.
 pub fn decode_execute_tool_request(buf: &[u8]) -> Result<Partial<ExecuteToolRequest>, WireError> {
-    let (msg, truncated, cut) = decode_complete::<ExecuteToolRequest>(buf)?;
-    Ok(Partial {
-        msg,
-        truncated,
-        cut_field: cut.map(|f| f.number),
-    })
+    decode_partial(buf, |_, _, _| {})
 }
 
 /// ExecuteToolResponse (also ExecuteElixirToolResponse) from a possibly cut buffer.
 pub fn decode_execute_tool_response(buf: &[u8]) -> Result<Partial<ExecuteToolResponse>, WireError> {
-    let (mut msg, truncated, cut) = decode_complete::<ExecuteToolResponse>(buf)?;
-    if let Some(f) = cut {
-        let data = f.bytes().unwrap_or_default();
-        match f.number {
+    decode_partial(
+        buf,
+        |msg: &mut ExecuteToolResponse, number, data| match number {
             2 => msg.result = Some(partial_any(data)),
             3 => msg.error_message = lossy(data),
             6 => msg.binary_result = data.to_vec(),
             _ => {}
-        }
-    }
-    Ok(Partial {
-        msg,
-        truncated,
-        cut_field: cut.map(|f| f.number),
-    })
+        },
+    )
 }
 
 /// ToolChunk from a possibly cut buffer.
 pub fn decode_tool_chunk(buf: &[u8]) -> Result<Partial<ToolChunk>, WireError> {
-    let (mut msg, truncated, cut) = decode_complete::<ToolChunk>(buf)?;
-    if let Some(f) = cut {
-        let data = f.bytes().unwrap_or_default();
-        match f.number {
-            1 => msg.chunk_id = lossy(data),
-            2 => msg.data = data.to_vec(),
-            _ => {}
-        }
-    }
-    Ok(Partial {
-        msg,
-        truncated,
-        cut_field: cut.map(|f| f.number),
+    decode_partial(buf, |msg: &mut ToolChunk, number, data| match number {
+        1 => msg.chunk_id = lossy(data),
+        2 => msg.data = data.to_vec(),
+        _ => {}
     })
 }
