@@ -303,14 +303,15 @@ impl Agent {
         loop {
             tokio::select! {
                 batch = self.kernel_rx.recv_batch() => {
-                    let Some(batch) = batch else {
+                    let Some(mut batch) = batch else {
                         tracing::error!("the ring-buffer reader stopped");
                         break;
                     };
                     self.drain_profiler().await;
-                    for ev in batch {
+                    for ev in batch.drain(..) {
                         self.on_kernel_event(ev);
                     }
+                    self.kernel_rx.recycle(batch);
                 }
                 _ = discovery_tick.tick() => {
                     let changes = self.discovery.tick();
