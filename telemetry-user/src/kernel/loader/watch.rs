@@ -156,6 +156,8 @@ impl Probes {
     }
 }
 
+/// A removal of a key that is already gone succeeds: the kernel removes fds it sees
+/// closed, and a process's entries may go before user space gets to them.
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::SyscallError(e))
