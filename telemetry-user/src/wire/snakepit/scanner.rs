@@ -76,7 +76,22 @@ impl<'a> FieldScanner<'a> {
         (fields, s)
     }
 
-    fn varint(&mut self) -> Option<Result<u64, ()>> {
+    /// The next varint; a cut one marks the scan `truncated`, a bad one `malformed`.
+    fn next_varint(&mut self) -> Option<u64> {
+        match self.raw_varint() {
+            None => {
+                self.truncated = true;
+                None
+            }
+            Some(Err(())) => {
+                self.malformed = true;
+                None
+            }
+            Some(Ok(v)) => Some(v),
+        }
+    }
+
+    fn raw_varint(&mut self) -> Option<Result<u64, ()>> {
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = self.buf.get(self.pos)?;
@@ -101,34 +116,14 @@ impl<'a> Iterator for FieldScanner<'a> {
             return None;
         }
         let start = self.pos;
-        let key = match self.varint() {
-            None => {
-                self.truncated = true;
-                return None;
-            }
-            Some(Err(())) => {
-                self.malformed = true;
-                return None;
-            }
-            Some(Ok(k)) => k,
-        };
+        let key = self.next_varint()?;
         let number = (key >> 3) as u32;
         if number == 0 || key >> 3 > 0x1fff_ffff {
             self.malformed = true;
             return None;
         }
         let value = match key & 7 {
-            0 => match self.varint() {
-                None => {
-                    self.truncated = true;
-                    return None;
-                }
-                Some(Err(())) => {
-                    self.malformed = true;
-                    return None;
-                }
-                Some(Ok(v)) => FieldValue::Varint(v),
-            },
+            0 => FieldValue::Varint(self.next_varint()?),
             1 => match self.buf.get(self.pos..self.pos + 8) {
                 Some(b) => {
                     self.pos += 8;
@@ -152,17 +147,7 @@ impl<'a> Iterator for FieldScanner<'a> {
                 }
             },
             2 => {
-                let len = match self.varint() {
-                    None => {
-                        self.truncated = true;
-                        return None;
-                    }
-                    Some(Err(())) => {
-                        self.malformed = true;
-                        return None;
-                    }
-                    Some(Ok(l)) => l,
-                };
+                let len = self.next_varint()?;
                 let declared = usize::try_from(len).unwrap_or(usize::MAX);
                 let avail = self.buf.len() - self.pos;
                 let take = declared.min(avail);
