@@ -52,6 +52,12 @@ pub struct CaptureConfig {
     /// receiver's reads only time it (frame headers, no payload). Off: both ends copy
     /// and decode everything (costs twice as much; for debugging the agent).
     pub decode_once: bool,
+    /// Keep the kernel's run-time statistics of BPF programs on (BPF_ENABLE_STATS) while
+    /// the agent runs, so its stats event reports each program's runs and mean run time
+    /// (`program_run_time`). The switch is the kernel's, for every BPF program on the
+    /// host: each run then reads the clock twice (about 85 ns per hooked syscall on a
+    /// KVM guest, docs/benchmarks.md), so it is off unless asked for.
+    pub program_stats: bool,
 }
 
 impl Default for CaptureConfig {
@@ -60,6 +66,7 @@ impl Default for CaptureConfig {
             bytes: 4096,
             ring_buffer_bytes: crate::kernel::DEFAULT_RING_BUFFER_BYTES,
             decode_once: true,
+            program_stats: false,
         }
     }
 }

@@ -45,6 +45,15 @@ fn load() -> Probes {
     load_with(&KernelConfig::default())
 }
 
+/// With the kernel's run-time statistics on: the tests that count or time program
+/// runs (off by default, as in the agent).
+fn load_counted() -> Probes {
+    load_with(&KernelConfig {
+        program_stats: true,
+        ..KernelConfig::default()
+    })
+}
+
 /// Both ends of every connection copy and decode everything (no decode-once): the
 /// tests of the full capture read the receiving side's payload too.
 fn load_full() -> Probes {
@@ -416,13 +425,42 @@ fn write_devnull_loop(n: usize) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
+/// The kernel's run-time statistics stay off unless asked for: the switch is global,
+/// and while it is on every BPF program run on the host reads the clock twice more.
+#[test]
+fn program_runs_are_counted_only_when_asked() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 20_000;
+    let probes = load();
+    let (_, r0) = prog_run(&probes, "sys_exit_write");
+    write_devnull_loop(N);
+    let (_, r1) = prog_run(&probes, "sys_exit_write");
+    drop(probes);
+    assert_eq!(
+        r1 - r0,
+        0,
+        "write exits were counted with program_stats off: the probes turned the kernel's \
+         BPF run-time statistics on, or another process on this host holds them on \
+         (bpftool prog profile, bpftop, sysctl kernel.bpf_stats_enabled=1)"
+    );
+    let probes = load_counted();
+    let (_, r0) = prog_run(&probes, "sys_exit_write");
+    write_devnull_loop(N);
+    let (_, r1) = prog_run(&probes, "sys_exit_write");
+    assert!(
+        r1 - r0 >= N as u64,
+        "with program_stats on, {N} writes counted {} write exits",
+        r1 - r0
+    );
+}
+
 #[test]
 fn miss_path_cost() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const N: usize = 200_000;
     write_devnull_loop(N / 10); // warm up
     let before = write_devnull_loop(N);
-    let mut probes = load();
+    let mut probes = load_counted();
     let with = write_devnull_loop(N);
     let run: Vec<_> = probes
         .prog_run_stats()
@@ -1411,7 +1449,7 @@ fn frame_cursor_cost() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
         const N: usize = 50;
-        let mut probes = load();
+        let mut probes = load_counted();
         let mut rx = probes.events().expect("events");
         let (mut child, mut out) =
             spawn_interpreter("python3".as_ref(), CHILD_COST, &[&N.to_string()]);
@@ -1661,7 +1699,7 @@ async fn expect_serialize_records(rx: &mut KernelEvents, pid: u32, when: &str) {
 fn serialization_uprobes_follow_the_split_windows() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
-        let mut probes = load();
+        let mut probes = load_counted();
         let mut rx = probes.events().expect("events");
         let (mut child, _out) = spawn_interpreter(venv_python().as_os_str(), ORJSON_LOOP, &[]);
         let pid = child.id();
@@ -1770,7 +1808,7 @@ fn small_grpc_sends_are_captured_whole() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     runtime().block_on(async {
         const N: usize = 5000;
-        let mut probes = load();
+        let mut probes = load_counted();
         let mut rx = probes.events().expect("events");
         let (mut child, mut out) =
             spawn_interpreter("python3".as_ref(), CHILD_SMALL, &[&N.to_string()]);

@@ -1,7 +1,16 @@
 //! Kernel run-time statistics of loaded eBPF programs (`bpf_prog_info.run_time_ns` and
-//! `run_cnt`, counted while someone holds BPF_ENABLE_STATS open: the agent does).
-//! Read without bpftool, through aya's program iterator.
+//! `run_cnt`, counted only while someone holds BPF_ENABLE_STATS open: [`count`], or an
+//! agent run with `[capture] program_stats`). Read without bpftool, through aya's
+//! program iterator.
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+/// Turns the kernel's run-time statistics on for every BPF program until the returned
+/// fd is dropped. They cost each program run two clock reads, so a measurement that
+/// compares throughput holds them only where it reads them.
+pub fn count() -> std::io::Result<OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(std::io::Error::other)
+}
 
 /// One program's counters at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -762,7 +762,10 @@ fn sampled_run(
     let config = dir.join(format!("split-max-{max}.toml"));
     std::fs::write(
         &config,
-        format!("[profile]\nsplit_max_calls_per_s = {max}\n{profile}"),
+        // program_stats: the uprobe programs' run counts below.
+        format!(
+            "[capture]\nprogram_stats = true\n[profile]\nsplit_max_calls_per_s = {max}\n{profile}"
+        ),
     )
     .expect("config");
     let out = dir.join(format!("events-max-{max}.jsonl"));

@@ -124,6 +124,7 @@ impl Agent {
             capture_bytes: config.capture.bytes,
             ring_buffer_bytes: config.capture.ring_buffer_bytes,
             decode_once: config.capture.decode_once,
+            program_stats: config.capture.program_stats,
             scheduling: config.profile.scheduling,
             serialization: config.profile.serialization,
             off_cpu_period_ns: config.profile.off_cpu_period_ns(),

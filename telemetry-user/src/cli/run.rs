@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// No repro scripts (`[repro] repro_on_error = false`).
     #[arg(long)]
     pub no_repro: bool,
+    /// Report each eBPF program's run count and mean run time in the stats event
+    /// (`[capture] program_stats`; slows every BPF program on the host a little).
+    #[arg(long)]
+    pub program_stats: bool,
 }
 
 impl RunArgs {
@@ -71,6 +75,9 @@ impl RunArgs {
         }
         if self.no_repro {
             cfg.repro.repro_on_error = false;
+        }
+        if self.program_stats {
+            cfg.capture.program_stats = true;
         }
         cfg.discovery
             .worker_cmdline_patterns

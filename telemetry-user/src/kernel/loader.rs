@@ -55,6 +55,10 @@ pub struct KernelConfig {
     /// egress bytes per syscall beyond the prefix as chunk records (io_chunks.rs);
     /// 0 = off.
     pub full_capture_bytes: u64,
+    /// Hold BPF_ENABLE_STATS while the probes live: [`Probes::prog_run_stats`] counts
+    /// only then (or while someone else holds it). It slows every BPF program on the
+    /// host by two clock reads per run, so the agent asks for it only when configured.
+    pub program_stats: bool,
 }
 
 impl Default for KernelConfig {
@@ -67,6 +71,7 @@ impl Default for KernelConfig {
             serialization: true,
             off_cpu_period_ns: 0,
             full_capture_bytes: 0,
+            program_stats: false,
         }
     }
 }
@@ -451,12 +456,16 @@ impl Probes {
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?).map_err(map_err(MAP_EVENTS))?;
 
-        let run_stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                log::warn!("BPF run-time stats unavailable: {e}");
-                None
+        let run_stats = if cfg.program_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    log::warn!("BPF run-time stats unavailable: {e}");
+                    None
+                }
             }
+        } else {
+            None
         };
 
         Ok(Probes {

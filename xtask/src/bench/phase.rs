@@ -125,7 +125,10 @@ impl Bench {
         })
     }
 
-    pub fn attached(&mut self, name: &str, rate: u32) -> Result<Attached> {
+    /// A phase with a fresh agent (its default configuration: the kernel's run-time
+    /// statistics off). `counted`: this process holds them on during the load, for the
+    /// programs' run times (which then cost each run two clock reads more).
+    pub fn attached(&mut self, name: &str, rate: u32, counted: bool) -> Result<Attached> {
         let run_dir = self.dir.join(name);
         std::fs::create_dir_all(&run_dir)?;
         let before = bpf_stats::snapshot();
@@ -133,6 +136,11 @@ impl Bench {
         let ids = bpf_stats::new_programs(&before, &bpf_stats::snapshot());
         std::thread::sleep(SETTLE);
         let rss = RssSampler::start(agent.pid());
+        let stats_on = if counted {
+            Some(bpf_stats::count().context("BPF_ENABLE_STATS (the programs' run times)")?)
+        } else {
+            None
+        };
         let s0 = bpf_stats::snapshot();
         let a0 = agent.cpu_time().unwrap_or_default();
         let d0 = procfs::tree_cpu_time(self.beam_pid);
@@ -140,6 +148,7 @@ impl Bench {
         let d1 = procfs::tree_cpu_time(self.beam_pid);
         let a1 = agent.cpu_time().unwrap_or_default();
         let s1 = bpf_stats::snapshot();
+        drop(stats_on);
         let rss_max_kib = rss.stop();
         let rss_peak_kib = procfs::peak_rss_kib(agent.pid()).unwrap_or(0);
         let (ebpf_ns, ebpf_runs) = bpf_stats::delta(&ids, &s0, &s1, |_| true);

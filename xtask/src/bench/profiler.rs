@@ -36,11 +36,16 @@ impl Setting {
         }
     }
 
+    /// program_stats: the programs' run times come from the agent's stats event.
     fn toml(self) -> &'static str {
         match self {
-            Setting::Off => "[profile]\nsampling = false\n",
-            Setting::Cpu => "[profile]\nsampling = true\noff_cpu = false\n",
-            Setting::OffCpu => "[profile]\nsampling = true\noff_cpu = true\n",
+            Setting::Off => "[capture]\nprogram_stats = true\n[profile]\nsampling = false\n",
+            Setting::Cpu => {
+                "[capture]\nprogram_stats = true\n[profile]\nsampling = true\noff_cpu = false\n"
+            }
+            Setting::OffCpu => {
+                "[capture]\nprogram_stats = true\n[profile]\nsampling = true\noff_cpu = true\n"
+            }
         }
     }
 }
