@@ -448,7 +448,7 @@ impl Profiler {
             } else {
                 (f.instr as i64 - (f.code + l.code_adaptive) as i64) / 2
             };
-            python.push(self.python_frames.frame(&code, code.line(units)));
+            python.push(self.python_frames.frame(&code, units));
         }
         let nd = (s.native_depth as usize).min(s.native.len());
         let native: Vec<_> = s.native[..nd]

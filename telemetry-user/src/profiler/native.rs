@@ -1,6 +1,7 @@
 //! Native user frames -> (object file, symbol), through the process's mappings and the
 //! files' ELF symbol tables (`.symtab` where present, else `.dynsym`).
 use super::elf::{parse_maps, parse_spans, read_maps_text, ElfSymbols, Mapping};
+use super::stacks::{native_library, Frame};
 use crate::fast_hash::FastMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,21 +12,31 @@ pub struct NativeFrame {
     pub addr: u64,
     pub path: Arc<PathBuf>,
     pub symbol: Option<Arc<str>>,
+    /// Its stack frame and library, made once with the resolution (two strings per
+    /// native frame of every sample before).
+    pub frame: Arc<Frame>,
+    pub library: Arc<str>,
 }
 
 impl NativeFrame {
-    pub fn object(&self) -> &str {
-        self.path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-    }
-
-    /// `symbol [object]`, or `object+0xoffset` when no symbol covers the address.
-    pub fn name(&self) -> String {
-        match &self.symbol {
-            Some(s) => format!("{s} [{}]", self.object()),
-            None => format!("[{}]", self.object()),
+    pub fn new(addr: u64, path: Arc<PathBuf>, symbol: Option<Arc<str>>) -> Self {
+        let library: Arc<str> = native_library(&path).into();
+        let object = path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+        // `symbol [object]`, or `[object]` when no symbol covers the address.
+        let name = match &symbol {
+            Some(s) => format!("{s} [{object}]"),
+            None => format!("[{object}]"),
+        };
+        let frame = Arc::new(Frame::Native {
+            name,
+            library: library.to_string(),
+        });
+        NativeFrame {
+            addr,
+            path,
+            symbol,
+            frame,
+            library,
         }
     }
 }
@@ -164,11 +175,7 @@ impl Symbolizer {
             let lookup = addr.wrapping_sub(bias).wrapping_sub(u64::from(caller));
             s.lookup(lookup).map(Arc::from)
         });
-        Some(NativeFrame {
-            addr,
-            path: Arc::new(m.path),
-            symbol,
-        })
+        Some(NativeFrame::new(addr, Arc::new(m.path), symbol))
     }
 }
 

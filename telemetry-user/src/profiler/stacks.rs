@@ -33,13 +33,6 @@ impl Frame {
         }
     }
 
-    pub fn native(f: &NativeFrame) -> Frame {
-        Frame::Native {
-            name: f.name(),
-            library: native_library(&f.path),
-        }
-    }
-
     /// The name in folded stacks and flame graphs.
     pub fn name(&self) -> &str {
         match self {
@@ -117,7 +110,7 @@ pub fn merge(
     truncated: bool,
 ) -> Stack {
     let python_len = python.len();
-    let python_library = python.first().map(|f| f.library().to_string());
+    let python_library = python.first().map(|f| f.library().to_owned());
     // Outermost first; the Python frames are shared (see `PythonFrames`).
     let mut frames: Vec<Arc<Frame>> = python.into_iter().rev().collect();
     let extension: Vec<&NativeFrame> = if python_len == 0 {
@@ -136,13 +129,13 @@ pub fn merge(
     } else {
         &extension[..extension.len().min(1)]
     };
-    frames.extend(extension.iter().rev().map(|f| Arc::new(Frame::native(f))));
-    let library = extension
+    frames.extend(extension.iter().rev().map(|f| f.frame.clone()));
+    let library: Arc<str> = extension
         .iter()
-        .map(|f| native_library(&f.path))
+        .map(|f| f.library.clone())
         .find(|l| !is_runtime(l))
-        .or(python_library)
-        .or_else(|| extension.first().map(|f| native_library(&f.path)))
+        .or_else(|| python_library.map(Arc::from))
+        .or_else(|| extension.first().map(|f| f.library.clone()))
         .unwrap_or_else(|| "unknown".into());
     // The innermost Python frame (the last of them, outermost first), else the leaf.
     let hot_frame = python_len
@@ -155,29 +148,31 @@ pub fn merge(
         tid,
         frames: frames.into(),
         hot_frame: hot_frame.into(),
-        library: library.into(),
+        library,
         truncated,
     }
 }
 
-/// Python frames by code object and line, made once: a worker's samples repeat the
-/// same few hundred (three strings each, made afresh for every frame of every sample
-/// before). Holding the `CodeInfo` keeps its address from being reused by another.
+/// Python frames by code object and instruction, made once: a worker's samples repeat
+/// the same few hundred (three strings each, made afresh for every frame of every
+/// sample before, and the line table decoded for each). Holding the `CodeInfo` keeps
+/// its address from being reused by another.
 #[derive(Default)]
 pub struct PythonFrames {
-    frames: crate::fast_hash::FastMap<(usize, u32), (Arc<CodeInfo>, Arc<Frame>)>,
+    frames: crate::fast_hash::FastMap<(usize, i64), (Arc<CodeInfo>, Arc<Frame>)>,
 }
 
 impl PythonFrames {
-    pub fn frame(&mut self, code: &Arc<CodeInfo>, line: u32) -> Arc<Frame> {
-        let key = (Arc::as_ptr(code) as usize, line);
+    /// The frame of `code` at instruction `units` (see [`CodeInfo::line`]).
+    pub fn frame(&mut self, code: &Arc<CodeInfo>, units: i64) -> Arc<Frame> {
+        let key = (Arc::as_ptr(code) as usize, units);
         if let Some((_, f)) = self.frames.get(&key) {
             return f.clone();
         }
         if self.frames.len() >= MAX_INTERNED {
             self.frames.clear();
         }
-        let f = Arc::new(Frame::python(code, line));
+        let f = Arc::new(Frame::python(code, code.line(units)));
         self.frames.insert(key, (code.clone(), f.clone()));
         f
     }
@@ -249,11 +244,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn nf(path: &str, sym: &str) -> NativeFrame {
-        NativeFrame {
-            addr: 1,
-            path: Arc::new(PathBuf::from(path)),
-            symbol: Some(sym.into()),
-        }
+        NativeFrame::new(1, Arc::new(PathBuf::from(path)), Some(sym.into()))
     }
 
     fn py(function: &str, library: &str) -> Arc<Frame> {
@@ -334,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn a_python_frame_is_made_once_per_code_and_line() {
+    fn a_python_frame_is_made_once_per_code_and_instruction() {
         let code = Arc::new(CodeInfo::new(
             "hot_path".into(),
             "/app/demo_hot.py".into(),
@@ -346,7 +337,9 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &frames.frame(&code, 12)));
         let b = frames.frame(&code, 13);
         assert!(!Arc::ptr_eq(&a, &b));
-        assert_eq!(*a, Frame::python(&code, 12));
+        // No line table: every instruction is on the first line.
+        assert_eq!(*a, Frame::python(&code, 10));
+        assert_eq!(*b, Frame::python(&code, 10));
         // Equal code elsewhere (another worker's copy) is a frame of its own.
         let other = Arc::new(CodeInfo::new(
             "hot_path".into(),
