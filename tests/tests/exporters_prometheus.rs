@@ -150,9 +150,16 @@ fn prometheus_scrapes_the_ground_truth_and_every_dashboard_query_has_data() {
     require::demo_built();
     let dir = scratch_dir("prometheus");
     let listen = format!("127.0.0.1:{}", free_port());
+    // --program-stats: the dashboard's eBPF time panel reads the programs' run times.
     let agent = Agent::start(
         &dir,
-        &["--http-listen", &listen, "--summary-interval-ms", "1000"],
+        &[
+            "--http-listen",
+            &listen,
+            "--summary-interval-ms",
+            "1000",
+            "--program-stats",
+        ],
     )
     .expect("agent start (with --http-listen)");
     let prom = Prometheus::start(&dir, &listen).expect("prometheus start");
