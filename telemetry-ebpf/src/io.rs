@@ -11,10 +11,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -33,8 +30,8 @@ use frame_walk::*;
 
 use crate::maps::{
     cached_unwatched, capture_bytes, ctx_u64, decode_once, events_flags, io_watched,
-    regs_arg_offsets, remember_unwatched, stat_add, unwatched_slot, watch_generation, CURSOR_HINTS,
-    EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
+    regs_arg_offsets, remember_unwatched, saved_reg, saved_regs, stat_add, unwatched_slot,
+    watch_generation, CURSOR_HINTS, EVENTS, IO_SCRATCH, WALK_SCRATCH, WATCHED_FDS,
 };
 
 /// How the syscall passes its buffer.
@@ -141,10 +138,9 @@ fn try_exit(
     if !io_watched(tgid) {
         return Ok(());
     }
-    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
+    let regs = saved_regs();
     let offs = regs_arg_offsets();
-    let fd = read_kernel_u64(regs, offs[0]).ok_or(())? as u32;
+    let fd = saved_reg(regs, offs[0]).ok_or(())? as u32;
     let key = FdKey { tgid, fd };
     // A watched process's unwatched fd: one register read, then this CPU's cache of
     // such fds, valid while no fd was watched since (the generation is read before
@@ -162,7 +158,7 @@ fn try_exit(
         }
         return Ok(());
     };
-    let arg = read_kernel_u64(regs, offs[1]).ok_or(())?;
+    let arg = saved_reg(regs, offs[1]).ok_or(())?;
     let mut pending = PendingIo {
         // Timed by the exit (see exit_probe).
         ts_enter_ns: 0,
@@ -178,7 +174,7 @@ fn try_exit(
         Buf::Plain => pending.buf = arg,
         Buf::Vec => {
             pending.iov = arg;
-            pending.iovcnt = read_kernel_u64(regs, offs[2]).unwrap_or(0) as u32;
+            pending.iovcnt = saved_reg(regs, offs[2]).unwrap_or(0) as u32;
         }
         Buf::Msg => set_msg_iov(&mut pending, arg, probe),
     }
@@ -197,16 +193,6 @@ fn set_msg_iov(pending: &mut PendingIo, msghdr: u64, probe: u32) {
         }
         Err(_) => stat_add(probe, STAT_READ_ERRORS, 1),
     }
-}
-
-/// A u64 at `base + off` in kernel memory (the saved registers).
-#[inline(always)]
-fn read_kernel_u64(base: u64, off: u32) -> Option<u64> {
-    if base == 0 || off == u32::MAX {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.ok()
 }
 
 /// The common exit of a watched I/O syscall: totals, sequence number, capture, frame

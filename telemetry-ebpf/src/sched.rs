@@ -16,7 +16,7 @@
 //! detaches both programs; a run that races the detach returns after one inlined
 //! array lookup.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
@@ -29,8 +29,8 @@ use telemetry_common::{
 };
 
 use crate::maps::{
-    events_flags, regs_arg_offsets, regs_syscall_offset, split_generation, stat_add,
-    task_pid_offset, task_tgid_offset, BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
+    events_flags, regs_arg_offsets, regs_syscall_offset, saved_reg, saved_regs, split_generation,
+    stat_add, task_pid_offset, task_tgid_offset, BPF_RB_NO_WAKEUP, EVENTS, SCHED_PIDS,
 };
 use crate::profile::{fill_sample, pstat, PROFILE_EVENTS};
 use crate::pystack::PY_PROCS;
@@ -114,12 +114,6 @@ fn read_u32(base: u64, off: u32) -> Option<u32> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const u32) }.ok()
 }
 
-#[inline(always)]
-fn read_u64(base: u64, off: u32) -> Option<u64> {
-    // SAFETY: bpf_probe_read_kernel checks the address and returns an error on a fault.
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const u64) }.ok()
-}
-
 /// The thread's state slot, created idle on first sight.
 #[inline(always)]
 fn thread_slot(tid: u32) -> Option<*mut SchedThread> {
@@ -186,12 +180,11 @@ fn switch_out(ctx: &RawTracePointContext, pid_tgid: u64, now: u64, generation: u
         return;
     }
     t.wake_ns = 0;
-    // SAFETY: helper calls; bpf_task_pt_regs takes the BTF task pointer it is given.
-    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as u64;
-    match read_u64(regs, regs_syscall_offset()) {
+    let regs = saved_regs();
+    match saved_reg(regs, regs_syscall_offset()) {
         Some(nr) => {
             t.syscall = nr as i64 as i32;
-            t.arg0 = read_u64(regs, regs_arg_offsets()[0]).unwrap_or(0);
+            t.arg0 = saved_reg(regs, regs_arg_offsets()[0]).unwrap_or(0);
         }
         None => stat_add(PROBE_SCHED_SWITCH, STAT_READ_ERRORS, 1),
     }
